@@ -1,0 +1,100 @@
+/* config: the hub's settings, from a YAML file, then TWINHUB_* environment variables, then
+ * command-line flags (each overriding the one before). Every key is listed once, in config.c,
+ * with its type, default, limits, and whether SIGHUP can change it. twinctl and twinsim read
+ * the same file for the broker address and TLS. */
+#ifndef HUB_CONFIG_H
+#define HUB_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_ERR_LEN 512
+
+struct config {
+    /* broker */
+    char broker_url[256];        /* broker.url: tcp://127.0.0.1:1883 */
+    char client_id[128];         /* broker.client_id: twinhub */
+    char username[128];          /* broker.username */
+    char password[128];          /* broker.password */
+    int mqtt_version;            /* broker.mqtt_version: 5 | 4 (3.1.1) */
+    unsigned keepalive_s;        /* broker.keepalive: 30s */
+    unsigned session_expiry_s;   /* broker.session_expiry: 1d */
+    unsigned reconnect_min_s;    /* broker.reconnect_min: 1s */
+    unsigned reconnect_max_s;    /* broker.reconnect_max: 30s */
+    char tls_ca[256];            /* broker.tls.ca */
+    char tls_cert[256];          /* broker.tls.cert */
+    char tls_key[256];           /* broker.tls.key */
+    bool tls_verify;             /* broker.tls.verify: true */
+
+    /* topics */
+    char devices_prefix[64];     /* topics.devices: devices/ */
+    char twins_prefix[64];       /* topics.twins: twins/ */
+    char hub_prefix[64];         /* topics.hub: hub/ */
+
+    /* store */
+    char db_path[256];           /* store.path: ./twinhub.db */
+    bool sync_commit;            /* store.sync: os | commit */
+    unsigned sync_interval_ms;   /* store.sync_interval_ms: 1000 */
+    uint64_t map_size;           /* store.map_size: 64MiB */
+    uint64_t max_map_size;       /* store.max_map_size: 4GiB */
+
+    /* limits (reloadable) */
+    uint64_t max_payload;        /* limits.max_payload: 64KiB */
+    unsigned max_depth;          /* limits.max_depth: 16 (<= 32) */
+    unsigned max_keys;           /* limits.max_keys: 1024 */
+
+    /* history (reloadable) */
+    unsigned history_max_points; /* history.max_points: 600 */
+
+    /* publishing */
+    int publish_qos;             /* publish.qos: 1 */
+    unsigned publish_inflight;   /* publish.max_inflight: 64 */
+    bool publish_json;           /* publish.encoding: msgpack | json */
+
+    /* errors (reloadable) */
+    double errors_rate;          /* errors.rate: 10 (reports per second on hub/errors) */
+    unsigned errors_burst;       /* errors.burst: 20 */
+
+    /* rules (later issues) */
+    char rules_path[256];        /* rules.file */
+
+    /* log (reloadable) */
+    int log_level;               /* log.level: info (enum log_level) */
+
+    /* where each value came from, for error messages and --print-config */
+    char source[256];            /* the file read, or "" */
+};
+
+/* Fills every field with its default. */
+void config_defaults(struct config *c);
+
+/* Reads a YAML file over the current values. Unknown keys, wrong types and values out of
+ * range are errors naming file, line and key ("twinhub.yaml:7: store.sync: expected 'os' or
+ * 'commit', got 'always'"). On error *c may be partly updated: load into a copy. Returns 0,
+ * -ENOENT (no such file), -EINVAL (the reason in err). */
+int config_load_file(struct config *c, const char *path, char *err);
+
+/* Applies TWINHUB_<KEY> variables (key with '.' -> '_', upper case: TWINHUB_STORE_SYNC,
+ * TWINHUB_BROKER_URL, TWINHUB_LOG_LEVEL) from `envp` (NULL: environ). Returns 0 or -EINVAL. */
+int config_load_env(struct config *c, char *const *envp, char *err);
+
+/* Sets one key from text, as a flag would ("store.sync", "commit"). Returns 0 or -EINVAL. */
+int config_set(struct config *c, const char *key, const char *value, char *err);
+
+/* Writes the effective configuration as YAML (passwords masked) to `out`. */
+void config_print(const struct config *c, FILE *out);
+
+/* Copies into `cur` the keys SIGHUP may change from `next`; for every key that differs and
+ * cannot change at run time, writes its name to `restart_keys` (comma-separated) so the hub
+ * can log "restart needed". */
+void config_apply_reload(struct config *cur, const struct config *next, char *restart_keys,
+                         size_t size);
+
+/* Parses "250ms", "30s", "5m", "1h", "1d" or a bare number of `unit_ms`. Returns 0/-EINVAL. */
+int config_parse_duration_ms(const char *s, uint64_t unit_ms, uint64_t *out);
+/* Parses "64MiB", "4GiB", "512KiB", "1000" (bytes), also "KB/MB/GB" as powers of 1000. */
+int config_parse_size(const char *s, uint64_t *out);
+
+#endif
