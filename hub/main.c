@@ -1,4 +1,433 @@
-int main(void)
+/* twinhub: the daemon. Reads the configuration, opens the store, wires the bridge's message
+ * callback to ingest and ingest to the publisher, and runs the main loop on the main thread:
+ * signals (SIGTERM/SIGINT drain and stop, SIGHUP reloads), the background store sync of
+ * `store.sync: os`, and a periodic statistics line. Every signal is blocked in every thread
+ * and taken here with sigtimedwait. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hub.h"
+#include "log.h"
+
+#define STATS_EVERY_MS 60000
+#define DRAIN_MS 5000
+#define MAX_OVERRIDES 64
+
+static const char usage[] =
+    "usage: twinhub [-c FILE] [options]\n"
+    "\n"
+    "  -c, --config FILE      YAML configuration (see deploy/twinhub.yaml)\n"
+    "      --broker URL       broker.url (tcp://host:port, ssl://host:port)\n"
+    "      --db PATH          store.path (LMDB directory)\n"
+    "      --rules FILE       rules.file\n"
+    "      --log-level L      log.level: error | warn | info | debug\n"
+    "      --set KEY=VALUE    any configuration key (repeatable), e.g. --set store.sync=commit\n"
+    "      --print-config     print the effective configuration and exit\n"
+    "  -h, --help             this text\n"
+    "  -V, --version          the version\n"
+    "\n"
+    "Precedence: defaults < file < TWINHUB_<KEY> variables (TWINHUB_STORE_SYNC, ...) < flags.\n"
+    "Signals: SIGTERM/SIGINT drain and stop; SIGHUP re-reads log.level, limits.*, history.*,\n"
+    "errors.* and rules.file.\n";
+
+struct args {
+    const char *file;
+    const char *keys[MAX_OVERRIDES];
+    const char *values[MAX_OVERRIDES];
+    char *owned[MAX_OVERRIDES];
+    int n;
+    bool print;
+};
+
+/* Builds the configuration: defaults, file, environment, flags. */
+static int load_config(const struct args *a, struct config *c, char *err)
 {
+    config_defaults(c);
+    int rc;
+    if (a->file && (rc = config_load_file(c, a->file, err)) < 0)
+        return rc;
+    if ((rc = config_load_env(c, NULL, err)) < 0)
+        return rc;
+    for (int i = 0; i < a->n; i++) {
+        if ((rc = config_set(c, a->keys[i], a->values[i], err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int add_override(struct args *a, const char *key, const char *value)
+{
+    if (a->n == MAX_OVERRIDES) {
+        fprintf(stderr, "twinhub: too many overrides (at most %d)\n", MAX_OVERRIDES);
+        return -1;
+    }
+    a->keys[a->n] = key;
+    a->values[a->n] = value;
+    a->n++;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct args *a)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"broker", required_argument, NULL, 'b'},
+        {"db", required_argument, NULL, 'd'},     {"rules", required_argument, NULL, 'r'},
+        {"log-level", required_argument, NULL, 'l'}, {"set", required_argument, NULL, 's'},
+        {"print-config", no_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+        int rc = 0;
+        switch (o) {
+        case 'c':
+            a->file = optarg;
+            break;
+        case 'b':
+            rc = add_override(a, "broker.url", optarg);
+            break;
+        case 'd':
+            rc = add_override(a, "store.path", optarg);
+            break;
+        case 'r':
+            rc = add_override(a, "rules.file", optarg);
+            break;
+        case 'l':
+            rc = add_override(a, "log.level", optarg);
+            break;
+        case 's': {
+            char *eq = strchr(optarg, '=');
+            if (!eq) {
+                fprintf(stderr, "twinhub: --set expects KEY=VALUE, got '%s'\n", optarg);
+                return 2;
+            }
+            char *key = strndup(optarg, (size_t)(eq - optarg));
+            if (!key)
+                return 2;
+            a->owned[a->n] = key;
+            rc = add_override(a, key, eq + 1);
+            break;
+        }
+        case 'p':
+            a->print = true;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        case 'V':
+            printf("twinhub %s\n", TWINHUB_VERSION);
+            return 0;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+        if (rc < 0)
+            return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "twinhub: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return -1; /* go on */
+}
+
+static struct twin_limits limits_of(const struct config *c)
+{
+    struct twin_limits l = {c->max_payload, c->max_depth, c->max_keys};
+    return l;
+}
+
+static void on_bridge_log(void *ctx, enum bridge_log_level level, const char *msg)
+{
+    (void)ctx;
+    char q[BRIDGE_ERR_LEN + 16];
+    log_write((enum log_level)level, "mqtt", "detail=%s", log_quote(q, sizeof(q), msg, strlen(msg)));
+}
+
+static void on_connection(void *ctx, bool up, const char *reason)
+{
+    struct ingest *in = ctx;
+    char q[BRIDGE_ERR_LEN + 16];
+    if (up) {
+        log_info("connected to the broker", "subscribed=yes");
+        publisher_wake(in->pub);
+    } else {
+        log_warn("disconnected from the broker", "reason=%s",
+                 log_quote(q, sizeof(q), reason ? reason : "", reason ? strlen(reason) : 0));
+    }
+}
+
+static void reload(const struct args *a, struct config *cur, struct ingest *in,
+                   struct report *rep, struct twin_store *store, struct publisher *pub)
+{
+    struct config next;
+    char err[CONFIG_ERR_LEN], restart[512] = "";
+    if (load_config(a, &next, err) < 0) {
+        char q[CONFIG_ERR_LEN + 16];
+        log_error("reload failed; keeping the running configuration", "err=%s",
+                  log_quote(q, sizeof(q), err, strlen(err)));
+        return;
+    }
+    config_apply_reload(cur, &next, restart, sizeof(restart));
+    log_set_level((enum log_level)cur->log_level);
+    struct twin_limits lim = limits_of(cur);
+    ingest_set_limits(in, &lim);
+    report_set_rate(rep, cur->errors_rate, cur->errors_burst);
+    twin_store_set_history_max(store, cur->history_max_points);
+    publisher_set_inflight(pub, cur->publish_inflight);
+    log_info("configuration reloaded", "restart_needed=\"%s\"", restart);
+}
+
+static void log_stats(struct ingest *in, struct report *rep, struct publisher *pub)
+{
+    struct publisher_stats ps;
+    publisher_stats(pub, &ps);
+    uint64_t rejected = 0;
+    for (int k = 0; k < REPORT_KINDS; k++)
+        rejected += atomic_load(&rep->count[k]);
+    log_info("stats",
+             "received=%llu applied=%llu duplicate=%llu stale=%llu rejected=%llu published=%llu "
+             "coalesced=%llu publish_failed=%llu queued=%llu inflight=%llu reports_dropped=%llu",
+             (unsigned long long)atomic_load(&in->stats.received),
+             (unsigned long long)atomic_load(&in->stats.applied),
+             (unsigned long long)atomic_load(&in->stats.duplicate),
+             (unsigned long long)atomic_load(&in->stats.stale), (unsigned long long)rejected,
+             (unsigned long long)ps.published, (unsigned long long)ps.coalesced,
+             (unsigned long long)ps.failed, (unsigned long long)ps.queued,
+             (unsigned long long)ps.inflight, (unsigned long long)ps.raw_dropped);
+}
+
+/* The main loop: returns when SIGTERM or SIGINT arrives. */
+static void serve(const struct args *a, struct config *cfg, struct ingest *in,
+                  struct report *rep, struct twin_store *store, struct publisher *pub)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    int64_t last_sync = hub_now_ms(), last_stats = last_sync;
+    char err[TWIN_ERR_LEN];
+    for (;;) {
+        unsigned tick = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
+        if (tick > 1000)
+            tick = 1000;
+        struct timespec ts = {tick / 1000, (long)(tick % 1000) * 1000000};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT) {
+            log_info("stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+            return;
+        }
+        if (sig == SIGHUP)
+            reload(a, cfg, in, rep, store, pub);
+        int64_t now = hub_now_ms();
+        if (!cfg->sync_commit && now - last_sync >= (int64_t)cfg->sync_interval_ms) {
+            if (twin_store_sync(store, err) < 0)
+                log_error("store sync failed", "err=\"%s\"", err);
+            last_sync = now;
+        }
+        if (now - last_stats >= STATS_EVERY_MS) {
+            log_stats(in, rep, pub);
+            last_stats = now;
+        }
+    }
+}
+
+/* Everything the daemon runs, in the order it is built (and torn down in reverse). */
+struct hub {
+    struct config cfg;
+    struct bridge_topics topics;
+    char sub[BRIDGE_TOPIC_MAX], status_topic[BRIDGE_TOPIC_MAX], errors_topic[BRIDGE_TOPIC_MAX];
+    struct twin_store *store;
+    struct ingest in;
+    struct bridge_client *client;
+    struct publisher *pub;
+    struct report rep;
+};
+
+static void client_options(struct hub *h, struct bridge_options *bo, const char **subs)
+{
+    const struct config *c = &h->cfg;
+    bridge_options_init(bo);
+    bo->url = c->broker_url;
+    bo->client_id = c->client_id;
+    bo->username = c->username[0] ? c->username : NULL;
+    bo->password = c->password[0] ? c->password : NULL;
+    bo->mqtt_version = c->mqtt_version;
+    bo->session_expiry_s = c->session_expiry_s;
+    bo->keepalive_s = c->keepalive_s;
+    bo->reconnect_min_s = c->reconnect_min_s;
+    bo->reconnect_max_s = c->reconnect_max_s;
+    bo->max_inflight = c->publish_inflight;
+    bo->will_topic = bo->birth_topic = h->status_topic;
+    bo->will_payload = "offline";
+    bo->will_len = 7;
+    bo->birth_payload = "online";
+    bo->birth_len = 6;
+    bo->will_retained = bo->birth_retained = true;
+    bo->will_qos = bo->birth_qos = 1;
+    bo->tls.ca = c->tls_ca[0] ? c->tls_ca : NULL;
+    bo->tls.cert = c->tls_cert[0] ? c->tls_cert : NULL;
+    bo->tls.key = c->tls_key[0] ? c->tls_key : NULL;
+    bo->tls.verify = c->tls_verify;
+    subs[0] = h->sub;
+    bo->subscriptions = subs;
+    bo->n_subscriptions = 1;
+    bo->sub_qos = 1;
+    bo->on_message = ingest_on_message;
+    bo->on_connection = on_connection;
+    bo->on_log = on_bridge_log;
+    bo->ctx = &h->in;
+}
+
+/* Builds and starts everything. On error, what was built is torn down and the reason logged. */
+static int hub_open(struct hub *h)
+{
+    const struct config *c = &h->cfg;
+    char terr[TWIN_ERR_LEN], berr[BRIDGE_ERR_LEN];
+    int rc = bridge_topics_init(&h->topics, c->devices_prefix, c->twins_prefix, c->hub_prefix, berr);
+    if (rc < 0) {
+        log_error("bad topic prefix", "err=\"%s\"", berr);
+        return rc;
+    }
+    bridge_topic_filter(&h->topics, BRIDGE_T_TELEMETRY, h->sub, sizeof(h->sub));
+    bridge_topic_build(&h->topics, BRIDGE_T_HUB_STATUS, NULL, 0, h->status_topic,
+                       sizeof(h->status_topic));
+    bridge_topic_build(&h->topics, BRIDGE_T_HUB_ERRORS, NULL, 0, h->errors_topic,
+                       sizeof(h->errors_topic));
+
+    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
+    so.path = c->db_path;
+    so.sync = c->sync_commit ? TWIN_SYNC_COMMIT : TWIN_SYNC_OS;
+    so.map_size = c->map_size;
+    so.max_map_size = c->max_map_size;
+    so.history_max_points = c->history_max_points;
+    if ((rc = twin_store_open(&h->store, &so, terr)) < 0) {
+        log_error("cannot open the store", "path=\"%s\" err=\"%s\"", c->db_path, terr);
+        return rc;
+    }
+
+    struct twin_limits lim = limits_of(c);
+    if ((rc = ingest_init(&h->in, h->store, NULL, &h->rep, &h->topics, &lim)) < 0) {
+        log_error("cannot set up ingest", "err=\"no memory\"");
+        goto fail_ingest;
+    }
+    struct bridge_options bo;
+    const char *subs[1];
+    client_options(h, &bo, subs);
+    if ((rc = bridge_client_new(&h->client, &bo, berr)) < 0) {
+        log_error("cannot create the MQTT client", "err=\"%s\"", berr);
+        goto fail_client;
+    }
+    struct publisher_options po = {
+        .store = h->store,
+        .bridge = h->client,
+        .topics = &h->topics,
+        .qos = c->publish_qos,
+        .max_inflight = c->publish_inflight,
+        .json = c->publish_json,
+        .raw_capacity = 256,
+    };
+    if ((rc = publisher_new(&h->pub, &po)) < 0) {
+        log_error("cannot create the publisher", "err=\"no memory\"");
+        goto fail_publisher;
+    }
+    h->in.pub = h->pub;
+    report_init(&h->rep, h->pub, h->errors_topic, c->publish_json, c->errors_rate,
+                c->errors_burst);
+
+    /* Whatever was committed but not acknowledged as published before the last stop. */
+    if ((rc = publisher_recover(h->pub, terr)) < 0) {
+        log_error("cannot read the outbox", "err=\"%s\"", terr);
+        goto fail_start;
+    }
+    if ((rc = publisher_start(h->pub)) < 0) {
+        log_error("cannot start the publisher", "err=%d", rc);
+        goto fail_start;
+    }
+    if ((rc = bridge_client_start(h->client, berr)) < 0) {
+        log_error("cannot start the MQTT client", "err=\"%s\"", berr);
+        goto fail_start;
+    }
+    return 0;
+
+fail_start:
+    publisher_stop(h->pub);
+    bridge_client_free(h->client);
+    publisher_free(h->pub);
+    report_cleanup(&h->rep);
+    goto fail_client;
+fail_publisher:
+    bridge_client_free(h->client);
+fail_client:
+    ingest_cleanup(&h->in);
+fail_ingest:
+    twin_store_close(h->store);
+    return rc;
+}
+
+/* Drains, says "offline", and tears everything down. */
+static void hub_close(struct hub *h)
+{
+    char err[TWIN_ERR_LEN];
+    if (publisher_drain(h->pub, DRAIN_MS) < 0)
+        log_warn("drain timed out; the rest is published after the next start",
+                 "timeout_ms=%d", DRAIN_MS);
+    struct bridge_final fin = {h->status_topic, "offline", 7, true, 1};
+    bridge_client_stop(h->client, &fin, 2000);
+    publisher_stop(h->pub);
+    bridge_client_free(h->client); /* cancels what is in flight; no callback runs after this */
+    if (publisher_flush_acked(h->pub, err) < 0)
+        log_error("cannot trim the outbox", "err=\"%s\"", err);
+    log_stats(&h->in, &h->rep, h->pub);
+    publisher_free(h->pub);
+    report_cleanup(&h->rep);
+    ingest_cleanup(&h->in);
+    if (twin_store_sync(h->store, err) < 0)
+        log_error("store sync failed", "err=\"%s\"", err);
+    twin_store_close(h->store);
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+
+    static struct hub h;
+    char err[CONFIG_ERR_LEN];
+    if (load_config(&a, &h.cfg, err) < 0) {
+        fprintf(stderr, "twinhub: %s\n", err);
+        return 2;
+    }
+    if (a.print) {
+        config_print(&h.cfg, stdout);
+        return 0;
+    }
+    log_set_level((enum log_level)h.cfg.log_level);
+
+    /* Block the signals before any thread exists, so only sigtimedwait takes them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (hub_open(&h) < 0)
+        return 1;
+    log_info("started", "version=%s broker=%s db=\"%s\" sync=%s", TWINHUB_VERSION,
+             h.cfg.broker_url, h.cfg.db_path, h.cfg.sync_commit ? "commit" : "os");
+    serve(&a, &h.cfg, &h.in, &h.rep, h.store, h.pub);
+    hub_close(&h);
+    log_info("stopped", "status=0");
+    for (int i = 0; i < a.n; i++)
+        free(a.owned[i]);
     return 0;
 }

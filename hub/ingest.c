@@ -1,0 +1,154 @@
+/* ingest: turns one received message into one committed twin change, before the message is
+ * acknowledged. It owns the order size cap -> topic -> pre-scan and decode -> one LMDB write
+ * transaction -> hand-off to the publisher; it never publishes itself.
+ *
+ * Threads: ingest_on_message runs on Paho's receive thread (one at a time); it takes
+ * in->limits_lock for a moment to copy the limits. ingest_set_limits: main thread (SIGHUP). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hub.h"
+#include "log.h"
+
+struct apply {
+    const struct bridge_topic *t;
+    const msgpack_object *telemetry;
+    int64_t now;
+    struct twin_apply_result res;
+    char err[TWIN_ERR_LEN];
+};
+
+static int apply_fn(struct twin_txn *txn, void *ctx)
+{
+    struct apply *a = ctx;
+    return twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res,
+                                a->err);
+}
+
+int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
+                struct report *report, const struct bridge_topics *topics,
+                const struct twin_limits *limits)
+{
+    memset(in, 0, sizeof(*in));
+    in->store = store;
+    in->pub = pub;
+    in->report = report;
+    in->topics = topics;
+    in->limits = *limits;
+    pthread_mutex_init(&in->limits_lock, NULL);
+    if (!msgpack_zone_init(&in->zone, 4096))
+        return -ENOMEM;
+    return 0;
+}
+
+void ingest_set_limits(struct ingest *in, const struct twin_limits *limits)
+{
+    pthread_mutex_lock(&in->limits_lock);
+    in->limits = *limits;
+    pthread_mutex_unlock(&in->limits_lock);
+}
+
+static enum report_kind kind_of(int rc)
+{
+    switch (rc) {
+    case -E2BIG:
+        return REPORT_SIZE;
+    case -ELOOP:
+        return REPORT_DEPTH;
+    case -EBADMSG:
+        return REPORT_MALFORMED;
+    default:
+        return REPORT_INVALID;
+    }
+}
+
+/* A storage error that cannot be fixed in place: exit before returning, so the broker keeps
+ * the message (no PUBACK) and redelivers it to the restarted hub. */
+static void fatal_store(const struct bridge_topic *t, int rc, const char *err)
+{
+    char qerr[TWIN_ERR_LEN + 8];
+    log_quote(qerr, sizeof(qerr), err, strlen(err));
+    log_error("storage failed; exiting without acknowledging the message", "id=%.*s rc=%d err=%s",
+              (int)t->id_len, t->id, rc, qerr);
+    _exit(70);
+}
+
+static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
+{
+    struct twin_limits lim;
+    pthread_mutex_lock(&in->limits_lock);
+    lim = in->limits;
+    pthread_mutex_unlock(&in->limits_lock);
+
+    char err[TWIN_ERR_LEN];
+    if (m->len > lim.max_payload) {
+        snprintf(err, sizeof(err), "payload of %zu bytes exceeds limits.max_payload (%zu)",
+                 m->len, lim.max_payload);
+        report_reject(in->report, REPORT_SIZE, m->topic, m->topic_len, err);
+        return;
+    }
+    msgpack_object obj;
+    int rc = twin_input_decode(m->payload, m->len, &lim, &in->zone, &obj, err);
+    if (rc < 0) {
+        report_reject(in->report, kind_of(rc), m->topic, m->topic_len, err);
+        goto out;
+    }
+    struct apply a = {.t = t, .telemetry = &obj, .now = hub_now_ms()};
+    rc = twin_store_write(in->store, apply_fn, &a, err);
+    if (rc == -EINVAL) {
+        report_reject(in->report, REPORT_INVALID, m->topic, m->topic_len, a.err);
+        goto out;
+    }
+    if (rc < 0)
+        fatal_store(t, rc, a.err[0] ? a.err : err);
+    switch (a.res.outcome) {
+    case TWIN_APPLIED:
+        atomic_fetch_add(&in->stats.applied, 1);
+        if (publisher_state(in->pub, t->id, t->id_len) < 0)
+            log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+                     (int)t->id_len, t->id);
+        break;
+    case TWIN_DUPLICATE:
+        atomic_fetch_add(&in->stats.duplicate, 1);
+        log_debug("duplicate telemetry ignored", "id=%.*s version=%llu", (int)t->id_len, t->id,
+                  (unsigned long long)a.res.version);
+        break;
+    case TWIN_STALE:
+        atomic_fetch_add(&in->stats.stale, 1);
+        log_debug("stale telemetry ignored", "id=%.*s version=%llu", (int)t->id_len, t->id,
+                  (unsigned long long)a.res.version);
+        break;
+    }
+out:
+    msgpack_zone_clear(&in->zone);
+}
+
+void ingest_on_message(void *ctx, const struct bridge_msg *m)
+{
+    struct ingest *in = ctx;
+    struct bridge_topic t;
+    char err[BRIDGE_ERR_LEN];
+    atomic_fetch_add(&in->stats.received, 1);
+    if (bridge_topic_parse(in->topics, m->topic, m->topic_len, &t, err) < 0) {
+        report_reject(in->report, REPORT_TOPIC, m->topic, m->topic_len, err);
+        return;
+    }
+    switch (t.kind) {
+    case BRIDGE_T_TELEMETRY:
+        telemetry(in, m, &t);
+        break;
+    default:
+        /* Only what we subscribe to arrives; anything else is a broker misconfiguration. */
+        report_reject(in->report, REPORT_TOPIC, m->topic, m->topic_len,
+                      "topic not handled by this hub");
+        break;
+    }
+}
+
+void ingest_cleanup(struct ingest *in)
+{
+    msgpack_zone_destroy(&in->zone);
+    pthread_mutex_destroy(&in->limits_lock);
+}

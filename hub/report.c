@@ -1,0 +1,123 @@
+/* report: counts rejected input, logs it, and reports it on hub/errors under a token bucket so
+ * a flood of bad messages cannot flood the log or the broker. It does not decide what is bad.
+ * Any thread may call report_reject (ingest runs it on Paho's receive thread); r->lock guards
+ * the bucket. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "hub.h"
+#include "log.h"
+
+static const char *const kind_names[REPORT_KINDS] = {"topic", "size", "depth", "malformed",
+                                                     "invalid"};
+
+int64_t hub_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void report_init(struct report *r, struct publisher *pub, const char *topic, bool json,
+                 double rate, unsigned burst)
+{
+    memset(r, 0, sizeof(*r));
+    r->pub = pub;
+    snprintf(r->topic, sizeof(r->topic), "%s", topic);
+    r->json = json;
+    pthread_mutex_init(&r->lock, NULL);
+    report_set_rate(r, rate, burst);
+    r->tokens = r->burst;
+}
+
+void report_set_rate(struct report *r, double rate, unsigned burst)
+{
+    pthread_mutex_lock(&r->lock);
+    r->rate = rate;
+    r->burst = burst;
+    if (r->tokens > r->burst)
+        r->tokens = r->burst;
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+void report_reject(struct report *r, enum report_kind kind, const char *topic, size_t topic_len,
+                   const char *reason)
+{
+    atomic_fetch_add(&r->count[kind], 1);
+    char qtopic[160], qreason[320];
+    log_quote(qtopic, sizeof(qtopic), topic, topic_len);
+    log_quote(qreason, sizeof(qreason), reason, strlen(reason));
+
+    int64_t now = hub_now_ms();
+    uint64_t suppressed = 0;
+    bool send = false;
+    pthread_mutex_lock(&r->lock);
+    r->tokens += (double)(now - r->last_ms) * r->rate / 1000.0;
+    if (r->tokens > r->burst)
+        r->tokens = r->burst;
+    r->last_ms = now;
+    if (r->tokens >= 1.0) {
+        r->tokens -= 1.0;
+        send = true;
+        suppressed = r->suppressed;
+        r->suppressed = 0;
+    } else {
+        r->suppressed++;
+    }
+    pthread_mutex_unlock(&r->lock);
+
+    if (!send) {
+        log_debug("input rejected", "kind=%s topic=%s reason=%s", kind_names[kind], qtopic,
+                  qreason);
+        return;
+    }
+    log_warn("input rejected", "kind=%s topic=%s reason=%s suppressed=%llu", kind_names[kind],
+             qtopic, qreason, (unsigned long long)suppressed);
+    if (!r->pub)
+        return;
+
+    /* {topic, reason, kind, ts, suppressed}: the topic travels in the payload, never as one. */
+    msgpack_sbuffer buf;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 5);
+    pack_str(&pk, "topic", 5);
+    pack_str(&pk, topic, topic_len < 256 ? topic_len : 256);
+    pack_str(&pk, "reason", 6);
+    pack_str(&pk, reason, strlen(reason));
+    pack_str(&pk, "kind", 4);
+    pack_str(&pk, kind_names[kind], strlen(kind_names[kind]));
+    pack_str(&pk, "ts", 2);
+    msgpack_pack_int64(&pk, now);
+    pack_str(&pk, "suppressed", 10);
+    msgpack_pack_uint64(&pk, suppressed);
+    if (r->json) {
+        msgpack_zone zone;
+        msgpack_object obj;
+        msgpack_sbuffer js;
+        size_t off = 0;
+        msgpack_zone_init(&zone, 512);
+        msgpack_sbuffer_init(&js);
+        if (msgpack_unpack(buf.data, buf.size, &off, &zone, &obj) == MSGPACK_UNPACK_SUCCESS &&
+            twin_json_write(&obj, &js) == 0)
+            publisher_raw(r->pub, r->topic, js.data, js.size);
+        msgpack_sbuffer_destroy(&js);
+        msgpack_zone_destroy(&zone);
+    } else {
+        publisher_raw(r->pub, r->topic, buf.data, buf.size);
+    }
+    msgpack_sbuffer_destroy(&buf);
+}
+
+void report_cleanup(struct report *r)
+{
+    pthread_mutex_destroy(&r->lock);
+}

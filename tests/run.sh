@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds with ASan+UBSan and -Werror, runs the
+# whole ctest suite (unit and integration). Exits non-zero on any failure.
+#   ./tests/run.sh                 everything
+#   ./tests/run.sh -L unit         only what ctest selects (arguments go to ctest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/deps.sh
+ensure_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+
+build=build-test
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTWINHUB_WERROR=ON \
+    -DTWINHUB_SANITIZE=ON >/dev/null
+cmake --build "$build" -j "$(nproc)"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+cd "$build"
+if [ $# -gt 0 ]; then
+    exec ctest --output-on-failure "$@"
+fi
+ctest --output-on-failure -j 2 --label-exclude bench
+ctest --output-on-failure -L bench
