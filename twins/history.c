@@ -1,1 +1,145 @@
-/* placeholder */ typedef int placeholder_t;
+/* history.c: the bounded time series of numeric leaves, one per (twin, path), in the "history"
+ * database. It stores and reads points; what is historized is telemetry.c's decision (paths are
+ * relative to `reported`: "vitals.hr").
+ *
+ * Key: id "\0" path. Data (MDB_DUPSORT | MDB_DUPFIXED): 16 bytes, the big-endian uint64 ts
+ * (>= 0) then the double's 8 bytes in big-endian order, so LMDB keeps the duplicates in time
+ * order and the oldest is the first.
+ */
+#include "twins_int.h"
+
+#include <errno.h>
+
+#define HKEY_MAX (TWIN_ID_MAX + 1 + TWIN_PATH_MAX)
+
+static int hkey(const char *id, size_t id_len, const char *path, size_t path_len, char *buf,
+                MDB_val *k, char *err)
+{
+    if (!id || id_len == 0 || id_len > TWIN_ID_MAX) {
+        twins__errf(err, "twin id must be 1..%d bytes", TWIN_ID_MAX);
+        return -EINVAL;
+    }
+    if (!path || path_len == 0 || path_len > TWIN_PATH_MAX) {
+        twins__errf(err, "history path must be 1..%d bytes", TWIN_PATH_MAX);
+        return -EINVAL;
+    }
+    memcpy(buf, id, id_len);
+    buf[id_len] = '\0';
+    memcpy(buf + id_len + 1, path, path_len);
+    k->mv_size = id_len + 1 + path_len;
+    k->mv_data = buf;
+    return 0;
+}
+
+static void point_put(unsigned char *b, int64_t ts, double value)
+{
+    uint64_t t = (uint64_t)ts, v;
+
+    memcpy(&v, &value, sizeof v);
+    for (int i = 0; i < 8; i++) {
+        b[7 - i] = (unsigned char)(t >> (8 * i));
+        b[15 - i] = (unsigned char)(v >> (8 * i));
+    }
+}
+
+static void point_get(const unsigned char *b, int64_t *ts, double *value)
+{
+    uint64_t t = 0, v = 0;
+
+    for (int i = 0; i < 8; i++) {
+        t = t << 8 | b[i];
+        v = v << 8 | b[8 + i];
+    }
+    *ts = (int64_t)t;
+    memcpy(value, &v, sizeof *value);
+}
+
+int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
+                        size_t path_len, int64_t ts, double value, char *err)
+{
+    char kb[HKEY_MAX];
+    unsigned char pt[16];
+    MDB_val k, d = {sizeof pt, pt};
+    unsigned max;
+    size_t n;
+    int rc;
+
+    rc = store__need_write(txn, "twin_history_append", err);
+    if (!rc)
+        rc = hkey(id, id_len, path, path_len, kb, &k, err);
+    if (rc)
+        return rc;
+    if (ts < 0) {
+        twins__errf(err, "history timestamp %lld is negative", (long long)ts);
+        return -EINVAL;
+    }
+    max = atomic_load(&txn->s->history_max);
+    if (max == 0)
+        return 0; /* history is switched off */
+    point_put(pt, ts, value);
+    /* write-transaction cursors cannot be renewed: one per transaction, closed with it */
+    if (!txn->hist) {
+        rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &txn->hist);
+        if (rc) {
+            txn->hist = NULL;
+            return store__mdb_error(txn, rc, "mdb_cursor_open", err);
+        }
+    }
+    rc = mdb_cursor_put(txn->hist, &k, &d, 0);
+    if (!rc)
+        rc = mdb_cursor_count(txn->hist, &n);
+    while (!rc && n > max) {
+        MDB_val fk, fd;
+
+        rc = mdb_cursor_get(txn->hist, &fk, &fd, MDB_FIRST_DUP);
+        if (!rc)
+            rc = mdb_cursor_del(txn->hist, 0);
+        n--;
+    }
+    if (rc)
+        return store__mdb_error(txn, rc, "appending history", err);
+    return 0;
+}
+
+int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
+                      size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err)
+{
+    char kb[HKEY_MAX];
+    unsigned char from[16];
+    MDB_val k, d = {sizeof from, from};
+    MDB_cursor *c;
+    int rc;
+
+    if (!txn || !cb)
+        return -EINVAL;
+    rc = hkey(id, id_len, path, path_len, kb, &k, err);
+    if (rc)
+        return rc;
+    /* the smallest point at since_ms: ts, then the eight zero bytes of +0.0 */
+    point_put(from, since_ms > 0 ? since_ms : 0, 0.0);
+    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &c);
+    if (rc)
+        return store__mdb_error(txn, rc, "mdb_cursor_open", err);
+    rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
+    while (rc == 0) {
+        int64_t ts;
+        double v;
+
+        if (d.mv_size != 16) {
+            mdb_cursor_close(c);
+            twins__errf(err, "history point of %zu bytes, expected 16", d.mv_size);
+            return -EBADMSG;
+        }
+        point_get(d.mv_data, &ts, &v);
+        rc = cb(ctx, ts, v);
+        if (rc) {
+            mdb_cursor_close(c);
+            return rc;
+        }
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_DUP);
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND)
+        return store__mdb_error(txn, rc, "reading history", err);
+    return 0;
+}

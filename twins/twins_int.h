@@ -1,0 +1,136 @@
+/* twins_int.h: what the files of the twins library share and nobody outside it sees: the store
+ * and transaction structs, the msgpack header reader that scan.c and doc.c walk bytes with, and
+ * error formatting. Nothing here is part of the contract in twins.h.
+ */
+#ifndef TWINS_INT_H
+#define TWINS_INT_H
+
+#include "twins.h"
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------------------------ */
+
+/* Formats a reason into err (TWIN_ERR_LEN bytes); err may be NULL. */
+static inline void twins__errf(char *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static inline void twins__errf(char *err, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, TWIN_ERR_LEN, fmt, ap);
+    va_end(ap);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Msgpack headers (scan.c)
+ * ------------------------------------------------------------------------------------------ */
+
+enum scan_kind {
+    SCAN_NIL,
+    SCAN_BOOL,
+    SCAN_UINT,  /* positive fixint, uint8..64, and int8..64 holding a value >= 0 */
+    SCAN_INT,   /* negative values */
+    SCAN_FLOAT, /* float32, float64 */
+    SCAN_STR,
+    SCAN_BIN,
+    SCAN_EXT,
+    SCAN_ARRAY,
+    SCAN_MAP,
+};
+
+/* One msgpack header as read by scan__head. */
+struct scan_head {
+    enum scan_kind kind;
+    const char *name; /* the format's name: "fixmap", "str32", ... */
+    size_t hdr;       /* bytes of the tag, length fields and ext type byte */
+    uint64_t n;       /* body bytes (str, bin, ext, float, int) or entries (array, map) */
+    uint64_t u;       /* SCAN_UINT: the value; SCAN_INT: the int64 bits; SCAN_BOOL: 0/1 */
+};
+
+/* Reads the header at p[off] (off <= len). Checks that the header and any str/bin/ext body fit
+ * in len, and that an array of n entries has >= n bytes left (a map >= 2n).
+ * Returns 0 or -EBADMSG with the reason in err. Allocates nothing. */
+int scan__head(const unsigned char *p, size_t len, size_t off, struct scan_head *h, char *err);
+
+/* Checks that p[0..len) starts with one well-formed object no deeper than max_depth (capped at
+ * TWIN_DEPTH_CAP) with no map or array of more than max_keys entries. *end receives the offset
+ * just past it. Returns 0, -EBADMSG, -ELOOP, -E2BIG. */
+int scan__object(const unsigned char *p, size_t len, unsigned max_depth, unsigned max_keys,
+                 size_t *end, char *err);
+
+/* Moves *off past one object (of any depth; iterative). Returns 0 or -EBADMSG. */
+int scan__skip(const unsigned char *p, size_t len, size_t *off);
+
+/* ---------------------------------------------------------------------------------------------
+ * JSON input (json.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Converts the JSON object text p[0..len) (strict RFC 8259) into msgpack bytes allocated in
+ * zone: *out, *out_len. Applies lim->max_depth and lim->max_keys (the caller has checked
+ * max_payload). Returns 0, -EBADMSG, -ELOOP, -E2BIG, -ENOMEM; the reason names the offset. */
+int json__to_msgpack(const unsigned char *p, size_t len, const struct twin_limits *lim,
+                     msgpack_zone *zone, const unsigned char **out, size_t *out_len, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Values (value.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* True when msgpack key `k` is the string s[0..n). */
+static inline bool twins__key_is(const msgpack_object *k, const char *s, size_t n)
+{
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           (n == 0 || memcmp(k->via.str.ptr, s, n) == 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The store (store.c)
+ * ------------------------------------------------------------------------------------------ */
+
+#define TWINS_SCHEMA 1u
+
+struct twin_txn {
+    struct twin_store *s;
+    MDB_txn *txn;
+    bool write;
+    bool map_full;    /* an LMDB call in this transaction reported MDB_MAP_FULL */
+    MDB_cursor *hist; /* history cursor of a write transaction, opened on first append */
+    msgpack_zone zone;
+    msgpack_sbuffer sbuf; /* encoding scratch of write transactions */
+};
+
+struct twin_store {
+    MDB_env *env;
+    MDB_dbi dbi_twins, dbi_history, dbi_outbox, dbi_info;
+    bool read_only;
+    /* Every transaction holds `lock` shared; a map resize takes it exclusive, because
+     * mdb_env_set_mapsize needs no transaction active in the process. */
+    pthread_rwlock_t lock;
+    /* One twin_store_write at a time: it guards wtxn and is taken before `lock`. */
+    pthread_mutex_t wlock;
+    _Atomic size_t map_size;
+    size_t max_map_size;
+    _Atomic unsigned history_max;
+    struct twin_txn wtxn; /* reused by every write transaction */
+    size_t wzone_chunk;   /* chunk size of wtxn.zone; doubled when a transaction outgrows it */
+};
+
+/* Translates an LMDB code once: MDB_NOTFOUND -> -ENOENT, ENOMEM -> -ENOMEM, anything else
+ * -> -EIO with "what: <mdb_strerror>" in err. MDB_MAP_FULL also marks txn (if not NULL) so
+ * twin_store_write grows the map and runs the transaction again. */
+int store__mdb_error(struct twin_txn *txn, int rc, const char *what, char *err);
+
+/* -EINVAL with a reason unless txn is a write transaction. */
+int store__need_write(const struct twin_txn *txn, const char *what, char *err);
+
+#endif
