@@ -1,4 +1,764 @@
-int main(void)
+/* twinctl: the operator's tool. Reads twins straight from LMDB (read-only, while the hub runs
+ * or not) through the twins library and prints JSON for scripts or tables for people. It owns
+ * argument parsing and output formats; every fact about twins comes from twins/.
+ *
+ * Commands live in one table (`commands` below): a new one is a row and a function.
+ * Exit codes: 0 found, 1 not found (no such twin, no history), 2 usage or I/O error; every
+ * failure prints one line "twinctl: <reason>" on stderr.
+ *
+ * Choices made here: the database is --db, else TWINHUB_STORE_PATH, else store.path of the
+ * file given with -c (like twinhub, no file is read unless -c names one), else the default.
+ * `list` with no match is not an error (exit 0, no lines; --table prints the header).
+ * `history --since` takes a duration back from now (bare number: seconds). In --table output
+ * timestamps (last_seen, created, meta.*, predicted.*.ts) are ISO 8601 UTC. Single-threaded. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "config.h"
+#include "top.h"
+#include "twins.h"
+
+enum { EXIT_FOUND = 0, EXIT_NOT_FOUND = 1, EXIT_ERROR = 2 };
+
+/* Options that belong to some commands only. */
+enum {
+    OPT_PREFIX = 1u << 0,
+    OPT_LIMIT = 1u << 1,
+    OPT_SINCE = 1u << 2,
+    OPT_FIELDS = 1u << 3,
+    OPT_INTERVAL = 1u << 4,
+    OPT_SECONDS = 1u << 5,
+    OPT_WAIT = 1u << 6,
+};
+static const char *const opt_names[] = {"--prefix", "--limit",   "--since", "--fields",
+                                        "--interval", "--seconds", "--wait"};
+
+struct ctl {
+    /* from the command line */
+    const char *config_file;
+    const char *db;
+    bool table;
+    const char *prefix;
+    const char *limit_text;
+    const char *since_text;
+    const char *fields_text;
+    const char *interval_text;
+    const char *seconds_text;
+    const char *wait_text;
+    unsigned opts_given;
+    char **args; /* after the command name */
+    int nargs;
+
+    struct config cfg;
+    struct twin_store *store;
+    struct twin_txn *txn;
+    msgpack_sbuffer out; /* JSON under construction */
+};
+
+struct command {
+    const char *name;
+    const char *usage; /* what follows the name */
+    const char *help;
+    int min_args, max_args;
+    unsigned opts;    /* OPT_* it accepts */
+    bool needs_store; /* open the store and a read transaction before run */
+    int (*run)(struct ctl *ctl);
+};
+
+static int cmd_get(struct ctl *ctl);
+static int cmd_list(struct ctl *ctl);
+static int cmd_history(struct ctl *ctl);
+static int cmd_stats(struct ctl *ctl);
+static int cmd_top(struct ctl *ctl);
+static int cmd_help(struct ctl *ctl);
+
+static const struct command commands[] = {
+    {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
+    {"list", "[--prefix P] [--limit N]", "print twins in id order, one per line", 0, 0,
+     OPT_PREFIX | OPT_LIMIT, true, cmd_list},
+    {"history", "ID PATH [--since 10m]", "print the history of reported.PATH, oldest first", 2, 2,
+     OPT_SINCE, true, cmd_history},
+    {"stats", "", "print store statistics", 0, 0, 0, true, cmd_stats},
+    {"top", "[--fields PATH=LABEL,...] [--prefix P] [--interval 1s] [--seconds N] [--wait 10s]",
+     "a live table of the twins, redrawn every interval", 0, 0,
+     OPT_FIELDS | OPT_PREFIX | OPT_LIMIT | OPT_INTERVAL | OPT_SECONDS | OPT_WAIT, false, cmd_top},
+    {"help", "", "print this text", 0, 0, 0, false, cmd_help},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...)
 {
+    va_list ap;
+    fputs("twinctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return code;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: twinctl [-c FILE] [--db PATH] [--table] COMMAND [ARGS]\n\ncommands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        char head[64];
+        snprintf(head, sizeof head, "%s %s", commands[i].name, commands[i].usage);
+        fprintf(f, "  %-34s %s\n", head, commands[i].help);
+    }
+    fprintf(f, "\noptions:\n"
+               "  -c, --config FILE    read store.path (and the rest) from this YAML file\n"
+               "      --db PATH        the LMDB directory (overrides TWINHUB_STORE_PATH and "
+               "the file)\n"
+               "      --table          aligned text for people instead of JSON\n"
+               "  -h, --help           this text\n"
+               "  -V, --version        the version\n"
+               "\nexit status: 0 found, 1 not found, 2 usage or I/O error\n");
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Output helpers
+ * ------------------------------------------------------------------------------------------ */
+
+/* Writes obj as one line of JSON. */
+static int emit_json(struct ctl *ctl, const msgpack_object *obj)
+{
+    msgpack_sbuffer_clear(&ctl->out);
+    if (twin_json_write(obj, &ctl->out) < 0)
+        return fail(EXIT_ERROR, "out of memory");
+    fwrite(ctl->out.data, 1, ctl->out.size, stdout);
+    fputc('\n', stdout);
     return 0;
+}
+
+/* ms since epoch -> "2026-11-21T17:53:58.123Z" (room for any year the compiler imagines) */
+#define ISO_LEN 96
+static const char *iso_time(char *buf, size_t size, int64_t ms)
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    if (ms < 0 || !gmtime_r(&s, &tm)) {
+        snprintf(buf, size, "%lld", (long long)ms);
+        return buf;
+    }
+    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return buf;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static msgpack_object str_obj(const char *s)
+{
+    msgpack_object o = {.type = MSGPACK_OBJECT_STR};
+    o.via.str.ptr = s;
+    o.via.str.size = (uint32_t)strlen(s);
+    return o;
+}
+
+static msgpack_object uint_obj(uint64_t v)
+{
+    msgpack_object o = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER};
+    o.via.u64 = v;
+    return o;
+}
+
+static msgpack_object int_obj(int64_t v)
+{
+    if (v >= 0)
+        return uint_obj((uint64_t)v);
+    msgpack_object o = {.type = MSGPACK_OBJECT_NEGATIVE_INTEGER};
+    o.via.i64 = v;
+    return o;
+}
+
+/* A history value: whole numbers print as integers (72, not 72.0). */
+static msgpack_object num_obj(double v)
+{
+    if (isfinite(v) && fabs(v) < 9007199254740992.0 && v == (double)(int64_t)v)
+        return int_obj((int64_t)v);
+    msgpack_object o = {.type = MSGPACK_OBJECT_FLOAT64};
+    o.via.f64 = v;
+    return o;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The store
+ * ------------------------------------------------------------------------------------------ */
+
+static int open_store(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    const char *path = ctl->cfg.db_path;
+    struct stat st;
+
+    if (stat(path, &st) != 0)
+        return fail(EXIT_ERROR, "no database at %s (set --db, TWINHUB_STORE_PATH or store.path)",
+                    path);
+    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
+    so.path = path;
+    so.read_only = true;
+    so.map_size = ctl->cfg.map_size;
+    so.max_map_size = ctl->cfg.max_map_size;
+    so.history_max_points = ctl->cfg.history_max_points;
+    int rc = twin_store_open(&ctl->store, &so, err);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot open %s: %s", path, err);
+    rc = twin_store_read_begin(ctl->store, &ctl->txn, err);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read %s: %s", path, err);
+    return 0;
+}
+
+static int check_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > TWIN_ID_MAX)
+        return fail(EXIT_ERROR, "'%.*s' is not a twin id (1 to %d bytes)", 140, id, TWIN_ID_MAX);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * get
+ * ------------------------------------------------------------------------------------------ */
+
+static bool is_timestamp(const char *path)
+{
+    size_t n = strlen(path);
+    return strcmp(path, "last_seen") == 0 || strcmp(path, "created") == 0 ||
+           strncmp(path, "meta.", 5) == 0 ||
+           (strncmp(path, "predicted.", 10) == 0 && n > 3 && strcmp(path + n - 3, ".ts") == 0);
+}
+
+/* Prints "path = value" for every leaf under obj (maps are walked, anything else is a leaf). */
+static int print_leaves(struct ctl *ctl, const msgpack_object *obj, char *path, size_t len,
+                        size_t cap)
+{
+    if (obj->type == MSGPACK_OBJECT_MAP && obj->via.map.size > 0) {
+        for (uint32_t i = 0; i < obj->via.map.size; i++) {
+            const msgpack_object_kv *kv = &obj->via.map.ptr[i];
+            size_t n = len;
+            if (n && n + 1 < cap)
+                path[n++] = '.';
+            if (kv->key.type == MSGPACK_OBJECT_STR) {
+                size_t k = kv->key.via.str.size;
+                if (n + k >= cap)
+                    k = cap - n - 1;
+                memcpy(path + n, kv->key.via.str.ptr, k);
+                n += k;
+            } else {
+                msgpack_sbuffer_clear(&ctl->out);
+                if (twin_json_write(&kv->key, &ctl->out) < 0)
+                    return fail(EXIT_ERROR, "out of memory");
+                size_t k = ctl->out.size < cap - n - 1 ? ctl->out.size : cap - n - 1;
+                memcpy(path + n, ctl->out.data, k);
+                n += k;
+            }
+            path[n] = '\0';
+            int rc = print_leaves(ctl, &kv->val, path, n, cap);
+            if (rc)
+                return rc;
+        }
+        path[len] = '\0';
+        return 0;
+    }
+
+    char when[ISO_LEN];
+    if (is_timestamp(path) && (obj->type == MSGPACK_OBJECT_POSITIVE_INTEGER)) {
+        printf("%s = %s\n", path, iso_time(when, sizeof when, (int64_t)obj->via.u64));
+        return 0;
+    }
+    msgpack_sbuffer_clear(&ctl->out);
+    if (twin_json_write(obj, &ctl->out) < 0)
+        return fail(EXIT_ERROR, "out of memory");
+    printf("%s = %.*s\n", path, (int)ctl->out.size, ctl->out.data);
+    return 0;
+}
+
+static int cmd_get(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN], path[TWIN_PATH_MAX * 2];
+    const char *id = ctl->args[0];
+    const void *buf;
+    size_t len, off = 0;
+    msgpack_object doc;
+
+    if (check_id(id))
+        return EXIT_ERROR;
+    int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
+    if (rc == -ENOENT)
+        return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+    if (msgpack_unpack(buf, len, &off, twin_txn_zone(ctl->txn), &doc) != MSGPACK_UNPACK_SUCCESS)
+        return fail(EXIT_ERROR, "twin '%s' in %s is not valid msgpack", id, ctl->cfg.db_path);
+
+    if (!ctl->table)
+        return emit_json(ctl, &doc);
+    path[0] = '\0';
+    return print_leaves(ctl, &doc, path, 0, sizeof path);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * list
+ * ------------------------------------------------------------------------------------------ */
+
+#define STOP 1 /* a callback's "enough", told apart from negative errors */
+
+struct list_walk {
+    struct ctl *ctl;
+    msgpack_zone zone;
+    uint64_t limit, seen;
+    int id_width, version_width;
+    bool measuring; /* first pass of --table: widths only */
+    int rc;
+};
+
+static int list_one(void *vctx, const char *id, size_t id_len, const void *buf, size_t len)
+{
+    struct list_walk *w = vctx;
+    char err[TWIN_ERR_LEN];
+
+    if (w->limit && w->seen == w->limit)
+        return STOP;
+    w->seen++;
+    msgpack_zone_clear(&w->zone);
+
+    if (w->measuring) {
+        uint64_t version = 0;
+        char v[24];
+        twin_doc_version(buf, len, &version);
+        int vw = snprintf(v, sizeof v, "%llu", (unsigned long long)version);
+        if ((int)id_len > w->id_width)
+            w->id_width = (int)id_len;
+        if (vw > w->version_width)
+            w->version_width = vw;
+        return 0;
+    }
+
+    if (!w->ctl->table) {
+        msgpack_object doc;
+        size_t off = 0;
+        if (msgpack_unpack(buf, len, &off, &w->zone, &doc) != MSGPACK_UNPACK_SUCCESS) {
+            w->rc = fail(EXIT_ERROR, "twin '%.*s' is not valid msgpack", (int)id_len, id);
+            return STOP;
+        }
+        w->rc = emit_json(w->ctl, &doc);
+        return w->rc ? STOP : 0;
+    }
+
+    struct twin_doc doc;
+    char when[ISO_LEN];
+    if (twin_doc_decode(buf, len, &w->zone, &doc, err) < 0) {
+        w->rc = fail(EXIT_ERROR, "twin '%.*s': %s", (int)id_len, id, err);
+        return STOP;
+    }
+    uint32_t nkeys = doc.reported.type == MSGPACK_OBJECT_MAP ? doc.reported.via.map.size : 0;
+    printf("%-*.*s  %*llu  %-24s  %u\n", w->id_width, (int)id_len, id, w->version_width,
+           (unsigned long long)doc.version,
+           doc.last_seen > 0 ? iso_time(when, sizeof when, doc.last_seen) : "-", nkeys);
+    return 0;
+}
+
+static int cmd_list(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    struct list_walk w = {.ctl = ctl, .id_width = 2, .version_width = 7};
+    const char *prefix = ctl->prefix ? ctl->prefix : "";
+
+    if (ctl->limit_text) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(ctl->limit_text, &end, 10);
+        if (!*ctl->limit_text || *end || errno || ctl->limit_text[0] == '-' || n == 0)
+            return fail(EXIT_ERROR, "--limit: expected a whole number above 0, got '%s'",
+                        ctl->limit_text);
+        w.limit = n;
+    }
+    if (!msgpack_zone_init(&w.zone, 4096))
+        return fail(EXIT_ERROR, "out of memory");
+
+    int rc = 0;
+    if (ctl->table) {
+        w.measuring = true;
+        rc = twin_list(ctl->txn, prefix, strlen(prefix), list_one, &w, err);
+        if (rc < 0)
+            goto fail_list;
+        w.measuring = false;
+        w.seen = 0;
+        printf("%-*s  %*s  %-24s  %s\n", w.id_width, "ID", w.version_width, "VERSION", "LAST_SEEN",
+               "REPORTED");
+    }
+    rc = twin_list(ctl->txn, prefix, strlen(prefix), list_one, &w, err);
+    if (rc < 0)
+        goto fail_list;
+    msgpack_zone_destroy(&w.zone);
+    return w.rc;
+
+fail_list:
+    msgpack_zone_destroy(&w.zone);
+    return fail(EXIT_ERROR, "cannot list twins in %s: %s", ctl->cfg.db_path, err);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * history
+ * ------------------------------------------------------------------------------------------ */
+
+struct history_walk {
+    struct ctl *ctl;
+    uint64_t points;
+    int rc;
+};
+
+static int history_one(void *vctx, int64_t ts, double value)
+{
+    struct history_walk *w = vctx;
+    char when[ISO_LEN];
+
+    w->points++;
+    if (w->ctl->table) {
+        char num[40];
+        /* The shortest text that reads back as the same double. */
+        for (int prec = 6; prec <= 17; prec++) {
+            snprintf(num, sizeof num, "%.*g", prec, value);
+            if (strtod(num, NULL) == value)
+                break;
+        }
+        printf("%s  %s\n", iso_time(when, sizeof when, ts), num);
+        return 0;
+    }
+    msgpack_object_kv kv[2] = {
+        {str_obj("ts"), int_obj(ts)},
+        {str_obj("value"), num_obj(value)},
+    };
+    msgpack_object o = {.type = MSGPACK_OBJECT_MAP};
+    o.via.map.size = 2;
+    o.via.map.ptr = kv;
+    w->rc = emit_json(w->ctl, &o);
+    return w->rc ? STOP : 0;
+}
+
+static int cmd_history(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    const char *id = ctl->args[0];
+    const char *path = ctl->args[1];
+    const void *buf;
+    size_t len;
+    int64_t since = INT64_MIN;
+
+    if (check_id(id))
+        return EXIT_ERROR;
+    /* History keys are paths inside reported. */
+    if (strncmp(path, "reported.", 9) == 0)
+        path += 9;
+    if (!*path || strlen(path) > TWIN_PATH_MAX)
+        return fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
+                    TWIN_PATH_MAX);
+    if (ctl->since_text) {
+        uint64_t ms;
+        if (config_parse_duration_ms(ctl->since_text, 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
+            return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
+                        ctl->since_text);
+        since = now_ms() - (int64_t)ms;
+    }
+
+    int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
+    if (rc == -ENOENT)
+        return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+
+    struct history_walk w = {.ctl = ctl};
+    rc = twin_history_read(ctl->txn, id, strlen(id), path, strlen(path), since, history_one, &w,
+                           err);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read history of '%s' %s: %s", id, path, err);
+    if (w.rc)
+        return w.rc;
+    if (w.points == 0)
+        return fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s'%s%s", path, id,
+                    ctl->since_text ? " in the last " : "", ctl->since_text ? ctl->since_text : "");
+    return EXIT_FOUND;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * stats
+ * ------------------------------------------------------------------------------------------ */
+
+static int cmd_stats(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    struct twin_stats st;
+
+    int rc = twin_store_stats(ctl->txn, &st, err);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read statistics of %s: %s", ctl->cfg.db_path, err);
+
+    const struct {
+        const char *name;
+        uint64_t value;
+        bool bytes;
+    } rows[] = {
+        {"twins", st.twins, false},
+        {"history_series", st.history_series, false},
+        {"history_points", st.history_points, false},
+        {"outbox", st.outbox, false},
+        {"map_size", st.map_size, true},
+        {"used_bytes", st.used_bytes, true},
+        {"last_txn", st.last_txn, false},
+    };
+    enum { NROWS = sizeof rows / sizeof rows[0] };
+
+    if (ctl->table) {
+        printf("%-16s%s\n", "path", ctl->cfg.db_path);
+        for (size_t i = 0; i < NROWS; i++) {
+            printf("%-16s%llu", rows[i].name, (unsigned long long)rows[i].value);
+            if (rows[i].bytes)
+                printf(" (%.1f MiB)", (double)rows[i].value / (1024.0 * 1024.0));
+            putchar('\n');
+        }
+        return EXIT_FOUND;
+    }
+    msgpack_object_kv kv[NROWS + 1];
+    kv[0].key = str_obj("path");
+    kv[0].val = str_obj(ctl->cfg.db_path);
+    for (size_t i = 0; i < NROWS; i++) {
+        kv[i + 1].key = str_obj(rows[i].name);
+        kv[i + 1].val = uint_obj(rows[i].value);
+    }
+    msgpack_object o = {.type = MSGPACK_OBJECT_MAP};
+    o.via.map.size = NROWS + 1;
+    o.via.map.ptr = kv;
+    return emit_json(ctl, &o);
+}
+
+/* A live table; the store is opened by top itself, which can wait for it to appear. */
+static int cmd_top(struct ctl *ctl)
+{
+    struct top_options o = {.db_path = ctl->cfg.db_path, .prefix = ctl->prefix ? ctl->prefix : "",
+                            .interval_ms = 1000, .wait_ms = 0};
+    char err[CONFIG_ERR_LEN];
+    uint64_t v;
+    if (top_parse_fields(&o, ctl->fields_text ? ctl->fields_text
+                                              : "reported.heart_rate=HR,reported.spo2=SpO2",
+                         err, sizeof(err)) < 0)
+        return fail(EXIT_ERROR, "%s", err);
+    const struct {
+        const char *text, *name;
+        uint64_t unit, *out;
+    } durations[] = {
+        {ctl->interval_text, "--interval", 1, &o.interval_ms},
+        {ctl->seconds_text, "--seconds", 1000, &o.seconds},
+        {ctl->wait_text, "--wait", 1, &o.wait_ms},
+    };
+    for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+        if (!durations[i].text)
+            continue;
+        if (config_parse_duration_ms(durations[i].text, durations[i].unit, &v) < 0)
+            return fail(EXIT_ERROR, "%s: bad duration '%s'", durations[i].name,
+                        durations[i].text);
+        *durations[i].out = v;
+    }
+    o.seconds /= 1000;
+    if (ctl->limit_text) {
+        char *end;
+        unsigned long n = strtoul(ctl->limit_text, &end, 10);
+        if (*end || n == 0 || n > 100000)
+            return fail(EXIT_ERROR, "--limit: expected 1..100000, got '%s'", ctl->limit_text);
+        o.limit = (unsigned)n;
+    }
+    return top_run(&o);
+}
+
+static int cmd_help(struct ctl *ctl)
+{
+    (void)ctl;
+    usage(stdout);
+    return EXIT_FOUND;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * main
+ * ------------------------------------------------------------------------------------------ */
+
+static const char *opt_name(unsigned bit)
+{
+    unsigned i = 0;
+    while (bit > 1u) {
+        bit >>= 1;
+        i++;
+    }
+    return opt_names[i];
+}
+
+/* Parses argv into ctl; returns the command, or NULL with *code set (help, version, error). */
+static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, int *code)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"db", required_argument, NULL, 'd'},
+        {"table", no_argument, NULL, 't'},
+        {"prefix", required_argument, NULL, 'p'},
+        {"limit", required_argument, NULL, 'l'},
+        {"since", required_argument, NULL, 's'},
+        {"fields", required_argument, NULL, 'f'},
+        {"interval", required_argument, NULL, 'i'},
+        {"seconds", required_argument, NULL, 'S'},
+        {"wait", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    bool help = false;
+    int o;
+
+    opterr = 0; /* our own one-line messages */
+    while ((o = getopt_long(argc, argv, ":c:hV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c':
+            ctl->config_file = optarg;
+            break;
+        case 'd':
+            ctl->db = optarg;
+            break;
+        case 't':
+            ctl->table = true;
+            break;
+        case 'p':
+            ctl->prefix = optarg;
+            ctl->opts_given |= OPT_PREFIX;
+            break;
+        case 'l':
+            ctl->limit_text = optarg;
+            ctl->opts_given |= OPT_LIMIT;
+            break;
+        case 's':
+            ctl->since_text = optarg;
+            ctl->opts_given |= OPT_SINCE;
+            break;
+        case 'f':
+            ctl->fields_text = optarg;
+            ctl->opts_given |= OPT_FIELDS;
+            break;
+        case 'i':
+            ctl->interval_text = optarg;
+            ctl->opts_given |= OPT_INTERVAL;
+            break;
+        case 'S':
+            ctl->seconds_text = optarg;
+            ctl->opts_given |= OPT_SECONDS;
+            break;
+        case 'w':
+            ctl->wait_text = optarg;
+            ctl->opts_given |= OPT_WAIT;
+            break;
+        case 'h':
+            help = true;
+            break;
+        case 'V':
+            printf("twinctl %s\n", TWINHUB_VERSION);
+            *code = EXIT_FOUND;
+            return NULL;
+        case ':':
+            *code = fail(EXIT_ERROR, "%s needs a value (see twinctl --help)", argv[optind - 1]);
+            return NULL;
+        default:
+            if (optopt)
+                *code = fail(EXIT_ERROR, "unknown option '-%c' (see twinctl --help)", optopt);
+            else
+                *code =
+                    fail(EXIT_ERROR, "unknown option '%s' (see twinctl --help)", argv[optind - 1]);
+            return NULL;
+        }
+    }
+
+    if (optind == argc) {
+        usage(help ? stdout : stderr);
+        *code = help ? EXIT_FOUND : EXIT_ERROR;
+        return NULL;
+    }
+    const char *name = argv[optind];
+    const struct command *cmd = NULL;
+    for (size_t i = 0; i < NCOMMANDS && !cmd; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            cmd = &commands[i];
+    if (!cmd) {
+        *code = fail(EXIT_ERROR, "unknown command '%s' (see twinctl --help)", name);
+        return NULL;
+    }
+    if (help) {
+        printf("usage: twinctl [-c FILE] [--db PATH] [--table] %s %s\n  %s\n", cmd->name,
+               cmd->usage, cmd->help);
+        *code = EXIT_FOUND;
+        return NULL;
+    }
+    ctl->args = argv + optind + 1;
+    ctl->nargs = argc - optind - 1;
+    if (ctl->nargs < cmd->min_args || ctl->nargs > cmd->max_args) {
+        *code = fail(EXIT_ERROR, "usage: twinctl %s %s", cmd->name, cmd->usage);
+        return NULL;
+    }
+    unsigned extra = ctl->opts_given & ~cmd->opts;
+    if (extra) {
+        *code = fail(EXIT_ERROR, "%s does not take %s", cmd->name, opt_name(extra & -extra));
+        return NULL;
+    }
+    return cmd;
+}
+
+/* defaults < -c FILE < TWINHUB_* < --db, as twinhub builds its configuration. */
+static int load_config(struct ctl *ctl)
+{
+    char err[CONFIG_ERR_LEN];
+    config_defaults(&ctl->cfg);
+    if (ctl->config_file && config_load_file(&ctl->cfg, ctl->config_file, err) < 0)
+        return fail(EXIT_ERROR, "%s", err);
+    if (config_load_env(&ctl->cfg, NULL, err) < 0)
+        return fail(EXIT_ERROR, "%s", err);
+    if (ctl->db && config_set(&ctl->cfg, "store.path", ctl->db, err) < 0)
+        return fail(EXIT_ERROR, "--db: %s", err);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl ctl = {0};
+    int code = EXIT_ERROR;
+
+    const struct command *cmd = parse_args(argc, argv, &ctl, &code);
+    if (!cmd)
+        goto out;
+    if (load_config(&ctl))
+        goto out;
+    msgpack_sbuffer_init(&ctl.out);
+    if (cmd->needs_store && open_store(&ctl))
+        goto fail_store;
+
+    code = cmd->run(&ctl);
+
+fail_store:
+    if (ctl.txn)
+        twin_store_read_end(ctl.txn);
+    twin_store_close(ctl.store);
+    msgpack_sbuffer_destroy(&ctl.out);
+out:
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fail(EXIT_ERROR, "writing output: %s", strerror(errno));
+        code = EXIT_ERROR;
+    }
+    return code;
 }
