@@ -392,20 +392,16 @@ static void hub_close(struct hub *h)
     twin_store_close(h->store);
 }
 
-int main(int argc, char **argv)
+/* Runs the daemon with parsed arguments; returns the exit status. */
+static int run(const struct args *a)
 {
-    struct args a = {0};
-    int rc = parse_args(argc, argv, &a);
-    if (rc >= 0)
-        return rc;
-
     static struct hub h;
     char err[CONFIG_ERR_LEN];
-    if (load_config(&a, &h.cfg, err) < 0) {
+    if (load_config(a, &h.cfg, err) < 0) {
         fprintf(stderr, "twinhub: %s\n", err);
         return 2;
     }
-    if (a.print) {
+    if (a->print) {
         config_print(&h.cfg, stdout);
         return 0;
     }
@@ -424,10 +420,19 @@ int main(int argc, char **argv)
         return 1;
     log_info("started", "version=%s broker=%s db=\"%s\" sync=%s", TWINHUB_VERSION,
              h.cfg.broker_url, h.cfg.db_path, h.cfg.sync_commit ? "commit" : "os");
-    serve(&a, &h.cfg, &h.in, &h.rep, h.store, h.pub);
+    serve(a, &h.cfg, &h.in, &h.rep, h.store, h.pub);
     hub_close(&h);
-    log_info("stopped", "status=0");
+    log_info("stopped", "status=%d", 0);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    int rc = parse_args(argc, argv, &a);
+    if (rc < 0)
+        rc = run(&a);
     for (int i = 0; i < a.n; i++)
         free(a.owned[i]);
-    return 0;
+    return rc;
 }

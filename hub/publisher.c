@@ -20,6 +20,8 @@
 
 #define FLUSH_EVERY_MS 250
 #define FLUSH_AT 4096
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
 
 struct entry {
     struct entry *hnext; /* hash chain */
@@ -63,6 +65,7 @@ struct publisher {
     unsigned nraw;
 
     unsigned inflight, max_inflight;
+    int64_t backoff_ms, retry_at; /* after a refused publication, state waits until retry_at */
 
     struct acked *acked; /* acknowledged, not yet removed from the outbox */
     size_t nacked, acked_cap;
@@ -269,6 +272,7 @@ static void on_state_done(void *ctx, int status)
     e->inflight = false;
     if (status == 0) {
         p->st.published++;
+        p->backoff_ms = 0;
         if (p->nacked == p->acked_cap) {
             size_t cap = p->acked_cap ? p->acked_cap * 2 : 256;
             struct acked *a = realloc(p->acked, cap * sizeof(*a));
@@ -285,8 +289,13 @@ static void on_state_done(void *ctx, int status)
             memcpy(a->id, e->id, e->id_len + 1);
         }
     } else if (status != -ECANCELED) {
+        /* Refused (e.g. not authorized): retry, but back off so it cannot become a busy loop. */
         p->st.failed++;
         e->dirty = true;
+        p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_MIN_MS;
+        if (p->backoff_ms > BACKOFF_MAX_MS)
+            p->backoff_ms = BACKOFF_MAX_MS;
+        p->retry_at = hub_now_ms() + p->backoff_ms;
     }
     if (e->dirty && !p->stop) {
         e->dirty = false;
@@ -443,7 +452,8 @@ static void *run(void *arg)
 
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
-        bool work = (p->qhead || p->rhead) && p->inflight < p->max_inflight &&
+        bool state_ok = p->qhead && hub_now_ms() >= p->retry_at; /* reread after the wait */
+        bool work = (state_ok || p->rhead) && p->inflight < p->max_inflight &&
                     bridge_client_connected(p->o.bridge);
         if (!work) {
             struct timespec ts;
@@ -459,7 +469,8 @@ static void *run(void *arg)
         struct entry *batch = NULL, **bt = &batch;
         struct raw *raws = NULL, **rt = &raws;
         if (bridge_client_connected(p->o.bridge)) {
-            while (p->qhead && p->inflight < p->max_inflight) {
+            bool due = hub_now_ms() >= p->retry_at;
+            while (due && p->qhead && p->inflight < p->max_inflight) {
                 struct entry *e = p->qhead;
                 p->qhead = e->qnext;
                 if (!p->qhead)
