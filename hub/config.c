@@ -137,10 +137,12 @@ static const struct key keys[] = {
     DUR("store.sync_interval_ms", sync_interval_ms, "1000", 1, 10, HOUR, 0),
     SIZE("store.map_size", map_size, "64MiB", 1 * MIB, 1024 * GIB, 0),
     SIZE("store.max_map_size", max_map_size, "4GiB", 1 * MIB, 1024 * GIB, 0),
+    BOOL("store.writemap", writemap, "false", 0),
 
     SIZE("limits.max_payload", max_payload, "64KiB", 64, 256 * MIB, K_RELOAD),
     UINT("limits.max_depth", max_depth, "16", 1, 32, K_RELOAD),
     UINT("limits.max_keys", max_keys, "1024", 1, 65536, K_RELOAD),
+    SIZE("limits.max_twin_size", max_twin_size, "256KiB", 1 * KIB, 256 * MIB, K_RELOAD),
 
     UINT("history.max_points", history_max_points, "600", 0, 1000000, K_RELOAD),
 

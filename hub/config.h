@@ -39,11 +39,13 @@ struct config {
     unsigned sync_interval_ms;   /* store.sync_interval_ms: 1000 */
     uint64_t map_size;           /* store.map_size: 64MiB */
     uint64_t max_map_size;       /* store.max_map_size: 4GiB */
+    bool writemap;               /* store.writemap: false (MDB_WRITEMAP: faster, less protected) */
 
     /* limits (reloadable) */
     uint64_t max_payload;        /* limits.max_payload: 64KiB */
     unsigned max_depth;          /* limits.max_depth: 16 (<= 32) */
     unsigned max_keys;           /* limits.max_keys: 1024 */
+    uint64_t max_twin_size;      /* limits.max_twin_size: 256KiB (one encoded twin document) */
 
     /* history (reloadable) */
     unsigned history_max_points; /* history.max_points: 600 */

@@ -61,7 +61,6 @@ int publisher_drain(struct publisher *p, unsigned timeout_ms);
 /* Removes acknowledged entries from the outbox (one write transaction). Main thread. */
 int publisher_flush_acked(struct publisher *p, char *err);
 void publisher_stats(struct publisher *p, struct publisher_stats *st);
-void publisher_set_inflight(struct publisher *p, unsigned max_inflight);
 /* Stops the thread; what is queued stays in the outbox. Completions may still arrive. */
 void publisher_stop(struct publisher *p);
 /* Frees (stopping first). NULL allowed. Call after the bridge client is freed, so that no

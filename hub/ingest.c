@@ -97,7 +97,15 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
     }
     struct apply a = {.t = t, .telemetry = &obj, .now = hub_now_ms()};
     rc = twin_store_write(in->store, apply_fn, &a, err);
-    if (rc == -EINVAL) {
+    if (rc == -EINVAL || rc == -E2BIG) {
+        report_reject(in->report, kind_of(rc), m->topic, m->topic_len, a.err);
+        goto out;
+    }
+    if (rc == -EBADMSG) {
+        /* The stored twin is damaged, not the message: refusing keeps the hub serving the
+         * rest of the fleet instead of dying on every redelivery. */
+        log_error("stored twin unreadable; telemetry refused", "id=%.*s err=\"%s\"",
+                  (int)t->id_len, t->id, a.err);
         report_reject(in->report, REPORT_INVALID, m->topic, m->topic_len, a.err);
         goto out;
     }

@@ -135,6 +135,18 @@ static int parse_args(int argc, char **argv, struct args *a)
     return -1; /* go on */
 }
 
+/* Everything the daemon runs, in the order it is built (and torn down in reverse). */
+struct hub {
+    struct config cfg;
+    struct bridge_topics topics;
+    char sub[BRIDGE_TOPIC_MAX], status_topic[BRIDGE_TOPIC_MAX], errors_topic[BRIDGE_TOPIC_MAX];
+    struct twin_store *store;
+    struct ingest in;
+    struct bridge_client *client;
+    struct publisher *pub;
+    struct report rep;
+};
+
 static struct twin_limits limits_of(const struct config *c)
 {
     struct twin_limits l = {c->max_payload, c->max_depth, c->max_keys};
@@ -161,9 +173,9 @@ static void on_connection(void *ctx, bool up, const char *reason)
     }
 }
 
-static void reload(const struct args *a, struct config *cur, struct ingest *in,
-                   struct report *rep, struct twin_store *store, struct publisher *pub)
+static void reload(const struct args *a, struct hub *h)
 {
+    struct config *cur = &h->cfg;
     struct config next;
     char err[CONFIG_ERR_LEN], restart[512] = "";
     if (load_config(a, &next, err) < 0) {
@@ -175,17 +187,19 @@ static void reload(const struct args *a, struct config *cur, struct ingest *in,
     config_apply_reload(cur, &next, restart, sizeof(restart));
     log_set_level((enum log_level)cur->log_level);
     struct twin_limits lim = limits_of(cur);
-    ingest_set_limits(in, &lim);
-    report_set_rate(rep, cur->errors_rate, cur->errors_burst);
-    twin_store_set_history_max(store, cur->history_max_points);
-    publisher_set_inflight(pub, cur->publish_inflight);
+    ingest_set_limits(&h->in, &lim);
+    report_set_rate(&h->rep, cur->errors_rate, cur->errors_burst);
+    twin_store_set_history_max(h->store, cur->history_max_points);
+    twin_store_set_max_doc(h->store, cur->max_twin_size);
     log_info("configuration reloaded", "restart_needed=\"%s\"", restart);
 }
 
-static void log_stats(struct ingest *in, struct report *rep, struct publisher *pub)
+static void log_stats(struct hub *h)
 {
+    struct ingest *in = &h->in;
+    struct report *rep = &h->rep;
     struct publisher_stats ps;
-    publisher_stats(pub, &ps);
+    publisher_stats(h->pub, &ps);
     uint64_t rejected = 0;
     for (int k = 0; k < REPORT_KINDS; k++)
         rejected += atomic_load(&rep->count[k]);
@@ -202,9 +216,9 @@ static void log_stats(struct ingest *in, struct report *rep, struct publisher *p
 }
 
 /* The main loop: returns when SIGTERM or SIGINT arrives. */
-static void serve(const struct args *a, struct config *cfg, struct ingest *in,
-                  struct report *rep, struct twin_store *store, struct publisher *pub)
+static void serve(const struct args *a, struct hub *h)
 {
+    const struct config *cfg = &h->cfg;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -223,31 +237,20 @@ static void serve(const struct args *a, struct config *cfg, struct ingest *in,
             return;
         }
         if (sig == SIGHUP)
-            reload(a, cfg, in, rep, store, pub);
+            reload(a, h);
         int64_t now = hub_now_ms();
         if (!cfg->sync_commit && now - last_sync >= (int64_t)cfg->sync_interval_ms) {
-            if (twin_store_sync(store, err) < 0)
+            if (twin_store_sync(h->store, err) < 0)
                 log_error("store sync failed", "err=\"%s\"", err);
             last_sync = now;
         }
         if (now - last_stats >= STATS_EVERY_MS) {
-            log_stats(in, rep, pub);
+            log_stats(h);
             last_stats = now;
         }
     }
 }
 
-/* Everything the daemon runs, in the order it is built (and torn down in reverse). */
-struct hub {
-    struct config cfg;
-    struct bridge_topics topics;
-    char sub[BRIDGE_TOPIC_MAX], status_topic[BRIDGE_TOPIC_MAX], errors_topic[BRIDGE_TOPIC_MAX];
-    struct twin_store *store;
-    struct ingest in;
-    struct bridge_client *client;
-    struct publisher *pub;
-    struct report rep;
-};
 
 static void client_options(struct hub *h, struct bridge_options *bo, const char **subs)
 {
@@ -306,6 +309,8 @@ static int hub_open(struct hub *h)
     so.map_size = c->map_size;
     so.max_map_size = c->max_map_size;
     so.history_max_points = c->history_max_points;
+    so.max_doc_bytes = c->max_twin_size;
+    so.writemap = c->writemap;
     if ((rc = twin_store_open(&h->store, &so, terr)) < 0) {
         log_error("cannot open the store", "path=\"%s\" err=\"%s\"", c->db_path, terr);
         return rc;
@@ -383,7 +388,7 @@ static void hub_close(struct hub *h)
     bridge_client_free(h->client); /* cancels what is in flight; no callback runs after this */
     if (publisher_flush_acked(h->pub, err) < 0)
         log_error("cannot trim the outbox", "err=\"%s\"", err);
-    log_stats(&h->in, &h->rep, h->pub);
+    log_stats(h);
     publisher_free(h->pub);
     report_cleanup(&h->rep);
     ingest_cleanup(&h->in);
@@ -420,7 +425,7 @@ static int run(const struct args *a)
         return 1;
     log_info("started", "version=%s broker=%s db=\"%s\" sync=%s", TWINHUB_VERSION,
              h.cfg.broker_url, h.cfg.db_path, h.cfg.sync_commit ? "commit" : "os");
-    serve(a, &h.cfg, &h.in, &h.rep, h.store, h.pub);
+    serve(a, &h);
     hub_close(&h);
     log_info("stopped", "status=%d", 0);
     return 0;

@@ -237,14 +237,6 @@ void publisher_wake(struct publisher *p)
     pthread_mutex_unlock(&p->lock);
 }
 
-void publisher_set_inflight(struct publisher *p, unsigned max_inflight)
-{
-    pthread_mutex_lock(&p->lock);
-    p->max_inflight = max_inflight ? max_inflight : 1;
-    pthread_cond_signal(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-}
-
 static int recover_one(void *ctx, const char *id, size_t id_len, uint64_t version)
 {
     (void)version;

@@ -1,4 +1,1239 @@
-int main(void)
+/* twinsim: a simulated fleet of ECG monitors that publishes msgpack telemetry, and the load
+ * generator of the benchmarks. It owns the fleet model (heart rate, SpO2, temperature, an ECG
+ * strip), the schedule and the per-connection publish windows; the MQTT connections are the
+ * bridge's. It does not obey desired state or commands (yet).
+ *
+ * Threads: main() is the one loop thread; it schedules, packs and publishes. Paho's threads
+ * run on_publish_done (takes sim.mu), on_connection and on_log (no lock; they only log).
+ * Everything marked "loop thread" below is touched by main() alone; everything marked
+ * "under sim.mu" is shared with on_publish_done.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <msgpack.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bridge.h"
+#include "config.h"
+#include "log.h"
+
+#define NS_PER_S 1000000000LL
+#define NS_PER_MS 1000000LL
+#define RETRY_NS (50 * NS_PER_MS)        /* after a refused publish */
+#define MAX_WAIT_NS (100 * NS_PER_MS)    /* the loop looks at the stop flag this often */
+#define CONNECT_TIMEOUT_MS 30000u        /* for every connection to come up at start */
+#define DRAIN_TIMEOUT_NS (10 * NS_PER_S) /* for outstanding acks at the end */
+#define ECG_HZ 250.0                     /* the ECG strip's sample rate */
+#define ECG_TABLE 512                    /* points of the one-beat template */
+#define ECG_SAMPLES_MAX 4096
+
+/* ---------------------------------------------------------------------------------------------
+ * Options
+ * ------------------------------------------------------------------------------------------ */
+
+struct opts {
+    const char *config_file;
+    const char *broker;
+    unsigned devices;
+    const char *id_prefix;
+    double rate; /* per device, Hz; 0 = as fast as possible */
+    int qos;
+    uint64_t count;       /* per device; 0 = no limit */
+    double seconds;       /* 0 = no limit */
+    unsigned connections; /* 0 = one per device */
+    unsigned ecg_samples;
+    uint64_t seed;
+    bool seed_set;
+    unsigned max_inflight;
+    bool quiet;
+    bool print_last;
+};
+
+static void usage(FILE *f)
 {
+    fprintf(
+        f, "usage: twinsim [options]\n"
+           "A simulated fleet of ECG monitors publishing msgpack telemetry on\n"
+           "devices/{id}/telemetry; also the load generator of the benchmarks.\n"
+           "\n"
+           "  -c FILE            read broker.url, broker.tls.*, topics.devices from the hub's\n"
+           "                     config file (TWINHUB_* environment variables apply too)\n"
+           "  --broker URL       broker address (overrides the config), e.g. tcp://127.0.0.1:1883\n"
+           "  --devices N        number of devices (default 50)\n"
+           "  --id-prefix P      device ids P0001, P0002, ... (default ecg-)\n"
+           "  --rate HZ          messages per second per device, fractional allowed;\n"
+           "                     0 = as fast as the windows allow (default 1)\n"
+           "  --qos 0|1          publish QoS (default 1)\n"
+           "  --count N          messages per device, then stop\n"
+           "  --seconds S        stop after S seconds\n"
+           "  --connections K    spread the devices over K MQTT connections (default: one per\n"
+           "                     device, client id twinsim-<id>, retained will \"offline\" and\n"
+           "                     birth \"online\" on devices/{id}/status)\n"
+           "  --ecg-samples M    ECG samples per message (default 25, at 250 Hz)\n"
+           "  --seed S           random seed (default: from the clock)\n"
+           "  --max-inflight W   publishes in flight per connection (default 64)\n"
+           "  --quiet            no errors or connection changes on stderr\n"
+           "  --print-last       after the summary, one line per device: id last_acked_seq\n"
+           "  -h, --help         this text\n"
+           "\n"
+           "At the end (count, seconds, SIGINT or SIGTERM) it waits up to 10 s for outstanding\n"
+           "acks and prints one line:\n"
+           "  twinsim: devices=N sent=N acked=N failed=N seconds=S rate=R msg/s\n"
+           "seconds is the sending phase; rate = sent / seconds. Exit status 0, 1 if any\n"
+           "publish failed or the run could not start, 2 on a usage error.\n");
+}
+
+static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-' || *s == '\0')
+        return -EINVAL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return -EINVAL;
+    *out = v;
     return 0;
+}
+
+static int parse_double(const char *s, double min, double max, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < min || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+enum {
+    OPT_BROKER = 256,
+    OPT_DEVICES,
+    OPT_ID_PREFIX,
+    OPT_RATE,
+    OPT_QOS,
+    OPT_COUNT,
+    OPT_SECONDS,
+    OPT_CONNECTIONS,
+    OPT_ECG,
+    OPT_SEED,
+    OPT_INFLIGHT,
+    OPT_QUIET,
+    OPT_PRINT_LAST,
+};
+
+/* Returns 0, or 2 (usage error, already reported), or 1 after --help (exit 0). */
+static int opts_parse(struct opts *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"broker", required_argument, NULL, OPT_BROKER},
+        {"devices", required_argument, NULL, OPT_DEVICES},
+        {"id-prefix", required_argument, NULL, OPT_ID_PREFIX},
+        {"rate", required_argument, NULL, OPT_RATE},
+        {"qos", required_argument, NULL, OPT_QOS},
+        {"count", required_argument, NULL, OPT_COUNT},
+        {"seconds", required_argument, NULL, OPT_SECONDS},
+        {"connections", required_argument, NULL, OPT_CONNECTIONS},
+        {"ecg-samples", required_argument, NULL, OPT_ECG},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"max-inflight", required_argument, NULL, OPT_INFLIGHT},
+        {"quiet", no_argument, NULL, OPT_QUIET},
+        {"print-last", no_argument, NULL, OPT_PRINT_LAST},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    uint64_t u;
+    int ch;
+
+    *o = (struct opts){.devices = 50,
+                       .id_prefix = "ecg-",
+                       .rate = 1.0,
+                       .qos = 1,
+                       .ecg_samples = 25,
+                       .max_inflight = 64};
+    while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        const char *bad = NULL;
+        switch (ch) {
+        case 'c':
+            o->config_file = optarg;
+            break;
+        case OPT_BROKER:
+            o->broker = optarg;
+            break;
+        case OPT_DEVICES:
+            if (parse_uint(optarg, 1, 1000000, &u))
+                bad = "--devices: expected 1..1000000";
+            o->devices = (unsigned)u;
+            break;
+        case OPT_ID_PREFIX:
+            o->id_prefix = optarg;
+            break;
+        case OPT_RATE:
+            if (parse_double(optarg, 0, 1e6, &o->rate))
+                bad = "--rate: expected a number of Hz in 0..1000000 (0 = as fast as possible)";
+            break;
+        case OPT_QOS:
+            if (parse_uint(optarg, 0, 1, &u))
+                bad = "--qos: expected 0 or 1";
+            o->qos = (int)u;
+            break;
+        case OPT_COUNT:
+            if (parse_uint(optarg, 1, UINT64_MAX / 2, &o->count))
+                bad = "--count: expected a positive number of messages per device";
+            break;
+        case OPT_SECONDS:
+            if (parse_double(optarg, 0.001, 1e9, &o->seconds))
+                bad = "--seconds: expected a positive number";
+            break;
+        case OPT_CONNECTIONS:
+            if (parse_uint(optarg, 1, 1000000, &u))
+                bad = "--connections: expected 1..1000000";
+            o->connections = (unsigned)u;
+            break;
+        case OPT_ECG:
+            if (parse_uint(optarg, 0, ECG_SAMPLES_MAX, &u))
+                bad = "--ecg-samples: expected 0..4096";
+            o->ecg_samples = (unsigned)u;
+            break;
+        case OPT_SEED:
+            if (parse_uint(optarg, 0, UINT64_MAX, &o->seed))
+                bad = "--seed: expected an unsigned integer";
+            o->seed_set = true;
+            break;
+        case OPT_INFLIGHT:
+            if (parse_uint(optarg, 1, 65535, &u))
+                bad = "--max-inflight: expected 1..65535";
+            o->max_inflight = (unsigned)u;
+            break;
+        case OPT_QUIET:
+            o->quiet = true;
+            break;
+        case OPT_PRINT_LAST:
+            o->print_last = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "twinsim: %s, got '%s'\n", bad, optarg);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "twinsim: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (o->connections == 0 || o->connections > o->devices)
+        o->connections = o->devices;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Clocks and randomness
+ * ------------------------------------------------------------------------------------------ */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / NS_PER_MS;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* xorshift64*: state never 0. */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545f4914f6cdd1dULL;
+}
+
+/* Uniform in [0, 1). */
+static double rng_unit(uint64_t *s)
+{
+    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The fleet
+ * ------------------------------------------------------------------------------------------ */
+
+struct conn;
+
+struct dev {
+    char id[BRIDGE_ID_MAX + 1];
+    char *topic;        /* devices/{id}/telemetry */
+    char *status_topic; /* devices/{id}/status */
+    struct conn *conn;
+
+    /* loop thread */
+    uint64_t k;       /* messages issued; the next seq is k + 1 */
+    double slot;      /* its place in the period, 0..1: devices are spread evenly */
+    int64_t deadline; /* monotonic ns of message k */
+    bool refused;     /* the last attempt at seq k + 1 was refused */
+    bool done;
+    struct dev *next; /* in its connection's due queue */
+
+    /* the model (loop thread) */
+    uint64_t rng;
+    double hr, hr_base, spo2, spo2_base, temp, temp_base;
+    int episode_left;
+    double episode_hr;
+    double ecg_phase; /* position in the current beat, 0..1 */
+    double ecg_wander;
+
+    /* under sim.mu */
+    uint64_t last_acked;
+};
+
+/* One in-flight publish: the window of a connection is its pool of slots. */
+struct slot {
+    struct conn *conn;
+    struct dev *dev; /* NULL: a status message, not counted as telemetry */
+    uint64_t seq;
+    struct slot *next_free;
+};
+
+struct conn {
+    struct bridge_client *client;
+    char client_id[BRIDGE_ID_MAX + 32];
+    unsigned index;
+    bool ever_connected; /* read and written by Paho's threads only */
+
+    /* under sim.mu */
+    struct slot *slots;
+    struct slot *free;
+    unsigned inflight;
+    bool want_wake;          /* the loop is waiting for a slot of this connection */
+    struct conn *ready_next; /* in sim.ready */
+
+    /* loop thread */
+    struct dev *due_head, *due_tail; /* devices whose message is due, FIFO */
+    bool in_ring;
+    bool parked;      /* window full: off the ring until handed back */
+    int64_t retry_at; /* a publish was refused: skip until then */
+};
+
+static struct {
+    struct opts o;
+    struct config cfg;
+    struct bridge_topics topics;
+    struct dev *devs;
+    struct conn *conns;
+    unsigned n_devs, n_conns;
+    bool per_device;   /* one connection per device */
+    int64_t period_ns; /* rate > 0 */
+    int ecg_table[ECG_TABLE];
+
+    /* loop thread */
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    uint64_t sent;
+    uint64_t refused;  /* refused attempts (retried) */
+    uint64_t dropped;  /* refused for good, or still owed at the end: counted as failed */
+    struct dev **heap; /* devices waiting for their deadline, by deadline */
+    unsigned heap_len;
+    struct conn **ring; /* connections with due devices, round robin */
+    unsigned ring_head, ring_len;
+
+    /* under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool waiting;
+    bool wake_any;      /* signal the loop on every completion (status messages, drain) */
+    struct conn *ready; /* connections handed back after a slot freed */
+    uint64_t total_inflight;
+    uint64_t acked;
+    uint64_t failed;
+    uint64_t status_failed;
+    int last_fail_status;
+    atomic_bool ready_pending;
+} sim;
+
+static volatile sig_atomic_t stop_signals;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_signals++;
+}
+
+/* The beat template: a sum of Gaussians (P, Q, R, S, T) over one beat at 75 bpm, in units of
+ * 10 uV, so the R peak is ~110 and every sample packs into one or two bytes. */
+static void ecg_table_init(int *table)
+{
+    static const struct {
+        double a, mu, sigma;
+    } w[] = {
+        {15, 0.20, 0.025},   {-10, 0.355, 0.010}, {110, 0.375, 0.012},
+        {-25, 0.395, 0.010}, {30, 0.62, 0.045},
+    };
+    for (int i = 0; i < ECG_TABLE; i++) {
+        double t = (double)i / ECG_TABLE, v = 0;
+        for (size_t j = 0; j < sizeof w / sizeof w[0]; j++) {
+            double d = (t - w[j].mu) / w[j].sigma;
+            v += w[j].a * exp(-0.5 * d * d);
+        }
+        table[i] = (int)lround(v);
+    }
+}
+
+static void dev_model_init(struct dev *d, uint64_t seed, unsigned i)
+{
+    uint64_t x = seed ^ ((uint64_t)i * 0xd1b54a32d192ed03ULL);
+    d->rng = splitmix64(&x) | 1;
+    d->hr_base = 60 + 25 * rng_unit(&d->rng);
+    d->hr = d->hr_base;
+    d->spo2_base = 96.5 + 2.5 * rng_unit(&d->rng);
+    d->spo2 = d->spo2_base;
+    d->temp_base = 36.4 + 0.7 * rng_unit(&d->rng);
+    d->temp = d->temp_base;
+    d->ecg_phase = rng_unit(&d->rng);
+}
+
+static double clampd(double v, double lo, double hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* One step of the vitals: a mean-reverting random walk, with tachycardia episodes (1% chance
+ * per message to start one of 20..60 messages at 121..150 bpm, SpO2 sagging towards 93). */
+static void dev_model_step(struct dev *d)
+{
+    double hr_target = d->hr_base, spo2_target = d->spo2_base, temp_target = d->temp_base;
+    if (d->episode_left == 0 && rng_unit(&d->rng) < 0.01) {
+        d->episode_left = 20 + (int)(rng_next(&d->rng) % 41);
+        d->episode_hr = 125 + 20 * rng_unit(&d->rng);
+    }
+    if (d->episode_left > 0) {
+        d->episode_left--;
+        /* paroxysmal: the rate jumps, then wanders above 120 */
+        d->hr = clampd(d->episode_hr + 8 * (rng_unit(&d->rng) - 0.5), 121, 150);
+        spo2_target = 93.0;
+        temp_target = d->temp_base + 0.5;
+    } else {
+        d->hr += 0.15 * (hr_target - d->hr) + 4 * (rng_unit(&d->rng) - 0.5);
+        d->hr = clampd(d->hr, 50, 150);
+    }
+    d->spo2 += 0.2 * (spo2_target - d->spo2) + 0.6 * (rng_unit(&d->rng) - 0.5);
+    d->spo2 = clampd(d->spo2, 92, 100);
+    d->temp += 0.05 * (temp_target - d->temp) + 0.04 * (rng_unit(&d->rng) - 0.5);
+    d->temp = clampd(d->temp, 36.0, 38.5);
+}
+
+/* Packs message `seq` of device d into sim.sbuf (reused). */
+static void dev_pack(struct dev *d, uint64_t seq)
+{
+    msgpack_packer *pk = &sim.pk;
+    unsigned m = sim.o.ecg_samples;
+
+    dev_model_step(d);
+    sim.sbuf.size = 0;
+    msgpack_pack_map(pk, 6);
+    msgpack_pack_str_with_body(pk, "seq", 3);
+    msgpack_pack_uint64(pk, seq);
+    msgpack_pack_str_with_body(pk, "ts", 2);
+    msgpack_pack_int64(pk, wall_ms());
+    msgpack_pack_str_with_body(pk, "heart_rate", 10);
+    msgpack_pack_int64(pk, lround(d->hr));
+    msgpack_pack_str_with_body(pk, "spo2", 4);
+    msgpack_pack_double(pk, round(d->spo2 * 10) / 10);
+    msgpack_pack_str_with_body(pk, "temperature", 11);
+    msgpack_pack_double(pk, round(d->temp * 10) / 10);
+    msgpack_pack_str_with_body(pk, "ecg", 3);
+    msgpack_pack_array(pk, m);
+    /* the strip continues from the last message: m samples at 250 Hz at the current rate */
+    double step = d->hr / 60.0 / ECG_HZ;
+    for (unsigned i = 0; i < m; i++) {
+        uint64_t r = rng_next(&d->rng);
+        d->ecg_phase += step;
+        if (d->ecg_phase >= 1.0)
+            d->ecg_phase -= 1.0;
+        d->ecg_wander = 0.995 * d->ecg_wander + (double)((int)(r & 7) - 3.5) * 0.2;
+        int v = sim.ecg_table[(int)(d->ecg_phase * ECG_TABLE) & (ECG_TABLE - 1)] +
+                (int)((r >> 8) % 5) - 2 + (int)d->ecg_wander;
+        msgpack_pack_int64(pk, v < -128 ? -128 : v > 127 ? 127 : v);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Windows: on_publish_done runs on a Paho thread
+ * ------------------------------------------------------------------------------------------ */
+
+/* Paho thread. Returns the slot to its connection, counts the outcome, and hands the
+ * connection back to the loop if the loop was waiting for one of its slots. */
+static void on_publish_done(void *ctx, int status)
+{
+    struct slot *s = ctx;
+    struct conn *c = s->conn;
+
+    pthread_mutex_lock(&sim.mu);
+    if (s->dev) {
+        if (status == 0) {
+            sim.acked++;
+            if (s->seq > s->dev->last_acked)
+                s->dev->last_acked = s->seq;
+        } else {
+            sim.failed++;
+            sim.last_fail_status = status;
+        }
+    } else if (status != 0) {
+        sim.status_failed++;
+        sim.last_fail_status = status;
+    }
+    s->dev = NULL;
+    s->next_free = c->free;
+    c->free = s;
+    c->inflight--;
+    sim.total_inflight--;
+    bool wake = sim.wake_any;
+    if (c->want_wake) {
+        c->want_wake = false;
+        c->ready_next = sim.ready;
+        sim.ready = c;
+        atomic_store_explicit(&sim.ready_pending, true, memory_order_release);
+        wake = true;
+    }
+    if (wake && sim.waiting)
+        pthread_cond_signal(&sim.cond);
+    pthread_mutex_unlock(&sim.mu);
+}
+
+/* Loop thread. Takes a free slot of c, or returns NULL and asks to be woken when one frees. */
+static struct slot *slot_take(struct conn *c)
+{
+    pthread_mutex_lock(&sim.mu);
+    struct slot *s = c->free;
+    if (s) {
+        c->free = s->next_free;
+        c->inflight++;
+        sim.total_inflight++;
+    } else {
+        c->want_wake = true;
+    }
+    pthread_mutex_unlock(&sim.mu);
+    return s;
+}
+
+static void slot_put_back(struct slot *s)
+{
+    struct conn *c = s->conn;
+    pthread_mutex_lock(&sim.mu);
+    s->dev = NULL;
+    s->next_free = c->free;
+    c->free = s;
+    c->inflight--;
+    sim.total_inflight--;
+    pthread_mutex_unlock(&sim.mu);
+}
+
+/* Loop thread. Waits on sim.cond until `until` (monotonic ns), a signal, or a completion.
+ * With `need_ready`, returns at once if a connection has been handed back. */
+static void loop_wait(int64_t until, bool need_ready)
+{
+    int64_t now = mono_ns();
+    if (until > now + MAX_WAIT_NS)
+        until = now + MAX_WAIT_NS;
+    if (until <= now)
+        return;
+    struct timespec ts = {.tv_sec = until / NS_PER_S, .tv_nsec = until % NS_PER_S};
+    pthread_mutex_lock(&sim.mu);
+    if (!(need_ready && sim.ready) && !stop_signals) {
+        sim.waiting = true;
+        pthread_cond_timedwait(&sim.cond, &sim.mu, &ts);
+        sim.waiting = false;
+    }
+    pthread_mutex_unlock(&sim.mu);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Logging (quiet drops everything but fatal errors)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Paho thread. The bridge's info lines (connecting, connected, disconnected) are summed up by
+ * main() and on_connection; its warnings and errors are logged, each text once in a row, so a
+ * fleet of connections hitting the same condition logs it once. */
+static void on_log(void *ctx, enum bridge_log_level level, const char *msg)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static char last[256];
+    struct conn *c = ctx;
+    char q[320];
+
+    if (sim.o.quiet || level >= BRIDGE_LOG_INFO)
+        return;
+    pthread_mutex_lock(&mu);
+    bool repeat = strncmp(last, msg, sizeof last - 1) == 0;
+    if (!repeat)
+        snprintf(last, sizeof last, "%s", msg);
+    pthread_mutex_unlock(&mu);
+    if (repeat)
+        return;
+    log_write(level == BRIDGE_LOG_ERROR ? LOG_ERROR : LOG_WARN, "bridge", "client=%s detail=%s",
+              c->client_id, log_quote(q, sizeof q, msg, strlen(msg)));
+}
+
+/* Paho thread. The first connect of each connection is summed up by main(); later changes
+ * are logged one by one. */
+static void on_connection(void *ctx, bool connected, const char *reason)
+{
+    struct conn *c = ctx;
+    char q[320];
+    if (connected && !c->ever_connected) {
+        c->ever_connected = true;
+        return;
+    }
+    if (sim.o.quiet)
+        return;
+    if (connected)
+        log_info("reconnected", "client=%s", c->client_id);
+    else
+        log_warn("connection lost", "client=%s reason=%s", c->client_id,
+                 log_quote(q, sizeof q, reason ? reason : "", reason ? strlen(reason) : 0));
+}
+
+static void on_message(void *ctx, const struct bridge_msg *m)
+{
+    (void)ctx;
+    (void)m;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Scheduling (loop thread)
+ * ------------------------------------------------------------------------------------------ */
+
+static void heap_push(struct dev *d)
+{
+    unsigned i = sim.heap_len++;
+    while (i > 0) {
+        unsigned p = (i - 1) / 2;
+        if (sim.heap[p]->deadline <= d->deadline)
+            break;
+        sim.heap[i] = sim.heap[p];
+        i = p;
+    }
+    sim.heap[i] = d;
+}
+
+static struct dev *heap_pop(void)
+{
+    struct dev *top = sim.heap[0], *last = sim.heap[--sim.heap_len];
+    unsigned i = 0, n = sim.heap_len;
+    for (;;) {
+        unsigned l = 2 * i + 1, m = i;
+        int64_t best = last->deadline;
+        if (l < n && sim.heap[l]->deadline < best) {
+            m = l;
+            best = sim.heap[l]->deadline;
+        }
+        if (l + 1 < n && sim.heap[l + 1]->deadline < best)
+            m = l + 1;
+        if (m == i)
+            break;
+        sim.heap[i] = sim.heap[m];
+        i = m;
+    }
+    if (n > 0)
+        sim.heap[i] = last;
+    return top;
+}
+
+static void ring_push(struct conn *c)
+{
+    sim.ring[(sim.ring_head + sim.ring_len) % sim.n_conns] = c;
+    sim.ring_len++;
+    c->in_ring = true;
+}
+
+static struct conn *ring_pop(void)
+{
+    struct conn *c = sim.ring[sim.ring_head];
+    sim.ring_head = (sim.ring_head + 1) % sim.n_conns;
+    sim.ring_len--;
+    c->in_ring = false;
+    return c;
+}
+
+/* A connection with due devices goes on the ring unless it is parked or already there. */
+static void conn_activate(struct conn *c)
+{
+    if (!c->in_ring && !c->parked && c->due_head)
+        ring_push(c);
+}
+
+static void due_push(struct dev *d)
+{
+    struct conn *c = d->conn;
+    d->next = NULL;
+    if (c->due_tail)
+        c->due_tail->next = d;
+    else
+        c->due_head = d;
+    c->due_tail = d;
+    conn_activate(c);
+}
+
+static void due_pop(struct conn *c)
+{
+    c->due_head = c->due_head->next;
+    if (!c->due_head)
+        c->due_tail = NULL;
+}
+
+static int64_t dev_deadline(const struct dev *d, int64_t start)
+{
+    return start + (int64_t)(((double)d->k + d->slot) * (double)sim.period_ns);
+}
+
+/* After device d issued (or gave up) message k: schedule the next one, or retire it. */
+static void dev_advance(struct dev *d, int64_t start, int64_t now, unsigned *done)
+{
+    d->k++;
+    d->refused = false;
+    if (sim.o.count && d->k >= sim.o.count) {
+        d->done = true;
+        (*done)++;
+        return;
+    }
+    if (sim.o.rate <= 0) {
+        due_push(d);
+        return;
+    }
+    d->deadline = dev_deadline(d, start);
+    if (d->deadline <= now)
+        due_push(d); /* behind: catch up, the schedule is absolute */
+    else
+        heap_push(d);
+}
+
+/* Publishes the next message of the device at the head of c's queue. Returns 0, -EAGAIN
+ * (window full: c is parked until a slot frees), or another negative code (refused; the same
+ * seq is tried again after RETRY_NS). */
+static int conn_publish_next(struct conn *c)
+{
+    struct dev *d = c->due_head;
+    struct slot *s = slot_take(c);
+    if (!s) {
+        c->parked = true;
+        return -EAGAIN;
+    }
+    s->dev = d;
+    s->seq = d->k + 1;
+    dev_pack(d, s->seq);
+    int r = bridge_client_publish(c->client, d->topic, sim.sbuf.data, sim.sbuf.size, sim.o.qos,
+                                  false, NULL, on_publish_done, s);
+    if (r < 0) {
+        slot_put_back(s);
+        return r;
+    }
+    sim.sent++;
+    return 0;
+}
+
+/* Takes back the connections whose slots freed while they were parked. */
+static void take_ready(void)
+{
+    if (!atomic_load_explicit(&sim.ready_pending, memory_order_acquire))
+        return;
+    pthread_mutex_lock(&sim.mu);
+    struct conn *list = sim.ready;
+    sim.ready = NULL;
+    atomic_store_explicit(&sim.ready_pending, false, memory_order_relaxed);
+    pthread_mutex_unlock(&sim.mu);
+    while (list) {
+        struct conn *c = list;
+        list = c->ready_next;
+        c->parked = false;
+        conn_activate(c);
+    }
+}
+
+static void log_failures(uint64_t *reported)
+{
+    pthread_mutex_lock(&sim.mu);
+    uint64_t failed = sim.failed;
+    int status = sim.last_fail_status;
+    pthread_mutex_unlock(&sim.mu);
+    if (failed > *reported && !sim.o.quiet)
+        log_warn("publishes failed", "new=%" PRIu64 " total=%" PRIu64 " last_error=\"%s\"",
+                 failed - *reported, failed, strerror(-status));
+    *reported = failed;
+}
+
+/* The sending phase. Returns when every device has sent --count, at --seconds, or on a
+ * signal. */
+static void run(int64_t start)
+{
+    int64_t end = sim.o.seconds > 0 ? start + (int64_t)(sim.o.seconds * NS_PER_S) : INT64_MAX;
+    int64_t next_report = start + NS_PER_S, last_refusal_log = 0;
+    uint64_t reported_failures = 0;
+    unsigned done = 0;
+
+    for (unsigned i = 0; i < sim.n_devs; i++) {
+        struct dev *d = &sim.devs[i];
+        d->slot = (double)i / sim.n_devs;
+        if (sim.o.rate > 0) {
+            d->deadline = dev_deadline(d, start);
+            heap_push(d);
+        } else {
+            due_push(d);
+        }
+    }
+
+    while (!stop_signals && done < sim.n_devs) {
+        int64_t now = mono_ns();
+        if (now >= end)
+            break;
+        if (now >= next_report) {
+            log_failures(&reported_failures);
+            next_report = now + NS_PER_S;
+        }
+        while (sim.heap_len && sim.heap[0]->deadline <= now)
+            due_push(heap_pop());
+        take_ready();
+
+        /* one pass over the ring: at most one message per connection, round robin */
+        unsigned n = sim.ring_len, published = 0;
+        int64_t wake = sim.heap_len ? sim.heap[0]->deadline : INT64_MAX;
+        for (unsigned j = 0; j < n; j++) {
+            struct conn *c = ring_pop();
+            if (c->retry_at > now) {
+                if (c->retry_at < wake)
+                    wake = c->retry_at;
+                ring_push(c);
+                continue;
+            }
+            struct dev *d = c->due_head;
+            int r = conn_publish_next(c);
+            if (r == -EAGAIN)
+                continue; /* parked */
+            if (r == -EINVAL) {
+                /* cannot happen with the topics built at start; never retried */
+                due_pop(c);
+                sim.dropped++;
+                if (!sim.o.quiet)
+                    log_error("publish rejected", "device=%s", d->id);
+                dev_advance(d, start, now, &done);
+                conn_activate(c);
+                continue;
+            }
+            if (r < 0) {
+                sim.refused++;
+                d->refused = true;
+                c->retry_at = now + RETRY_NS;
+                if (c->retry_at < wake)
+                    wake = c->retry_at;
+                if (!sim.o.quiet && now - last_refusal_log >= NS_PER_S) {
+                    log_warn("publish refused, retrying", "client=%s error=\"%s\"", c->client_id,
+                             strerror(-r));
+                    last_refusal_log = now;
+                }
+                ring_push(c);
+                continue;
+            }
+            published++;
+            due_pop(c);
+            dev_advance(d, start, now, &done);
+            conn_activate(c);
+        }
+        if (published)
+            continue;
+        loop_wait(wake < end ? wake : end, true);
+    }
+    log_failures(&reported_failures);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Status messages when devices share connections, and the end
+ * ------------------------------------------------------------------------------------------ */
+
+static void wake_any_set(bool on)
+{
+    pthread_mutex_lock(&sim.mu);
+    sim.wake_any = on;
+    pthread_mutex_unlock(&sim.mu);
+}
+
+/* Publishes `payload` retained at QoS 1 on every device's status topic, through the windows.
+ * Gives up at `deadline` (monotonic ns) or on a second signal. Returns how many were not
+ * published. */
+static unsigned publish_status_all(const char *payload, int64_t deadline)
+{
+    unsigned missed = 0;
+    wake_any_set(true);
+    for (unsigned i = 0; i < sim.n_devs; i++) {
+        struct dev *d = &sim.devs[i];
+        for (;;) {
+            if (mono_ns() >= deadline || stop_signals > 1) {
+                missed++;
+                break;
+            }
+            take_ready();
+            struct slot *s = slot_take(d->conn);
+            if (!s) {
+                loop_wait(deadline, true);
+                continue;
+            }
+            s->dev = NULL;
+            int r = bridge_client_publish(d->conn->client, d->status_topic, payload,
+                                          strlen(payload), 1, true, NULL, on_publish_done, s);
+            if (r == 0)
+                break;
+            slot_put_back(s);
+            if (r == -EINVAL) {
+                missed++;
+                break;
+            }
+            loop_wait(mono_ns() + RETRY_NS, false);
+        }
+    }
+    take_ready();
+    for (unsigned i = 0; i < sim.n_conns; i++)
+        sim.conns[i].parked = false;
+    wake_any_set(false);
+    return missed;
+}
+
+/* Waits until nothing is in flight, `deadline` passes, or a second signal arrives. */
+static void drain(int64_t deadline)
+{
+    wake_any_set(true);
+    for (;;) {
+        pthread_mutex_lock(&sim.mu);
+        uint64_t inflight = sim.total_inflight;
+        pthread_mutex_unlock(&sim.mu);
+        if (inflight == 0 || mono_ns() >= deadline || stop_signals > 1)
+            return;
+        loop_wait(deadline, false);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Setup
+ * ------------------------------------------------------------------------------------------ */
+
+static char *topic_dup(enum bridge_topic_kind kind, const char *id)
+{
+    char buf[BRIDGE_TOPIC_MAX + 1];
+    int n = bridge_topic_build(&sim.topics, kind, id, strlen(id), buf, sizeof buf);
+    return n < 0 ? NULL : strdup(buf);
+}
+
+static const char *nonempty(const char *s)
+{
+    return s && *s ? s : NULL;
+}
+
+static int conns_create(void)
+{
+    struct config *cfg = &sim.cfg;
+    char err[BRIDGE_ERR_LEN];
+
+    for (unsigned i = 0; i < sim.n_conns; i++) {
+        struct conn *c = &sim.conns[i];
+        struct bridge_options bo;
+
+        c->index = i;
+        c->slots = calloc(sim.o.max_inflight, sizeof *c->slots);
+        if (!c->slots)
+            return -ENOMEM;
+        for (unsigned j = 0; j < sim.o.max_inflight; j++) {
+            c->slots[j].conn = c;
+            c->slots[j].next_free = c->free;
+            c->free = &c->slots[j];
+        }
+        if (sim.per_device)
+            snprintf(c->client_id, sizeof c->client_id, "twinsim-%s", sim.devs[i].id);
+        else
+            snprintf(c->client_id, sizeof c->client_id, "twinsim-%sc%03u", sim.o.id_prefix, i + 1);
+
+        bridge_options_init(&bo);
+        bo.url = cfg->broker_url;
+        bo.client_id = c->client_id;
+        bo.username = nonempty(cfg->username);
+        bo.password = nonempty(cfg->password);
+        bo.mqtt_version = cfg->mqtt_version;
+        bo.clean_start = true; /* nothing to resume: we do not subscribe */
+        bo.keepalive_s = cfg->keepalive_s;
+        bo.reconnect_min_s = cfg->reconnect_min_s;
+        bo.reconnect_max_s = cfg->reconnect_max_s;
+        bo.max_inflight = sim.o.max_inflight;
+        bo.tls.ca = nonempty(cfg->tls_ca);
+        bo.tls.cert = nonempty(cfg->tls_cert);
+        bo.tls.key = nonempty(cfg->tls_key);
+        bo.tls.verify = cfg->tls_verify;
+        if (sim.per_device) {
+            bo.will_topic = sim.devs[i].status_topic;
+            bo.will_payload = "offline";
+            bo.will_len = 7;
+            bo.will_retained = true;
+            bo.will_qos = 1;
+            bo.birth_topic = sim.devs[i].status_topic;
+            bo.birth_payload = "online";
+            bo.birth_len = 6;
+            bo.birth_retained = true;
+            bo.birth_qos = 1;
+        }
+        bo.on_message = on_message;
+        bo.on_connection = on_connection;
+        bo.on_log = on_log;
+        bo.ctx = c;
+        int r = bridge_client_new(&c->client, &bo, err);
+        if (r < 0) {
+            log_error("cannot create the MQTT client", "client=%s error=\"%s\"", c->client_id, err);
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Starts every connection and waits for all of them (CONNECT_TIMEOUT_MS in total). */
+static int conns_start(void)
+{
+    char err[BRIDGE_ERR_LEN];
+    for (unsigned i = 0; i < sim.n_conns; i++) {
+        int r = bridge_client_start(sim.conns[i].client, err);
+        if (r < 0) {
+            log_error("cannot start the MQTT client", "client=%s error=\"%s\"",
+                      sim.conns[i].client_id, err);
+            return r;
+        }
+    }
+    int64_t deadline = mono_ns() + (int64_t)CONNECT_TIMEOUT_MS * NS_PER_MS;
+    for (unsigned i = 0; i < sim.n_conns; i++) {
+        while (bridge_client_wait_connected(sim.conns[i].client, 200) < 0) {
+            if (stop_signals)
+                return -EINTR;
+            if (mono_ns() >= deadline) {
+                char q[300];
+                log_error("could not connect", "broker=%s client=%s timeout_ms=%u",
+                          log_quote(q, sizeof q, sim.cfg.broker_url, strlen(sim.cfg.broker_url)),
+                          sim.conns[i].client_id, CONNECT_TIMEOUT_MS);
+                return -ETIMEDOUT;
+            }
+        }
+    }
+    return 0;
+}
+
+static void conns_stop(void)
+{
+    for (unsigned i = 0; i < sim.n_conns; i++) {
+        struct conn *c = &sim.conns[i];
+        if (!c->client)
+            continue;
+        if (sim.per_device && bridge_client_connected(c->client)) {
+            struct bridge_final fin = {.topic = sim.devs[i].status_topic,
+                                       .payload = "offline",
+                                       .len = 7,
+                                       .retained = true,
+                                       .qos = 1};
+            bridge_client_stop(c->client, &fin, 1000);
+        } else {
+            bridge_client_stop(c->client, NULL, 1000);
+        }
+        bridge_client_free(c->client);
+        c->client = NULL;
+    }
+}
+
+static int load_config(void)
+{
+    char err[CONFIG_ERR_LEN];
+    config_defaults(&sim.cfg);
+    if (sim.o.config_file && config_load_file(&sim.cfg, sim.o.config_file, err) < 0) {
+        fprintf(stderr, "twinsim: %s\n", err);
+        return -EINVAL;
+    }
+    if (config_load_env(&sim.cfg, NULL, err) < 0) {
+        fprintf(stderr, "twinsim: %s\n", err);
+        return -EINVAL;
+    }
+    if (sim.o.broker)
+        snprintf(sim.cfg.broker_url, sizeof sim.cfg.broker_url, "%s", sim.o.broker);
+    if (bridge_topics_init(&sim.topics, sim.cfg.devices_prefix, sim.cfg.twins_prefix,
+                           sim.cfg.hub_prefix, err) < 0) {
+        fprintf(stderr, "twinsim: topics: %s\n", err);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int devs_create(void)
+{
+    uint64_t seed = sim.o.seed;
+    if (!sim.o.seed_set)
+        seed = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32);
+    for (unsigned i = 0; i < sim.n_devs; i++) {
+        struct dev *d = &sim.devs[i];
+        int n = snprintf(d->id, sizeof d->id, "%s%04u", sim.o.id_prefix, i + 1);
+        if (n < 0 || (size_t)n >= sizeof d->id || !bridge_id_valid(d->id, (size_t)n)) {
+            fprintf(stderr,
+                    "twinsim: --id-prefix: '%s%04u' is not a valid device id (1..128 bytes of "
+                    "[A-Za-z0-9._:-], not starting with '.')\n",
+                    sim.o.id_prefix, i + 1);
+            return -EINVAL;
+        }
+        d->topic = topic_dup(BRIDGE_T_TELEMETRY, d->id);
+        d->status_topic = topic_dup(BRIDGE_T_STATUS, d->id);
+        if (!d->topic || !d->status_topic) {
+            fprintf(stderr, "twinsim: cannot build the topics of '%s'\n", d->id);
+            return -EINVAL;
+        }
+        d->conn = &sim.conns[i % sim.n_conns];
+        dev_model_init(d, seed, i);
+    }
+    return 0;
+}
+
+static void devs_free(void)
+{
+    if (!sim.devs)
+        return;
+    for (unsigned i = 0; i < sim.n_devs; i++) {
+        free(sim.devs[i].topic);
+        free(sim.devs[i].status_topic);
+    }
+    free(sim.devs);
+    if (sim.conns)
+        for (unsigned i = 0; i < sim.n_conns; i++)
+            free(sim.conns[i].slots);
+    free(sim.conns);
+    free(sim.heap);
+    free(sim.ring);
+}
+
+int main(int argc, char **argv)
+{
+    int rc = opts_parse(&sim.o, argc, argv);
+    if (rc == 1)
+        return 0;
+    if (rc)
+        return 2;
+    log_set_level(LOG_INFO);
+    if (load_config() < 0)
+        return 2;
+
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sim.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&sim.mu, NULL);
+    atomic_init(&sim.ready_pending, false);
+
+    sim.n_devs = sim.o.devices;
+    sim.n_conns = sim.o.connections;
+    sim.per_device = sim.n_conns == sim.n_devs;
+    if (sim.o.rate > 0)
+        sim.period_ns = (int64_t)llround(1e9 / sim.o.rate);
+    if (sim.period_ns < 1 && sim.o.rate > 0)
+        sim.period_ns = 1;
+    ecg_table_init(sim.ecg_table);
+    msgpack_sbuffer_init(&sim.sbuf);
+    msgpack_packer_init(&sim.pk, &sim.sbuf, msgpack_sbuffer_write);
+
+    sim.devs = calloc(sim.n_devs, sizeof *sim.devs);
+    sim.conns = calloc(sim.n_conns, sizeof *sim.conns);
+    sim.heap = calloc(sim.n_devs, sizeof *sim.heap);
+    sim.ring = calloc(sim.n_conns, sizeof *sim.ring);
+    if (!sim.devs || !sim.conns || !sim.heap || !sim.ring) {
+        fprintf(stderr, "twinsim: out of memory\n");
+        devs_free();
+        return 1;
+    }
+    if (devs_create() < 0) {
+        devs_free();
+        return 2;
+    }
+
+    int64_t start = mono_ns(), send_end = start;
+    bool started = false;
+    if (conns_create() == 0 && conns_start() == 0) {
+        started = true;
+        if (!sim.o.quiet) {
+            char q[300];
+            log_info("connected", "broker=%s connections=%u devices=%u",
+                     log_quote(q, sizeof q, sim.cfg.broker_url, strlen(sim.cfg.broker_url)),
+                     sim.n_conns, sim.n_devs);
+        }
+        if (!sim.per_device) {
+            unsigned missed = publish_status_all("online", mono_ns() + DRAIN_TIMEOUT_NS);
+            if (missed && !sim.o.quiet)
+                log_warn("status online not published", "devices=%u", missed);
+        }
+        start = mono_ns();
+        run(start);
+        send_end = mono_ns();
+        /* a message refused and still owed at the end never went out: count it */
+        for (unsigned i = 0; i < sim.n_devs; i++)
+            if (sim.devs[i].refused && !sim.devs[i].done)
+                sim.dropped++;
+        int64_t deadline = mono_ns() + DRAIN_TIMEOUT_NS;
+        if (!sim.per_device) {
+            unsigned missed = publish_status_all("offline", deadline);
+            if (missed && !sim.o.quiet)
+                log_warn("status offline not published", "devices=%u", missed);
+        }
+        drain(deadline);
+    }
+    conns_stop();
+
+    pthread_mutex_lock(&sim.mu);
+    uint64_t acked = sim.acked, failed = sim.failed + sim.dropped;
+    pthread_mutex_unlock(&sim.mu);
+    double secs = (double)(send_end - start) / 1e9;
+    printf("twinsim: devices=%u sent=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
+           " seconds=%.3f rate=%.1f msg/s\n",
+           sim.n_devs, sim.sent, acked, failed, secs, secs > 0 ? (double)sim.sent / secs : 0.0);
+    if (sim.o.print_last)
+        for (unsigned i = 0; i < sim.n_devs; i++)
+            printf("%s %" PRIu64 "\n", sim.devs[i].id, sim.devs[i].last_acked);
+    fflush(stdout);
+
+    msgpack_sbuffer_destroy(&sim.sbuf);
+    devs_free();
+    pthread_cond_destroy(&sim.cond);
+    pthread_mutex_destroy(&sim.mu);
+    return !started || failed > 0 ? 1 : 0;
 }

@@ -12,11 +12,23 @@
  * (mdb_env_set_mapsize, which needs no transaction active in the process) takes it exclusive.
  * twin_store_write also holds s->wlock, taken first, which guards the reused write transaction
  * struct. So a thread must not call twin_store_write while it holds a read transaction: the
- * growth would wait for that thread's own shared lock.
+ * growth would wait for that thread's own shared lock. twin_store_sync holds s->lock shared too:
+ * with MDB_WRITEMAP it msyncs the map, which a resize unmaps and maps again.
+ *
+ * MDB_WRITEMAP (opt->writemap), as LMDB 0.9.24 does it: mdb_env_open and every
+ * mdb_env_set_mapsize ftruncate the data file to the map size, leaving it sparse; a page the
+ * disk cannot back then raises SIGBUS when LMDB first writes it through the map. So the file is
+ * reserved (posix_fallocate) up to the map size at open and at each growth, and a growth that
+ * cannot be reserved is undone and reported as -ENOSPC. Read-only openers (twinctl) drop
+ * WRITEMAP (LMDB ignores it with MDB_RDONLY) and read the same pages through the shared page
+ * cache. WRITEMAP cannot be used with nested transactions; this file begins none. MDB_MAPASYNC is
+ * never set: with MDB_NOSYNC it changes nothing, and without it, it turns the per-commit msync
+ * into MS_ASYNC, which flushes nothing on Linux.
  */
 #include "twins_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -40,6 +52,10 @@ int store__mdb_error(struct twin_txn *txn, int rc, const char *what, char *err)
     if (rc == ENOMEM) {
         twins__errf(err, "%s: out of memory", what);
         return -ENOMEM;
+    }
+    if (rc == ENOSPC) {
+        twins__errf(err, "%s: %s", what, mdb_strerror(rc));
+        return -ENOSPC;
     }
     if (rc == MDB_MAP_FULL && txn)
         txn->map_full = true;
@@ -67,6 +83,33 @@ static void map_size_refresh(struct twin_store *s)
         atomic_store(&s->map_size, info.me_mapsize);
 }
 
+/* Reserves bytes [from, to) of the data file on disk, for MDB_WRITEMAP (see the top of this
+ * file). Returns 0 or an errno value. A filesystem that cannot reserve leaves the file sparse. */
+static int reserve(struct twin_store *s, size_t from, size_t to)
+{
+    mdb_filehandle_t fd;
+    int rc;
+
+    if (!s->writemap || to <= from)
+        return 0;
+    rc = mdb_env_get_fd(s->env, &fd);
+    if (rc)
+        return rc;
+    do
+        rc = posix_fallocate(fd, (off_t)from, (off_t)(to - from));
+    while (rc == EINTR);
+    return rc == EOPNOTSUPP ? 0 : rc;
+}
+
+/* mdb_env_set_mapsize failed: LMDB has unmapped the old map and kept its address. */
+static int map_broken(struct twin_store *s, int rc, size_t size, char *err)
+{
+    atomic_store(&s->broken, true);
+    twins__errf(err, "resizing the map to %zu bytes: %s; the store must be reopened", size,
+                mdb_strerror(rc));
+    return rc == ENOSPC || rc == EFBIG ? -ENOSPC : rc == ENOMEM ? -ENOMEM : -EIO;
+}
+
 /* Doubles the map, up to max_map_size. Called with no transaction held by this thread. */
 static int map_grow(struct twin_store *s, char *err)
 {
@@ -83,10 +126,30 @@ static int map_grow(struct twin_store *s, char *err)
     }
     next = info.me_mapsize > s->max_map_size / 2 ? s->max_map_size : info.me_mapsize * 2;
     rc = mdb_env_set_mapsize(s->env, next);
+    if (rc) {
+        rc = map_broken(s, rc, next, err);
+        pthread_rwlock_unlock(&s->lock);
+        return rc;
+    }
+    rc = reserve(s, info.me_mapsize, next);
+    if (rc) {
+        /* shrink back: the file beyond the old size is not backed (this also frees whatever
+         * part of the reservation succeeded) */
+        int back = mdb_env_set_mapsize(s->env, info.me_mapsize);
+
+        if (back) {
+            rc = map_broken(s, back, info.me_mapsize, err);
+        } else {
+            twins__errf(err, "store full: cannot reserve %zu bytes on disk to grow the map: %s",
+                        next, strerror(rc));
+            rc = rc == ENOSPC || rc == EFBIG ? -ENOSPC : -EIO;
+            map_size_refresh(s);
+        }
+        pthread_rwlock_unlock(&s->lock);
+        return rc;
+    }
     map_size_refresh(s);
     pthread_rwlock_unlock(&s->lock);
-    if (rc)
-        return store__mdb_error(NULL, rc, "mdb_env_set_mapsize", err);
     return 0;
 }
 
@@ -97,11 +160,12 @@ static int map_adopt(struct twin_store *s, char *err)
 
     pthread_rwlock_wrlock(&s->lock);
     rc = mdb_env_set_mapsize(s->env, 0);
-    map_size_refresh(s);
-    pthread_rwlock_unlock(&s->lock);
     if (rc)
-        return store__mdb_error(NULL, rc, "mdb_env_set_mapsize", err);
-    return 0;
+        rc = map_broken(s, rc, 0, err);
+    else
+        map_size_refresh(s);
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
 }
 
 /* Begins an LMDB transaction holding s->lock shared (released again on failure). */
@@ -111,6 +175,11 @@ static int txn_begin(struct twin_store *s, unsigned flags, MDB_txn **out, char *
         int rc;
 
         pthread_rwlock_rdlock(&s->lock);
+        if (atomic_load(&s->broken)) {
+            pthread_rwlock_unlock(&s->lock);
+            twins__errf(err, "the store is unusable after a failed map resize; reopen it");
+            return -EIO;
+        }
         rc = mdb_txn_begin(s->env, NULL, flags, out);
         if (rc == 0)
             return 0;
@@ -279,8 +348,11 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
         return -ENOMEM;
     }
     s->read_only = opt->read_only;
+    s->writemap = opt->writemap && !opt->read_only;
     atomic_init(&s->history_max, opt->history_max_points);
+    atomic_init(&s->max_doc, opt->max_doc_bytes);
     atomic_init(&s->map_size, 0);
+    atomic_init(&s->broken, false);
     s->max_map_size = opt->max_map_size > opt->map_size ? opt->max_map_size : opt->map_size;
     rc = pthread_rwlock_init(&s->lock, NULL);
     if (rc) {
@@ -316,7 +388,9 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     if (opt->read_only)
         flags |= MDB_RDONLY;
     else if (opt->sync == TWIN_SYNC_OS)
-        flags |= MDB_NOSYNC;
+        flags |= MDB_NOSYNC; /* TWIN_SYNC_COMMIT: LMDB's default, a flush per commit */
+    if (s->writemap)
+        flags |= MDB_WRITEMAP;
     rc = mdb_env_open(s->env, opt->path, flags, 0660);
     if (rc) {
         if (rc == ENOENT) {
@@ -337,10 +411,17 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     if (!opt->read_only && atomic_load(&s->map_size) < opt->map_size) {
         rc = mdb_env_set_mapsize(s->env, opt->map_size);
         if (rc) {
-            rc = store__mdb_error(NULL, rc, "mdb_env_set_mapsize", err);
-            goto fail_open;
+            rc = map_broken(s, rc, opt->map_size, err);
+            goto fail_map;
         }
         map_size_refresh(s);
+    }
+    rc = reserve(s, 0, atomic_load(&s->map_size));
+    if (rc) {
+        twins__errf(err, "cannot reserve %zu bytes on disk for the store at %s: %s",
+                    atomic_load(&s->map_size), opt->path, strerror(rc));
+        rc = rc == ENOSPC || rc == EFBIG ? -ENOSPC : -EIO;
+        goto fail_open;
     }
     rc = store_setup(s, opt->path, err);
     if (rc)
@@ -350,6 +431,7 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
 
 fail_open:
     mdb_env_close(s->env);
+fail_map: /* a failed resize left LMDB's map pointer dangling: closing would unmap it again */
 fail_env:
     msgpack_sbuffer_destroy(&s->wtxn.sbuf);
     msgpack_zone_destroy(&s->wtxn.zone);
@@ -366,7 +448,10 @@ void twin_store_close(struct twin_store *s)
 {
     if (!s)
         return;
-    mdb_env_close(s->env);
+    /* after a failed resize the environment is abandoned (its descriptors and reader slot
+     * stay until the process exits): closing it would munmap an address LMDB no longer owns */
+    if (!atomic_load(&s->broken))
+        mdb_env_close(s->env);
     msgpack_sbuffer_destroy(&s->wtxn.sbuf);
     msgpack_zone_destroy(&s->wtxn.zone);
     pthread_mutex_destroy(&s->wlock);
@@ -382,7 +467,14 @@ int twin_store_sync(struct twin_store *s, char *err)
         return -EINVAL;
     if (s->read_only)
         return 0;
+    pthread_rwlock_rdlock(&s->lock);
+    if (atomic_load(&s->broken)) {
+        pthread_rwlock_unlock(&s->lock);
+        twins__errf(err, "the store is unusable after a failed map resize; reopen it");
+        return -EIO;
+    }
     rc = mdb_env_sync(s->env, 1);
+    pthread_rwlock_unlock(&s->lock);
     if (rc)
         return store__mdb_error(NULL, rc, "mdb_env_sync", err);
     return 0;
@@ -392,6 +484,12 @@ void twin_store_set_history_max(struct twin_store *s, unsigned max_points)
 {
     if (s)
         atomic_store(&s->history_max, max_points);
+}
+
+void twin_store_set_max_doc(struct twin_store *s, size_t bytes)
+{
+    if (s)
+        atomic_store(&s->max_doc, bytes);
 }
 
 size_t twin_store_map_size(struct twin_store *s)
@@ -571,8 +669,8 @@ int twin_get_raw(struct twin_txn *txn, const char *id, size_t id_len, const void
 
 int twin_get(struct twin_txn *txn, const char *id, size_t id_len, struct twin_doc *doc, char *err)
 {
-    const void *buf;
-    size_t len;
+    const void *buf = NULL; /* set by twin_get_raw on success; -O3 cannot tell */
+    size_t len = 0;
     int rc;
 
     if (!doc)
@@ -610,6 +708,26 @@ static uint64_t le64_get(const unsigned char *b)
     return v;
 }
 
+/* The size bound of twin_put: -E2BIG when the encoded document in txn->sbuf is above
+ * max_doc_bytes and above the size the twin is stored at now. */
+static int doc_size_check(struct twin_txn *txn, const struct twin_doc *doc, char *err)
+{
+    size_t max = atomic_load(&txn->s->max_doc), size = txn->sbuf.size;
+    MDB_val k = {doc->id_len, (void *)doc->id}, old;
+    int rc;
+
+    if (!max || size <= max)
+        return 0;
+    rc = mdb_get(txn->txn, txn->s->dbi_twins, &k, &old);
+    if (rc && rc != MDB_NOTFOUND)
+        return store__mdb_error(txn, rc, "reading a twin", err);
+    if (rc == 0 && size <= old.mv_size)
+        return 0; /* above a lowered limit already, and not growing */
+    twins__errf(err, "twin %.*s would grow to %zu bytes, above limits.max_twin_size %zu",
+                (int)doc->id_len, doc->id, size, max);
+    return -E2BIG;
+}
+
 int twin_put(struct twin_txn *txn, const struct twin_doc *doc, char *err)
 {
     unsigned char ver[8];
@@ -631,6 +749,9 @@ int twin_put(struct twin_txn *txn, const struct twin_doc *doc, char *err)
                                        : "twin document has a field of the wrong type");
         return rc;
     }
+    rc = doc_size_check(txn, doc, err);
+    if (rc)
+        return rc;
     k.mv_size = doc->id_len;
     k.mv_data = (void *)doc->id;
     v.mv_size = txn->sbuf.size;

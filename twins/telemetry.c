@@ -4,7 +4,9 @@
  * is the caller's (twin_store_write).
  *
  * Everything is validated before anything is written, so a rejected message leaves the store
- * as it was even when the caller keeps using the transaction.
+ * as it was even when the caller keeps using the transaction. The last check, the size of the
+ * new document (twin_put, -E2BIG), comes after the merge: so the merge only collects the
+ * numeric leaves, and they go to history once the document is stored.
  */
 #include "twins_int.h"
 
@@ -195,19 +197,25 @@ static int check_uint(const msgpack_object *v, const char *key, uint64_t *out, c
  * Apply
  * ------------------------------------------------------------------------------------------ */
 
-struct leaf_ctx {
-    struct twin_txn *txn;
-    const char *id;
-    size_t id_len;
-    int64_t ts;
-    int rc;
-    char *err;
+/* A numeric leaf the merge wrote, waiting to be appended to history. */
+struct leaf {
+    struct leaf *next;
+    char *path;
+    size_t path_len;
+    double value;
 };
 
-/* Every leaf the merge writes: finite numbers go to history. */
+struct leaf_ctx {
+    msgpack_zone *zone;
+    struct leaf *head, **tail;
+    int rc;
+};
+
+/* Every leaf the merge writes: finite numbers are kept for history (the merge reuses `path`). */
 static void on_leaf(void *ctx, const char *path, size_t path_len, const msgpack_object *v)
 {
     struct leaf_ctx *c = ctx;
+    struct leaf *l;
     double d;
 
     if (c->rc)
@@ -229,7 +237,19 @@ static void on_leaf(void *ctx, const char *path, size_t path_len, const msgpack_
     /* a path too long for history is not an error: the leaf is stored, just not historized */
     if (!isfinite(d) || path_len == 0 || path_len > TWIN_PATH_MAX)
         return;
-    c->rc = twin_history_append(c->txn, c->id, c->id_len, path, path_len, c->ts, d, c->err);
+    l = msgpack_zone_malloc(c->zone, sizeof *l);
+    if (l)
+        l->path = msgpack_zone_malloc(c->zone, path_len);
+    if (!l || !l->path) {
+        c->rc = -ENOMEM;
+        return;
+    }
+    memcpy(l->path, path, path_len);
+    l->path_len = path_len;
+    l->value = d;
+    l->next = NULL;
+    *c->tail = l;
+    c->tail = &l->next;
 }
 
 int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
@@ -295,6 +315,11 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     } else if (rc) {
         return rc;
     }
+    if (ts < 0) {
+        /* only the hub clock can be negative; history would refuse it after the put */
+        twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
+        return -EINVAL;
+    }
     if (seq_v && !res->created && doc.has_seq && seq <= doc.seq) {
         res->outcome = seq == doc.seq ? TWIN_DUPLICATE : TWIN_STALE;
         res->version = doc.version;
@@ -320,19 +345,14 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         patch.via.map.ptr = kv;
         patch.via.map.size = n;
     }
-    lc.txn = txn;
-    lc.id = id;
-    lc.id_len = id_len;
-    lc.ts = ts;
-    lc.err = err;
+    lc.zone = &txn->zone;
+    lc.tail = &lc.head;
     rc = twin_merge(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported, &meta,
                     on_leaf, &lc);
-    if (rc) {
+    if (rc || lc.rc) {
         twins__errf(err, "out of memory merging telemetry");
-        return rc;
+        return -ENOMEM;
     }
-    if (lc.rc)
-        return lc.rc;
 
     /* 4. the new state: delta and desired are left as they were (computed elsewhere) */
     doc.id = id;
@@ -345,9 +365,16 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         doc.seq = seq;
         doc.has_seq = true;
     }
-    rc = twin_put(txn, &doc, err);
+    rc = twin_put(txn, &doc, err); /* -E2BIG writes nothing */
     if (rc)
         return rc;
+
+    /* 5. history of the numeric leaves written */
+    for (const struct leaf *l = lc.head; l; l = l->next) {
+        rc = twin_history_append(txn, id, id_len, l->path, l->path_len, ts, l->value, err);
+        if (rc)
+            return rc;
+    }
     res->outcome = TWIN_APPLIED;
     res->version = doc.version;
     return 0;

@@ -7,11 +7,11 @@
  * `char *err` (TWIN_ERR_LEN bytes), a reason a person can act on.
  *   -EINVAL    bad argument or bad input (wrong type, bad key)
  *   -EBADMSG   malformed msgpack or JSON
- *   -E2BIG     over a size or count limit
+ *   -E2BIG     over a size or count limit (payload, keys, or the size of a twin)
  *   -ELOOP     nested deeper than the depth limit
  *   -ENOENT    no such twin
  *   -ENOMEM    out of memory
- *   -ENOSPC    the LMDB map reached store.max_map_size
+ *   -ENOSPC    the LMDB map reached store.max_map_size, or the disk is full
  *   -EIO       any other storage error (the LMDB message is in `err`)
  *
  * Threads: values and documents are plain data. A twin_store may be used from several threads:
@@ -141,21 +141,43 @@ struct twin_store_options {
     size_t map_size;         /* initial map size, bytes; grown on MDB_MAP_FULL */
     size_t max_map_size;     /* growth stops here: -ENOSPC */
     unsigned history_max_points; /* per (twin, field); oldest dropped first */
+    /* Largest encoded twin document, bytes; 0 = no limit. A write that would make a twin
+     * larger than this and larger than it already is fails with -E2BIG (see twin_put). */
+    size_t max_doc_bytes;
+    /* MDB_WRITEMAP: LMDB writes into a writable map instead of write()-ing pages, which is
+     * faster per commit but lets any stray write in this process reach the database. The data
+     * file is then as large as the map and is reserved on disk (posix_fallocate) when opened
+     * and when grown, so a full disk fails the open or the growth with -ENOSPC instead of
+     * killing the process with SIGBUS. With TWIN_SYNC_OS it is MDB_NOSYNC | MDB_WRITEMAP;
+     * with TWIN_SYNC_COMMIT, synchronous msync per commit (never MDB_MAPASYNC, which is no
+     * flush at all on Linux). Ignored when read_only: readers in other processes (twinctl)
+     * may open a store that the hub writes with or without it. */
+    bool writemap;
 };
-#define TWIN_STORE_OPTIONS_DEFAULT {NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600}
+#define TWIN_STORE_OPTIONS_DEFAULT                                                                 \
+    {                                                                                              \
+        NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600, 256u << 10, false                \
+    }
 
 struct twin_store;
 struct twin_txn;
 
 /* Opens (creating if needed) the store. Clears stale reader slots (mdb_reader_check).
- * On success *out is set; caller closes with twin_store_close. */
+ * On success *out is set; caller closes with twin_store_close. Returns 0, -EINVAL (bad options,
+ * foreign schema), -ENOENT (read_only and no store), -ENOSPC (writemap: the disk cannot hold the
+ * map), -ENOMEM, -EIO. */
 int twin_store_open(struct twin_store **out, const struct twin_store_options *opt, char *err);
-/* Closes; every transaction must have ended. NULL is allowed. */
+/* Closes; every transaction must have ended. NULL is allowed. After a failed map resize (see
+ * twin_store_write) the LMDB environment is abandoned rather than closed: LMDB has already
+ * unmapped it. */
 void twin_store_close(struct twin_store *s);
 /* Flushes to disk (mdb_env_sync, forced). For TWIN_SYNC_OS, called by the hub on a timer. */
 int twin_store_sync(struct twin_store *s, char *err);
 /* Changes the history bound for future appends (SIGHUP). Any thread. */
 void twin_store_set_history_max(struct twin_store *s, unsigned max_points);
+/* Changes max_doc_bytes for future writes (SIGHUP); 0 = no limit. Twins already larger stay as
+ * they are and may still be written at or below their current size. Any thread. */
+void twin_store_set_max_doc(struct twin_store *s, size_t bytes);
 /* Current map size in bytes. */
 size_t twin_store_map_size(struct twin_store *s);
 
@@ -163,7 +185,11 @@ size_t twin_store_map_size(struct twin_store *s);
  * (in fn or at commit) the transaction is aborted, the map doubled (up to max_map_size) and
  * fn run again from the start: fn must leave nothing outside ctx that a retry would double,
  * and must reset what it records in ctx at its start. A non-zero return from fn aborts the
- * transaction and is returned. On any error nothing is committed. */
+ * transaction and is returned. On any error nothing is committed.
+ * Its own codes: -ENOSPC (map at max_map_size, disk full, or, with writemap, no room on disk to
+ * reserve the doubled map), -EIO (LMDB failed; also every call after a map resize that LMDB
+ * could not complete, which leaves the store unusable until reopened), -EINVAL (read-only
+ * store), -ENOMEM. It never returns -E2BIG or -EBADMSG of its own: those come from fn. */
 typedef int (*twin_write_fn)(struct twin_txn *txn, void *ctx);
 int twin_store_write(struct twin_store *s, twin_write_fn fn, void *ctx, char *err);
 
@@ -184,7 +210,13 @@ int twin_get(struct twin_txn *txn, const char *id, size_t id_len, struct twin_do
              char *err);
 
 /* Stores `doc` (encoding it), bumping nothing: the caller has set doc->version.
- * Also records (id, version) in the outbox. Write transactions only. */
+ * Also records (id, version) in the outbox. Write transactions only.
+ * Size bound: when max_doc_bytes is set and the encoded document is larger than it, the put is
+ * refused with -E2BIG ("twin ecg-0001 would grow to 300123 bytes, above limits.max_twin_size
+ * 262144") unless the twin is already stored at that size or larger, so a twin left above a
+ * lowered limit can still be written as long as it does not grow. A refused put writes nothing.
+ * Returns 0, -EINVAL (read transaction, bad id, a field of the wrong type), -E2BIG, -ENOMEM,
+ * -ENOSPC, -EIO. */
 int twin_put(struct twin_txn *txn, const struct twin_doc *doc, char *err);
 
 /* ---------------------------------------------------------------------------------------------
@@ -209,9 +241,17 @@ struct twin_apply_result {
  * into reported (RFC 7396) with meta timestamps, appends numeric leaves to history, sets
  * last_seen = now_ms, bumps version, stores the twin and records it in the outbox.
  * Map keys must be strings of 1..TWIN_KEY_MAX bytes without '.' or control characters; `seq`
- * and `ts` must have the types above: otherwise -EINVAL with the reason, and nothing written.
- * Returns 0 (see res->outcome), -EINVAL, -ENOMEM, -EIO (MDB_MAP_FULL surfaces as -EIO through
- * twin_store_write, which handles it). */
+ * and `ts` must have the types above.
+ * Returns:
+ *   0        see res->outcome
+ *   -EINVAL  the message is bad (reason in err); nothing written
+ *   -E2BIG   the message is well formed but would make the twin larger than max_doc_bytes
+ *            (see twin_put; reason in err); nothing written. Like -EINVAL, a rejection of this
+ *            input, not a storage failure: the caller should count it and ack the message.
+ *   -EBADMSG the twin stored for `id` is damaged (not the message's fault)
+ *   -ENOMEM, -ENOSPC, -EIO  storage or memory failures (MDB_MAP_FULL surfaces as -EIO inside
+ *            fn and is handled by twin_store_write, which returns -ENOSPC when it cannot grow).
+ * With -EINVAL and -E2BIG the transaction is untouched and may still be committed. */
 int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                          const msgpack_object *telemetry, int64_t now_ms,
                          struct twin_apply_result *res, char *err);

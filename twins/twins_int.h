@@ -121,6 +121,11 @@ struct twin_store {
     _Atomic size_t map_size;
     size_t max_map_size;
     _Atomic unsigned history_max;
+    _Atomic size_t max_doc; /* max_doc_bytes; 0 = no limit */
+    bool writemap;          /* MDB_WRITEMAP: the data file is reserved as large as the map */
+    /* A map resize failed after LMDB had unmapped the old map (mdb_env_set_mapsize leaves its
+     * map pointer dangling then): no transaction may begin, and close must not unmap again. */
+    _Atomic bool broken;
     struct twin_txn wtxn; /* reused by every write transaction */
     size_t wzone_chunk;   /* chunk size of wtxn.zone; doubled when a transaction outgrows it */
 };

@@ -1,9 +1,11 @@
 /* test_twins.c: unit tests of the twins library, through its public header only: the msgpack
  * pre-scan, JSON in and out, values, merge, documents, the LMDB store (round trip, read-only
- * beside a writer, map growth, -ENOSPC, schema), telemetry, history, outbox and statistics.
+ * beside a writer, map growth, -ENOSPC, schema, MDB_WRITEMAP), telemetry, the bound on a twin's
+ * size, history, outbox and statistics.
  *
  * Table-driven where the cases are data. Every store test works in its own mkdtemp directory
- * and removes it. `test_twins NAME` runs one test.
+ * and removes it. The round trip, growth and read-only tests run twice, the second time
+ * ("..._writemap") with writers opened with MDB_WRITEMAP. `test_twins NAME` runs one test.
  */
 #include "twins.h"
 
@@ -13,10 +15,12 @@
 #include <lmdb.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -182,6 +186,9 @@ static void tmp_remove(const char *path)
     CHECK(stat(path, &st) != 0 && errno == ENOENT);
 }
 
+/* Set while a test runs in its "_writemap" variant: store_open opens with MDB_WRITEMAP. */
+static bool writemap_mode;
+
 static struct twin_store *store_open(const char *path, size_t map, size_t max, unsigned hist,
                                      bool ro)
 {
@@ -192,6 +199,7 @@ static struct twin_store *store_open(const char *path, size_t map, size_t max, u
 
     o.path = path;
     o.read_only = ro;
+    o.writemap = writemap_mode; /* ignored by read-only openers */
     if (map)
         o.map_size = map;
     if (max)
@@ -327,6 +335,37 @@ static struct twin_stats stats_of(struct twin_store *s)
         FAIL("stats: %s", err);
     twin_store_read_end(t);
     return st;
+}
+
+/* Size and allocated bytes (st_blocks) of the data file of the store in dir. */
+static void data_file(const char *dir, long long *size, long long *alloc)
+{
+    char path[128];
+    struct stat st;
+
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    *size = *alloc = -1;
+    if (stat(path, &st) != 0) {
+        FAIL("stat %s: %s", path, strerror(errno));
+        return;
+    }
+    *size = (long long)st.st_size;
+    *alloc = (long long)st.st_blocks * 512;
+}
+
+/* With MDB_WRITEMAP the data file is as large as the map and reserved on disk; without it, it
+ * holds the pages in use only. */
+static void check_data_file(const char *dir, struct twin_store *s)
+{
+    long long size, alloc, map = (long long)twin_store_map_size(s);
+
+    data_file(dir, &size, &alloc);
+    if (writemap_mode) {
+        CHECK_INT(size, map);
+        CHECK(alloc >= map);
+    } else {
+        CHECK(size > 0 && size <= map);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1447,6 +1486,7 @@ static void test_store_growth(void)
     if (!s)
         goto out;
     CHECK_INT(twin_store_map_size(s), 64 << 10);
+    check_data_file(dir, s);
     for (int i = 0; i < n; i++) {
         struct put_ctx pc = {.doc = &d};
 
@@ -1461,6 +1501,7 @@ static void test_store_growth(void)
     CHECK(attempts > n); /* fn ran again after growing */
     CHECK(twin_store_map_size(s) > (64u << 10));
     CHECK(twin_store_map_size(s) <= (64u << 20));
+    check_data_file(dir, s); /* grown, and (writemap) reserved as far as the map goes */
     twin_store_close(s);
 
     s = store_open(dir, 64 << 10, 64 << 20, 10, false);
@@ -1549,6 +1590,7 @@ static void test_store_readonly_concurrent(void)
     pid = fork();
     if (pid == 0) {
         /* the child never touches the parent's environment */
+        failures = 0; /* the exit status reports this child's checks only */
         struct twin_store *ro = store_open(dir, 0, 0, 0, true);
         int zero = 0, last = 1999;
 
@@ -1580,6 +1622,7 @@ static void test_store_readonly_concurrent(void)
             }
         }
         CHECK(twin_store_map_size(s) > (64u << 10));
+        check_data_file(dir, s);
         if (write(p2c[1], "2", 1) != 1)
             FAIL("pipe");
         CHECK(waitpid(pid, &status, 0) == pid);
@@ -1592,6 +1635,153 @@ static void test_store_readonly_concurrent(void)
 out:
     twin_store_close(s);
     tmp_remove(dir);
+}
+
+/* The "_writemap" variants of the store tests. */
+static void test_store_roundtrip_writemap(void)
+{
+    writemap_mode = true;
+    test_store_roundtrip();
+    writemap_mode = false;
+}
+
+static void test_store_growth_writemap(void)
+{
+    writemap_mode = true;
+    test_store_growth();
+    writemap_mode = false;
+}
+
+static void test_store_readonly_concurrent_writemap(void)
+{
+    writemap_mode = true;
+    test_store_readonly_concurrent();
+    writemap_mode = false;
+}
+
+/* A growth that LMDB cannot make (here ftruncate past RLIMIT_FSIZE, as a full or size-limited
+ * filesystem would refuse it) fails cleanly, leaves the store refusing transactions instead of
+ * touching the map LMDB unmapped, and loses nothing committed. In a child: the limit is
+ * per process. */
+static void growth_refused_child(const char *dir)
+{
+    struct twin_store_options o = TWIN_STORE_OPTIONS_DEFAULT;
+    struct rlimit rl = {4u << 20, 4u << 20};
+    struct twin_store *s = NULL;
+    struct twin_txn *t;
+    struct twin_doc d;
+    msgpack_object_kv kv[2];
+    char id[32], err[TWIN_ERR_LEN] = "";
+    int i, rc = 0;
+
+    signal(SIGXFSZ, SIG_IGN); /* past the limit: EFBIG rather than death */
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0) {
+        FAIL("setrlimit: %s", strerror(errno));
+        return;
+    }
+    o.path = dir;
+    o.writemap = true;
+    o.map_size = 1u << 20;
+    o.max_map_size = 64u << 20;
+    CHECK_INT(twin_store_open(&s, &o, err), 0);
+    if (!s)
+        return;
+    for (i = 0; i < 100000; i++) {
+        struct put_ctx pc = {.doc = &d};
+
+        snprintf(id, sizeof id, "dev-%05d", i);
+        make_blob_doc(&d, kv, id, i);
+        rc = twin_store_write(s, put_fn, &pc, err);
+        if (rc)
+            break;
+    }
+    CHECK_INT(rc, -ENOSPC);
+    CHECK_HAS(err, "resizing the map to 8388608 bytes: File too large; the store must be reopened");
+    CHECK(i > 1000);
+    {
+        struct put_ctx pc = {.doc = &d};
+
+        CHECK_INT(twin_store_write(s, put_fn, &pc, err), -EIO);
+        CHECK_HAS(err, "unusable after a failed map resize");
+    }
+    CHECK_INT(twin_store_read_begin(s, &t, err), -EIO);
+    CHECK_INT(twin_store_sync(s, err), -EIO);
+    twin_store_close(s); /* abandons the environment */
+
+    s = store_open(dir, 0, 0, 0, true);
+    if (!s)
+        return;
+    CHECK_INT(stats_of(s).twins, i);
+    for (int k = 0; k < i; k++) {
+        snprintf(id, sizeof id, "dev-%05d", k);
+        if (read_doc(s, id, check_blob, &k)) {
+            FAIL("twin %s missing", id);
+            break;
+        }
+    }
+    twin_store_close(s);
+}
+
+/* MDB_WRITEMAP beyond the shared tests: with fsync per commit, across reopenings with and without
+ * it, read-only openers, and a growth that cannot be made. */
+static void test_store_writemap(void)
+{
+    struct twin_store_options o = TWIN_STORE_OPTIONS_DEFAULT;
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s = NULL;
+    struct put_ctx pc = {0};
+    struct twin_doc d;
+    msgpack_zone z;
+    int status;
+    pid_t pid;
+
+    CHECK(!o.writemap); /* off by default */
+    msgpack_zone_init(&z, 4096);
+    tmp_make(dir, sizeof dir);
+    o.path = dir;
+    o.writemap = true;
+    o.sync = TWIN_SYNC_COMMIT;
+    CHECK_INT(twin_store_open(&s, &o, err), 0);
+    if (!s)
+        goto out;
+    d = doc_sample(&z);
+    pc.doc = &d;
+    CHECK_INT(twin_store_write(s, put_fn, &pc, err), 0);
+    CHECK_INT(twin_store_sync(s, err), 0);
+    writemap_mode = true;
+    check_data_file(dir, s);
+    writemap_mode = false;
+    twin_store_close(s);
+
+    /* without writemap, then read-only asking for it (ignored): the same data */
+    s = store_open(dir, 0, 0, 10, false);
+    if (s) {
+        CHECK_INT(read_doc(s, "ecg-001", check_sample, &z), 0);
+        twin_store_close(s);
+    }
+    s = NULL;
+    o.read_only = true;
+    CHECK_INT(twin_store_open(&s, &o, err), 0);
+    if (s) {
+        CHECK_INT(read_doc(s, "ecg-001", check_sample, &z), 0);
+        CHECK_INT(twin_store_sync(s, err), 0);
+        twin_store_close(s);
+    }
+    tmp_remove(dir);
+
+    tmp_make(dir, sizeof dir);
+    fflush(stderr);
+    pid = fork();
+    if (pid == 0) {
+        failures = 0; /* the exit status reports this child's checks only */
+        growth_refused_child(dir);
+        _exit(failures ? 1 : 0);
+    }
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+out:
+    tmp_remove(dir);
+    msgpack_zone_destroy(&z);
 }
 
 struct reader {
@@ -1987,6 +2177,133 @@ out:
     msgpack_zone_destroy(&z);
 }
 
+/* Reads the size out of "twin ID would grow to N bytes, above limits.max_twin_size MAX". */
+static size_t grown_to(const char *err, const char *id, size_t max)
+{
+    char want[TWIN_ERR_LEN];
+    const char *p;
+    size_t n = 0;
+
+    snprintf(want, sizeof want, "twin %s would grow to ", id);
+    p = strstr(err, want);
+    if (!p || sscanf(p + strlen(want), "%zu", &n) != 1) {
+        FAIL("no size in \"%s\"", err);
+        return 0;
+    }
+    snprintf(want, sizeof want, " bytes, above limits.max_twin_size %zu", max);
+    CHECK_HAS(err, want);
+    return n;
+}
+
+/* max_doc_bytes: a device that sends a new key in every message is stopped at the bound, with
+ * nothing of the refused message written (not its history, not its seq); twins at or above the
+ * bound may still change without growing; the bound can change at run time. */
+static void test_telemetry_doc_limit(void)
+{
+    struct twin_store_options o = TWIN_STORE_OPTIONS_DEFAULT;
+    char dir[64], err[TWIN_ERR_LEN], werr[TWIN_ERR_LEN], json[128], key[8];
+    struct twin_store *s = NULL;
+    struct twin_apply_result res;
+    struct twin_stats before, after;
+    msgpack_zone z;
+    void *raw1 = NULL, *raw2 = NULL;
+    size_t l1 = 0, l2 = 0, size;
+    int i, rc = 0;
+
+    CHECK_INT(o.max_doc_bytes, 256u << 10); /* the default */
+    msgpack_zone_init(&z, 4096);
+    tmp_make(dir, sizeof dir);
+    o.path = dir;
+    o.max_doc_bytes = 1024;
+    o.history_max_points = 100;
+    CHECK_INT(twin_store_open(&s, &o, err), 0);
+    if (!s)
+        goto out;
+    /* now_ms stays in 1000..65535 and versions below 128 so that rewriting a key does not
+     * change the document's size */
+    for (i = 0; i < 100; i++) {
+        snprintf(json, sizeof json, "{\"seq\":%d,\"k%02d\":%d}", i + 1, i, i);
+        rc = apply(s, "ecg-0001", json, 1000 + i, &res, err);
+        if (rc)
+            break;
+    }
+    CHECK_INT(rc, -E2BIG);
+    CHECK(i > 5);
+    size = grown_to(err, "ecg-0001", 1024);
+    CHECK(size > 1024 && size < 1024 + 64);
+
+    /* nothing of it was written, even when the caller commits anyway */
+    before = stats_of(s);
+    raw1 = raw_copy(s, "ecg-0001", &l1);
+    CHECK(l1 <= 1024);
+    {
+        struct tele_ctx c = {.id = "ecg-0001", .n = 1, .now = 1000 + i, .ignore = true};
+
+        CHECK_INT(twin_input_decode(json, strlen(json), &DEF, &z, &c.tele[0], err), 0);
+        CHECK_INT(twin_store_write(s, tele_fn, &c, werr), 0);
+        CHECK_INT(c.rcs[0], -E2BIG);
+        CHECK_INT(grown_to(c.err, "ecg-0001", 1024), size);
+    }
+    after = stats_of(s);
+    raw2 = raw_copy(s, "ecg-0001", &l2);
+    CHECK(raw1 && raw2 && l1 == l2 && !memcmp(raw1, raw2, l1));
+    CHECK_INT(after.history_points, before.history_points);
+    CHECK_INT(after.last_txn, before.last_txn);
+    snprintf(key, sizeof key, "k%02d", i);
+    CHECK_INT(history_of(s, "ecg-0001", key, 0).n, 0);
+    CHECK_INT(history_of(s, "ecg-0001", "k00", 0).n, 1);
+
+    /* rewriting a key without growing is accepted, with the refused message's seq: it was not
+     * taken */
+    snprintf(json, sizeof json, "{\"seq\":%d,\"k00\":7}", i + 1);
+    CHECK_INT(apply(s, "ecg-0001", json, 1000 + i, &res, err), 0);
+    CHECK_INT(res.outcome, TWIN_APPLIED);
+    CHECK_INT(history_of(s, "ecg-0001", "k00", 0).n, 2);
+
+    /* a lowered bound: the twin above it may change without growing, not grow */
+    twin_store_set_max_doc(s, 512);
+    snprintf(json, sizeof json, "{\"seq\":%d,\"k01\":8}", i + 2);
+    CHECK_INT(apply(s, "ecg-0001", json, 1000 + i, &res, err), 0);
+    snprintf(json, sizeof json, "{\"seq\":%d,\"k01\":8000}", i + 3);
+    CHECK_INT(apply(s, "ecg-0001", json, 1000 + i, &res, err), -E2BIG);
+    CHECK(grown_to(err, "ecg-0001", 512) > 512);
+    /* deleting keys shrinks it */
+    snprintf(json, sizeof json, "{\"seq\":%d,\"k01\":null,\"k02\":null}", i + 3);
+    CHECK_INT(apply(s, "ecg-0001", json, 1000 + i, &res, err), 0);
+
+    /* no bound */
+    twin_store_set_max_doc(s, 0);
+    snprintf(json, sizeof json, "{\"seq\":%d,\"k99\":1,\"k98\":2,\"k97\":3}", i + 4);
+    CHECK_INT(apply(s, "ecg-0001", json, 1000 + i, &res, err), 0);
+
+    /* a new twin over the bound is not created */
+    twin_store_set_max_doc(s, 64);
+    CHECK_INT(apply(s, "fresh", "{\"long\":\"0123456789012345678901234567890123456789\"}", 1000,
+                    &res, err),
+              -E2BIG);
+    CHECK(grown_to(err, "fresh", 64) > 64);
+    CHECK_INT(read_doc(s, "fresh", NULL, NULL), -ENOENT);
+
+    /* the bound is twin_put's: any writer meets it */
+    {
+        struct twin_doc d;
+        msgpack_object_kv kv[2];
+        struct put_ctx pc = {.doc = &d};
+
+        make_blob_doc(&d, kv, "blob", 0);
+        CHECK_INT(twin_store_write(s, put_fn, &pc, err), -E2BIG);
+        CHECK(grown_to(pc.err, "blob", 64) > 200);
+        twin_store_set_max_doc(s, 4096);
+        CHECK_INT(twin_store_write(s, put_fn, &pc, err), 0);
+    }
+    twin_store_close(s);
+out:
+    free(raw1);
+    free(raw2);
+    tmp_remove(dir);
+    msgpack_zone_destroy(&z);
+}
+
 /* Several messages in one transaction, long paths, non-finite numbers. */
 static void test_telemetry_more(void)
 {
@@ -2338,9 +2655,14 @@ static const struct {
     {"store_growth", test_store_growth},
     {"store_full", test_store_full},
     {"store_readonly_concurrent", test_store_readonly_concurrent},
+    {"store_roundtrip_writemap", test_store_roundtrip_writemap},
+    {"store_growth_writemap", test_store_growth_writemap},
+    {"store_readonly_concurrent_writemap", test_store_readonly_concurrent_writemap},
+    {"store_writemap", test_store_writemap},
     {"store_threads", test_store_threads},
     {"telemetry_apply", test_telemetry_apply},
     {"telemetry_bad", test_telemetry_bad},
+    {"telemetry_doc_limit", test_telemetry_doc_limit},
     {"telemetry_more", test_telemetry_more},
     {"history", test_history},
     {"outbox_list", test_outbox_list},
@@ -2359,7 +2681,7 @@ int main(int argc, char **argv)
         current = tests[i].name;
         tests[i].fn();
         ran++;
-        printf("%-28s %s\n", tests[i].name, failures == before ? "ok" : "FAILED");
+        printf("%-36s %s\n", tests[i].name, failures == before ? "ok" : "FAILED");
     }
     if (!ran) {
         fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
