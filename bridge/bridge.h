@@ -37,7 +37,9 @@ struct bridge_topics {
 
 /* Sets the prefixes; NULL keeps the default. A prefix must be 1..62 printable bytes with no
  * '+', '#' or control characters and no empty level; a missing trailing '/' is added.
- * Returns 0 or -EINVAL with the reason in err (BRIDGE_ERR_LEN). */
+ * Printable means ASCII 0x21..0x7e (no spaces); a prefix must not start with '$' (broker
+ * topics), and no prefix may equal or contain another (a topic would mean two things).
+ * Returns 0 or -EINVAL with the reason in err (BRIDGE_ERR_LEN); on error *t is unchanged. */
 int bridge_topics_init(struct bridge_topics *t, const char *devices, const char *twins,
                        const char *hub, char *err);
 
@@ -119,7 +121,9 @@ typedef void (*bridge_connection_cb)(void *ctx, bool connected, const char *reas
 /* Completion of one publish, on a Paho thread: status 0 = QoS 1 acknowledged by the broker or
  * QoS 0 written to the socket; negative = failed (the message may not have arrived). Called
  * exactly once for every publish that bridge_client_publish accepted (returned 0), including
- * at bridge_client_stop/free for those still in flight (status -ECANCELED). */
+ * at bridge_client_stop/free for those still in flight (status -ECANCELED). Other statuses:
+ * -ECONNRESET (the broker lost the session before acknowledging), -EACCES (MQTT 5 PUBACK
+ * "not authorized"), -EIO (anything else). */
 typedef void (*bridge_publish_cb)(void *ctx, int status);
 
 enum bridge_log_level { BRIDGE_LOG_ERROR = 0, BRIDGE_LOG_WARN, BRIDGE_LOG_INFO, BRIDGE_LOG_DEBUG };
@@ -177,15 +181,18 @@ void bridge_options_init(struct bridge_options *o);
 
 struct bridge_client;
 
-/* Creates a client (nothing connects yet). Options are copied. Returns 0 or -EINVAL / -EIO
- * with the reason in err (BRIDGE_ERR_LEN). */
+/* Creates a client (nothing connects yet). Options are copied. Returns 0 or -EINVAL / -EIO /
+ * -ENOMEM with the reason in err (BRIDGE_ERR_LEN). TLS files are checked for readability here,
+ * and refused with a tcp:// or mqtt:// URL rather than ignored. */
 int bridge_client_new(struct bridge_client **out, const struct bridge_options *o, char *err);
 
 /* Starts connecting in the background; on_connection reports the outcome, and reconnects
- * continue automatically after a failure. Returns 0 or -EIO. */
+ * continue automatically after a failure. Returns 0 or -EIO; -EINVAL when already started or
+ * stopped (a stopped client is not started again: free it and make a new one). */
 int bridge_client_start(struct bridge_client *c, char *err);
 
-/* Waits up to timeout_ms for the first successful connect. Returns 0 or -ETIMEDOUT. */
+/* Waits up to timeout_ms for the first successful connect (later: for the connection to be
+ * back). Returns 0 or -ETIMEDOUT. */
 int bridge_client_wait_connected(struct bridge_client *c, unsigned timeout_ms);
 
 bool bridge_client_connected(struct bridge_client *c);
@@ -202,13 +209,22 @@ struct bridge_pub_props {
  * `done` (may be NULL) is called exactly once when it completes, on a Paho thread, unless this
  * returns an error, in which case it is never called. Must not be called from the message
  * callback for QoS 1 in a hot path (see DESIGN.md §6): the hub publishes from its own thread.
- * Returns 0, -EINVAL (topic), -ENOTCONN, -EIO. Any thread. */
+ * Keep at most max_inflight (MQTT 5: also the broker's Receive Maximum, 20 by default in
+ * Mosquitto; logged at connect) QoS 1 publishes outstanding: Paho queues the rest and its send
+ * thread looks at that queue again only when a new command arrives or once a second.
+ * Returns 0, -EINVAL (topic, qos, properties), -ENOTCONN, -ENOMEM, -EIO. Any thread. */
 int bridge_client_publish(struct bridge_client *c, const char *topic, const void *payload,
                           size_t len, int qos, bool retained, const struct bridge_pub_props *props,
                           bridge_publish_cb done, void *done_ctx);
 
 /* Disconnects cleanly (the will is not sent), after waiting up to timeout_ms for in-flight
- * publishes. Before disconnecting, publishes `final` (e.g. the retained "offline") if given. */
+ * publishes. Before disconnecting, publishes `final` (e.g. the retained "offline") if given.
+ * Then fails what is still outstanding with -ECANCELED. Returns 0; -ETIMEDOUT (the final
+ * message was not acknowledged in time), -ENOTCONN (final given but not connected), or the
+ * final message's failure. Stopping twice returns 0. If the broker stops acknowledging, Paho
+ * 1.3.12 holds the DISCONNECT behind the unacknowledged publishes: the connection then closes
+ * (still with a DISCONNECT) in bridge_client_free, and messages may arrive until then.
+ * Caller's thread, never from a bridge callback. */
 struct bridge_final {
     const char *topic;
     const void *payload;
@@ -219,7 +235,8 @@ struct bridge_final {
 int bridge_client_stop(struct bridge_client *c, const struct bridge_final *final,
                        unsigned timeout_ms);
 
-/* Frees the client (stopping it first, without a final message). NULL allowed. */
+/* Frees the client (stopping it first, without a final message). NULL allowed. No callback
+ * runs after it returns. Caller's thread, never from a bridge callback. */
 void bridge_client_free(struct bridge_client *c);
 
 #endif
