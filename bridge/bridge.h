@@ -195,6 +195,12 @@ int bridge_client_start(struct bridge_client *c, char *err);
  * back). Returns 0 or -ETIMEDOUT. */
 int bridge_client_wait_connected(struct bridge_client *c, unsigned timeout_ms);
 
+/* The broker's MQTT 5 Receive Maximum from the CONNACK: how many QoS 1 publishes it takes in
+ * flight (Mosquitto's default is 20). Publishing more at once only parks them in Paho's queue,
+ * which its send thread rechecks about once a second. 0 when none is known (MQTT 3.1.1, or not
+ * yet connected). Any thread. */
+unsigned bridge_client_send_quota(struct bridge_client *c);
+
 bool bridge_client_connected(struct bridge_client *c);
 
 /* Optional MQTT 5 properties of a publish (ignored on 3.1.1). */

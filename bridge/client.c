@@ -99,6 +99,7 @@ struct bridge_client {
     MQTTAsync_token sub_token; /* (L) its token */
     int session_present;       /* (L) from the first CONNACK, -1 once logged */
     int server_recv_max;       /* (L) MQTT 5 Receive Maximum of the first CONNACK, 0: none */
+    int send_quota;            /* (L) the same, kept for bridge_client_send_quota */
     bool disc_pending;         /* (L) our DISCONNECT has not completed */
     bool final_pending;        /* (L) the final message has not completed */
     int final_status;          /* (L) */
@@ -555,9 +556,10 @@ static void on_connected(void *ctx, char *cause)
     if (recv_max > 0 && (unsigned)recv_max < c->o.max_inflight)
         /* Paho then holds the rest in its queue, and its send thread wakes for them only
          * when something new is queued, or once a second */
-        say(c, BRIDGE_LOG_WARN,
+        say(c, BRIDGE_LOG_INFO,
             "server receive maximum %d < max_inflight %u: keep at most %d QoS 1 publishes "
-            "outstanding, or raise the broker's max_inflight_messages",
+            "outstanding (bridge_client_send_quota), or raise the broker's "
+            "max_inflight_messages",
             recv_max, c->o.max_inflight, recv_max);
     if (sp < 0)
         say(c, BRIDGE_LOG_INFO, "reconnected url=%s (%s)", c->url, cause ? cause : "");
@@ -641,6 +643,7 @@ static void connect_ok(struct bridge_client *c, int session_present, int recv_ma
     pthread_mutex_lock(&c->lock);
     c->session_present = session_present ? 1 : 0;
     c->server_recv_max = recv_max;
+    c->send_quota = recv_max;
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -1179,6 +1182,14 @@ int bridge_client_wait_connected(struct bridge_client *c, unsigned timeout_ms)
 bool bridge_client_connected(struct bridge_client *c)
 {
     return c && is_up(c);
+}
+
+unsigned bridge_client_send_quota(struct bridge_client *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int q = c->send_quota;
+    pthread_mutex_unlock(&c->lock);
+    return q > 0 ? (unsigned)q : 0;
 }
 
 int bridge_client_publish(struct bridge_client *c, const char *topic, const void *payload,

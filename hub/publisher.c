@@ -444,8 +444,11 @@ static void *run(void *arg)
 
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
-        bool state_ok = p->qhead && hub_now_ms() >= p->retry_at; /* reread after the wait */
-        bool work = (state_ok || p->rhead) && p->inflight < p->max_inflight &&
+        unsigned window = p->max_inflight, quota = bridge_client_send_quota(p->o.bridge);
+        if (quota && quota < window)
+            window = quota;
+        bool state_ok = p->qhead && hub_now_ms() >= p->retry_at;
+        bool work = (state_ok || p->rhead) && p->inflight < window &&
                     bridge_client_connected(p->o.bridge);
         if (!work) {
             struct timespec ts;
@@ -462,7 +465,7 @@ static void *run(void *arg)
         struct raw *raws = NULL, **rt = &raws;
         if (bridge_client_connected(p->o.bridge)) {
             bool due = hub_now_ms() >= p->retry_at;
-            while (due && p->qhead && p->inflight < p->max_inflight) {
+            while (due && p->qhead && p->inflight < window) {
                 struct entry *e = p->qhead;
                 p->qhead = e->qnext;
                 if (!p->qhead)
@@ -474,7 +477,7 @@ static void *run(void *arg)
                 bt = &e->qnext;
                 p->inflight++;
             }
-            while (p->rhead && p->inflight < p->max_inflight) {
+            while (p->rhead && p->inflight < window) {
                 struct raw *r = p->rhead;
                 p->rhead = r->next;
                 if (!p->rhead)
