@@ -30,6 +30,8 @@ struct entry {
     bool inflight;
     bool dirty;       /* committed again while in flight: publish once more */
     uint64_t version; /* the version in flight */
+    size_t off, len;  /* its payload in p->batch, while the publisher thread sends it */
+    int rc;
     size_t id_len;
     char id[TWIN_ID_MAX + 1];
 };
@@ -71,7 +73,7 @@ struct publisher {
     size_t nacked, acked_cap;
 
     struct publisher_stats st;
-    msgpack_sbuffer json; /* run() only */
+    msgpack_sbuffer batch; /* run() only: the payloads of the batch being sent */
 };
 
 static uint64_t hash(const char *s, size_t n)
@@ -153,7 +155,7 @@ int publisher_new(struct publisher **out, const struct publisher_options *o)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->drained, NULL);
-    msgpack_sbuffer_init(&p->json);
+    msgpack_sbuffer_init(&p->batch);
     *out = p;
     return 0;
 }
@@ -348,58 +350,72 @@ int publisher_flush_acked(struct publisher *p, char *err)
     return rc;
 }
 
-/* Publishes the state of `e` (read now, so the latest committed version goes out).
- * Returns 0 when handed to the bridge (or the twin is gone), else the bridge's error. */
-static int send_state(struct publisher *p, struct twin_txn *txn, struct entry *e)
+/* Copies the current state of `e` (its latest committed version) into p->batch, as it will
+ * be published. Returns 0, -ENOENT (twin gone), or another negative code (logged). */
+static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e)
 {
-    char err[TWIN_ERR_LEN], topic[BRIDGE_TOPIC_MAX];
+    char err[TWIN_ERR_LEN];
     const void *doc;
     size_t len;
     int rc = twin_get_raw(txn, e->id, e->id_len, &doc, &len, err);
     if (rc == -ENOENT)
-        return -ENOENT;
+        return rc;
     if (rc == 0)
         rc = twin_doc_version(doc, len, &e->version);
     if (rc < 0) {
         log_error("cannot read twin for publishing", "id=%s err=\"%s\"", e->id, err);
         return rc;
     }
+    e->off = p->batch.size;
+    if (p->o.json) {
+        msgpack_object obj;
+        size_t off = 0;
+        if (msgpack_unpack(doc, len, &off, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS)
+            return -EBADMSG;
+        rc = twin_json_write(&obj, &p->batch);
+    } else {
+        rc = msgpack_sbuffer_write(&p->batch, doc, len) == 0 ? 0 : -ENOMEM;
+    }
+    e->len = p->batch.size - e->off;
+    return rc;
+}
+
+static int send_state(struct publisher *p, struct entry *e)
+{
+    char topic[BRIDGE_TOPIC_MAX];
     if (bridge_topic_build(p->o.topics, BRIDGE_T_STATE, e->id, e->id_len, topic,
                            sizeof(topic)) < 0)
         return -EINVAL; /* ids are validated before they are stored: cannot happen */
-    if (p->o.json) {
-        msgpack_zone *z = twin_txn_zone(txn);
-        msgpack_object obj;
-        size_t off = 0;
-        p->json.size = 0;
-        if (msgpack_unpack(doc, len, &off, z, &obj) != MSGPACK_UNPACK_SUCCESS ||
-            twin_json_write(&obj, &p->json) < 0)
-            return -EBADMSG;
-        doc = p->json.data;
-        len = p->json.size;
-    }
-    return bridge_client_publish(p->o.bridge, topic, doc, len, p->o.qos, true, NULL,
-                                 on_state_done, e);
+    return bridge_client_publish(p->o.bridge, topic, p->batch.data + e->off, e->len, p->o.qos,
+                                 true, NULL, on_state_done, e);
 }
 
 static void send_batch(struct publisher *p, struct entry *batch, struct raw *raws)
 {
     char err[TWIN_ERR_LEN];
     struct twin_txn *txn = NULL;
-    if (batch && twin_store_read_begin(p->o.store, &txn, err) < 0) {
+    int rc = 0;
+
+    /* Copy first and end the read transaction before calling into Paho: Paho's receive thread
+     * holds Paho's lock while ingest commits, and a commit that grows the map waits for every
+     * read transaction of this process to end. */
+    p->batch.size = 0;
+    if (batch && (rc = twin_store_read_begin(p->o.store, &txn, err)) < 0)
         log_error("cannot read the store for publishing", "err=\"%s\"", err);
-        txn = NULL;
-    }
+    for (struct entry *e = batch; e; e = e->qnext)
+        e->rc = txn ? copy_state(p, txn, e) : rc;
+    if (txn)
+        twin_store_read_end(txn);
+
     struct entry *requeue = NULL, *rqtail = NULL;
     for (struct entry *e = batch, *next; e; e = next) {
         next = e->qnext;
-        int rc = txn ? send_state(p, txn, e) : -EIO;
-        if (rc == 0)
+        if (e->rc == 0 && (e->rc = send_state(p, e)) == 0)
             continue;
         pthread_mutex_lock(&p->lock);
         p->inflight--;
         e->inflight = false;
-        if (rc == -ENOENT) {
+        if (e->rc == -ENOENT) {
             remove_entry(p, e); /* deleted meanwhile: nothing to publish */
         } else {
             e->qnext = NULL;
@@ -412,8 +428,6 @@ static void send_batch(struct publisher *p, struct entry *batch, struct raw *raw
         }
         pthread_mutex_unlock(&p->lock);
     }
-    if (txn)
-        twin_store_read_end(txn);
 
     for (struct raw *r = raws, *next; r; r = next) {
         next = r->next;
@@ -573,7 +587,7 @@ void publisher_free(struct publisher *p)
     }
     free(p->buckets);
     free(p->acked);
-    msgpack_sbuffer_destroy(&p->json);
+    msgpack_sbuffer_destroy(&p->batch);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->drained);
     pthread_mutex_destroy(&p->lock);

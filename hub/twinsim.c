@@ -332,7 +332,7 @@ struct conn {
     struct bridge_client *client;
     char client_id[BRIDGE_ID_MAX + 32];
     unsigned index;
-    bool ever_connected; /* read and written by Paho's threads only */
+    atomic_bool ever_connected; /* Paho's threads only */
 
     /* under sim.mu */
     struct slot *slots;
@@ -613,10 +613,8 @@ static void on_connection(void *ctx, bool connected, const char *reason)
 {
     struct conn *c = ctx;
     char q[320];
-    if (connected && !c->ever_connected) {
-        c->ever_connected = true;
+    if (connected && !atomic_exchange(&c->ever_connected, true))
         return;
-    }
     if (sim.o.quiet)
         return;
     if (connected)
@@ -1050,6 +1048,32 @@ static int conns_start(void)
     return 0;
 }
 
+/* Keeps each window within the broker's Receive Maximum (Mosquitto's default is 20): more in
+ * flight only parks publishes in Paho's queue, which its send thread rechecks about once a
+ * second. QoS 0 is not counted by the broker, but status messages are QoS 1. Nothing is in
+ * flight yet. */
+static void windows_fit(void)
+{
+    unsigned clamped = 0, quota = 0;
+    if (sim.o.qos == 0 && sim.per_device)
+        return;
+    for (unsigned i = 0; i < sim.n_conns; i++) {
+        struct conn *c = &sim.conns[i];
+        unsigned q = bridge_client_send_quota(c->client);
+        if (q == 0 || q >= sim.o.max_inflight)
+            continue;
+        pthread_mutex_lock(&sim.mu);
+        for (unsigned n = sim.o.max_inflight; n > q && c->free; n--)
+            c->free = c->free->next_free; /* these slots are never used */
+        pthread_mutex_unlock(&sim.mu);
+        clamped++;
+        quota = q;
+    }
+    if (clamped && !sim.o.quiet)
+        log_info("window within the broker's receive maximum", "connections=%u max_inflight=%u",
+                 clamped, quota);
+}
+
 static void conns_stop(void)
 {
     for (unsigned i = 0; i < sim.n_conns; i++) {
@@ -1197,6 +1221,7 @@ int main(int argc, char **argv)
                      log_quote(q, sizeof q, sim.cfg.broker_url, strlen(sim.cfg.broker_url)),
                      sim.n_conns, sim.n_devs);
         }
+        windows_fit();
         if (!sim.per_device) {
             unsigned missed = publish_status_all("online", mono_ns() + DRAIN_TIMEOUT_NS);
             if (missed && !sim.o.quiet)

@@ -26,10 +26,7 @@ TIMEOUT=120
 MOSQUITTO=""
 USE_HUB=auto
 KEEP=0
-# mosquitto's default receive maximum is 20 (max_inflight_messages): with more in flight Paho
-# queues the rest and its send thread only looks at them again when something new is queued or
-# once a second, which stalls the tail of every run. So twinsim keeps at most 20 per connection.
-SIM_INFLIGHT=20
+SIM_INFLIGHT=""
 SIM_CONNECTIONS=""
 HUB_SETS=()
 
@@ -45,7 +42,7 @@ usage: bench_pipeline.sh [options]
   --qos "0 1"           the QoS levels to run (default "$QOS_LIST")
   --timeout T           seconds bench_sub waits for the last seq (default $TIMEOUT)
   --mosquitto PATH      the broker binary (default: mosquitto on PATH or /usr/sbin)
-  --sim-inflight W      twinsim --max-inflight (default $SIM_INFLIGHT, the broker's receive maximum)
+  --sim-inflight W      twinsim --max-inflight (default: twinsim's)
   --sim-connections K   twinsim --connections (default: one per device)
   --hub-set KEY=VALUE   passed to twinhub as --set KEY=VALUE (repeatable)
   --no-hub              measure the relay only
@@ -73,7 +70,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-for v in DEVICES MESSAGES LAT_RATE LAT_SECONDS TIMEOUT SIM_INFLIGHT ${SIM_CONNECTIONS:+SIM_CONNECTIONS}; do
+for v in DEVICES MESSAGES LAT_RATE LAT_SECONDS TIMEOUT ${SIM_INFLIGHT:+SIM_INFLIGHT} \
+    ${SIM_CONNECTIONS:+SIM_CONNECTIONS}; do
     case "${!v}" in
     '' | *[!0-9]* | 0) echo "bench_pipeline: $v must be a positive integer, got '${!v}'" >&2; exit 2 ;;
     esac
@@ -283,7 +281,7 @@ one_run() {
     fi
     R_START=$(now_ms)
     start "$TMP/sim-$RUN.out" "$SIM" --broker "$URL" --devices "$DEVICES" --count "$count" \
-        --rate "$rate" --qos "$qos" --quiet --max-inflight "$SIM_INFLIGHT" \
+        --rate "$rate" --qos "$qos" --quiet ${SIM_INFLIGHT:+--max-inflight "$SIM_INFLIGHT"} \
         ${SIM_CONNECTIONS:+--connections "$SIM_CONNECTIONS"}
     local sim_pid=$LAST_PID
     wait "$sub_pid"

@@ -39,6 +39,7 @@ def _binary(var, fallback):
 
 TWINHUB_BIN = _binary("TWINHUB_BIN", "twinhub")
 TWINCTL_BIN = _binary("TWINCTL_BIN", "twinctl")
+TWINSIM_BIN = _binary("TWINSIM_BIN", "twinsim")
 MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SETPRIV = shutil.which("setpriv")
 

@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 
+import subprocess
+
 import paho.mqtt.client as mqtt
 
-from harness import (Broker, Checks, Hub, MqttClient, TestFailure, check, check_eq, get_retained,
+from harness import (TWINSIM_BIN, Broker, Checks, Hub, MqttClient, TestFailure, check, check_eq, get_retained,
                      now_ms, pack, parse_json_output, run_case, run_hub_once, twin_get, twinctl,
                      twinctl_json, unpack, wait_until)
 
@@ -782,6 +784,38 @@ def case_kill9(fx):
 
 
 # ---------------------------------------------------------------------------------------------
+# 6a. growth: the LMDB map grows many times under a full-speed QoS 1 stream
+# ---------------------------------------------------------------------------------------------
+
+def case_growth(fx):
+    """twinsim at full speed into a hub whose map starts at 1 MiB: the map grows while the
+    publisher is busy (a growth waits for every read transaction of the process, and Paho's
+    receive thread, which commits, holds Paho's lock). Nothing may stall or be lost."""
+    n_dev, count = 20, 1000
+    b = Broker(fx)
+    hub = Hub(fx, b, sets={"store.map_size": "1MiB", "history.max_points": "100000"})
+    sim = subprocess.run([TWINSIM_BIN, "--broker", b.url, "--devices", str(n_dev), "--count",
+                          str(count), "--rate", "0", "--qos", "1", "--quiet"],
+                         capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    out = sim.stdout.decode()
+    check(sim.returncode == 0, f"twinsim exit {sim.returncode}: {out} {sim.stderr.decode()}")
+    check(f"acked={n_dev * count} " in out, f"twinsim did not get every PUBACK: {out}")
+    ids = [f"ecg-{i:04d}" for i in range(1, n_dev + 1)]
+
+    def caught_up():
+        hub.check_alive("while catching up")
+        return all((twin_get(hub.db, t) or {}).get("seq") == count for t in ids)
+    wait_until(caught_up, 120, f"every twin at seq {count}", 0.5)
+    stats = twinctl_json(hub.db, "stats")
+    check(stats["map_size"] > 1 << 20, f"the map did not grow: {stats}")
+    for t in ids:
+        d = twin_get(hub.db, t)
+        wait_until(lambda: (retained_state(fx, b, t) or {}).get("version") == d["version"], 30,
+                   f"retained {state_topic(t)} at version {d['version']}", 0.2)
+    hub.stop()
+
+
+# ---------------------------------------------------------------------------------------------
 # 6b. outbox: what was committed but never published goes out after a restart
 # ---------------------------------------------------------------------------------------------
 
@@ -1077,6 +1111,7 @@ CASES = {
     "malformed": case_malformed,
     "ratelimit": case_ratelimit,
     "kill9": case_kill9,
+    "growth": case_growth,
     "outbox": case_outbox,
     "sighup": case_sighup,
     "cli": case_cli,
