@@ -113,16 +113,6 @@ struct bridge_client {
  * Small helpers
  * ------------------------------------------------------------------------------------------ */
 
-static void seterr(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void seterr(char *err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, BRIDGE_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
 
 /* Formats one line for on_log. Any thread, without c->lock. */
 static void say(struct bridge_client *c, enum bridge_log_level lv, const char *fmt, ...)
@@ -793,7 +783,7 @@ static const struct {
 static int url_map(const char *url, char **out, bool *tls, char *err)
 {
     if (!url) {
-        seterr(err, "no broker URL");
+        bridge__seterr(err, "no broker URL");
         return -EINVAL;
     }
     for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
@@ -802,12 +792,12 @@ static int url_map(const char *url, char **out, bool *tls, char *err)
             continue;
         const char *rest = url + gl;
         if (!*rest || strchr(rest, ' ') || strchr(rest, '/')) {
-            seterr(err, "broker URL \"%s\": expected %shost:port", url, schemes[i].given);
+            bridge__seterr(err, "broker URL \"%s\": expected %shost:port", url, schemes[i].given);
             return -EINVAL;
         }
         size_t pl = strlen(schemes[i].paho), rl = strlen(rest);
         if (!(*out = malloc(pl + rl + 1))) {
-            seterr(err, "out of memory");
+            bridge__seterr(err, "out of memory");
             return -ENOMEM;
         }
         memcpy(*out, schemes[i].paho, pl);
@@ -815,7 +805,7 @@ static int url_map(const char *url, char **out, bool *tls, char *err)
         *tls = schemes[i].tls;
         return 0;
     }
-    seterr(err, "broker URL \"%s\": scheme must be tcp://, mqtt://, ssl:// or mqtts://", url);
+    bridge__seterr(err, "broker URL \"%s\": scheme must be tcp://, mqtt://, ssl:// or mqtts://", url);
     return -EINVAL;
 }
 
@@ -833,7 +823,7 @@ static bool topic_ok(const char *t)
 static int file_ok(const char *what, const char *path, char *err)
 {
     if (path && access(path, R_OK) != 0) {
-        seterr(err, "%s: cannot read \"%s\": %s", what, path, strerror(errno));
+        bridge__seterr(err, "%s: cannot read \"%s\": %s", what, path, strerror(errno));
         return -EINVAL;
     }
     return 0;
@@ -844,60 +834,60 @@ static int options_check(const struct bridge_options *o, bool tls, char *err)
 {
     int rc;
     if (!o->client_id || !*o->client_id || !str_ok(o->client_id, 65535)) {
-        seterr(err, "client id: must be 1..65535 bytes of UTF-8");
+        bridge__seterr(err, "client id: must be 1..65535 bytes of UTF-8");
         return -EINVAL;
     }
     if ((o->username && !str_ok(o->username, 65535)) ||
         (o->password && !str_ok(o->password, 65535))) {
-        seterr(err, "username/password: must be UTF-8 of at most 65535 bytes");
+        bridge__seterr(err, "username/password: must be UTF-8 of at most 65535 bytes");
         return -EINVAL;
     }
     if (o->mqtt_version != 4 && o->mqtt_version != 5) {
-        seterr(err, "mqtt_version: %d (must be 4 for 3.1.1, or 5)", o->mqtt_version);
+        bridge__seterr(err, "mqtt_version: %d (must be 4 for 3.1.1, or 5)", o->mqtt_version);
         return -EINVAL;
     }
     if (o->keepalive_s > 65535 || o->connect_timeout_s == 0 || o->connect_timeout_s > 3600) {
-        seterr(err, "keepalive_s must be 0..65535 and connect_timeout_s 1..3600");
+        bridge__seterr(err, "keepalive_s must be 0..65535 and connect_timeout_s 1..3600");
         return -EINVAL;
     }
     if (o->reconnect_min_s == 0 || o->reconnect_max_s < o->reconnect_min_s ||
         o->reconnect_max_s > 86400) {
-        seterr(err, "reconnect: need 1 <= reconnect_min_s <= reconnect_max_s <= 86400");
+        bridge__seterr(err, "reconnect: need 1 <= reconnect_min_s <= reconnect_max_s <= 86400");
         return -EINVAL;
     }
     if (o->max_inflight == 0 || o->max_inflight > 65535) {
-        seterr(err, "max_inflight: must be 1..65535");
+        bridge__seterr(err, "max_inflight: must be 1..65535");
         return -EINVAL;
     }
     if (o->will_topic && (!topic_ok(o->will_topic) || o->will_qos < 0 || o->will_qos > 2 ||
                           o->will_len > 65535 || (o->will_len && !o->will_payload))) {
-        seterr(err, "will: bad topic, qos or payload (at most 65535 bytes)");
+        bridge__seterr(err, "will: bad topic, qos or payload (at most 65535 bytes)");
         return -EINVAL;
     }
     if (o->birth_topic && (!topic_ok(o->birth_topic) || o->birth_qos < 0 || o->birth_qos > 2 ||
                            o->birth_len > INT_MAX || (o->birth_len && !o->birth_payload))) {
-        seterr(err, "birth: bad topic, qos or payload");
+        bridge__seterr(err, "birth: bad topic, qos or payload");
         return -EINVAL;
     }
     if (o->n_subscriptions < 0 || (o->n_subscriptions > 0 && !o->subscriptions) || o->sub_qos < 0 ||
         o->sub_qos > 2) {
-        seterr(err, "subscriptions: bad count, list or qos");
+        bridge__seterr(err, "subscriptions: bad count, list or qos");
         return -EINVAL;
     }
     for (int i = 0; i < o->n_subscriptions; i++) {
         const char *f = o->subscriptions[i];
         if (!f || !bridge__filter_valid(f, strnlen(f, 65536))) {
-            seterr(err, "subscription %d: \"%s\" is not a valid filter", i, f ? f : "(null)");
+            bridge__seterr(err, "subscription %d: \"%s\" is not a valid filter", i, f ? f : "(null)");
             return -EINVAL;
         }
     }
     if (!tls && (o->tls.ca || o->tls.cert || o->tls.key)) {
         /* refuse rather than silently send credentials in the clear */
-        seterr(err, "TLS files given but the broker URL is not ssl:// or mqtts://");
+        bridge__seterr(err, "TLS files given but the broker URL is not ssl:// or mqtts://");
         return -EINVAL;
     }
     if (!o->tls.cert != !o->tls.key) {
-        seterr(err, "tls: a client certificate needs its key, and a key its certificate");
+        bridge__seterr(err, "tls: a client certificate needs its key, and a key its certificate");
         return -EINVAL;
     }
     if ((rc = file_ok("tls.ca", o->tls.ca, err)) < 0 ||
@@ -981,13 +971,13 @@ int bridge_client_new(struct bridge_client **out, const struct bridge_options *o
     int rc;
     bool tls = false;
     if (!out || !o) {
-        seterr(err, "no options");
+        bridge__seterr(err, "no options");
         return -EINVAL;
     }
     *out = NULL;
     struct bridge_client *c = calloc(1, sizeof(*c));
     if (!c) {
-        seterr(err, "out of memory");
+        bridge__seterr(err, "out of memory");
         return -ENOMEM;
     }
     c->connect_props = (MQTTProperties)MQTTProperties_initializer;
@@ -996,7 +986,7 @@ int bridge_client_new(struct bridge_client **out, const struct bridge_options *o
     if ((rc = options_check(o, tls, err)) < 0)
         goto fail_copy;
     if ((rc = options_copy(c, o)) < 0) {
-        seterr(err, "out of memory");
+        bridge__seterr(err, "out of memory");
         goto fail_copy;
     }
     c->v5 = o->mqtt_version == 5;
@@ -1007,7 +997,7 @@ int bridge_client_new(struct bridge_client **out, const struct bridge_options *o
 
     pthread_condattr_t ca;
     if (pthread_condattr_init(&ca) != 0) {
-        seterr(err, "out of memory");
+        bridge__seterr(err, "out of memory");
         rc = -ENOMEM;
         goto fail_copy;
     }
@@ -1015,12 +1005,12 @@ int bridge_client_new(struct bridge_client **out, const struct bridge_options *o
     rc = pthread_cond_init(&c->cond, &ca);
     pthread_condattr_destroy(&ca);
     if (rc != 0) {
-        seterr(err, "cannot create a condition variable");
+        bridge__seterr(err, "cannot create a condition variable");
         rc = -ENOMEM;
         goto fail_copy;
     }
     if (pthread_mutex_init(&c->lock, NULL) != 0) {
-        seterr(err, "cannot create a mutex");
+        bridge__seterr(err, "cannot create a mutex");
         rc = -ENOMEM;
         goto fail_mutex;
     }
@@ -1033,14 +1023,14 @@ int bridge_client_new(struct bridge_client **out, const struct bridge_options *o
     int prc = MQTTAsync_createWithOptions(&c->h, c->url, c->o.client_id,
                                           MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
     if (prc != MQTTASYNC_SUCCESS) {
-        seterr(err, "MQTTAsync_createWithOptions(%s): rc=%d (%s)", c->url, prc, ptext(prc));
+        bridge__seterr(err, "MQTTAsync_createWithOptions(%s): rc=%d (%s)", c->url, prc, ptext(prc));
         rc = prc == MQTTASYNC_BAD_UTF8_STRING ? -EINVAL : -EIO;
         goto fail_create;
     }
     if ((prc = MQTTAsync_setCallbacks(c->h, c, on_lost, on_arrived, NULL)) != MQTTASYNC_SUCCESS ||
         (prc = MQTTAsync_setConnected(c->h, c, on_connected)) != MQTTASYNC_SUCCESS ||
         (prc = MQTTAsync_setDisconnected(c->h, c, on_server_disconnect)) != MQTTASYNC_SUCCESS) {
-        seterr(err, "MQTTAsync_setCallbacks: rc=%d (%s)", prc, ptext(prc));
+        bridge__seterr(err, "MQTTAsync_setCallbacks: rc=%d (%s)", prc, ptext(prc));
         rc = -EIO;
         goto fail_callbacks;
     }
@@ -1083,7 +1073,7 @@ static int connect_options(struct bridge_client *c, MQTTAsync_connectOptions *co
         p.value.integer2 = (unsigned short)o->max_inflight;
         prc |= MQTTProperties_add(&c->connect_props, &p);
         if (prc) {
-            seterr(err, "cannot build the CONNECT properties");
+            bridge__seterr(err, "cannot build the CONNECT properties");
             return -ENOMEM;
         }
         co->connectProperties = &c->connect_props;
@@ -1135,13 +1125,13 @@ static int connect_options(struct bridge_client *c, MQTTAsync_connectOptions *co
 int bridge_client_start(struct bridge_client *c, char *err)
 {
     if (!c) {
-        seterr(err, "no client");
+        bridge__seterr(err, "no client");
         return -EINVAL;
     }
     pthread_mutex_lock(&c->lock);
     if (c->state != ST_NEW) {
         pthread_mutex_unlock(&c->lock);
-        seterr(err, "client already started (or stopped)");
+        bridge__seterr(err, "client already started (or stopped)");
         return -EINVAL;
     }
     c->state = ST_STARTED;
@@ -1155,7 +1145,7 @@ int bridge_client_start(struct bridge_client *c, char *err)
         c->state = ST_NEW;
         pthread_mutex_unlock(&c->lock);
         if (rc == 0)
-            seterr(err, "MQTTAsync_connect(%s): rc=%d (%s)", c->url, prc, ptext(prc));
+            bridge__seterr(err, "MQTTAsync_connect(%s): rc=%d (%s)", c->url, prc, ptext(prc));
         return -EIO;
     }
     say(c, BRIDGE_LOG_INFO, "connecting url=%s client_id=%s mqtt=%s session=%s", c->url,

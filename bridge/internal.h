@@ -15,4 +15,7 @@ bool bridge__utf8_valid(const char *s, size_t len);
  * whole level, '#' only as the whole last level. Any thread. */
 bool bridge__filter_valid(const char *f, size_t len);
 
+/* Formats a reason into err (BRIDGE_ERR_LEN bytes); err may be NULL. Any thread. */
+void bridge__seterr(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

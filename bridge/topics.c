@@ -36,10 +36,7 @@ static const struct {
 };
 #define N_KINDS ((int)(sizeof(kinds) / sizeof(kinds[0])))
 
-#define PREFIX_BODY_MAX (BRIDGE_PREFIX_MAX - 2) /* room for the '/' and the NUL */
-
-static void seterr(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void seterr(char *err, const char *fmt, ...)
+void bridge__seterr(char *err, const char *fmt, ...)
 {
     if (!err)
         return;
@@ -48,6 +45,9 @@ static void seterr(char *err, const char *fmt, ...)
     vsnprintf(err, BRIDGE_ERR_LEN, fmt, ap);
     va_end(ap);
 }
+
+#define PREFIX_BODY_MAX (BRIDGE_PREFIX_MAX - 2) /* room for the '/' and the NUL */
+
 
 static bool id_char(unsigned char ch)
 {
@@ -81,34 +81,34 @@ static int prefix_set(char out[BRIDGE_PREFIX_MAX], const char *in, const char *d
     if (len > 0 && p[len - 1] == '/')
         len--; /* the trailing '/' is ours to add */
     if (len == 0) {
-        seterr(err, "%s prefix: empty", name);
+        bridge__seterr(err, "%s prefix: empty", name);
         return -EINVAL;
     }
     if (len > PREFIX_BODY_MAX) {
-        seterr(err, "%s prefix: longer than %d bytes", name, PREFIX_BODY_MAX);
+        bridge__seterr(err, "%s prefix: longer than %d bytes", name, PREFIX_BODY_MAX);
         return -EINVAL;
     }
     if (p[0] == '$') {
-        seterr(err, "%s prefix: must not start with '$' (reserved for the broker)", name);
+        bridge__seterr(err, "%s prefix: must not start with '$' (reserved for the broker)", name);
         return -EINVAL;
     }
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)p[i];
         if (ch <= 0x20 || ch >= 0x7f) {
-            seterr(err, "%s prefix: byte 0x%02x at %zu is not printable ASCII", name, ch, i);
+            bridge__seterr(err, "%s prefix: byte 0x%02x at %zu is not printable ASCII", name, ch, i);
             return -EINVAL;
         }
         if (ch == '+' || ch == '#') {
-            seterr(err, "%s prefix: wildcard '%c' at %zu", name, ch, i);
+            bridge__seterr(err, "%s prefix: wildcard '%c' at %zu", name, ch, i);
             return -EINVAL;
         }
         if (ch == '/' && (i == 0 || p[i - 1] == '/')) {
-            seterr(err, "%s prefix: empty level at %zu", name, i);
+            bridge__seterr(err, "%s prefix: empty level at %zu", name, i);
             return -EINVAL;
         }
     }
     if (p[len - 1] == '/') {
-        seterr(err, "%s prefix: empty level at the end", name);
+        bridge__seterr(err, "%s prefix: empty level at the end", name);
         return -EINVAL;
     }
     memcpy(out, p, len);
@@ -128,7 +128,7 @@ int bridge_topics_init(struct bridge_topics *t, const char *devices, const char 
     struct bridge_topics n;
     int rc;
     if (!t) {
-        seterr(err, "no topics structure");
+        bridge__seterr(err, "no topics structure");
         return -EINVAL;
     }
     if ((rc = prefix_set(n.devices, devices, "devices/", "devices", err)) < 0 ||
@@ -142,7 +142,7 @@ int bridge_topics_init(struct bridge_topics *t, const char *devices, const char 
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
             if (i != j && starts_with(p[j], p[i])) {
-                seterr(err, "%s prefix \"%s\" overlaps %s prefix \"%s\"", names[i], p[i], names[j],
+                bridge__seterr(err, "%s prefix \"%s\" overlaps %s prefix \"%s\"", names[i], p[i], names[j],
                        p[j]);
                 return -EINVAL;
             }
@@ -208,15 +208,15 @@ int bridge_topic_parse(const struct bridge_topics *t, const char *topic, size_t 
     out->id = NULL;
     out->id_len = 0;
     if (!t || !topic || len == 0) {
-        seterr(err, "unknown topic");
+        bridge__seterr(err, "unknown topic");
         return -EINVAL;
     }
     if (len > BRIDGE_TOPIC_MAX) {
-        seterr(err, "topic too long");
+        bridge__seterr(err, "topic too long");
         return -EINVAL;
     }
     if (memchr(topic, '\0', len)) {
-        seterr(err, "NUL byte in topic");
+        bridge__seterr(err, "NUL byte in topic");
         return -EINVAL;
     }
 
@@ -233,11 +233,11 @@ int bridge_topic_parse(const struct bridge_topics *t, const char *topic, size_t 
         if (rc > 0)
             return 0;
         if (rc < 0) {
-            seterr(err, "bad device id");
+            bridge__seterr(err, "bad device id");
             return rc;
         }
     }
-    seterr(err, "unknown topic");
+    bridge__seterr(err, "unknown topic");
     return -EINVAL;
 }
 

@@ -88,7 +88,7 @@ struct report {
     bool json;
     pthread_mutex_t lock; /* guards the bucket */
     double rate, burst, tokens;
-    int64_t last_ms;
+    int64_t last_ms; /* monotonic */
     uint64_t suppressed;
     _Atomic uint64_t count[REPORT_KINDS];
 };
@@ -106,7 +106,7 @@ void report_cleanup(struct report *r);
  * ------------------------------------------------------------------------------------------ */
 
 struct ingest_stats {
-    _Atomic uint64_t received, applied, duplicate, stale;
+    _Atomic uint64_t received, applied, duplicate, stale, retained;
 };
 
 struct ingest {
@@ -128,6 +128,9 @@ void ingest_set_limits(struct ingest *in, const struct twin_limits *limits);
 void ingest_on_message(void *ctx, const struct bridge_msg *m);
 void ingest_cleanup(struct ingest *in);
 
+/* Wall clock (ms since epoch), for timestamps that leave the process. */
 int64_t hub_now_ms(void);
+/* Monotonic clock (ms), for intervals and rate limits: immune to clock steps. */
+int64_t hub_mono_ms(void);
 
 #endif

@@ -64,13 +64,13 @@ static enum report_kind kind_of(int rc)
     }
 }
 
-/* A storage error that cannot be fixed in place: exit before returning, so the broker keeps
- * the message (no PUBACK) and redelivers it to the restarted hub. */
-static void fatal_store(const struct bridge_topic *t, int rc, const char *err)
+/* An error that cannot be fixed in place (storage, memory): exit before returning, so the
+ * broker keeps the message (no PUBACK) and redelivers it to the restarted hub. */
+static void fatal(const struct bridge_topic *t, int rc, const char *err)
 {
     char qerr[TWIN_ERR_LEN + 8];
     log_quote(qerr, sizeof(qerr), err, strlen(err));
-    log_error("storage failed; exiting without acknowledging the message", "id=%.*s rc=%d err=%s",
+    log_error("cannot apply telemetry; exiting without acknowledging it", "id=%.*s rc=%d err=%s",
               (int)t->id_len, t->id, rc, qerr);
     _exit(70);
 }
@@ -83,19 +83,16 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
     pthread_mutex_unlock(&in->limits_lock);
 
     char err[TWIN_ERR_LEN];
-    if (m->len > lim.max_payload) {
-        snprintf(err, sizeof(err), "payload of %zu bytes exceeds limits.max_payload (%zu)",
-                 m->len, lim.max_payload);
-        report_reject(in->report, REPORT_SIZE, m->topic, m->topic_len, err);
-        return;
-    }
     msgpack_object obj;
     int rc = twin_input_decode(m->payload, m->len, &lim, &in->zone, &obj, err);
+    if (rc == -ENOMEM)
+        fatal(t, rc, err);
     if (rc < 0) {
         report_reject(in->report, kind_of(rc), m->topic, m->topic_len, err);
         goto out;
     }
     struct apply a = {.t = t, .telemetry = &obj, .now = hub_now_ms()};
+    err[0] = '\0'; /* twin_store_write fills it for its own failures; fn's go to a.err */
     rc = twin_store_write(in->store, apply_fn, &a, err);
     if (rc == -EINVAL || rc == -E2BIG) {
         report_reject(in->report, kind_of(rc), m->topic, m->topic_len, a.err);
@@ -110,7 +107,7 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         goto out;
     }
     if (rc < 0)
-        fatal_store(t, rc, a.err[0] ? a.err : err);
+        fatal(t, rc, err[0] ? err : a.err);
     switch (a.res.outcome) {
     case TWIN_APPLIED:
         atomic_fetch_add(&in->stats.applied, 1);
@@ -145,7 +142,12 @@ void ingest_on_message(void *ctx, const struct bridge_msg *m)
     }
     switch (t.kind) {
     case BRIDGE_T_TELEMETRY:
-        telemetry(in, m, &t);
+        /* A retained copy is a replay of something already applied (the broker sends it again
+         * at every subscribe): applying it would bump the version and restamp the leaves. */
+        if (m->retained)
+            atomic_fetch_add(&in->stats.retained, 1);
+        else
+            telemetry(in, m, &t);
         break;
     default:
         /* Only what we subscribe to arrives; anything else is a broker misconfiguration. */

@@ -204,12 +204,14 @@ static void log_stats(struct hub *h)
     for (int k = 0; k < REPORT_KINDS; k++)
         rejected += atomic_load(&rep->count[k]);
     log_info("stats",
-             "received=%llu applied=%llu duplicate=%llu stale=%llu rejected=%llu published=%llu "
+             "received=%llu applied=%llu duplicate=%llu stale=%llu retained=%llu rejected=%llu "
+             "published=%llu "
              "coalesced=%llu publish_failed=%llu queued=%llu inflight=%llu reports_dropped=%llu",
              (unsigned long long)atomic_load(&in->stats.received),
              (unsigned long long)atomic_load(&in->stats.applied),
              (unsigned long long)atomic_load(&in->stats.duplicate),
-             (unsigned long long)atomic_load(&in->stats.stale), (unsigned long long)rejected,
+             (unsigned long long)atomic_load(&in->stats.stale),
+             (unsigned long long)atomic_load(&in->stats.retained), (unsigned long long)rejected,
              (unsigned long long)ps.published, (unsigned long long)ps.coalesced,
              (unsigned long long)ps.failed, (unsigned long long)ps.queued,
              (unsigned long long)ps.inflight, (unsigned long long)ps.raw_dropped);

@@ -20,8 +20,6 @@
 
 #define FLUSH_EVERY_MS 250
 #define FLUSH_AT 4096
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 
 struct entry {
     struct entry *hnext; /* hash chain */
@@ -67,7 +65,6 @@ struct publisher {
     unsigned nraw;
 
     unsigned inflight, max_inflight;
-    int64_t backoff_ms, retry_at; /* after a refused publication, state waits until retry_at */
 
     struct acked *acked; /* acknowledged, not yet removed from the outbox */
     size_t nacked, acked_cap;
@@ -266,7 +263,6 @@ static void on_state_done(void *ctx, int status)
     e->inflight = false;
     if (status == 0) {
         p->st.published++;
-        p->backoff_ms = 0;
         if (p->nacked == p->acked_cap) {
             size_t cap = p->acked_cap ? p->acked_cap * 2 : 256;
             struct acked *a = realloc(p->acked, cap * sizeof(*a));
@@ -282,14 +278,14 @@ static void on_state_done(void *ctx, int status)
             a->id_len = e->id_len;
             memcpy(a->id, e->id, e->id_len + 1);
         }
-    } else if (status != -ECANCELED) {
-        /* Refused (e.g. not authorized): retry, but back off so it cannot become a busy loop. */
-        p->st.failed++;
+    } else if (status == -ECONNRESET) {
+        /* The connection dropped before the acknowledgement: send again once it is back. */
         e->dirty = true;
-        p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_MIN_MS;
-        if (p->backoff_ms > BACKOFF_MAX_MS)
-            p->backoff_ms = BACKOFF_MAX_MS;
-        p->retry_at = hub_now_ms() + p->backoff_ms;
+    } else if (status != -ECANCELED) {
+        /* Refused by the broker (not authorized, quota): retrying at once would only spin.
+         * The outbox keeps it; the twin's next commit or the next start sends it again. */
+        p->st.failed++;
+        log_debug("state publication refused", "id=%s status=%d", e->id, status);
     }
     if (e->dirty && !p->stop) {
         e->dirty = false;
@@ -360,18 +356,24 @@ static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e
     int rc = twin_get_raw(txn, e->id, e->id_len, &doc, &len, err);
     if (rc == -ENOENT)
         return rc;
-    if (rc == 0)
-        rc = twin_doc_version(doc, len, &e->version);
+    if (rc == 0 && (rc = twin_doc_version(doc, len, &e->version)) < 0)
+        snprintf(err, sizeof(err), "stored document unreadable");
     if (rc < 0) {
         log_error("cannot read twin for publishing", "id=%s err=\"%s\"", e->id, err);
         return rc;
     }
     e->off = p->batch.size;
     if (p->o.json) {
+        /* Our own bytes, but a damaged page must not reach msgpack-c unchecked either. */
+        struct twin_limits lim = {len, TWIN_DEPTH_CAP, UINT32_MAX};
         msgpack_object obj;
         size_t off = 0;
-        if (msgpack_unpack(doc, len, &off, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS)
+        if (twin_input_scan(doc, len, &lim, err) < 0 ||
+            msgpack_unpack(doc, len, &off, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS) {
+            log_error("cannot read twin for publishing", "id=%s err=\"stored document: %s\"",
+                      e->id, err);
             return -EBADMSG;
+        }
         rc = twin_json_write(&obj, &p->batch);
     } else {
         rc = msgpack_sbuffer_write(&p->batch, doc, len) == 0 ? 0 : -ENOMEM;
@@ -394,29 +396,31 @@ static void send_batch(struct publisher *p, struct entry *batch, struct raw *raw
 {
     char err[TWIN_ERR_LEN];
     struct twin_txn *txn = NULL;
-    int rc = 0;
 
     /* Copy first and end the read transaction before calling into Paho: Paho's receive thread
      * holds Paho's lock while ingest commits, and a commit that grows the map waits for every
      * read transaction of this process to end. */
     p->batch.size = 0;
-    if (batch && (rc = twin_store_read_begin(p->o.store, &txn, err)) < 0)
+    if (batch && twin_store_read_begin(p->o.store, &txn, err) < 0)
         log_error("cannot read the store for publishing", "err=\"%s\"", err);
     for (struct entry *e = batch; e; e = e->qnext)
-        e->rc = txn ? copy_state(p, txn, e) : rc;
+        e->rc = txn ? copy_state(p, txn, e) : -EIO;
     if (txn)
         twin_store_read_end(txn);
 
     struct entry *requeue = NULL, *rqtail = NULL;
     for (struct entry *e = batch, *next; e; e = next) {
         next = e->qnext;
-        if (e->rc == 0 && (e->rc = send_state(p, e)) == 0)
+        /* After an accepted publish `e` belongs to its completion: don't touch it again. */
+        int copied = e->rc, rc = copied == 0 ? send_state(p, e) : copied;
+        if (rc == 0)
             continue;
         pthread_mutex_lock(&p->lock);
         p->inflight--;
         e->inflight = false;
-        if (e->rc == -ENOENT) {
-            remove_entry(p, e); /* deleted meanwhile: nothing to publish */
+        if (copied < 0 && copied != -EIO) {
+            /* Gone, or unreadable (logged): the outbox keeps what needs publishing. */
+            remove_entry(p, e);
         } else {
             e->qnext = NULL;
             if (rqtail)
@@ -443,7 +447,6 @@ static void send_batch(struct publisher *p, struct entry *batch, struct raw *raw
         if (!p->qhead)
             p->qtail = rqtail;
         p->qhead = requeue;
-        signal_idle(p);
         pthread_mutex_unlock(&p->lock);
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -454,15 +457,14 @@ static void *run(void *arg)
 {
     struct publisher *p = arg;
     char err[TWIN_ERR_LEN];
-    int64_t last_flush = hub_now_ms();
+    int64_t last_flush = hub_mono_ms();
 
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
         unsigned window = p->max_inflight, quota = bridge_client_send_quota(p->o.bridge);
         if (quota && quota < window)
             window = quota;
-        bool state_ok = p->qhead && hub_now_ms() >= p->retry_at;
-        bool work = (state_ok || p->rhead) && p->inflight < window &&
+        bool work = (p->qhead || p->rhead) && p->inflight < window &&
                     bridge_client_connected(p->o.bridge);
         if (!work) {
             struct timespec ts;
@@ -478,8 +480,7 @@ static void *run(void *arg)
         struct entry *batch = NULL, **bt = &batch;
         struct raw *raws = NULL, **rt = &raws;
         if (bridge_client_connected(p->o.bridge)) {
-            bool due = hub_now_ms() >= p->retry_at;
-            while (due && p->qhead && p->inflight < window) {
+            while (p->qhead && p->inflight < window) {
                 struct entry *e = p->qhead;
                 p->qhead = e->qnext;
                 if (!p->qhead)
@@ -503,7 +504,7 @@ static void *run(void *arg)
             }
         }
         bool flush = p->nacked >= FLUSH_AT ||
-                     (p->nacked > 0 && hub_now_ms() - last_flush >= FLUSH_EVERY_MS);
+                     (p->nacked > 0 && hub_mono_ms() - last_flush >= FLUSH_EVERY_MS);
         pthread_mutex_unlock(&p->lock);
 
         if (batch || raws)
@@ -511,7 +512,7 @@ static void *run(void *arg)
         if (flush) {
             if (publisher_flush_acked(p, err) < 0)
                 log_error("cannot trim the outbox", "err=\"%s\"", err);
-            last_flush = hub_now_ms();
+            last_flush = hub_mono_ms();
         }
         pthread_mutex_lock(&p->lock);
     }

@@ -19,6 +19,13 @@ int64_t hub_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t hub_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void report_init(struct report *r, struct publisher *pub, const char *topic, bool json,
                  double rate, unsigned burst)
 {
@@ -55,14 +62,14 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     log_quote(qtopic, sizeof(qtopic), topic, topic_len);
     log_quote(qreason, sizeof(qreason), reason, strlen(reason));
 
-    int64_t now = hub_now_ms();
+    int64_t now = hub_now_ms(), mono = hub_mono_ms();
     uint64_t suppressed = 0;
     bool send = false;
     pthread_mutex_lock(&r->lock);
-    r->tokens += (double)(now - r->last_ms) * r->rate / 1000.0;
+    r->tokens += (double)(mono - r->last_ms) * r->rate / 1000.0;
     if (r->tokens > r->burst)
         r->tokens = r->burst;
-    r->last_ms = now;
+    r->last_ms = mono;
     if (r->tokens >= 1.0) {
         r->tokens -= 1.0;
         send = true;

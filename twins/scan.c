@@ -224,7 +224,8 @@ int twin_input_scan(const void *buf, size_t len, const struct twin_limits *lim, 
         return -EBADMSG;
     }
     if (len > lim->max_payload) {
-        twins__errf(err, "payload of %zu bytes is over the limit of %zu", len, lim->max_payload);
+        twins__errf(err, "payload of %zu bytes is over limits.max_payload (%zu)", len,
+                    lim->max_payload);
         return -E2BIG;
     }
     rc = scan__object(buf, len, lim->max_depth, lim->max_keys, &end, err);
@@ -254,7 +255,8 @@ int twin_input_decode(const void *buf, size_t len, const struct twin_limits *lim
     if (!lim)
         lim = &defaults;
     if (len > lim->max_payload) {
-        twins__errf(err, "payload of %zu bytes is over the limit of %zu", len, lim->max_payload);
+        twins__errf(err, "payload of %zu bytes is over limits.max_payload (%zu)", len,
+                    lim->max_payload);
         return -E2BIG;
     }
     while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
