@@ -143,6 +143,8 @@ static const struct key keys[] = {
     UINT("limits.max_depth", max_depth, "16", 1, 32, K_RELOAD),
     UINT("limits.max_keys", max_keys, "1024", 1, 65536, K_RELOAD),
     SIZE("limits.max_twin_size", max_twin_size, "256KiB", 1 * KIB, 256 * MIB, K_RELOAD),
+    UINT("limits.max_twins", max_twins, "100000", 0, 1000000000, K_RELOAD),
+    DUR("limits.max_clock_skew", max_clock_skew_s, "5m", SEC, 0, 365 * DAY, K_RELOAD),
 
     UINT("history.max_points", history_max_points, "600", 0, 1000000, K_RELOAD),
 

@@ -46,6 +46,9 @@ struct config {
     unsigned max_depth;          /* limits.max_depth: 16 (<= 32) */
     unsigned max_keys;           /* limits.max_keys: 1024 */
     uint64_t max_twin_size;      /* limits.max_twin_size: 256KiB (one encoded twin document) */
+    unsigned max_twins;          /* limits.max_twins: 100000 (0: no limit) */
+    unsigned max_clock_skew_s;   /* limits.max_clock_skew: 5m, how far a device's ts may run
+                                    ahead of the hub's clock (0: no check) */
 
     /* history (reloadable) */
     unsigned history_max_points; /* history.max_points: 600 */

@@ -191,6 +191,7 @@ static void reload(const struct args *a, struct hub *h)
     report_set_rate(&h->rep, cur->errors_rate, cur->errors_burst);
     twin_store_set_history_max(h->store, cur->history_max_points);
     twin_store_set_max_doc(h->store, cur->max_twin_size);
+    twin_store_set_limits(h->store, cur->max_twins, (uint64_t)cur->max_clock_skew_s * 1000);
     log_info("configuration reloaded", "restart_needed=\"%s\"", restart);
 }
 
@@ -313,6 +314,8 @@ static int hub_open(struct hub *h)
     so.history_max_points = c->history_max_points;
     so.max_doc_bytes = c->max_twin_size;
     so.writemap = c->writemap;
+    so.max_twins = c->max_twins;
+    so.max_clock_skew_ms = (uint64_t)c->max_clock_skew_s * 1000;
     if ((rc = twin_store_open(&h->store, &so, terr)) < 0) {
         log_error("cannot open the store", "path=\"%s\" err=\"%s\"", c->db_path, terr);
         return rc;

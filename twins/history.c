@@ -1,6 +1,6 @@
 /* history.c: the bounded time series of numeric leaves, one per (twin, path), in the "history"
  * database. It stores and reads points; what is historized is telemetry.c's decision (paths are
- * relative to `reported`: "vitals.hr").
+ * relative to `reported`: "vitals.hr"), and which series go when their leaf does.
  *
  * Key: id "\0" path. Data (MDB_DUPSORT | MDB_DUPFIXED): 16 bytes, the big-endian uint64 ts
  * (>= 0) then the double's 8 bytes in big-endian order, so LMDB keeps the duplicates in time
@@ -54,6 +54,22 @@ static void point_get(const unsigned char *b, int64_t *ts, double *value)
     memcpy(value, &v, sizeof *value);
 }
 
+/* The history cursor of a write transaction: write-transaction cursors cannot be renewed, so
+ * there is one per transaction, opened on first use and closed with the transaction. */
+static int hist_cursor(struct twin_txn *txn, char *err)
+{
+    int rc;
+
+    if (txn->hist)
+        return 0;
+    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &txn->hist);
+    if (rc) {
+        txn->hist = NULL;
+        return store__mdb_error(txn, rc, "mdb_cursor_open", err);
+    }
+    return 0;
+}
+
 int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                         size_t path_len, int64_t ts, double value, char *err)
 {
@@ -77,14 +93,9 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
     if (max == 0)
         return 0; /* history is switched off */
     point_put(pt, ts, value);
-    /* write-transaction cursors cannot be renewed: one per transaction, closed with it */
-    if (!txn->hist) {
-        rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &txn->hist);
-        if (rc) {
-            txn->hist = NULL;
-            return store__mdb_error(txn, rc, "mdb_cursor_open", err);
-        }
-    }
+    rc = hist_cursor(txn, err);
+    if (rc)
+        return rc;
     rc = mdb_cursor_put(txn->hist, &k, &d, 0);
     if (!rc)
         rc = mdb_cursor_count(txn->hist, &n);
@@ -98,6 +109,30 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
     }
     if (rc)
         return store__mdb_error(txn, rc, "appending history", err);
+    return 0;
+}
+
+int history__remove(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
+                    size_t path_len, char *err)
+{
+    char kb[HKEY_MAX];
+    MDB_val k, d;
+    int rc;
+
+    rc = store__need_write(txn, "history__remove", err);
+    if (!rc)
+        rc = hkey(id, id_len, path, path_len, kb, &k, err);
+    if (!rc)
+        rc = hist_cursor(txn, err);
+    if (rc)
+        return rc;
+    rc = mdb_cursor_get(txn->hist, &k, &d, MDB_SET);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (!rc)
+        rc = mdb_cursor_del(txn->hist, MDB_NODUPDATA); /* the key with all its points */
+    if (rc)
+        return store__mdb_error(txn, rc, "deleting history", err);
     return 0;
 }
 

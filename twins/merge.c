@@ -1,6 +1,7 @@
 /* merge.c: RFC 7396 merge patch on msgpack values, and the meta tree of write timestamps that
  * travels with it. Builds new values in a zone and never touches its inputs; it does not decide
- * what is merged where (telemetry.c and the callers of twin_merge do).
+ * what is merged where (telemetry.c and the callers of twin_merge do). It reports each leaf it
+ * writes and each value it takes out through callbacks, which history uses.
  *
  * Meta semantics (our choice, as AWS IoT Device Shadow): a leaf's meta `ts` is when a patch
  * last *wrote* it, even when the value written equals the old one. Any thread.
@@ -146,6 +147,7 @@ struct mctx {
     msgpack_object ts; /* the meta value of a written leaf */
     bool meta;
     twin_leaf_cb cb;
+    merge__gone_cb gone;
     void *cb_ctx;
     char *path; /* dotted path of the value being merged, from the root of target */
     size_t len, cap;
@@ -197,6 +199,10 @@ static int merge(struct mctx *c, const msgpack_object *target, const msgpack_obj
     struct kvset vals, metas;
     int rc;
 
+    /* replaced whole: by a leaf, or by a map where there was no map (nil there means absent) */
+    if (c->gone && target && target->type != MSGPACK_OBJECT_NIL &&
+        (patch->type != MSGPACK_OBJECT_MAP || target->type != MSGPACK_OBJECT_MAP))
+        c->gone(c->cb_ctx, c->path, c->len, target, patch);
     if (patch->type != MSGPACK_OBJECT_MAP) {
         /* a leaf (arrays included): replaces whatever was there */
         *out = *patch;
@@ -219,6 +225,13 @@ static int merge(struct mctx *c, const msgpack_object *target, const msgpack_obj
 
         if (v->type == MSGPACK_OBJECT_NIL) {
             /* delete: the key and its meta go; a missing key stays missing */
+            if (vi >= 0 && c->gone) {
+                rc = path_push(c, k, &saved);
+                if (rc)
+                    return rc;
+                c->gone(c->cb_ctx, c->path, c->len, &vals.kv[vi].val, NULL);
+                c->len = saved;
+            }
             if (vi >= 0)
                 vals.dead[vi] = 1;
             if (mi >= 0)
@@ -250,16 +263,18 @@ static int merge(struct mctx *c, const msgpack_object *target, const msgpack_obj
     return 0;
 }
 
-int twin_merge(msgpack_zone *zone, const msgpack_object *target, const msgpack_object *patch,
-               const msgpack_object *meta, int64_t ts, msgpack_object *out,
-               msgpack_object *meta_out, twin_leaf_cb leaf_cb, void *leaf_ctx)
+int merge__apply(msgpack_zone *zone, const msgpack_object *target, const msgpack_object *patch,
+                 const msgpack_object *meta, int64_t ts, msgpack_object *out,
+                 msgpack_object *meta_out, twin_leaf_cb leaf_cb, merge__gone_cb gone_cb,
+                 void *cb_ctx)
 {
     char path[TWIN_PATH_MAX + 1];
     struct mctx c = {
         .zone = zone,
         .meta = meta && meta_out,
         .cb = leaf_cb,
-        .cb_ctx = leaf_ctx,
+        .gone = gone_cb,
+        .cb_ctx = cb_ctx,
         .path = path,
         .cap = sizeof path,
     };
@@ -276,4 +291,11 @@ int twin_merge(msgpack_zone *zone, const msgpack_object *target, const msgpack_o
     }
     path[0] = '\0';
     return merge(&c, target, patch, c.meta ? meta : NULL, out, c.meta ? meta_out : &nm);
+}
+
+int twin_merge(msgpack_zone *zone, const msgpack_object *target, const msgpack_object *patch,
+               const msgpack_object *meta, int64_t ts, msgpack_object *out,
+               msgpack_object *meta_out, twin_leaf_cb leaf_cb, void *leaf_ctx)
+{
+    return merge__apply(zone, target, patch, meta, ts, out, meta_out, leaf_cb, NULL, leaf_ctx);
 }

@@ -351,6 +351,8 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     s->writemap = opt->writemap && !opt->read_only;
     atomic_init(&s->history_max, opt->history_max_points);
     atomic_init(&s->max_doc, opt->max_doc_bytes);
+    atomic_init(&s->max_twins, opt->max_twins);
+    atomic_init(&s->max_skew, opt->max_clock_skew_ms);
     atomic_init(&s->map_size, 0);
     atomic_init(&s->broken, false);
     s->max_map_size = opt->max_map_size > opt->map_size ? opt->max_map_size : opt->map_size;
@@ -490,6 +492,14 @@ void twin_store_set_max_doc(struct twin_store *s, size_t bytes)
 {
     if (s)
         atomic_store(&s->max_doc, bytes);
+}
+
+void twin_store_set_limits(struct twin_store *s, uint64_t max_twins, uint64_t max_clock_skew_ms)
+{
+    if (!s)
+        return;
+    atomic_store(&s->max_twins, max_twins);
+    atomic_store(&s->max_skew, max_clock_skew_ms);
 }
 
 size_t twin_store_map_size(struct twin_store *s)

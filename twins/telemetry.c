@@ -1,12 +1,12 @@
 /* telemetry.c: applying one device telemetry map to its twin inside a write transaction:
  * validation, the seq check, the merge into `reported` with meta timestamps, history of numeric
- * leaves, version and outbox. The device id has been validated by the caller; the transaction
- * is the caller's (twin_store_write).
+ * leaves (and deleting the series of leaves that are gone), version and outbox. The device id
+ * has been validated by the caller; the transaction is the caller's (twin_store_write).
  *
  * Everything is validated before anything is written, so a rejected message leaves the store
  * as it was even when the caller keeps using the transaction. The last check, the size of the
- * new document (twin_put, -E2BIG), comes after the merge: so the merge only collects the
- * numeric leaves, and they go to history once the document is stored.
+ * new document (twin_put, -E2BIG), comes after the merge: so the merge only collects what
+ * history must do, and history does it once the document is stored.
  */
 #include "twins_int.h"
 
@@ -197,25 +197,54 @@ static int check_uint(const msgpack_object *v, const char *key, uint64_t *out, c
  * Apply
  * ------------------------------------------------------------------------------------------ */
 
-/* A numeric leaf the merge wrote, waiting to be appended to history. */
-struct leaf {
-    struct leaf *next;
+/* One history change the merge asked for, waiting until the document is stored: a point to
+ * append, or a series to delete. Kept in merge order: a key that appears twice in one message
+ * ({"k": 1, "k": nil}) is appended, then deleted, and leaves no series behind. */
+struct hist_op {
+    struct hist_op *next;
     char *path;
     size_t path_len;
     double value;
+    bool remove;
 };
 
-struct leaf_ctx {
+struct hist_ops {
     msgpack_zone *zone;
-    struct leaf *head, **tail;
+    struct hist_op *head, **tail;
     int rc;
 };
+
+static bool is_number(const msgpack_object *v)
+{
+    return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+           v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER || v->type == MSGPACK_OBJECT_FLOAT32 ||
+           v->type == MSGPACK_OBJECT_FLOAT64;
+}
+
+/* Queues an op for path[0..path_len), which the caller has checked is 1..TWIN_PATH_MAX. */
+static void op_add(struct hist_ops *c, const char *path, size_t path_len, double value, bool remove)
+{
+    struct hist_op *op = msgpack_zone_malloc(c->zone, sizeof *op);
+
+    if (op)
+        op->path = msgpack_zone_malloc(c->zone, path_len);
+    if (!op || !op->path) {
+        c->rc = -ENOMEM;
+        return;
+    }
+    memcpy(op->path, path, path_len);
+    op->path_len = path_len;
+    op->value = value;
+    op->remove = remove;
+    op->next = NULL;
+    *c->tail = op;
+    c->tail = &op->next;
+}
 
 /* Every leaf the merge writes: finite numbers are kept for history (the merge reuses `path`). */
 static void on_leaf(void *ctx, const char *path, size_t path_len, const msgpack_object *v)
 {
-    struct leaf_ctx *c = ctx;
-    struct leaf *l;
+    struct hist_ops *c = ctx;
     double d;
 
     if (c->rc)
@@ -237,19 +266,52 @@ static void on_leaf(void *ctx, const char *path, size_t path_len, const msgpack_
     /* a path too long for history is not an error: the leaf is stored, just not historized */
     if (!isfinite(d) || path_len == 0 || path_len > TWIN_PATH_MAX)
         return;
-    l = msgpack_zone_malloc(c->zone, sizeof *l);
-    if (l)
-        l->path = msgpack_zone_malloc(c->zone, path_len);
-    if (!l || !l->path) {
-        c->rc = -ENOMEM;
+    op_add(c, path, path_len, d, false);
+}
+
+/* Queues the removal of every number under v (v included), path[0..len) being v's path. Paths
+ * only grow downwards, so a subtree past TWIN_PATH_MAX holds no series. */
+static void remove_under(struct hist_ops *c, const msgpack_object *v, char *path, size_t len)
+{
+    if (is_number(v)) {
+        if (len)
+            op_add(c, path, len, 0, true);
         return;
     }
-    memcpy(l->path, path, path_len);
-    l->path_len = path_len;
-    l->value = d;
-    l->next = NULL;
-    *c->tail = l;
-    c->tail = &l->next;
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return; /* arrays are leaves, and not historized */
+    for (uint32_t i = 0; i < v->via.map.size && !c->rc; i++) {
+        const msgpack_object *k = &v->via.map.ptr[i].key;
+        size_t sep = len ? 1 : 0, n;
+
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue; /* telemetry writes string keys only */
+        n = len + sep + k->via.str.size;
+        if (n > TWIN_PATH_MAX)
+            continue;
+        if (sep)
+            path[len] = '.';
+        memcpy(path + len + sep, k->via.str.ptr, k->via.str.size);
+        remove_under(c, &v->via.map.ptr[i].val, path, n);
+    }
+}
+
+/* Every value the merge takes out of reported: the numbers under it lose their history, unless
+ * a number replaces a number (the series goes on). This runs for every leaf rewritten, so the
+ * usual case, a number over a number, returns at once. */
+static void on_gone(void *ctx, const char *path, size_t path_len, const msgpack_object *old,
+                    const msgpack_object *now)
+{
+    struct hist_ops *c = ctx;
+    char buf[TWIN_PATH_MAX + 1];
+
+    if (c->rc || path_len > TWIN_PATH_MAX)
+        return;
+    if (old->type != MSGPACK_OBJECT_MAP && (!is_number(old) || (now && is_number(now))))
+        return;
+    if (path_len)
+        memcpy(buf, path, path_len);
+    remove_under(c, old, buf, path_len);
 }
 
 int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
@@ -257,11 +319,11 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                          struct twin_apply_result *res, char *err)
 {
     const msgpack_object *seq_v = NULL, *ts_v = NULL;
-    struct leaf_ctx lc = {0};
+    struct hist_ops ops = {0};
     struct twin_doc doc;
     struct vpath path = {.buf = "reported", .len = 8};
     msgpack_object patch, reported, meta;
-    uint64_t seq = 0, ts_u;
+    uint64_t seq = 0, ts_u, max_skew, max_twins;
     int64_t ts = now_ms;
     uint32_t nkeys;
     int rc;
@@ -303,10 +365,35 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         if (rc)
             return rc;
     }
+    /* a clock far ahead would sort every later point before this one, and history drops the
+     * oldest first; behind is fine: devices flush readings they buffered offline */
+    max_skew = atomic_load(&txn->s->max_skew);
+    if (ts_v && max_skew && ts > now_ms && (uint64_t)ts - (uint64_t)now_ms > max_skew) {
+        twins__errf(err,
+                    "ts %" PRId64 " is %" PRIu64 " ms ahead of the hub clock; "
+                    "limits.max_clock_skew is %" PRIu64 " ms",
+                    ts, (uint64_t)ts - (uint64_t)now_ms, max_skew);
+        return -EINVAL;
+    }
 
-    /* 2. the twin as it is, and the seq check */
+    /* 2. the twin as it is, the bound on the number of twins, and the seq check */
     rc = twin_get(txn, id, id_len, &doc, err);
     res->created = rc == -ENOENT;
+    max_twins = atomic_load(&txn->s->max_twins);
+    if (rc == -ENOENT && max_twins) {
+        MDB_stat ms;
+        int mrc = mdb_stat(txn->txn, txn->s->dbi_twins, &ms); /* O(1): the txn's own record */
+
+        if (mrc)
+            return store__mdb_error(txn, mrc, "mdb_stat", err);
+        if (ms.ms_entries >= max_twins) {
+            twins__errf(err,
+                        "store holds %zu twins, limits.max_twins %" PRIu64
+                        "; telemetry for new twin '%.*s' refused",
+                        ms.ms_entries, max_twins, (int)id_len, id);
+            return -E2BIG;
+        }
+    }
     if (rc == -ENOENT) {
         memset(&doc, 0, sizeof doc);
         doc.reported.type = doc.desired.type = doc.delta.type = doc.predicted.type =
@@ -345,11 +432,11 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         patch.via.map.ptr = kv;
         patch.via.map.size = n;
     }
-    lc.zone = &txn->zone;
-    lc.tail = &lc.head;
-    rc = twin_merge(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported, &meta,
-                    on_leaf, &lc);
-    if (rc || lc.rc) {
+    ops.zone = &txn->zone;
+    ops.tail = &ops.head;
+    rc = merge__apply(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported, &meta,
+                      on_leaf, on_gone, &ops);
+    if (rc || ops.rc) {
         twins__errf(err, "out of memory merging telemetry");
         return -ENOMEM;
     }
@@ -369,9 +456,12 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     if (rc)
         return rc;
 
-    /* 5. history of the numeric leaves written */
-    for (const struct leaf *l = lc.head; l; l = l->next) {
-        rc = twin_history_append(txn, id, id_len, l->path, l->path_len, ts, l->value, err);
+    /* 5. history: points of the numeric leaves written, series of those taken out */
+    for (const struct hist_op *op = ops.head; op; op = op->next) {
+        if (op->remove)
+            rc = history__remove(txn, id, id_len, op->path, op->path_len, err);
+        else
+            rc = twin_history_append(txn, id, id_len, op->path, op->path_len, ts, op->value, err);
         if (rc)
             return rc;
     }

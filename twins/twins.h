@@ -7,7 +7,8 @@
  * `char *err` (TWIN_ERR_LEN bytes), a reason a person can act on.
  *   -EINVAL    bad argument or bad input (wrong type, bad key)
  *   -EBADMSG   malformed msgpack or JSON
- *   -E2BIG     over a size or count limit (payload, keys, or the size of a twin)
+ *   -E2BIG     over a size or count limit (payload, keys, the size of a twin, the number of
+ *              twins)
  *   -ELOOP     nested deeper than the depth limit
  *   -ENOENT    no such twin
  *   -ENOMEM    out of memory
@@ -153,10 +154,17 @@ struct twin_store_options {
      * flush at all on Linux). Ignored when read_only: readers in other processes (twinctl)
      * may open a store that the hub writes with or without it. */
     bool writemap;
+    /* Most twins the store may hold; 0 = no limit. Telemetry for a new twin beyond it is
+     * refused with -E2BIG (see twin_telemetry_apply); existing twins still update. */
+    uint64_t max_twins;
+    /* How far a telemetry `ts` may be ahead of the hub clock, ms; 0 = no check. Further ahead
+     * is refused with -EINVAL. Old timestamps are always allowed (buffered readings). */
+    uint64_t max_clock_skew_ms;
 };
 #define TWIN_STORE_OPTIONS_DEFAULT                                                                 \
     {                                                                                              \
-        NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600, 256u << 10, false                \
+        NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600, 256u << 10, false, 100000,       \
+            300000                                                                                 \
     }
 
 struct twin_store;
@@ -178,6 +186,9 @@ void twin_store_set_history_max(struct twin_store *s, unsigned max_points);
 /* Changes max_doc_bytes for future writes (SIGHUP); 0 = no limit. Twins already larger stay as
  * they are and may still be written at or below their current size. Any thread. */
 void twin_store_set_max_doc(struct twin_store *s, size_t bytes);
+/* Changes max_twins and max_clock_skew_ms for future telemetry (SIGHUP); 0 = no limit, no
+ * check. Twins already above a lowered max_twins stay; only new ones are refused. Any thread. */
+void twin_store_set_limits(struct twin_store *s, uint64_t max_twins, uint64_t max_clock_skew_ms);
 /* Current map size in bytes. */
 size_t twin_store_map_size(struct twin_store *s);
 
@@ -240,13 +251,22 @@ struct twin_apply_result {
  * takes `ts` (int ms since epoch, device clock; `now_ms` when absent), merges every other key
  * into reported (RFC 7396) with meta timestamps, appends numeric leaves to history, sets
  * last_seen = now_ms, bumps version, stores the twin and records it in the outbox.
+ * History follows reported: when the message deletes a key or replaces a value so that a
+ * numeric leaf is gone (nil, a map replaced by a scalar, a number by a string or a map), that
+ * leaf's history series is deleted in the same transaction. A number replaced by a number keeps
+ * its series.
  * Map keys must be strings of 1..TWIN_KEY_MAX bytes without '.' or control characters; `seq`
- * and `ts` must have the types above.
+ * and `ts` must have the types above, and `ts` may be at most max_clock_skew_ms ahead of
+ * now_ms (any amount behind it).
  * Returns:
  *   0        see res->outcome
- *   -EINVAL  the message is bad (reason in err); nothing written
+ *   -EINVAL  the message is bad (reason in err), including a `ts` too far ahead ("ts
+ *            1795290000000 is 3600000 ms ahead of the hub clock; limits.max_clock_skew is
+ *            300000 ms"); nothing written
  *   -E2BIG   the message is well formed but would make the twin larger than max_doc_bytes
- *            (see twin_put; reason in err); nothing written. Like -EINVAL, a rejection of this
+ *            (see twin_put), or would create a twin while the store holds max_twins or more
+ *            ("store holds 100000 twins, limits.max_twins 100000; telemetry for new twin 'x'
+ *            refused"); reason in err, nothing written. Like -EINVAL, a rejection of this
  *            input, not a storage failure: the caller should count it and ack the message.
  *   -EBADMSG the twin stored for `id` is damaged (not the message's fault)
  *   -ENOMEM, -ENOSPC, -EIO  storage or memory failures (MDB_MAP_FULL surfaces as -EIO inside
@@ -261,7 +281,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
  * ------------------------------------------------------------------------------------------ */
 
 /* Appends a point to the history of (id, path). Oldest points beyond history_max_points are
- * dropped. Write transactions only. */
+ * dropped. Write transactions only. (Telemetry deletes the series of a leaf it removes from
+ * reported; see twin_telemetry_apply.) */
 int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                         size_t path_len, int64_t ts, double value, char *err);
 

@@ -94,6 +94,33 @@ static inline bool twins__key_is(const msgpack_object *k, const char *s, size_t 
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Merge (merge.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Called for every value of target that the patch takes out: a key deleted (`now` NULL) or a
+ * value replaced whole by `now` (a leaf over anything, or a map over a non-map; a map merged
+ * into a map is not replaced, its entries are). `path` is as for twin_leaf_cb; `old` and the
+ * path buffer are valid during the call only. Calls come in patch order, interleaved with the
+ * leaf callbacks, so a key that appears twice in one patch is seen written, then taken out. */
+typedef void (*merge__gone_cb)(void *ctx, const char *path, size_t path_len,
+                               const msgpack_object *old, const msgpack_object *now);
+
+/* twin_merge with a gone callback too (both callbacks get `cb_ctx`; either may be NULL). */
+int merge__apply(msgpack_zone *zone, const msgpack_object *target, const msgpack_object *patch,
+                 const msgpack_object *meta, int64_t ts, msgpack_object *out,
+                 msgpack_object *meta_out, twin_leaf_cb leaf_cb, merge__gone_cb gone_cb,
+                 void *cb_ctx);
+
+/* ---------------------------------------------------------------------------------------------
+ * History (history.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Deletes every point of (id, path); a series that does not exist is not an error. Write
+ * transactions only. Returns 0, -EINVAL, -ENOMEM, -EIO. */
+int history__remove(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
+                    size_t path_len, char *err);
+
+/* ---------------------------------------------------------------------------------------------
  * The store (store.c)
  * ------------------------------------------------------------------------------------------ */
 
@@ -121,8 +148,10 @@ struct twin_store {
     _Atomic size_t map_size;
     size_t max_map_size;
     _Atomic unsigned history_max;
-    _Atomic size_t max_doc; /* max_doc_bytes; 0 = no limit */
-    bool writemap;          /* MDB_WRITEMAP: the data file is reserved as large as the map */
+    _Atomic size_t max_doc;     /* max_doc_bytes; 0 = no limit */
+    _Atomic uint64_t max_twins; /* 0 = no limit */
+    _Atomic uint64_t max_skew;  /* max_clock_skew_ms; 0 = no check */
+    bool writemap;              /* MDB_WRITEMAP: the data file is reserved as large as the map */
     /* A map resize failed after LMDB had unmapped the old map (mdb_env_set_mapsize leaves its
      * map pointer dangling then): no transaction may begin, and close must not unmap again. */
     _Atomic bool broken;

@@ -220,6 +220,7 @@ static int run(const struct scenario *sc, const struct payloads *p, long n, long
     o.sync = sc->sync;
     o.writemap = sc->writemap;
     o.history_max_points = sc->history;
+    o.max_clock_skew_ms = 0; /* its timestamps run ahead of the clock on purpose */
     rc = twin_store_open(&s, &o, err);
     if (rc) {
         fprintf(stderr, "bench_store: open: %s\n", err);

@@ -1,7 +1,8 @@
 /* test_twins.c: unit tests of the twins library, through its public header only: the msgpack
  * pre-scan, JSON in and out, values, merge, documents, the LMDB store (round trip, read-only
- * beside a writer, map growth, -ENOSPC, schema, MDB_WRITEMAP), telemetry, the bound on a twin's
- * size, history, outbox and statistics.
+ * beside a writer, map growth, -ENOSPC, schema, MDB_WRITEMAP), telemetry, the bounds on a twin's
+ * size, the number of twins and the device clock, history (and its removal with the leaf),
+ * outbox and statistics.
  *
  * Table-driven where the cases are data. Every store test works in its own mkdtemp directory
  * and removes it. The round trip, growth and read-only tests run twice, the second time
@@ -2087,6 +2088,8 @@ static void test_telemetry_bad(void)
         {"{\"ts\":-5}", "ts must be a non-negative integer, got -5"},
         {"{\"ts\":true}", "ts must be a non-negative integer, got bool"},
         {"{\"ts\":18446744073709551615}", "ts 18446744073709551615 is out of range"},
+        {"{\"ts\":400021,\"hr\":null}",
+         "ts 400021 is 400001 ms ahead of the hub clock; limits.max_clock_skew is 300000 ms"},
         {"hex:81 01 02", "bad key in reported: keys must be strings, got int"},
         {"hex:82 a1 61 01 a1 78 d4 05 aa", "unsupported msgpack ext type at reported.x"},
         {"hex:81 a1 61 91 c7 01 05 aa", "unsupported msgpack ext type at reported.a[0]"},
@@ -2379,6 +2382,308 @@ out:
     msgpack_zone_destroy(&z);
 }
 
+/* Applies msgpack given as hex (for what JSON cannot say, such as a key twice in one map). */
+static int apply_hex(struct twin_store *s, const char *id, const char *hex, int64_t now, char *err)
+{
+    unsigned char b[256];
+    size_t n = unhex(hex, b);
+    msgpack_zone z;
+    struct tele_ctx c = {.id = id, .n = 1, .now = now};
+    char werr[TWIN_ERR_LEN] = "";
+    int rc;
+
+    msgpack_zone_init(&z, 4096);
+    rc = twin_input_decode(b, n, &BIG, &z, &c.tele[0], err);
+    if (rc) {
+        FAIL("bad test msgpack %s: %s", hex, err);
+    } else {
+        rc = twin_store_write(s, tele_fn, &c, werr);
+        strcpy(err, c.err[0] ? c.err : werr);
+    }
+    msgpack_zone_destroy(&z);
+    return rc;
+}
+
+/* A history series lives as long as its leaf holds a number: deleting the key or replacing the
+ * value by something else (a string, a map, an array; a map by a scalar) deletes the series in
+ * the same transaction; a number replaced by a number keeps it. */
+static void test_history_gone(void)
+{
+    static const struct {
+        const char *msg;    /* applied in turn to twin "d" */
+        const char *series; /* every series of "d" afterwards, as path=points */
+    } steps[] = {
+        {"{\"a\":1,\"m\":{\"x\":1,\"y\":{\"z\":2},\"s\":\"t\"},\"mx\":1,\"n\":3,\"keep\":4,"
+         "\"arr\":[1,2],\"q\":7}",
+         "a=1 keep=1 m.x=1 m.y.z=1 mx=1 n=1 q=1"},
+        /* the value changes, the type too (int -> float, uint -> negative): series go on */
+        {"{\"a\":2,\"keep\":5.5,\"q\":-1,\"m\":{\"x\":9}}",
+         "a=2 keep=2 m.x=2 m.y.z=1 mx=1 n=1 q=2"},
+        /* nil deletes the key and its series; nil on a missing key changes nothing */
+        {"{\"a\":null,\"nothere\":null}", "keep=2 m.x=2 m.y.z=1 mx=1 n=1 q=2"},
+        /* a nested nil */
+        {"{\"m\":{\"y\":{\"z\":null}}}", "keep=2 m.x=2 mx=1 n=1 q=2"},
+        /* a map replaced by a scalar takes every number under it ("mx" is another path) */
+        {"{\"m\":\"gone\"}", "keep=2 mx=1 n=1 q=2"},
+        /* a number replaced by a string, by a map, by an array */
+        {"{\"n\":\"str\"}", "keep=2 mx=1 q=2"},
+        {"{\"keep\":{\"v\":1}}", "keep.v=1 mx=1 q=2"},
+        {"{\"q\":[1,2]}", "keep.v=1 mx=1"},
+        /* a string back to a number starts a new series */
+        {"{\"n\":5}", "keep.v=1 mx=1 n=1"},
+        /* a map deleted whole */
+        {"{\"keep\":null}", "mx=1 n=1"},
+        /* bool, nil-to-number and back */
+        {"{\"mx\":true,\"n\":null}", ""},
+        {"{\"n\":1}", "n=1"},
+    };
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_apply_result res;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    CHECK_INT(apply(s, "e", "{\"a\":1,\"m\":{\"x\":1}}", 10, &res, err), 0); /* a neighbour */
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        static const char *paths[] = {"a", "keep", "keep.v", "m.x", "m.y.z", "mx", "n", "q"};
+        char got[256] = "";
+        size_t n = 0;
+        int series = 0;
+
+        if (apply(s, "d", steps[i].msg, 100 + (int64_t)i, &res, err) != 0) {
+            FAIL("step %zu %s: %s", i, steps[i].msg, err);
+            continue;
+        }
+        for (size_t j = 0; j < sizeof paths / sizeof paths[0]; j++) {
+            int pts = history_of(s, "d", paths[j], 0).n;
+
+            if (pts) {
+                n += (size_t)snprintf(got + n, sizeof got - n, "%s%s=%d", n ? " " : "", paths[j],
+                                      pts);
+                series++;
+            }
+        }
+        if (strcmp(got, steps[i].series) != 0)
+            FAIL("step %zu %s: series\n    %s\n  expected\n    %s", i, steps[i].msg, got,
+                 steps[i].series);
+        /* no series outside the paths looked at; the neighbour's two are untouched */
+        CHECK_INT(stats_of(s).history_series, series + 2);
+    }
+    CHECK_INT(history_of(s, "e", "a", 0).n, 1);
+    CHECK_INT(history_of(s, "e", "m.x", 0).n, 1);
+
+    /* a key twice in one map: the merge's order decides, and history follows reported */
+    CHECK_INT(apply_hex(s, "dup", "82 a1 6b 01 a1 6b c0", 200, err), 0); /* {k:1, k:nil} */
+    CHECK_INT(history_of(s, "dup", "k", 0).n, 0);
+    CHECK_INT(apply_hex(s, "dup", "82 a1 6b c0 a1 6b 02", 201, err), 0); /* {k:nil, k:2} */
+    CHECK_INT(history_of(s, "dup", "k", 0).n, 1);
+    /* {m:{x:1}, m:5}: m.x is written, then replaced with its map */
+    CHECK_INT(apply_hex(s, "dup", "82 a1 6d 81 a1 78 01 a1 6d 05", 202, err), 0);
+    CHECK_INT(history_of(s, "dup", "m.x", 0).n, 0);
+    CHECK_INT(history_of(s, "dup", "m", 0).n, 1);
+    CHECK_INT(stats_of(s).history_series, 1 + 2 + 2); /* d.n, e's two, dup.k and dup.m */
+
+    /* a refused message deletes nothing: here over the size bound */
+    twin_store_set_max_doc(s, 200);
+    CHECK_INT(apply(s, "dup",
+                    "{\"k\":null,\"m\":null,\"pad\":\"0123456789012345678901234567890123"
+                    "456789012345678901234567890123456789012345678901234567890123456789"
+                    "0123456789012345678901234567890123456789\"}",
+                    203, &res, err),
+              -E2BIG);
+    CHECK_INT(history_of(s, "dup", "k", 0).n, 1);
+    CHECK_INT(history_of(s, "dup", "m", 0).n, 1);
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* The review's case: a device that deletes its last key and adds a new one in every message
+ * keeps a small twin, and must keep a small history too. */
+static void test_history_bounded(void)
+{
+    char dir[64], err[TWIN_ERR_LEN], json[128];
+    struct twin_store *s;
+    struct twin_apply_result res;
+    struct twin_stats st;
+    int rc = 0;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    for (int i = 1; i <= 500 && !rc; i++) {
+        if (i % 2)
+            snprintf(json, sizeof json, "{\"seq\":%d,\"k%d\":null,\"k%d\":1}", i, i - 1, i);
+        else /* the same with a map under the key */
+            snprintf(json, sizeof json, "{\"seq\":%d,\"k%d\":null,\"k%d\":{\"v\":1,\"w\":2}}", i,
+                     i - 1, i);
+        rc = apply(s, "churn", json, 1000 + i, &res, err);
+    }
+    CHECK_INT(rc, 0);
+    st = stats_of(s);
+    CHECK_INT(st.history_series, 2); /* k500.v, k500.w */
+    CHECK_INT(st.history_points, 2);
+    CHECK_INT(history_of(s, "churn", "k500.w", 0).n, 1);
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* max_twins: telemetry that would create a twin beyond it is refused with nothing written;
+ * existing twins still update; the bound can change at run time, and 0 lifts it. */
+static void test_telemetry_max_twins(void)
+{
+    struct twin_store_options o = TWIN_STORE_OPTIONS_DEFAULT;
+    char dir[64], err[TWIN_ERR_LEN], werr[TWIN_ERR_LEN];
+    struct twin_store *s = NULL;
+    struct twin_apply_result res;
+    struct twin_stats before, after;
+    msgpack_zone z;
+
+    CHECK_INT(o.max_twins, 100000); /* the defaults */
+    CHECK_INT(o.max_clock_skew_ms, 300000);
+    msgpack_zone_init(&z, 4096);
+    tmp_make(dir, sizeof dir);
+    o.path = dir;
+    o.max_twins = 3;
+    CHECK_INT(twin_store_open(&s, &o, err), 0);
+    if (!s)
+        goto out;
+    CHECK_INT(apply(s, "a", "{\"x\":1}", 10, &res, err), 0);
+    CHECK_INT(apply(s, "b", "{\"x\":1}", 10, &res, err), 0);
+    CHECK_INT(apply(s, "c", "{\"x\":1}", 10, &res, err), 0);
+    before = stats_of(s);
+    CHECK_INT(apply(s, "d", "{\"x\":1}", 11, &res, err), -E2BIG);
+    CHECK_STR(err, "store holds 3 twins, limits.max_twins 3; telemetry for new twin 'd' refused");
+    /* nothing written, even when the caller commits anyway */
+    {
+        struct tele_ctx c = {.id = "d", .n = 1, .now = 12, .ignore = true};
+
+        CHECK_INT(twin_input_decode("{\"x\":2}", 7, &DEF, &z, &c.tele[0], err), 0);
+        CHECK_INT(twin_store_write(s, tele_fn, &c, werr), 0);
+        CHECK_INT(c.rcs[0], -E2BIG);
+    }
+    after = stats_of(s);
+    CHECK_INT(read_doc(s, "d", NULL, NULL), -ENOENT);
+    CHECK_INT(history_of(s, "d", "x", 0).n, 0);
+    CHECK_INT(after.twins, 3);
+    CHECK_INT(after.history_points, before.history_points);
+    CHECK_INT(after.outbox, before.outbox);
+    CHECK_INT(after.last_txn, before.last_txn);
+
+    /* existing twins still update */
+    CHECK_INT(apply(s, "a", "{\"x\":2}", 13, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.version == 2 && !res.created);
+
+    /* raised at run time */
+    twin_store_set_limits(s, 4, 300000);
+    CHECK_INT(apply(s, "d", "{\"x\":1}", 14, &res, err), 0);
+    CHECK(res.created);
+    CHECK_INT(apply(s, "e", "{\"x\":1}", 15, &res, err), -E2BIG);
+    CHECK_HAS(err, "store holds 4 twins, limits.max_twins 4; telemetry for new twin 'e'");
+    /* 0: no limit */
+    twin_store_set_limits(s, 0, 300000);
+    CHECK_INT(apply(s, "e", "{\"x\":1}", 16, &res, err), 0);
+    /* lowered below the count: twins stay and update, none is added */
+    twin_store_set_limits(s, 2, 300000);
+    CHECK_INT(apply(s, "f", "{\"x\":1}", 17, &res, err), -E2BIG);
+    CHECK_STR(err, "store holds 5 twins, limits.max_twins 2; telemetry for new twin 'f' refused");
+    CHECK_INT(apply(s, "e", "{\"x\":2}", 18, &res, err), 0);
+    CHECK_INT(stats_of(s).twins, 5);
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+    msgpack_zone_destroy(&z);
+}
+
+/* max_clock_skew_ms: a ts too far ahead of the hub clock is refused with nothing written; any
+ * ts behind it is taken (devices flush buffered readings); the bound can change at run time. */
+static void test_telemetry_clock_skew(void)
+{
+    const int64_t now = 1795286400000; /* 2026-11-22 */
+    char dir[64], err[TWIN_ERR_LEN], werr[TWIN_ERR_LEN], json[128];
+    struct twin_store *s;
+    struct twin_apply_result res;
+    struct twin_stats before, after;
+    struct points p;
+    msgpack_zone z;
+    size_t l1, l2;
+    void *raw1 = NULL, *raw2 = NULL;
+
+    msgpack_zone_init(&z, 4096);
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false); /* the default bound, 300000 ms */
+    if (!s)
+        goto out;
+
+    /* a new twin is not created */
+    snprintf(json, sizeof json, "{\"seq\":1,\"ts\":%" PRId64 ",\"hr\":70}", now + 3600000);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), -EINVAL);
+    CHECK_STR(err, "ts 1795290000000 is 3600000 ms ahead of the hub clock; "
+                   "limits.max_clock_skew is 300000 ms");
+    CHECK_INT(read_doc(s, "clk", NULL, NULL), -ENOENT);
+
+    /* exactly at the bound is accepted, one ms over is not */
+    snprintf(json, sizeof json, "{\"seq\":1,\"ts\":%" PRId64 ",\"hr\":70}", now + 300000);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), 0);
+    snprintf(json, sizeof json, "{\"seq\":2,\"ts\":%" PRId64 ",\"hr\":71,\"x\":null}",
+             now + 300001);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), -EINVAL);
+    CHECK_HAS(err, "is 300001 ms ahead of the hub clock");
+
+    /* nothing of it written to an existing twin, even when the caller commits anyway: not the
+     * seq, not last_seen, not history */
+    before = stats_of(s);
+    raw1 = raw_copy(s, "clk", &l1);
+    {
+        struct tele_ctx c = {.id = "clk", .n = 1, .now = now, .ignore = true};
+
+        CHECK_INT(twin_input_decode(json, strlen(json), &DEF, &z, &c.tele[0], err), 0);
+        CHECK_INT(twin_store_write(s, tele_fn, &c, werr), 0);
+        CHECK_INT(c.rcs[0], -EINVAL);
+    }
+    after = stats_of(s);
+    raw2 = raw_copy(s, "clk", &l2);
+    CHECK(raw1 && raw2 && l1 == l2 && !memcmp(raw1, raw2, l1));
+    CHECK_INT(after.history_points, before.history_points);
+    CHECK_INT(after.last_txn, before.last_txn);
+
+    /* behind the hub clock by any amount: a reading buffered for 30 days */
+    snprintf(json, sizeof json, "{\"seq\":2,\"ts\":%" PRId64 ",\"hr\":72}",
+             now - (int64_t)30 * 86400000);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), 0);
+    CHECK_INT(res.outcome, TWIN_APPLIED);
+    p = history_of(s, "clk", "hr", 0);
+    CHECK(p.n == 2 && p.ts[0] == now - (int64_t)30 * 86400000 && p.ts[1] == now + 300000);
+    /* no ts: the hub clock */
+    CHECK_INT(apply(s, "clk", "{\"seq\":3,\"hr\":73}", now, &res, err), 0);
+
+    /* the bound changes at run time; 0 switches the check off */
+    twin_store_set_limits(s, 100000, 10);
+    snprintf(json, sizeof json, "{\"seq\":4,\"ts\":%" PRId64 "}", now + 11);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), -EINVAL);
+    CHECK_HAS(err, "is 11 ms ahead of the hub clock; limits.max_clock_skew is 10 ms");
+    snprintf(json, sizeof json, "{\"seq\":4,\"ts\":%" PRId64 "}", now + 10);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), 0);
+    twin_store_set_limits(s, 100000, 0);
+    snprintf(json, sizeof json, "{\"seq\":5,\"ts\":%" PRId64 "}", now + 3600000);
+    CHECK_INT(apply(s, "clk", json, now, &res, err), 0);
+
+    /* the distance cannot overflow: the largest ts against a negative hub clock */
+    twin_store_set_limits(s, 100000, 300000);
+    CHECK_INT(apply(s, "clk", "{\"seq\":6,\"ts\":9223372036854775807}", -5, &res, err), -EINVAL);
+    CHECK_HAS(err, "ts 9223372036854775807 is 9223372036854775812 ms ahead");
+    twin_store_close(s);
+out:
+    free(raw1);
+    free(raw2);
+    tmp_remove(dir);
+    msgpack_zone_destroy(&z);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * History, outbox, listing, statistics
  * ------------------------------------------------------------------------------------------ */
@@ -2664,6 +2969,10 @@ static const struct {
     {"telemetry_bad", test_telemetry_bad},
     {"telemetry_doc_limit", test_telemetry_doc_limit},
     {"telemetry_more", test_telemetry_more},
+    {"telemetry_max_twins", test_telemetry_max_twins},
+    {"telemetry_clock_skew", test_telemetry_clock_skew},
+    {"history_gone", test_history_gone},
+    {"history_bounded", test_history_bounded},
     {"history", test_history},
     {"outbox_list", test_outbox_list},
     {"stats", test_stats},
