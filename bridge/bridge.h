@@ -46,12 +46,12 @@ int bridge_topics_init(struct bridge_topics *t, const char *devices, const char 
 enum bridge_topic_kind {
     BRIDGE_T_UNKNOWN = 0,
     /* devices -> hub */
-    BRIDGE_T_TELEMETRY,   /* devices/{id}/telemetry */
-    BRIDGE_T_STATUS,      /* devices/{id}/status */
-    BRIDGE_T_CMD_ACK,     /* devices/{id}/commands/ack */
+    BRIDGE_T_TELEMETRY, /* devices/{id}/telemetry */
+    BRIDGE_T_STATUS,    /* devices/{id}/status */
+    BRIDGE_T_CMD_ACK,   /* devices/{id}/commands/ack */
     /* hub -> devices */
-    BRIDGE_T_DESIRED,     /* devices/{id}/desired */
-    BRIDGE_T_COMMANDS,    /* devices/{id}/commands */
+    BRIDGE_T_DESIRED,  /* devices/{id}/desired */
+    BRIDGE_T_COMMANDS, /* devices/{id}/commands */
     /* services -> hub */
     BRIDGE_T_DESIRED_SET, /* twins/{id}/desired/set */
     BRIDGE_T_GET,         /* twins/{id}/get */
@@ -79,8 +79,8 @@ int bridge_topic_parse(const struct bridge_topics *t, const char *topic, size_t 
 
 /* Builds the topic of `kind` for `id` (validated here again) into buf (NUL-terminated).
  * Returns the length, or -EINVAL (bad id, unknown kind) or -ENOSPC (buf too small). */
-int bridge_topic_build(const struct bridge_topics *t, enum bridge_topic_kind kind,
-                       const char *id, size_t id_len, char *buf, size_t buflen);
+int bridge_topic_build(const struct bridge_topics *t, enum bridge_topic_kind kind, const char *id,
+                       size_t id_len, char *buf, size_t buflen);
 
 /* The subscription filter for a kind: "devices/+/telemetry" etc. Same returns as build. */
 int bridge_topic_filter(const struct bridge_topics *t, enum bridge_topic_kind kind, char *buf,
@@ -137,18 +137,18 @@ struct bridge_tls {
 };
 
 struct bridge_options {
-    const char *url;        /* tcp://host:port, ssl://host:port (mqtts:// accepted) */
-    const char *client_id;  /* fixed, so the session persists */
-    const char *username;   /* optional */
-    const char *password;   /* optional */
-    int mqtt_version;       /* 5 (default) or 4 (= 3.1.1) */
-    bool clean_start;       /* false: persistent session */
+    const char *url;           /* tcp://host:port, ssl://host:port (mqtts:// accepted) */
+    const char *client_id;     /* fixed, so the session persists */
+    const char *username;      /* optional */
+    const char *password;      /* optional */
+    int mqtt_version;          /* 5 (default) or 4 (= 3.1.1) */
+    bool clean_start;          /* false: persistent session */
     unsigned session_expiry_s; /* MQTT 5 Session Expiry Interval when !clean_start */
     unsigned keepalive_s;
     unsigned reconnect_min_s; /* automatic reconnect backoff, doubling from min to max */
     unsigned reconnect_max_s;
     unsigned connect_timeout_s;
-    unsigned max_inflight;  /* MQTT receive maximum / Paho maxInflight for our publishes */
+    unsigned max_inflight; /* MQTT receive maximum / Paho maxInflight for our publishes */
 
     /* will, published by the broker if we vanish; birth, published by us on every connect */
     const char *will_topic;

@@ -113,7 +113,6 @@ struct bridge_client {
  * Small helpers
  * ------------------------------------------------------------------------------------------ */
 
-
 /* Formats one line for on_log. Any thread, without c->lock. */
 static void say(struct bridge_client *c, enum bridge_log_level lv, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -805,7 +804,8 @@ static int url_map(const char *url, char **out, bool *tls, char *err)
         *tls = schemes[i].tls;
         return 0;
     }
-    bridge__seterr(err, "broker URL \"%s\": scheme must be tcp://, mqtt://, ssl:// or mqtts://", url);
+    bridge__seterr(err, "broker URL \"%s\": scheme must be tcp://, mqtt://, ssl:// or mqtts://",
+                   url);
     return -EINVAL;
 }
 
@@ -877,7 +877,8 @@ static int options_check(const struct bridge_options *o, bool tls, char *err)
     for (int i = 0; i < o->n_subscriptions; i++) {
         const char *f = o->subscriptions[i];
         if (!f || !bridge__filter_valid(f, strnlen(f, 65536))) {
-            bridge__seterr(err, "subscription %d: \"%s\" is not a valid filter", i, f ? f : "(null)");
+            bridge__seterr(err, "subscription %d: \"%s\" is not a valid filter", i,
+                           f ? f : "(null)");
             return -EINVAL;
         }
     }

@@ -48,7 +48,6 @@ void bridge__seterr(char *err, const char *fmt, ...)
 
 #define PREFIX_BODY_MAX (BRIDGE_PREFIX_MAX - 2) /* room for the '/' and the NUL */
 
-
 static bool id_char(unsigned char ch)
 {
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -95,7 +94,8 @@ static int prefix_set(char out[BRIDGE_PREFIX_MAX], const char *in, const char *d
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)p[i];
         if (ch <= 0x20 || ch >= 0x7f) {
-            bridge__seterr(err, "%s prefix: byte 0x%02x at %zu is not printable ASCII", name, ch, i);
+            bridge__seterr(err, "%s prefix: byte 0x%02x at %zu is not printable ASCII", name, ch,
+                           i);
             return -EINVAL;
         }
         if (ch == '+' || ch == '#') {
@@ -142,8 +142,8 @@ int bridge_topics_init(struct bridge_topics *t, const char *devices, const char 
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
             if (i != j && starts_with(p[j], p[i])) {
-                bridge__seterr(err, "%s prefix \"%s\" overlaps %s prefix \"%s\"", names[i], p[i], names[j],
-                       p[j]);
+                bridge__seterr(err, "%s prefix \"%s\" overlaps %s prefix \"%s\"", names[i], p[i],
+                               names[j], p[j]);
                 return -EINVAL;
             }
     *t = n;

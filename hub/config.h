@@ -14,62 +14,62 @@
 
 struct config {
     /* broker */
-    char broker_url[256];        /* broker.url: tcp://127.0.0.1:1883 */
-    char client_id[128];         /* broker.client_id: twinhub */
-    char username[128];          /* broker.username */
-    char password[128];          /* broker.password */
-    int mqtt_version;            /* broker.mqtt_version: 5 | 4 (3.1.1) */
-    unsigned keepalive_s;        /* broker.keepalive: 30s */
-    unsigned session_expiry_s;   /* broker.session_expiry: 1d */
-    unsigned reconnect_min_s;    /* broker.reconnect_min: 1s */
-    unsigned reconnect_max_s;    /* broker.reconnect_max: 30s */
-    char tls_ca[256];            /* broker.tls.ca */
-    char tls_cert[256];          /* broker.tls.cert */
-    char tls_key[256];           /* broker.tls.key */
-    bool tls_verify;             /* broker.tls.verify: true */
+    char broker_url[256];      /* broker.url: tcp://127.0.0.1:1883 */
+    char client_id[128];       /* broker.client_id: twinhub */
+    char username[128];        /* broker.username */
+    char password[128];        /* broker.password */
+    int mqtt_version;          /* broker.mqtt_version: 5 | 4 (3.1.1) */
+    unsigned keepalive_s;      /* broker.keepalive: 30s */
+    unsigned session_expiry_s; /* broker.session_expiry: 1d */
+    unsigned reconnect_min_s;  /* broker.reconnect_min: 1s */
+    unsigned reconnect_max_s;  /* broker.reconnect_max: 30s */
+    char tls_ca[256];          /* broker.tls.ca */
+    char tls_cert[256];        /* broker.tls.cert */
+    char tls_key[256];         /* broker.tls.key */
+    bool tls_verify;           /* broker.tls.verify: true */
 
     /* topics */
-    char devices_prefix[64];     /* topics.devices: devices/ */
-    char twins_prefix[64];       /* topics.twins: twins/ */
-    char hub_prefix[64];         /* topics.hub: hub/ */
+    char devices_prefix[64]; /* topics.devices: devices/ */
+    char twins_prefix[64];   /* topics.twins: twins/ */
+    char hub_prefix[64];     /* topics.hub: hub/ */
 
     /* store */
-    char db_path[256];           /* store.path: ./twinhub.db */
-    bool sync_commit;            /* store.sync: os | commit */
-    unsigned sync_interval_ms;   /* store.sync_interval_ms: 1000 */
-    uint64_t map_size;           /* store.map_size: 64MiB */
-    uint64_t max_map_size;       /* store.max_map_size: 4GiB */
-    bool writemap;               /* store.writemap: false (MDB_WRITEMAP: faster, less protected) */
+    char db_path[256];         /* store.path: ./twinhub.db */
+    bool sync_commit;          /* store.sync: os | commit */
+    unsigned sync_interval_ms; /* store.sync_interval_ms: 1000 */
+    uint64_t map_size;         /* store.map_size: 64MiB */
+    uint64_t max_map_size;     /* store.max_map_size: 4GiB */
+    bool writemap;             /* store.writemap: false (MDB_WRITEMAP: faster, less protected) */
 
     /* limits (reloadable) */
-    uint64_t max_payload;        /* limits.max_payload: 64KiB */
-    unsigned max_depth;          /* limits.max_depth: 16 (<= 32) */
-    unsigned max_keys;           /* limits.max_keys: 1024 */
-    uint64_t max_twin_size;      /* limits.max_twin_size: 256KiB (one encoded twin document) */
-    unsigned max_twins;          /* limits.max_twins: 100000 (0: no limit) */
-    unsigned max_clock_skew_s;   /* limits.max_clock_skew: 5m, how far a device's ts may run
-                                    ahead of the hub's clock (0: no check) */
+    uint64_t max_payload;      /* limits.max_payload: 64KiB */
+    unsigned max_depth;        /* limits.max_depth: 16 (<= 32) */
+    unsigned max_keys;         /* limits.max_keys: 1024 */
+    uint64_t max_twin_size;    /* limits.max_twin_size: 256KiB (one encoded twin document) */
+    unsigned max_twins;        /* limits.max_twins: 100000 (0: no limit) */
+    unsigned max_clock_skew_s; /* limits.max_clock_skew: 5m, how far a device's ts may run
+                                  ahead of the hub's clock (0: no check) */
 
     /* history (reloadable) */
     unsigned history_max_points; /* history.max_points: 600 */
 
     /* publishing */
-    int publish_qos;             /* publish.qos: 1 */
-    unsigned publish_inflight;   /* publish.max_inflight: 64 */
-    bool publish_json;           /* publish.encoding: msgpack | json */
+    int publish_qos;           /* publish.qos: 1 */
+    unsigned publish_inflight; /* publish.max_inflight: 64 */
+    bool publish_json;         /* publish.encoding: msgpack | json */
 
     /* errors (reloadable) */
-    double errors_rate;          /* errors.rate: 10 (reports per second on hub/errors) */
-    unsigned errors_burst;       /* errors.burst: 20 */
+    double errors_rate;    /* errors.rate: 10 (reports per second on hub/errors) */
+    unsigned errors_burst; /* errors.burst: 20 */
 
     /* rules (later issues) */
-    char rules_path[256];        /* rules.file */
+    char rules_path[256]; /* rules.file */
 
     /* log (reloadable) */
-    int log_level;               /* log.level: info (enum log_level) */
+    int log_level; /* log.level: info (enum log_level) */
 
     /* where each value came from, for error messages and --print-config */
-    char source[256];            /* the file read, or "" */
+    char source[256]; /* the file read, or "" */
 };
 
 /* Fills every field with its default. */

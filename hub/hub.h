@@ -93,8 +93,8 @@ struct report {
     _Atomic uint64_t count[REPORT_KINDS];
 };
 
-void report_init(struct report *r, struct publisher *pub, const char *topic, bool json,
-                 double rate, unsigned burst);
+void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
+                 unsigned burst);
 void report_set_rate(struct report *r, double rate, unsigned burst);
 /* Counts and maybe reports one rejection. Any thread. */
 void report_reject(struct report *r, enum report_kind kind, const char *topic, size_t topic_len,

@@ -23,8 +23,7 @@ struct apply {
 static int apply_fn(struct twin_txn *txn, void *ctx)
 {
     struct apply *a = ctx;
-    return twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res,
-                                a->err);
+    return twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res, a->err);
 }
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
@@ -101,8 +100,8 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
     if (rc == -EBADMSG) {
         /* The stored twin is damaged, not the message: refusing keeps the hub serving the
          * rest of the fleet instead of dying on every redelivery. */
-        log_error("stored twin unreadable; telemetry refused", "id=%.*s err=\"%s\"",
-                  (int)t->id_len, t->id, a.err);
+        log_error("stored twin unreadable; telemetry refused", "id=%.*s err=\"%s\"", (int)t->id_len,
+                  t->id, a.err);
         report_reject(in->report, REPORT_INVALID, m->topic, m->topic_len, a.err);
         goto out;
     }

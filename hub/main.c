@@ -74,11 +74,11 @@ static int add_override(struct args *a, const char *key, const char *value)
 static int parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"broker", required_argument, NULL, 'b'},
-        {"db", required_argument, NULL, 'd'},     {"rules", required_argument, NULL, 'r'},
+        {"config", required_argument, NULL, 'c'},    {"broker", required_argument, NULL, 'b'},
+        {"db", required_argument, NULL, 'd'},        {"rules", required_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'}, {"set", required_argument, NULL, 's'},
-        {"print-config", no_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+        {"print-config", no_argument, NULL, 'p'},    {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},         {NULL, 0, NULL, 0},
     };
     int o;
     while ((o = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
@@ -157,7 +157,8 @@ static void on_bridge_log(void *ctx, enum bridge_log_level level, const char *ms
 {
     (void)ctx;
     char q[BRIDGE_ERR_LEN + 16];
-    log_write((enum log_level)level, "mqtt", "detail=%s", log_quote(q, sizeof(q), msg, strlen(msg)));
+    log_write((enum log_level)level, "mqtt", "detail=%s",
+              log_quote(q, sizeof(q), msg, strlen(msg)));
 }
 
 static void on_connection(void *ctx, bool up, const char *reason)
@@ -227,7 +228,7 @@ static void serve(const struct args *a, struct hub *h)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    int64_t last_sync = hub_now_ms(), last_stats = last_sync;
+    int64_t last_sync = hub_mono_ms(), last_stats = last_sync;
     char err[TWIN_ERR_LEN];
     for (;;) {
         unsigned tick = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
@@ -241,7 +242,7 @@ static void serve(const struct args *a, struct hub *h)
         }
         if (sig == SIGHUP)
             reload(a, h);
-        int64_t now = hub_now_ms();
+        int64_t now = hub_mono_ms();
         if (!cfg->sync_commit && now - last_sync >= (int64_t)cfg->sync_interval_ms) {
             if (twin_store_sync(h->store, err) < 0)
                 log_error("store sync failed", "err=\"%s\"", err);
@@ -253,7 +254,6 @@ static void serve(const struct args *a, struct hub *h)
         }
     }
 }
-
 
 static void client_options(struct hub *h, struct bridge_options *bo, const char **subs)
 {
@@ -295,7 +295,8 @@ static int hub_open(struct hub *h)
 {
     const struct config *c = &h->cfg;
     char terr[TWIN_ERR_LEN], berr[BRIDGE_ERR_LEN];
-    int rc = bridge_topics_init(&h->topics, c->devices_prefix, c->twins_prefix, c->hub_prefix, berr);
+    int rc =
+        bridge_topics_init(&h->topics, c->devices_prefix, c->twins_prefix, c->hub_prefix, berr);
     if (rc < 0) {
         log_error("bad topic prefix", "err=\"%s\"", berr);
         return rc;
@@ -347,8 +348,7 @@ static int hub_open(struct hub *h)
         goto fail_publisher;
     }
     h->in.pub = h->pub;
-    report_init(&h->rep, h->pub, h->errors_topic, c->publish_json, c->errors_rate,
-                c->errors_burst);
+    report_init(&h->rep, h->pub, h->errors_topic, c->publish_json, c->errors_rate, c->errors_burst);
 
     /* Whatever was committed but not acknowledged as published before the last stop. */
     if ((rc = publisher_recover(h->pub, terr)) < 0) {
@@ -385,8 +385,8 @@ static void hub_close(struct hub *h)
 {
     char err[TWIN_ERR_LEN];
     if (publisher_drain(h->pub, DRAIN_MS) < 0)
-        log_warn("drain timed out; the rest is published after the next start",
-                 "timeout_ms=%d", DRAIN_MS);
+        log_warn("drain timed out; the rest is published after the next start", "timeout_ms=%d",
+                 DRAIN_MS);
     struct bridge_final fin = {h->status_topic, "offline", 7, true, 1};
     bridge_client_stop(h->client, &fin, 2000);
     publisher_stop(h->pub);
@@ -428,8 +428,8 @@ static int run(const struct args *a)
 
     if (hub_open(&h) < 0)
         return 1;
-    log_info("started", "version=%s broker=%s db=\"%s\" sync=%s", TWINHUB_VERSION,
-             h.cfg.broker_url, h.cfg.db_path, h.cfg.sync_commit ? "commit" : "os");
+    log_info("started", "version=%s broker=%s db=\"%s\" sync=%s", TWINHUB_VERSION, h.cfg.broker_url,
+             h.cfg.db_path, h.cfg.sync_commit ? "commit" : "os");
     serve(a, &h);
     hub_close(&h);
     log_info("stopped", "status=%d", 0);

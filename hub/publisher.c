@@ -370,8 +370,8 @@ static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e
         size_t off = 0;
         if (twin_input_scan(doc, len, &lim, err) < 0 ||
             msgpack_unpack(doc, len, &off, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS) {
-            log_error("cannot read twin for publishing", "id=%s err=\"stored document: %s\"",
-                      e->id, err);
+            log_error("cannot read twin for publishing", "id=%s err=\"stored document: %s\"", e->id,
+                      err);
             return -EBADMSG;
         }
         rc = twin_json_write(&obj, &p->batch);
@@ -385,11 +385,10 @@ static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e
 static int send_state(struct publisher *p, struct entry *e)
 {
     char topic[BRIDGE_TOPIC_MAX];
-    if (bridge_topic_build(p->o.topics, BRIDGE_T_STATE, e->id, e->id_len, topic,
-                           sizeof(topic)) < 0)
+    if (bridge_topic_build(p->o.topics, BRIDGE_T_STATE, e->id, e->id_len, topic, sizeof(topic)) < 0)
         return -EINVAL; /* ids are validated before they are stored: cannot happen */
-    return bridge_client_publish(p->o.bridge, topic, p->batch.data + e->off, e->len, p->o.qos,
-                                 true, NULL, on_state_done, e);
+    return bridge_client_publish(p->o.bridge, topic, p->batch.data + e->off, e->len, p->o.qos, true,
+                                 NULL, on_state_done, e);
 }
 
 static void send_batch(struct publisher *p, struct entry *batch, struct raw *raws)
@@ -464,8 +463,8 @@ static void *run(void *arg)
         unsigned window = p->max_inflight, quota = bridge_client_send_quota(p->o.bridge);
         if (quota && quota < window)
             window = quota;
-        bool work = (p->qhead || p->rhead) && p->inflight < window &&
-                    bridge_client_connected(p->o.bridge);
+        bool work =
+            (p->qhead || p->rhead) && p->inflight < window && bridge_client_connected(p->o.bridge);
         if (!work) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);

@@ -26,8 +26,8 @@ int64_t hub_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void report_init(struct report *r, struct publisher *pub, const char *topic, bool json,
-                 double rate, unsigned burst)
+void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
+                 unsigned burst)
 {
     memset(r, 0, sizeof(*r));
     r->pub = pub;

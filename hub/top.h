@@ -14,7 +14,7 @@ struct top_field {
 
 struct top_options {
     const char *db_path;
-    const char *prefix;  /* "" for all */
+    const char *prefix; /* "" for all */
     struct top_field fields[TOP_MAX_FIELDS];
     unsigned n_fields;
     uint64_t interval_ms; /* between frames */

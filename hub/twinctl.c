@@ -38,7 +38,7 @@ enum {
     OPT_SECONDS = 1u << 5,
     OPT_WAIT = 1u << 6,
 };
-static const char *const opt_names[] = {"--prefix", "--limit",   "--since", "--fields",
+static const char *const opt_names[] = {"--prefix",   "--limit",   "--since", "--fields",
                                         "--interval", "--seconds", "--wait"};
 
 struct ctl {
@@ -549,13 +549,15 @@ static int cmd_stats(struct ctl *ctl)
 /* A live table; the store is opened by top itself, which can wait for it to appear. */
 static int cmd_top(struct ctl *ctl)
 {
-    struct top_options o = {.db_path = ctl->cfg.db_path, .prefix = ctl->prefix ? ctl->prefix : "",
-                            .interval_ms = 1000, .wait_ms = 0};
+    struct top_options o = {.db_path = ctl->cfg.db_path,
+                            .prefix = ctl->prefix ? ctl->prefix : "",
+                            .interval_ms = 1000,
+                            .wait_ms = 0};
     char err[CONFIG_ERR_LEN];
     uint64_t v;
-    if (top_parse_fields(&o, ctl->fields_text ? ctl->fields_text
-                                              : "reported.heart_rate=HR,reported.spo2=SpO2",
-                         err, sizeof(err)) < 0)
+    if (top_parse_fields(
+            &o, ctl->fields_text ? ctl->fields_text : "reported.heart_rate=HR,reported.spo2=SpO2",
+            err, sizeof(err)) < 0)
         return fail(EXIT_ERROR, "%s", err);
     const struct {
         const char *text, *name;
@@ -569,8 +571,7 @@ static int cmd_top(struct ctl *ctl)
         if (!durations[i].text)
             continue;
         if (config_parse_duration_ms(durations[i].text, durations[i].unit, &v) < 0)
-            return fail(EXIT_ERROR, "%s: bad duration '%s'", durations[i].name,
-                        durations[i].text);
+            return fail(EXIT_ERROR, "%s: bad duration '%s'", durations[i].name, durations[i].text);
         *durations[i].out = v;
     }
     o.seconds /= 1000;

@@ -43,7 +43,10 @@ struct twin_limits {
     unsigned max_depth; /* nesting of maps/arrays; the top-level map is depth 1 */
     unsigned max_keys;  /* entries in one map (and elements in one array) */
 };
-#define TWIN_LIMITS_DEFAULT {65536, 16, 1024}
+#define TWIN_LIMITS_DEFAULT                                                                        \
+    {                                                                                              \
+        65536, 16, 1024                                                                            \
+    }
 
 /* Checks that buf[0..len) is exactly one well-formed msgpack object: every length and count
  * fits in the bytes that remain, nesting is at most lim->max_depth, no map or array has more
@@ -102,7 +105,7 @@ int twin_merge(msgpack_zone *zone, const msgpack_object *target, const msgpack_o
 struct twin_doc {
     const char *id;
     size_t id_len;
-    uint64_t version;   /* +1 for every committed change, never reused */
+    uint64_t version; /* +1 for every committed change, never reused */
     msgpack_object reported;
     msgpack_object desired;
     msgpack_object delta;
@@ -110,10 +113,10 @@ struct twin_doc {
     msgpack_object meta_reported;
     msgpack_object meta_desired;
     bool connected;
-    int64_t last_seen;  /* hub clock, ms since epoch, of the last message from the device */
-    uint64_t seq;       /* last applied telemetry seq; 0 = none yet */
+    int64_t last_seen; /* hub clock, ms since epoch, of the last message from the device */
+    uint64_t seq;      /* last applied telemetry seq; 0 = none yet */
     bool has_seq;
-    int64_t created;    /* hub clock, ms since epoch */
+    int64_t created; /* hub clock, ms since epoch */
 };
 
 /* Decodes a stored document. `doc` points into buf and zone. Returns 0 or -EBADMSG. */
@@ -136,11 +139,11 @@ enum twin_sync {
 };
 
 struct twin_store_options {
-    const char *path;        /* directory; created if missing (not when read_only) */
-    bool read_only;          /* for twinctl: MDB_RDONLY, works while the hub runs */
+    const char *path; /* directory; created if missing (not when read_only) */
+    bool read_only;   /* for twinctl: MDB_RDONLY, works while the hub runs */
     enum twin_sync sync;
-    size_t map_size;         /* initial map size, bytes; grown on MDB_MAP_FULL */
-    size_t max_map_size;     /* growth stops here: -ENOSPC */
+    size_t map_size;             /* initial map size, bytes; grown on MDB_MAP_FULL */
+    size_t max_map_size;         /* growth stops here: -ENOSPC */
     unsigned history_max_points; /* per (twin, field); oldest dropped first */
     /* Largest encoded twin document, bytes; 0 = no limit. A write that would make a twin
      * larger than this and larger than it already is fails with -E2BIG (see twin_put). */
@@ -213,12 +216,11 @@ msgpack_zone *twin_txn_zone(struct twin_txn *txn);
 
 /* Raw encoded document of twin `id`. *buf is valid until the transaction ends or the next
  * write in it. Returns 0, -ENOENT, -EIO. */
-int twin_get_raw(struct twin_txn *txn, const char *id, size_t id_len, const void **buf,
-                 size_t *len, char *err);
+int twin_get_raw(struct twin_txn *txn, const char *id, size_t id_len, const void **buf, size_t *len,
+                 char *err);
 
 /* Decoded document (in the transaction's zone). Returns 0, -ENOENT, -EBADMSG, -EIO. */
-int twin_get(struct twin_txn *txn, const char *id, size_t id_len, struct twin_doc *doc,
-             char *err);
+int twin_get(struct twin_txn *txn, const char *id, size_t id_len, struct twin_doc *doc, char *err);
 
 /* Stores `doc` (encoding it), bumping nothing: the caller has set doc->version.
  * Also records (id, version) in the outbox. Write transactions only.
@@ -290,8 +292,7 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
  * from cb stops the walk and is returned. */
 typedef int (*twin_history_cb)(void *ctx, int64_t ts, double value);
 int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
-                      size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx,
-                      char *err);
+                      size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Listing, outbox, statistics
@@ -299,8 +300,7 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
 
 /* Calls cb for every twin whose id starts with prefix (NULL or "" for all), in id order.
  * A non-zero return from cb stops the walk and is returned. */
-typedef int (*twin_list_cb)(void *ctx, const char *id, size_t id_len, const void *doc,
-                            size_t len);
+typedef int (*twin_list_cb)(void *ctx, const char *id, size_t id_len, const void *doc, size_t len);
 int twin_list(struct twin_txn *txn, const char *prefix, size_t prefix_len, twin_list_cb cb,
               void *ctx, char *err);
 
@@ -315,11 +315,11 @@ int twin_outbox_done(struct twin_txn *txn, const char *id, size_t id_len, uint64
 
 struct twin_stats {
     uint64_t twins;
-    uint64_t history_series;   /* (twin, field) pairs */
+    uint64_t history_series; /* (twin, field) pairs */
     uint64_t history_points;
     uint64_t outbox;
-    size_t map_size;           /* bytes */
-    size_t used_bytes;         /* pages in use x page size */
+    size_t map_size;   /* bytes */
+    size_t used_bytes; /* pages in use x page size */
     uint64_t last_txn;
 };
 int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err);
