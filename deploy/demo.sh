@@ -46,6 +46,7 @@ trap 'exit 0' INT TERM
 cat >"$run/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
+set_tcp_nodelay true
 persistence false
 log_dest stderr
 CONF

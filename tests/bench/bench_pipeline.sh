@@ -185,6 +185,9 @@ for attempt in 1 2 3 4 5; do
     cat >"$TMP/mosquitto.conf" <<EOF
 listener $port 127.0.0.1
 allow_anonymous true
+# Without it Mosquitto's Nagle holds QoS 1 deliveries to a client that also publishes QoS 1
+# behind each lone PUBACK it sends: ~5 ms median at 2,000 msg/s, for the hub and the relay alike.
+set_tcp_nodelay true
 persistence false
 max_queued_messages 1000000
 EOF
