@@ -178,3 +178,44 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
         return store__mdb_error(txn, rc, "reading history", err);
     return 0;
 }
+
+int history__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *count,
+                         char *err)
+{
+    char kb[TWIN_ID_MAX + 1];
+    MDB_val k, d;
+    uint64_t n = 0;
+    int rc;
+
+    rc = store__need_write(txn, "history__remove_twin", err);
+    if (rc)
+        return rc;
+    if (!id || id_len == 0 || id_len > TWIN_ID_MAX) {
+        twins__errf(err, "twin id must be 1..%d bytes", TWIN_ID_MAX);
+        return -EINVAL;
+    }
+    rc = hist_cursor(txn, err);
+    if (rc)
+        return rc;
+    memcpy(kb, id, id_len);
+    kb[id_len] = '\0';
+    /* every key id "\0" path: the first at or after id "\0", deleted with all its points */
+    for (;;) {
+        k.mv_size = id_len + 1;
+        k.mv_data = kb;
+        rc = mdb_cursor_get(txn->hist, &k, &d, MDB_SET_RANGE);
+        if (rc == MDB_NOTFOUND)
+            break;
+        if (rc)
+            return store__mdb_error(txn, rc, "deleting history", err);
+        if (k.mv_size <= id_len || memcmp(k.mv_data, kb, id_len + 1) != 0)
+            break;
+        rc = mdb_cursor_del(txn->hist, MDB_NODUPDATA);
+        if (rc)
+            return store__mdb_error(txn, rc, "deleting history", err);
+        n++;
+    }
+    if (count)
+        *count = n;
+    return 0;
+}

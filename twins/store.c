@@ -1,12 +1,19 @@
 /* store.c: the LMDB environment behind the twins: opening it, transactions, growing the map on
- * MDB_MAP_FULL, and the plain records (twin documents, the outbox, statistics). History has its
- * own file (history.c); what a document contains is doc.c's business.
+ * MDB_MAP_FULL, and the plain records (twin documents, the outbox, tombstones, statistics).
+ * History and commands have their own files (history.c, command.c); what a document contains is
+ * doc.c's business.
  *
  * Layout: one environment directory with the named databases
- *   "twins"    id -> encoded document
- *   "history"  id "\0" path -> 16-byte points (history.c), MDB_DUPSORT | MDB_DUPFIXED
- *   "outbox"   id -> uint64 version, little-endian: committed but not known to be published
- *   "info"     "schema" -> uint32 little-endian schema version (TWINS_SCHEMA)
+ *   "twins"       id -> encoded document
+ *   "history"     id "\0" path -> 16-byte points (history.c), MDB_DUPSORT | MDB_DUPFIXED
+ *   "outbox"      id -> uint64 version, little-endian: committed but not known to be published
+ *   "info"        "schema" -> uint32 little-endian schema version (TWINS_SCHEMA);
+ *                 "cmd_seq" -> uint64 little-endian, the last command number (command.c)
+ *   "tombstones"  id -> uint64 version, little-endian: the last version of a deleted twin
+ *   "commands"    id "\0" be64(number) -> command record (command.c)
+ *   "deadlines"   be64(time) id be64(number) -> empty: when each command is due (command.c)
+ * The last three came after schema 1 was first written; they only add records, so the schema
+ * stays 1, and writers create them when missing.
  *
  * Threads and locks: every transaction holds s->lock shared for its whole life; growing the map
  * (mdb_env_set_mapsize, which needs no transaction active in the process) takes it exclusive.
@@ -29,6 +36,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -260,6 +268,18 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
         rc = dbi_open(s, txn, path, "info", 0, &s->dbi_info, err);
     if (rc)
         goto fail_txn;
+    s->has_commands = true;
+    rc = dbi_open(s, txn, path, "tombstones", 0, &s->dbi_tombstones, err);
+    if (!rc)
+        rc = dbi_open(s, txn, path, "commands", 0, &s->dbi_commands, err);
+    if (!rc)
+        rc = dbi_open(s, txn, path, "deadlines", 0, &s->dbi_deadlines, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_commands = false; /* a store no writer of this build has opened yet */
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
     rc = mdb_get(txn, s->dbi_info, &k, &v);
     if (rc == MDB_NOTFOUND && !s->read_only) {
         for (int i = 0; i < 4; i++)
@@ -353,6 +373,8 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     atomic_init(&s->max_doc, opt->max_doc_bytes);
     atomic_init(&s->max_twins, opt->max_twins);
     atomic_init(&s->max_skew, opt->max_clock_skew_ms);
+    atomic_init(&s->cmd_max, opt->commands_max ? opt->commands_max : TWIN_COMMANDS_MAX_DEFAULT);
+    atomic_init(&s->cmd_keep, opt->command_retention_ms);
     atomic_init(&s->map_size, 0);
     atomic_init(&s->broken, false);
     s->max_map_size = opt->max_map_size > opt->map_size ? opt->max_map_size : opt->map_size;
@@ -383,7 +405,7 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
         rc = store__mdb_error(NULL, rc, "mdb_env_create", err);
         goto fail_env;
     }
-    mdb_env_set_maxdbs(s->env, 8);
+    mdb_env_set_maxdbs(s->env, 16);
     /* an existing store keeps the size it grew to (0: LMDB takes it from the file) */
     if (!opt->read_only && !exists && opt->map_size)
         mdb_env_set_mapsize(s->env, opt->map_size);
@@ -500,6 +522,15 @@ void twin_store_set_limits(struct twin_store *s, uint64_t max_twins, uint64_t ma
         return;
     atomic_store(&s->max_twins, max_twins);
     atomic_store(&s->max_skew, max_clock_skew_ms);
+}
+
+void twin_store_set_command_limits(struct twin_store *s, unsigned commands_max,
+                                   uint64_t command_retention_ms)
+{
+    if (!s)
+        return;
+    atomic_store(&s->cmd_max, commands_max ? commands_max : TWIN_COMMANDS_MAX_DEFAULT);
+    atomic_store(&s->cmd_keep, command_retention_ms);
 }
 
 size_t twin_store_map_size(struct twin_store *s)
@@ -703,21 +734,6 @@ int twin_get(struct twin_txn *txn, const char *id, size_t id_len, struct twin_do
     return twin_doc_decode(buf, len, &txn->zone, doc, err);
 }
 
-static void le64_put(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t le64_get(const unsigned char *b)
-{
-    uint64_t v = 0;
-
-    for (int i = 8; i-- > 0;)
-        v = v << 8 | b[i];
-    return v;
-}
-
 /* The size bound of twin_put: -E2BIG when the encoded document in txn->sbuf is above
  * max_doc_bytes and above the size the twin is stored at now. */
 static int doc_size_check(struct twin_txn *txn, const struct twin_doc *doc, char *err)
@@ -769,12 +785,94 @@ int twin_put(struct twin_txn *txn, const struct twin_doc *doc, char *err)
     rc = mdb_put(txn->txn, txn->s->dbi_twins, &k, &v, 0);
     if (rc)
         return store__mdb_error(txn, rc, "writing a twin", err);
-    le64_put(ver, doc->version);
+    store__le64_put(ver, doc->version);
     v.mv_size = sizeof ver;
     v.mv_data = ver;
     rc = mdb_put(txn->txn, txn->s->dbi_outbox, &k, &v, 0);
     if (rc)
         return store__mdb_error(txn, rc, "writing the outbox", err);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * New twins and tombstones
+ * ------------------------------------------------------------------------------------------ */
+
+int twin_tombstone_get(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *version,
+                       char *err)
+{
+    MDB_val k = {id_len, (void *)id}, v;
+    int rc;
+
+    if (!txn || !version)
+        return -EINVAL;
+    rc = check_id(id, id_len, err);
+    if (rc)
+        return rc;
+    if (!txn->s->has_commands)
+        rc = MDB_NOTFOUND;
+    else
+        rc = mdb_get(txn->txn, txn->s->dbi_tombstones, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        twins__errf(err, "no tombstone for '%.*s'", (int)id_len, id);
+        return -ENOENT;
+    }
+    if (rc)
+        return store__mdb_error(txn, rc, "reading a tombstone", err);
+    if (v.mv_size != 8) {
+        twins__errf(err, "tombstone of '%.*s' is %zu bytes, expected 8", (int)id_len, id,
+                    v.mv_size);
+        return -EBADMSG;
+    }
+    *version = store__le64_get(v.mv_data);
+    return 0;
+}
+
+int store__tomb_clear(struct twin_txn *txn, const char *id, size_t id_len, char *err)
+{
+    MDB_val k = {id_len, (void *)id};
+    int rc = mdb_del(txn->txn, txn->s->dbi_tombstones, &k, NULL);
+
+    if (rc && rc != MDB_NOTFOUND)
+        return store__mdb_error(txn, rc, "deleting a tombstone", err);
+    return 0;
+}
+
+int store__twin_load(struct twin_txn *txn, const char *id, size_t id_len, int64_t now_ms,
+                     const char *what, struct twin_doc *doc, bool *created, char *err)
+{
+    uint64_t max_twins, last = 0;
+    int rc = twin_get(txn, id, id_len, doc, err);
+
+    *created = false;
+    if (rc != -ENOENT)
+        return rc;
+    max_twins = atomic_load(&txn->s->max_twins);
+    if (max_twins) {
+        MDB_stat ms;
+        int mrc = mdb_stat(txn->txn, txn->s->dbi_twins, &ms); /* O(1): the txn's own record */
+
+        if (mrc)
+            return store__mdb_error(txn, mrc, "mdb_stat", err);
+        if (ms.ms_entries >= max_twins) {
+            twins__errf(err,
+                        "store holds %zu twins, limits.max_twins %" PRIu64
+                        "; %s for new twin '%.*s' refused",
+                        ms.ms_entries, max_twins, what, (int)id_len, id);
+            return -E2BIG;
+        }
+    }
+    rc = twin_tombstone_get(txn, id, id_len, &last, err);
+    if (rc && rc != -ENOENT)
+        return rc;
+    memset(doc, 0, sizeof *doc);
+    doc->reported.type = doc->desired.type = doc->delta.type = doc->predicted.type =
+        doc->meta_reported.type = doc->meta_desired.type = MSGPACK_OBJECT_NIL;
+    doc->id = id;
+    doc->id_len = id_len;
+    doc->version = rc ? 0 : last;
+    doc->created = now_ms;
+    *created = true;
     return 0;
 }
 
@@ -830,7 +928,7 @@ int twin_outbox_list(struct twin_txn *txn, twin_outbox_cb cb, void *ctx, char *e
                         (const char *)k.mv_data, v.mv_size);
             return -EBADMSG;
         }
-        rc = cb(ctx, k.mv_data, k.mv_size, le64_get(v.mv_data));
+        rc = cb(ctx, k.mv_data, k.mv_size, store__le64_get(v.mv_data));
         if (rc) {
             mdb_cursor_close(c);
             return rc;
@@ -859,7 +957,7 @@ int twin_outbox_done(struct twin_txn *txn, const char *id, size_t id_len, uint64
         return 0;
     if (rc)
         return store__mdb_error(txn, rc, "reading the outbox", err);
-    if (v.mv_size == 8 && le64_get(v.mv_data) > version)
+    if (v.mv_size == 8 && store__le64_get(v.mv_data) > version)
         return 0; /* a newer version is waiting to be published */
     rc = mdb_del(txn->txn, txn->s->dbi_outbox, &k, NULL);
     if (rc && rc != MDB_NOTFOUND)
@@ -890,6 +988,16 @@ int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err)
     if (rc)
         return store__mdb_error(txn, rc, "mdb_stat", err);
     st->outbox = ms.ms_entries;
+    if (txn->s->has_commands) {
+        rc = mdb_stat(txn->txn, txn->s->dbi_commands, &ms);
+        if (!rc)
+            st->commands = ms.ms_entries;
+        if (!rc)
+            rc = mdb_stat(txn->txn, txn->s->dbi_tombstones, &ms);
+        if (rc)
+            return store__mdb_error(txn, rc, "mdb_stat", err);
+        st->tombstones = ms.ms_entries;
+    }
     rc = mdb_stat(txn->txn, txn->s->dbi_history, &ms);
     if (rc)
         return store__mdb_error(txn, rc, "mdb_stat", err);

@@ -1,7 +1,8 @@
 /* telemetry.c: applying one device telemetry map to its twin inside a write transaction:
  * validation, the seq check, the merge into `reported` with meta timestamps, history of numeric
- * leaves (and deleting the series of leaves that are gone), version and outbox. The device id
- * has been validated by the caller; the transaction is the caller's (twin_store_write).
+ * leaves (and deleting the series of leaves that are gone), the delta, version and outbox. The
+ * device id has been validated by the caller; the transaction is the caller's
+ * (twin_store_write).
  *
  * Everything is validated before anything is written, so a rejected message leaves the store
  * as it was even when the caller keeps using the transaction. The last check, the size of the
@@ -14,171 +15,9 @@
 #include <inttypes.h>
 #include <math.h>
 
-/* The telemetry map sits at depth 1; its children become `reported`'s children, which sit one
- * level deeper in the stored document and two deeper in its meta tree. Deeper telemetry would
- * make a document that msgpack-c (nesting limit TWIN_DEPTH_CAP) could not read back. */
-#define TELEMETRY_DEPTH_MAX (TWIN_DEPTH_CAP - 2)
-
-static const char *type_name(msgpack_object_type t)
-{
-    switch (t) {
-    case MSGPACK_OBJECT_NIL:
-        return "nil";
-    case MSGPACK_OBJECT_BOOLEAN:
-        return "bool";
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        return "int";
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        return "float";
-    case MSGPACK_OBJECT_STR:
-        return "str";
-    case MSGPACK_OBJECT_BIN:
-        return "bin";
-    case MSGPACK_OBJECT_EXT:
-        return "ext";
-    case MSGPACK_OBJECT_ARRAY:
-        return "array";
-    case MSGPACK_OBJECT_MAP:
-        return "map";
-    }
-    return "unknown";
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Validation
  * ------------------------------------------------------------------------------------------ */
-
-/* The path named in reasons ("reported.vitals.hr", "reported.ecg[3]"), cut short if long. */
-struct vpath {
-    char buf[320];
-    size_t len;
-};
-
-static size_t vpath_room(const struct vpath *p)
-{
-    return sizeof p->buf - p->len;
-}
-
-static void vpath_grew(struct vpath *p, int w)
-{
-    if (w > 0)
-        p->len += (size_t)w < vpath_room(p) ? (size_t)w : vpath_room(p) - 1;
-}
-
-/* Appends ".key"; returns the length to restore. */
-static size_t vpath_key(struct vpath *p, const msgpack_object *k)
-{
-    size_t saved = p->len;
-
-    vpath_grew(
-        p, snprintf(p->buf + p->len, vpath_room(p), ".%.*s", (int)k->via.str.size, k->via.str.ptr));
-    return saved;
-}
-
-/* Appends "[i]"; returns the length to restore. */
-static size_t vpath_index(struct vpath *p, uint32_t i)
-{
-    size_t saved = p->len;
-
-    vpath_grew(p, snprintf(p->buf + p->len, vpath_room(p), "[%" PRIu32 "]", i));
-    return saved;
-}
-
-/* Writes key k (at most 64 bytes of it) printably into out. */
-static void key_show(const msgpack_object *k, char *out, size_t cap)
-{
-    size_t o = 0;
-
-    for (uint32_t i = 0; i < k->via.str.size && i < 64 && o + 5 < cap; i++) {
-        unsigned char c = (unsigned char)k->via.str.ptr[i];
-
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
-            out[o++] = (char)c;
-        else
-            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
-    }
-    out[o] = '\0';
-}
-
-static int bad_key(const msgpack_object *k, const struct vpath *p, const char *why, char *err)
-{
-    char shown[300];
-
-    key_show(k, shown, sizeof shown);
-    twins__errf(err, "bad key \"%s\" in %.*s: %s", shown, (int)p->len, p->buf, why);
-    return -EINVAL;
-}
-
-static int check_key(const msgpack_object *k, const struct vpath *p, char *err)
-{
-    char why[64];
-
-    if (k->type != MSGPACK_OBJECT_STR) {
-        twins__errf(err, "bad key in %.*s: keys must be strings, got %s", (int)p->len, p->buf,
-                    type_name(k->type));
-        return -EINVAL;
-    }
-    if (k->via.str.size == 0)
-        return bad_key(k, p, "empty", err);
-    if (k->via.str.size > TWIN_KEY_MAX) {
-        snprintf(why, sizeof why, "%" PRIu32 " bytes long, the limit is %d", k->via.str.size,
-                 TWIN_KEY_MAX);
-        return bad_key(k, p, why, err);
-    }
-    for (uint32_t i = 0; i < k->via.str.size; i++) {
-        unsigned char c = (unsigned char)k->via.str.ptr[i];
-
-        if (c == '.')
-            return bad_key(k, p, "contains '.'", err);
-        if (c < 0x20 || c == 0x7f) {
-            snprintf(why, sizeof why, "contains control byte 0x%02x", c);
-            return bad_key(k, p, why, err);
-        }
-    }
-    return 0;
-}
-
-static int check_value(const msgpack_object *o, struct vpath *p, unsigned depth, char *err)
-{
-    if (o->type == MSGPACK_OBJECT_EXT) {
-        twins__errf(err, "unsupported msgpack ext type at %.*s", (int)p->len, p->buf);
-        return -EINVAL;
-    }
-    if (o->type != MSGPACK_OBJECT_MAP && o->type != MSGPACK_OBJECT_ARRAY)
-        return 0;
-    if (depth > TELEMETRY_DEPTH_MAX) {
-        twins__errf(err, "%.*s is nested deeper than %d levels", (int)p->len, p->buf,
-                    TELEMETRY_DEPTH_MAX);
-        return -EINVAL;
-    }
-    if (o->type == MSGPACK_OBJECT_ARRAY) {
-        for (uint32_t i = 0; i < o->via.array.size; i++) {
-            size_t saved = vpath_index(p, i);
-            int rc = check_value(&o->via.array.ptr[i], p, depth + 1, err);
-
-            p->len = saved;
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
-    for (uint32_t i = 0; i < o->via.map.size; i++) {
-        const msgpack_object_kv *kv = &o->via.map.ptr[i];
-        size_t saved;
-        int rc = check_key(&kv->key, p, err);
-
-        if (rc)
-            return rc;
-        saved = vpath_key(p, &kv->key);
-        rc = check_value(&kv->val, p, depth + 1, err);
-        p->len = saved;
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
 
 static int check_uint(const msgpack_object *v, const char *key, uint64_t *out, char *err)
 {
@@ -189,7 +28,8 @@ static int check_uint(const msgpack_object *v, const char *key, uint64_t *out, c
     if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
         twins__errf(err, "%s must be a non-negative integer, got %" PRId64, key, v->via.i64);
     else
-        twins__errf(err, "%s must be a non-negative integer, got %s", key, type_name(v->type));
+        twins__errf(err, "%s must be a non-negative integer, got %s", key,
+                    check__type_name(v->type));
     return -EINVAL;
 }
 
@@ -321,11 +161,11 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     const msgpack_object *seq_v = NULL, *ts_v = NULL;
     struct hist_ops ops = {0};
     struct twin_doc doc;
-    struct vpath path = {.buf = "reported", .len = 8};
     msgpack_object patch, reported, meta;
-    uint64_t seq = 0, ts_u, max_skew, max_twins;
+    uint64_t seq = 0, ts_u, max_skew;
     int64_t ts = now_ms;
     uint32_t nkeys;
+    bool created;
     int rc;
 
     rc = store__need_write(txn, "twin_telemetry_apply", err);
@@ -336,12 +176,12 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         return -EINVAL;
     }
     if (telemetry->type != MSGPACK_OBJECT_MAP) {
-        twins__errf(err, "telemetry must be a map, got %s", type_name(telemetry->type));
+        twins__errf(err, "telemetry must be a map, got %s", check__type_name(telemetry->type));
         return -EINVAL;
     }
 
     /* 1. validate everything, write nothing */
-    rc = check_value(telemetry, &path, 1, err);
+    rc = check__tree(telemetry, "reported", err);
     if (rc)
         return rc;
     nkeys = telemetry->via.map.size;
@@ -376,32 +216,12 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         return -EINVAL;
     }
 
-    /* 2. the twin as it is, the bound on the number of twins, and the seq check */
-    rc = twin_get(txn, id, id_len, &doc, err);
-    res->created = rc == -ENOENT;
-    max_twins = atomic_load(&txn->s->max_twins);
-    if (rc == -ENOENT && max_twins) {
-        MDB_stat ms;
-        int mrc = mdb_stat(txn->txn, txn->s->dbi_twins, &ms); /* O(1): the txn's own record */
-
-        if (mrc)
-            return store__mdb_error(txn, mrc, "mdb_stat", err);
-        if (ms.ms_entries >= max_twins) {
-            twins__errf(err,
-                        "store holds %zu twins, limits.max_twins %" PRIu64
-                        "; telemetry for new twin '%.*s' refused",
-                        ms.ms_entries, max_twins, (int)id_len, id);
-            return -E2BIG;
-        }
-    }
-    if (rc == -ENOENT) {
-        memset(&doc, 0, sizeof doc);
-        doc.reported.type = doc.desired.type = doc.delta.type = doc.predicted.type =
-            doc.meta_reported.type = doc.meta_desired.type = MSGPACK_OBJECT_NIL;
-        doc.created = now_ms;
-    } else if (rc) {
+    /* 2. the twin as it is (or a new one within max_twins), and the seq check */
+    rc = store__twin_load(txn, id, id_len, now_ms, "telemetry", &doc, &created, err);
+    if (rc)
         return rc;
-    }
+    res->created = created;
+    res->delta_changed = false;
     if (ts < 0) {
         /* only the hub clock can be negative; history would refuse it after the put */
         twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
@@ -441,11 +261,16 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         return -ENOMEM;
     }
 
-    /* 4. the new state: delta and desired are left as they were (computed elsewhere) */
+    /* 4. the new state, and the delta against desired (nothing to do while desired is empty) */
     doc.id = id;
     doc.id_len = id_len;
     doc.reported = reported;
     doc.meta_reported = meta;
+    rc = delta__refresh(&txn->zone, &doc, &res->delta_changed);
+    if (rc) {
+        twins__errf(err, "out of memory computing the delta");
+        return rc;
+    }
     doc.version++;
     doc.last_seen = now_ms;
     if (seq_v) {
@@ -453,6 +278,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         doc.has_seq = true;
     }
     rc = twin_put(txn, &doc, err); /* -E2BIG writes nothing */
+    if (!rc && created)
+        rc = store__tomb_clear(txn, id, id_len, err);
     if (rc)
         return rc;
 

@@ -1,7 +1,8 @@
 /* twins: the twin document on msgpack values and its LMDB store.
  *
- * This library owns what a twin is (the document, how telemetry merges into it, its history)
- * and where it lives (LMDB). It knows nothing of MQTT or rules; it does not print or exit.
+ * This library owns what a twin is (the document, how telemetry and desired state merge into
+ * it, its delta, its history, its queued commands) and where it lives (LMDB). It knows nothing
+ * of MQTT or rules; it does not print or exit.
  *
  * Errors: functions return 0 or a negative errno-style code, and, where they take
  * `char *err` (TWIN_ERR_LEN bytes), a reason a person can act on.
@@ -10,7 +11,9 @@
  *   -E2BIG     over a size or count limit (payload, keys, the size of a twin, the number of
  *              twins)
  *   -ELOOP     nested deeper than the depth limit
- *   -ENOENT    no such twin
+ *   -ENOENT    no such twin (or command)
+ *   -EBUSY     version conflict: the twin is not at the version the caller expected (HTTP 409)
+ *   -EPERM     a command state change its state machine does not allow
  *   -ENOMEM    out of memory
  *   -ENOSPC    the LMDB map reached store.max_map_size, or the disk is full
  *   -EIO       any other storage error (the LMDB message is in `err`)
@@ -32,6 +35,8 @@
 #define TWIN_KEY_MAX 64   /* bytes of one map key in reported/desired */
 #define TWIN_PATH_MAX 256 /* bytes of a dotted path such as "vitals.hr" */
 #define TWIN_DEPTH_CAP 32 /* msgpack-c's own nesting limit; max_depth may not exceed it */
+/* Expected version meaning "any": no optimistic locking (twin_desired_apply, twin_delete). */
+#define TWIN_VERSION_ANY UINT64_MAX
 
 /* ---------------------------------------------------------------------------------------------
  * Input: pre-scan and decode of outside payloads
@@ -163,11 +168,18 @@ struct twin_store_options {
     /* How far a telemetry `ts` may be ahead of the hub clock, ms; 0 = no check. Further ahead
      * is refused with -EINVAL. Old timestamps are always allowed (buffered readings). */
     uint64_t max_clock_skew_ms;
+    /* Commands stored per device, in any state; 0 = TWIN_COMMANDS_MAX_DEFAULT (there is no
+     * "unlimited"). See twin_command_add for what happens at the cap. */
+    unsigned commands_max;
+    /* How long a command in a final state (succeeded, failed, expired) is kept, ms, before
+     * twin_command_expire drops it; 0 = kept until the per-device cap pushes it out. */
+    uint64_t command_retention_ms;
 };
+#define TWIN_COMMANDS_MAX_DEFAULT 100
 #define TWIN_STORE_OPTIONS_DEFAULT                                                                 \
     {                                                                                              \
         NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600, 256u << 10, false, 100000,       \
-            300000                                                                                 \
+            300000, TWIN_COMMANDS_MAX_DEFAULT, 86400000                                            \
     }
 
 struct twin_store;
@@ -192,6 +204,11 @@ void twin_store_set_max_doc(struct twin_store *s, size_t bytes);
 /* Changes max_twins and max_clock_skew_ms for future telemetry (SIGHUP); 0 = no limit, no
  * check. Twins already above a lowered max_twins stay; only new ones are refused. Any thread. */
 void twin_store_set_limits(struct twin_store *s, uint64_t max_twins, uint64_t max_clock_skew_ms);
+/* Changes commands_max (0 = TWIN_COMMANDS_MAX_DEFAULT) and command_retention_ms for future calls
+ * (SIGHUP). A device above a lowered cap loses its oldest commands at its next twin_command_add;
+ * a command already final keeps the drop time it was given. Any thread. */
+void twin_store_set_command_limits(struct twin_store *s, unsigned commands_max,
+                                   uint64_t command_retention_ms);
 /* Current map size in bytes. */
 size_t twin_store_map_size(struct twin_store *s);
 
@@ -222,8 +239,9 @@ int twin_get_raw(struct twin_txn *txn, const char *id, size_t id_len, const void
 /* Decoded document (in the transaction's zone). Returns 0, -ENOENT, -EBADMSG, -EIO. */
 int twin_get(struct twin_txn *txn, const char *id, size_t id_len, struct twin_doc *doc, char *err);
 
-/* Stores `doc` (encoding it), bumping nothing: the caller has set doc->version.
- * Also records (id, version) in the outbox. Write transactions only.
+/* Stores `doc` (encoding it), bumping nothing: the caller has set doc->version; the delta is
+ * stored as given (twin_delta_compute). Also records (id, version) in the outbox. Write
+ * transactions only.
  * Size bound: when max_doc_bytes is set and the encoded document is larger than it, the put is
  * refused with -E2BIG ("twin ecg-0001 would grow to 300123 bytes, above limits.max_twin_size
  * 262144") unless the twin is already stored at that size or larger, so a twin left above a
@@ -244,15 +262,18 @@ enum twin_apply_outcome {
 
 struct twin_apply_result {
     enum twin_apply_outcome outcome;
-    uint64_t version; /* the twin's version after the call */
-    bool created;     /* the twin did not exist before */
+    uint64_t version;   /* the twin's version after the call */
+    bool created;       /* the twin did not exist before */
+    bool delta_changed; /* doc.delta differs from what it was (see twin_desired_apply) */
 };
 
 /* Applies one telemetry map from device `id` (already validated) in a write transaction:
  * checks `seq` (uint; not above the last applied one -> DUPLICATE/STALE, nothing written),
  * takes `ts` (int ms since epoch, device clock; `now_ms` when absent), merges every other key
  * into reported (RFC 7396) with meta timestamps, appends numeric leaves to history, sets
- * last_seen = now_ms, bumps version, stores the twin and records it in the outbox.
+ * last_seen = now_ms, recomputes the delta (only when desired is not empty; see
+ * twin_delta_compute), bumps version, stores the twin and records it in the outbox. A twin
+ * created here continues the version of a deleted one (see twin_delete).
  * History follows reported: when the message deletes a key or replaces a value so that a
  * numeric leaf is gone (nil, a map replaced by a scalar, a number by a string or a map), that
  * leaf's history series is deleted in the same transaction. A number replaced by a number keeps
@@ -277,6 +298,249 @@ struct twin_apply_result {
 int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                          const msgpack_object *telemetry, int64_t now_ms,
                          struct twin_apply_result *res, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Desired state and delta
+ *
+ * The delta follows AWS IoT Device Shadow: walk desired; a leaf (anything but a map; arrays are
+ * leaves, compared and copied whole) that is absent from reported or differs from it
+ * (twin_value_equal) is in the delta at its path from the root; maps recurse. Where desired has
+ * a map and reported has something else or nothing, the delta holds the whole desired subtree.
+ * An empty map in desired has no leaves and asks for nothing. Desired is never cleared when
+ * reported catches up: the delta just empties. The stored document carries the delta (absent
+ * when empty), recomputed in the same transaction by every change of desired and of reported.
+ * ------------------------------------------------------------------------------------------ */
+
+/* The delta of `desired` against `reported` (each a map or nil) into *out: a map in `zone`
+ * holding at least one leaf, or MSGPACK_OBJECT_NIL when they agree. *out shares values with
+ * `desired`. Returns 0, -EINVAL (not maps), -ENOMEM. Any thread. */
+int twin_delta_compute(msgpack_zone *zone, const msgpack_object *desired,
+                       const msgpack_object *reported, msgpack_object *out);
+
+/* The stored delta of twin `id` and the twin's version: what the hub publishes retained on
+ * devices/{id}/desired as {version, delta}, or an empty message when *delta is NIL. Both live in
+ * the transaction's zone. Returns 0, -EINVAL, -ENOENT, -EBADMSG, -EIO. */
+int twin_delta_get(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *version,
+                   msgpack_object *delta, char *err);
+
+struct twin_desired_result {
+    uint64_t version;   /* the twin's version after the call */
+    bool created;       /* the twin did not exist before */
+    bool delta_changed; /* publish devices/{id}/desired again */
+};
+
+/* Merges `patch` (a map, RFC 7396: maps merge, nil deletes, anything else replaces) into the
+ * desired state of twin `id` (already validated) in a write transaction, with meta.desired
+ * timestamps (now_ms), recomputes the delta, bumps the version, stores the twin and records it
+ * in the outbox. Every accepted call bumps the version, even a patch that changes nothing (as
+ * AWS does): the caller's reply names a version that is committed.
+ * A missing twin is created (as AWS and Ditto do: a service may prepare a device before it
+ * first connects), disconnected, last_seen 0, subject to max_twins; it continues the version of
+ * a deleted one.
+ * Optimistic locking: unless `expected_version` is TWIN_VERSION_ANY, the call proceeds only
+ * when the twin is at that version; a missing twin counts as version 0.
+ * Keys are checked as for telemetry (strings of 1..TWIN_KEY_MAX bytes, no '.', no control
+ * bytes), nesting at most as deep as telemetry may go, no msgpack ext values.
+ * Returns:
+ *   0        see *res
+ *   -EINVAL  bad patch (reason in err: not a map, bad key, too deep, ext)
+ *   -EBUSY   the twin is not at expected_version ("twin 'x' is at version 7, not 5")
+ *   -E2BIG   the twin would grow beyond max_doc_bytes, or a new twin beyond max_twins
+ *   -EBADMSG the stored twin is damaged
+ *   -ENOMEM, -ENOSPC, -EIO  as twin_telemetry_apply
+ * Every error leaves the transaction untouched: it may still be committed. */
+int twin_desired_apply(struct twin_txn *txn, const char *id, size_t id_len,
+                       const msgpack_object *patch, uint64_t expected_version, int64_t now_ms,
+                       struct twin_desired_result *res, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Presence
+ * ------------------------------------------------------------------------------------------ */
+
+struct twin_presence_result {
+    uint64_t version; /* the twin's version after the call */
+    bool created;     /* the twin did not exist before */
+    bool changed;     /* `connected` changed (or the twin was created): worth an event */
+};
+
+/* Records that device `id` went online or offline (devices/{id}/status) in a write
+ * transaction: sets connected and last_seen = now_ms, bumps the version (a committed change of
+ * the document, published like any other), stores the twin and records it in the outbox.
+ * Nothing else is recomputed. `online` for a missing twin creates it (subject to max_twins,
+ * continuing a deleted twin's version); `offline` for a missing twin is -ENOENT, so the
+ * retained will of a deleted twin's device does not bring the twin back.
+ * Returns 0, -EINVAL (bad arguments), -ENOENT, -E2BIG (max_twins, or max_doc_bytes as for
+ * twin_put), -EBADMSG (stored twin damaged), -ENOMEM, -ENOSPC, -EIO. Errors leave the
+ * transaction untouched. */
+int twin_presence_apply(struct twin_txn *txn, const char *id, size_t id_len, bool online,
+                        int64_t now_ms, struct twin_presence_result *res, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Deletion
+ * ------------------------------------------------------------------------------------------ */
+
+struct twin_delete_result {
+    uint64_t version;        /* the deleted twin's last version, kept in its tombstone */
+    uint64_t history_series; /* series removed */
+    uint64_t commands;       /* commands removed, in any state (no events for them) */
+};
+
+/* Deletes twin `id` in a write transaction: its document, every history series, every stored
+ * command (and their deadlines). It keeps a tombstone (id -> last version) so that a twin
+ * created later under the same id continues at that version + 1, and nobody mistakes a new
+ * twin for an old one; the tombstone goes when the twin is created again.
+ * The outbox keeps an entry (id, last version): the deletion is a committed change still to be
+ * published (an empty retained twins/{id}/state). A publisher that finds no twin for an outbox
+ * entry asks twin_tombstone_get, publishes the deletion, then calls twin_outbox_done as usual.
+ * Optimistic locking as twin_desired_apply (TWIN_VERSION_ANY: none).
+ * Returns 0, -EINVAL (bad arguments), -ENOENT (no such twin), -EBUSY (version conflict; nothing
+ * written), -EBADMSG, -ENOMEM, -ENOSPC, -EIO. */
+int twin_delete(struct twin_txn *txn, const char *id, size_t id_len, uint64_t expected_version,
+                struct twin_delete_result *res, char *err);
+
+/* The last version of deleted twin `id`. Returns 0, -ENOENT (no tombstone: never deleted, or
+ * created again since), -EINVAL, -EBADMSG, -EIO. */
+int twin_tombstone_get(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *version,
+                       char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Command queue
+ *
+ * Commands live in LMDB until they are dropped, per device in creation order. States:
+ *
+ *   queued -> sent -> delivered -> succeeded | failed      (any forward step may be skipped)
+ *   queued | sent | delivered -> expired                   (deadline passed, or pushed out)
+ *
+ * succeeded, failed and expired are final. A command's id is 16 lowercase hex digits, unique in
+ * the store and never reused (a store-wide counter), e.g. "000000000000002a".
+ * Every state change is reported through a twin_command_cb, called inside the transaction:
+ * what it records must be reset when twin_store_write runs fn again (MDB_MAP_FULL), and is
+ * true only once the transaction commits; publish events after the commit.
+ * ------------------------------------------------------------------------------------------ */
+
+#define TWIN_CMD_ID_LEN 16      /* characters of a command id */
+#define TWIN_CMD_NAME_MAX 64    /* bytes of a command name */
+#define TWIN_CMD_ARGS_MAX 16384 /* encoded bytes of a command's args, and of an ack's result */
+
+enum twin_command_state {
+    TWIN_CMD_NONE = 0, /* as `from`: the command did not exist before */
+    TWIN_CMD_QUEUED,
+    TWIN_CMD_SENT,
+    TWIN_CMD_DELIVERED,
+    TWIN_CMD_SUCCEEDED,
+    TWIN_CMD_FAILED,
+    TWIN_CMD_EXPIRED,
+};
+
+/* "queued", "sent", ... ("none" for TWIN_CMD_NONE, "unknown" otherwise). */
+const char *twin_command_state_name(enum twin_command_state st);
+/* Parses a state name (as in an ack's `status`). Returns 0 or -EINVAL. */
+int twin_command_state_parse(const char *s, size_t len, enum twin_command_state *out);
+/* True for succeeded, failed, expired. */
+bool twin_command_state_final(enum twin_command_state st);
+
+/* A stored command. Strings and values live in the transaction's zone (or point into
+ * arguments given to the call that reports it): valid until the transaction ends. Stored as
+ * the msgpack map {id, cmd, args, state, created, expires, updated, attempts, result?, drop?}. */
+struct twin_command {
+    const char *twin_id;
+    size_t twin_id_len;
+    char id[TWIN_CMD_ID_LEN + 1]; /* NUL-terminated */
+    const char *cmd;
+    size_t cmd_len;
+    msgpack_object args; /* NIL when none */
+    enum twin_command_state state;
+    int64_t created;       /* hub clock, ms */
+    int64_t expires;       /* deadline, hub clock, ms; 0 = none */
+    int64_t updated;       /* last state change (or send) */
+    uint32_t attempts;     /* times marked sent */
+    msgpack_object result; /* from the device's ack; NIL when none */
+    int64_t drop;          /* final commands: when twin_command_expire drops it; 0 = not timed */
+};
+
+/* Called for each state change (from -> cmd->state; from is TWIN_CMD_NONE for a new command)
+ * and, by twin_command_list, for each command (from == cmd->state). A non-zero return stops
+ * the call, which returns it; the transaction is then half done and must be aborted (return the
+ * code from the twin_store_write function). */
+typedef int (*twin_command_cb)(void *ctx, const struct twin_command *cmd,
+                               enum twin_command_state from);
+
+/* Queues command `cmd` (1..TWIN_CMD_NAME_MAX bytes, no control bytes) with `args` (NULL for
+ * none; any value up to TWIN_CMD_ARGS_MAX encoded bytes, nested as deep as telemetry may go)
+ * for existing twin `id`, in state queued, with deadline `expires_ms` (hub clock; 0 = none,
+ * otherwise after now_ms). Does not change the twin's document or version.
+ * Per-device cap (commands_max, counting every stored command): when the device is at it, room
+ * is made first by dropping its oldest final command (no event: it is history), and when it
+ * has none by expiring its oldest pending command, which is dropped too and reported through cb
+ * (from its state to expired). Then the new command is reported (from TWIN_CMD_NONE).
+ * *out (may be NULL) receives the new command.
+ * Returns 0, -EINVAL (bad name, args, deadline, now_ms < 0), -E2BIG (args too large), -ENOENT
+ * (no such twin), a non-zero return of cb, -EBADMSG (the command counter is damaged), -ENOMEM,
+ * -ENOSPC, -EIO. A rejected command (-EINVAL, -E2BIG, -ENOENT) leaves the transaction
+ * untouched. */
+int twin_command_add(struct twin_txn *txn, const char *id, size_t id_len, const char *cmd,
+                     size_t cmd_len, const msgpack_object *args, int64_t expires_ms, int64_t now_ms,
+                     struct twin_command *out, twin_command_cb cb, void *ctx, char *err);
+
+/* Records that command `cmd_id` of twin `id` was handed to the publisher: queued -> sent
+ * (reported), or sent -> sent for a re-send (not a state change: not reported). Either way
+ * attempts goes up by one and updated = now_ms. Call it in the transaction that decides to
+ * send, so the command is published only after that commit.
+ * Returns 0, -ENOENT (no such command for this twin), -EPERM (delivered or final: "command
+ * 000000000000002a is delivered; it is not sent again"), a non-zero return of cb, -EINVAL,
+ * -EBADMSG, -ENOMEM, -ENOSPC, -EIO. Errors but cb's leave the transaction untouched. */
+int twin_command_mark_sent(struct twin_txn *txn, const char *id, size_t id_len, const char *cmd_id,
+                           size_t cmd_id_len, int64_t now_ms, struct twin_command *out,
+                           twin_command_cb cb, void *ctx, char *err);
+
+/* Applies a device's ack {id, status, result?} for command `cmd_id` of twin `id`: `status` is
+ * delivered, succeeded or failed; `result` (NULL for none; at most TWIN_CMD_ARGS_MAX encoded
+ * bytes, nested as deep as args may be) is stored when given, replacing an earlier one. Any
+ * forward step is allowed (queued or sent ->
+ * succeeded, ...). An ack repeating the current state is a duplicate: 0, nothing written,
+ * cb not called. A step back or out of a final state (succeeded -> delivered, failed ->
+ * succeeded, expired -> anything) is -EPERM with both states in err.
+ * *out (may be NULL) receives the command as it is after the call.
+ * Returns 0, -EINVAL (status not an ack status, no command id, result too deep), -E2BIG
+ * (result too large), -ENOENT (no such command for this twin, including any id that is not 16
+ * lowercase hex digits), -EPERM, a non-zero return of cb, -EBADMSG, -ENOMEM, -ENOSPC, -EIO.
+ * Errors but cb's leave the transaction untouched. */
+int twin_command_update(struct twin_txn *txn, const char *id, size_t id_len, const char *cmd_id,
+                        size_t cmd_id_len, enum twin_command_state status,
+                        const msgpack_object *result, int64_t now_ms, struct twin_command *out,
+                        twin_command_cb cb, void *ctx, char *err);
+
+/* Reads command `cmd_id` of twin `id` into *out (in the transaction's zone). Any transaction.
+ * Returns 0, -ENOENT (as twin_command_update), -EINVAL, -EBADMSG, -EIO. */
+int twin_command_get(struct twin_txn *txn, const char *id, size_t id_len, const char *cmd_id,
+                     size_t cmd_id_len, struct twin_command *out, char *err);
+
+/* Calls cb for every stored command of twin `id`, oldest first (from == cmd->state): for
+ * twinctl, and for re-sending the queued and sent ones when the device comes online. Any
+ * transaction. A damaged record is skipped and the walk goes on; the call then returns
+ * -EBADMSG naming the first one. Returns 0, cb's non-zero return, -EINVAL, -EBADMSG, -EIO. */
+int twin_command_list(struct twin_txn *txn, const char *id, size_t id_len, twin_command_cb cb,
+                      void *ctx, char *err);
+
+struct twin_expire_result {
+    uint64_t expired; /* commands moved to expired (each reported) */
+    uint64_t dropped; /* final commands dropped after command_retention_ms (not reported) */
+    bool more;        /* stopped at `max` with more due: call again */
+};
+
+/* The timer pass, in a write transaction, over every device: commands whose deadline is at or
+ * before now_ms, in any pending state, move to expired (reported through cb); final commands
+ * whose retention has run out are dropped. Earliest deadline first, at most `max` deadline
+ * entries per call (0 = no limit), so a backlog can be worked off in bounded transactions.
+ * Costs one index lookup when nothing is due. A deadline entry whose command is gone or damaged
+ * is removed and skipped, so nothing can stall the pass.
+ * Returns 0, cb's non-zero return, -EINVAL, -ENOMEM, -ENOSPC, -EIO. */
+int twin_command_expire(struct twin_txn *txn, int64_t now_ms, unsigned max, twin_command_cb cb,
+                        void *ctx, struct twin_expire_result *res, char *err);
+
+/* The earliest deadline or drop time of any stored command (when the hub's timer should run
+ * twin_command_expire next). Returns 0, -ENOENT (none), -EINVAL, -EIO. Any transaction. */
+int twin_command_next_deadline(struct twin_txn *txn, int64_t *at_ms, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * History
@@ -306,7 +570,8 @@ int twin_list(struct twin_txn *txn, const char *prefix, size_t prefix_len, twin_
 
 /* The outbox holds, per twin, the latest committed version whose state is not yet known to
  * be published. twin_put records into it; the hub deletes what the broker acknowledged, and
- * after a restart publishes whatever is left. */
+ * after a restart publishes whatever is left. An entry whose twin is gone was left by
+ * twin_delete: the deletion is what remains to be published (see twin_tombstone_get). */
 typedef int (*twin_outbox_cb)(void *ctx, const char *id, size_t id_len, uint64_t version);
 int twin_outbox_list(struct twin_txn *txn, twin_outbox_cb cb, void *ctx, char *err);
 /* Removes the outbox entry of `id` if its version is <= `version`. Write transactions only. */
@@ -321,6 +586,8 @@ struct twin_stats {
     size_t map_size;   /* bytes */
     size_t used_bytes; /* pages in use x page size */
     uint64_t last_txn;
+    uint64_t commands;   /* stored, in any state */
+    uint64_t tombstones; /* deleted twins not created again */
 };
 int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err);
 

@@ -1,6 +1,7 @@
 /* twins_int.h: what the files of the twins library share and nobody outside it sees: the store
- * and transaction structs, the msgpack header reader that scan.c and doc.c walk bytes with, and
- * error formatting. Nothing here is part of the contract in twins.h.
+ * and transaction structs, the msgpack header reader that scan.c and doc.c walk bytes with, the
+ * checks of values written into a twin, and error formatting. Nothing here is part of the
+ * contract in twins.h.
  */
 #ifndef TWINS_INT_H
 #define TWINS_INT_H
@@ -83,6 +84,24 @@ int json__to_msgpack(const unsigned char *p, size_t len, const struct twin_limit
                      msgpack_zone *zone, const unsigned char **out, size_t *out_len, char *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Checks of values written into a twin (check.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Deepest a value written under reported or desired may nest, counting the patch map as 1: its
+ * children become children of `reported` (one level deeper in the stored document) and its meta
+ * tree is two deeper; deeper would make a document msgpack-c (TWIN_DEPTH_CAP) cannot read. */
+#define TWINS_TREE_DEPTH_MAX (TWIN_DEPTH_CAP - 2)
+
+/* "nil", "bool", "int", "float", "str", "bin", "ext", "array", "map". */
+const char *check__type_name(msgpack_object_type t);
+
+/* Checks a patch for reported or desired: every map key (in maps inside arrays too) a string of
+ * 1..TWIN_KEY_MAX bytes without '.' or control bytes, no ext values, nesting at most
+ * TWINS_TREE_DEPTH_MAX with `o` at depth 1. Reasons name the path from `root` ("reported",
+ * "desired"): 'bad key "a.b" in desired.x: contains '.''. Returns 0 or -EINVAL. */
+int check__tree(const msgpack_object *o, const char *root, char *err);
+
+/* ---------------------------------------------------------------------------------------------
  * Values (value.c)
  * ------------------------------------------------------------------------------------------ */
 
@@ -112,6 +131,15 @@ int merge__apply(msgpack_zone *zone, const msgpack_object *target, const msgpack
                  void *cb_ctx);
 
 /* ---------------------------------------------------------------------------------------------
+ * Delta (delta.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Recomputes doc->delta from doc->desired and doc->reported (in zone); *changed tells whether it
+ * differs from what doc->delta was (nil and an empty map are the same: no delta). An empty
+ * desired costs nothing. Returns 0 or -ENOMEM (doc unchanged). */
+int delta__refresh(msgpack_zone *zone, struct twin_doc *doc, bool *changed);
+
+/* ---------------------------------------------------------------------------------------------
  * History (history.c)
  * ------------------------------------------------------------------------------------------ */
 
@@ -119,6 +147,20 @@ int merge__apply(msgpack_zone *zone, const msgpack_object *target, const msgpack
  * transactions only. Returns 0, -EINVAL, -ENOMEM, -EIO. */
 int history__remove(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                     size_t path_len, char *err);
+
+/* Deletes every series of twin `id` (every key id "\0" ...); *count (may be NULL) receives how
+ * many. Write transactions only. Returns 0, -EINVAL, -ENOMEM, -EIO. */
+int history__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *count,
+                         char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Commands (command.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Deletes every command of twin `id` and its deadline; *count (may be NULL) receives how many.
+ * Write transactions only. Returns 0, -EINVAL, -ENOMEM, -EIO. */
+int command__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *count,
+                         char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * The store (store.c)
@@ -139,6 +181,10 @@ struct twin_txn {
 struct twin_store {
     MDB_env *env;
     MDB_dbi dbi_twins, dbi_history, dbi_outbox, dbi_info;
+    MDB_dbi dbi_commands, dbi_deadlines, dbi_tombstones;
+    /* The last three were added after the first stores were made: a writer creates them, and a
+     * read-only opener of a store no writer of this build has opened sees them as empty. */
+    bool has_commands;
     bool read_only;
     /* Every transaction holds `lock` shared; a map resize takes it exclusive, because
      * mdb_env_set_mapsize needs no transaction active in the process. */
@@ -151,6 +197,8 @@ struct twin_store {
     _Atomic size_t max_doc;     /* max_doc_bytes; 0 = no limit */
     _Atomic uint64_t max_twins; /* 0 = no limit */
     _Atomic uint64_t max_skew;  /* max_clock_skew_ms; 0 = no check */
+    _Atomic unsigned cmd_max;   /* commands per device (never 0) */
+    _Atomic uint64_t cmd_keep;  /* command_retention_ms; 0 = until pushed out by the cap */
     bool writemap;              /* MDB_WRITEMAP: the data file is reserved as large as the map */
     /* A map resize failed after LMDB had unmapped the old map (mdb_env_set_mapsize leaves its
      * map pointer dangling then): no transaction may begin, and close must not unmap again. */
@@ -166,5 +214,33 @@ int store__mdb_error(struct twin_txn *txn, int rc, const char *what, char *err);
 
 /* -EINVAL with a reason unless txn is a write transaction. */
 int store__need_write(const struct twin_txn *txn, const char *what, char *err);
+
+/* Little-endian uint64 of outbox entries, tombstones and the command counter. */
+static inline void store__le64_put(unsigned char *b, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint64_t store__le64_get(const unsigned char *b)
+{
+    uint64_t v = 0;
+
+    for (int i = 8; i-- > 0;)
+        v = v << 8 | b[i];
+    return v;
+}
+
+/* The twin that a write is about to change: the stored one (*created false), or, when there is
+ * none, a new empty one (*created true: disconnected, created = now_ms, version = the tombstone's
+ * or 0, so that the caller's version++ continues a deleted twin). A new twin beyond max_twins is
+ * -E2BIG: "store holds N twins, limits.max_twins M; <what> for new twin 'x' refused".
+ * Returns 0, -E2BIG, -EBADMSG, -ENOMEM, -EIO. Writes nothing. */
+int store__twin_load(struct twin_txn *txn, const char *id, size_t id_len, int64_t now_ms,
+                     const char *what, struct twin_doc *doc, bool *created, char *err);
+
+/* Removes the tombstone of `id` (a twin created again); none is not an error. Returns 0 or
+ * -EIO. */
+int store__tomb_clear(struct twin_txn *txn, const char *id, size_t id_len, char *err);
 
 #endif

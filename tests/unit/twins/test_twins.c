@@ -2,7 +2,9 @@
  * pre-scan, JSON in and out, values, merge, documents, the LMDB store (round trip, read-only
  * beside a writer, map growth, -ENOSPC, schema, MDB_WRITEMAP), telemetry, the bounds on a twin's
  * size, the number of twins and the device clock, history (and its removal with the leaf),
- * outbox and statistics.
+ * outbox and statistics; desired state (RFC 7396 Appendix A), delta, versions and optimistic
+ * locking, presence, deletion and tombstones, and the command queue (transitions, cap, expiry,
+ * restarts, damaged records, map growth).
  *
  * Table-driven where the cases are data. Every store test works in its own mkdtemp directory
  * and removes it. The round trip, growth and read-only tests run twice, the second time
@@ -2934,6 +2936,1953 @@ out:
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Issue 3 helpers: one operation per write transaction, events, documents as JSON
+ * ------------------------------------------------------------------------------------------ */
+
+enum op_kind {
+    OP_TELE,
+    OP_DESIRED,
+    OP_PRESENCE,
+    OP_DELETE,
+    OP_CMD_ADD,
+    OP_CMD_SENT,
+    OP_CMD_ACK,
+    OP_EXPIRE,
+};
+
+/* Command events as text: "twin/cmd:from>to ...", reset when the transaction runs again. */
+struct events {
+    char text[2048];
+    int n;
+};
+
+static int record_event(void *ctx, const struct twin_command *c, enum twin_command_state from)
+{
+    struct events *e = ctx;
+    size_t len = strlen(e->text);
+
+    snprintf(e->text + len, sizeof e->text - len, "%s%.*s/%.*s:%s>%s", len ? " " : "",
+             (int)c->twin_id_len, c->twin_id, (int)c->cmd_len, c->cmd,
+             twin_command_state_name(from), twin_command_state_name(c->state));
+    e->n++;
+    return 0;
+}
+
+struct op {
+    enum op_kind kind;
+    const char *id;
+    const char *json;   /* telemetry, desired patch, command args, ack result; NULL: none */
+    bool lock;          /* pass `expected` (otherwise TWIN_VERSION_ANY) */
+    uint64_t expected;  /* desired, delete */
+    int64_t now;        /* hub clock */
+    int64_t expires;    /* command deadline */
+    bool online;        /* presence */
+    const char *cmd;    /* OP_CMD_ADD: the name; OP_CMD_SENT / OP_CMD_ACK: the command id */
+    const char *status; /* OP_CMD_ACK */
+    unsigned max;       /* OP_EXPIRE */
+    bool commit_anyway; /* record the error and commit the transaction regardless */
+    /* results */
+    int rc, attempts;
+    struct twin_apply_result tres;
+    struct twin_desired_result dres;
+    struct twin_presence_result pres;
+    struct twin_delete_result delres;
+    struct twin_expire_result xres;
+    char cmd_id[TWIN_CMD_ID_LEN + 1]; /* of the command added or changed */
+    char state[16];                   /* its state after the call */
+    struct events ev;
+    msgpack_object obj;
+    char err[TWIN_ERR_LEN];
+};
+
+static int op_fn(struct twin_txn *txn, void *ctx)
+{
+    struct op *o = ctx;
+    size_t id_len = o->id ? strlen(o->id) : 0;
+    uint64_t expected = o->lock ? o->expected : TWIN_VERSION_ANY;
+    const msgpack_object *obj = o->json ? &o->obj : NULL;
+    struct twin_command c;
+    enum twin_command_state st = TWIN_CMD_NONE;
+    int rc = -EPROTO;
+
+    o->attempts++;
+    memset(&o->ev, 0, sizeof o->ev);
+    o->err[0] = '\0';
+    memset(&c, 0, sizeof c);
+    switch (o->kind) {
+    case OP_TELE:
+        rc = twin_telemetry_apply(txn, o->id, id_len, &o->obj, o->now, &o->tres, o->err);
+        break;
+    case OP_DESIRED:
+        rc = twin_desired_apply(txn, o->id, id_len, &o->obj, expected, o->now, &o->dres, o->err);
+        break;
+    case OP_PRESENCE:
+        rc = twin_presence_apply(txn, o->id, id_len, o->online, o->now, &o->pres, o->err);
+        break;
+    case OP_DELETE:
+        rc = twin_delete(txn, o->id, id_len, expected, &o->delres, o->err);
+        break;
+    case OP_CMD_ADD:
+        rc = twin_command_add(txn, o->id, id_len, o->cmd, o->cmd ? strlen(o->cmd) : 0, obj,
+                              o->expires, o->now, &c, record_event, &o->ev, o->err);
+        break;
+    case OP_CMD_SENT:
+        rc = twin_command_mark_sent(txn, o->id, id_len, o->cmd, o->cmd ? strlen(o->cmd) : 0, o->now,
+                                    &c, record_event, &o->ev, o->err);
+        break;
+    case OP_CMD_ACK:
+        if (twin_command_state_parse(o->status, strlen(o->status), &st))
+            st = (enum twin_command_state)99;
+        rc = twin_command_update(txn, o->id, id_len, o->cmd, o->cmd ? strlen(o->cmd) : 0, st, obj,
+                                 o->now, &c, record_event, &o->ev, o->err);
+        break;
+    case OP_EXPIRE:
+        rc = twin_command_expire(txn, o->now, o->max, record_event, &o->ev, &o->xres, o->err);
+        break;
+    }
+    if (!rc && (o->kind == OP_CMD_ADD || o->kind == OP_CMD_SENT || o->kind == OP_CMD_ACK)) {
+        memcpy(o->cmd_id, c.id, sizeof o->cmd_id);
+        snprintf(o->state, sizeof o->state, "%s", twin_command_state_name(c.state));
+    }
+    o->rc = rc;
+    return o->commit_anyway ? 0 : rc;
+}
+
+/* Runs one operation in its own write transaction; returns its code. */
+static int run(struct twin_store *s, struct op *o)
+{
+    msgpack_zone z;
+    char werr[TWIN_ERR_LEN] = "";
+    int rc;
+
+    msgpack_zone_init(&z, 4096);
+    if (o->json && twin_input_decode(o->json, strlen(o->json), &BIG, &z, &o->obj, werr)) {
+        /* not a map: V() wraps any JSON value */
+        o->obj = V(&z, o->json);
+    }
+    o->attempts = 0;
+    rc = twin_store_write(s, op_fn, o, werr);
+    if (rc && !o->err[0])
+        snprintf(o->err, sizeof o->err, "%s", werr);
+    msgpack_zone_destroy(&z);
+    return o->commit_anyway && rc == 0 ? o->rc : rc;
+}
+
+/* A twin as JSON fields, read in its own read transaction. rc: twin_get's. */
+struct docinfo {
+    int rc;
+    uint64_t version;
+    bool connected;
+    int64_t last_seen, created;
+    char reported[1024], desired[1024], delta[1024], meta_desired[1024];
+};
+
+static struct docinfo doc_info(struct twin_store *s, const char *id)
+{
+    struct docinfo d = {.rc = -1};
+    struct twin_txn *t;
+    struct twin_doc doc;
+    char err[TWIN_ERR_LEN];
+
+    if (twin_store_read_begin(s, &t, err)) {
+        FAIL("read_begin: %s", err);
+        return d;
+    }
+    d.rc = twin_get(t, id, strlen(id), &doc, err);
+    if (!d.rc) {
+        d.version = doc.version;
+        d.connected = doc.connected;
+        d.last_seen = doc.last_seen;
+        d.created = doc.created;
+        snprintf(d.reported, sizeof d.reported, "%s", TJ(&doc.reported));
+        snprintf(d.desired, sizeof d.desired, "%s", TJ(&doc.desired));
+        snprintf(d.delta, sizeof d.delta, "%s", TJ(&doc.delta));
+        snprintf(d.meta_desired, sizeof d.meta_desired, "%s", TJ(&doc.meta_desired));
+    }
+    twin_store_read_end(t);
+    return d;
+}
+
+/* The stored delta of `id` through twin_delta_get, as JSON ("null" when in sync). */
+static const char *delta_of(struct twin_store *s, const char *id, uint64_t *version)
+{
+    static char out[1024];
+    struct twin_txn *t;
+    msgpack_object d;
+    uint64_t v = 0;
+    char err[TWIN_ERR_LEN];
+    int rc;
+
+    if (twin_store_read_begin(s, &t, err))
+        return "<read_begin>";
+    rc = twin_delta_get(t, id, strlen(id), &v, &d, err);
+    snprintf(out, sizeof out, "%s", rc ? err : TJ(&d));
+    if (version)
+        *version = v;
+    twin_store_read_end(t);
+    return out;
+}
+
+/* Puts a twin with the given desired and reported (JSON maps) at `version`, through twin_put. */
+static void seed(struct twin_store *s, const char *id, const char *desired, const char *reported,
+                 uint64_t version)
+{
+    struct twin_doc d;
+    struct put_ctx pc = {.doc = &d};
+    char err[TWIN_ERR_LEN];
+    msgpack_zone z;
+
+    msgpack_zone_init(&z, 4096);
+    memset(&d, 0, sizeof d);
+    d.id = id;
+    d.id_len = strlen(id);
+    d.version = version;
+    d.desired = V(&z, desired);
+    d.reported = V(&z, reported);
+    d.delta.type = d.predicted.type = d.meta_reported.type = d.meta_desired.type =
+        MSGPACK_OBJECT_NIL;
+    d.created = 1;
+    if (twin_store_write(s, put_fn, &pc, err))
+        FAIL("seed %s: %s / %s", id, err, pc.err);
+    msgpack_zone_destroy(&z);
+}
+
+struct cmd_list {
+    char text[2048];
+    int n;
+};
+
+static int collect_cmd(void *ctx, const struct twin_command *c, enum twin_command_state from)
+{
+    struct cmd_list *l = ctx;
+    size_t len = strlen(l->text);
+
+    (void)from;
+    snprintf(l->text + len, sizeof l->text - len, "%s%.*s:%s", len ? " " : "", (int)c->cmd_len,
+             c->cmd, twin_command_state_name(c->state));
+    l->n++;
+    return 0;
+}
+
+/* "name:state ..." of the commands of `id`, oldest first; *rc receives the list's code. */
+static const char *cmds_of(struct twin_store *s, const char *id, int *rc)
+{
+    static struct cmd_list l;
+    struct twin_txn *t;
+    char err[TWIN_ERR_LEN];
+    int r;
+
+    memset(&l, 0, sizeof l);
+    if (twin_store_read_begin(s, &t, err))
+        return "<read_begin>";
+    r = twin_command_list(t, id, strlen(id), collect_cmd, &l, err);
+    if (rc)
+        *rc = r;
+    else if (r)
+        FAIL("twin_command_list %s: %d %s", id, r, err);
+    twin_store_read_end(t);
+    return l.text;
+}
+
+/* Command cmd_id of `id` as read back: fills *c's scalars, returns the state name or "ENOENT". */
+static const char *cmd_get(struct twin_store *s, const char *id, const char *cmd_id,
+                           struct twin_command *c, char *result_json)
+{
+    static char state[32];
+    struct twin_txn *t;
+    struct twin_command tc;
+    char err[TWIN_ERR_LEN];
+    int rc;
+
+    if (twin_store_read_begin(s, &t, err))
+        return "<read_begin>";
+    rc = twin_command_get(t, id, strlen(id), cmd_id, strlen(cmd_id), &tc, err);
+    if (rc) {
+        snprintf(state, sizeof state, "%s", rc == -ENOENT ? "ENOENT" : "error");
+    } else {
+        snprintf(state, sizeof state, "%s", twin_command_state_name(tc.state));
+        if (result_json)
+            snprintf(result_json, 256, "%s", TJ(&tc.result));
+        if (c) {
+            *c = tc;
+            c->cmd = NULL; /* dies with the transaction */
+            c->twin_id = NULL;
+            c->args.type = c->result.type = MSGPACK_OBJECT_NIL;
+        }
+    }
+    twin_store_read_end(t);
+    return state;
+}
+
+/* Creates twin `id` by telemetry at `now`. */
+static void make_twin(struct twin_store *s, const char *id, int64_t now)
+{
+    struct op o = {.kind = OP_TELE, .id = id, .json = "{\"hr\":70}", .now = now};
+
+    if (run(s, &o))
+        FAIL("make_twin %s: %s", id, o.err);
+}
+
+/* Adds command `name` to `id`; returns its id in a rotating static buffer ("" on failure). */
+static const char *add_cmd(struct twin_store *s, const char *id, const char *name, int64_t expires,
+                           int64_t now, char *events)
+{
+    static char ids[8][TWIN_CMD_ID_LEN + 1];
+    static int next;
+    char *out = ids[next++ & 7];
+    struct op o = {.kind = OP_CMD_ADD, .id = id, .cmd = name, .expires = expires, .now = now};
+
+    out[0] = '\0';
+    if (run(s, &o)) {
+        FAIL("add_cmd %s %s: %d %s", id, name, o.rc, o.err);
+        return out;
+    }
+    if (events)
+        strcpy(events, o.ev.text);
+    memcpy(out, o.cmd_id, sizeof o.cmd_id);
+    return out;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Desired state
+ * ------------------------------------------------------------------------------------------ */
+
+/* RFC 7396 Appendix A, every example, through twin_desired_apply: at the top of desired where
+ * target and patch are both objects, and every example one level down (under "v"), where
+ * arrays, strings and null may stand for target, patch and result. */
+static void test_desired_rfc7396(void)
+{
+    static const struct {
+        const char *target, *patch, *result;
+    } cases[] = {
+        {"{\"a\":\"b\"}", "{\"a\":\"c\"}", "{\"a\":\"c\"}"},
+        {"{\"a\":\"b\"}", "{\"b\":\"c\"}", "{\"a\":\"b\",\"b\":\"c\"}"},
+        {"{\"a\":\"b\"}", "{\"a\":null}", "{}"},
+        {"{\"a\":\"b\",\"b\":\"c\"}", "{\"a\":null}", "{\"b\":\"c\"}"},
+        {"{\"a\":[\"b\"]}", "{\"a\":\"c\"}", "{\"a\":\"c\"}"},
+        {"{\"a\":\"c\"}", "{\"a\":[\"b\"]}", "{\"a\":[\"b\"]}"},
+        {"{\"a\":{\"b\":\"c\"}}", "{\"a\":{\"b\":\"d\",\"c\":null}}", "{\"a\":{\"b\":\"d\"}}"},
+        {"{\"a\":[{\"b\":\"c\"}]}", "{\"a\":[1]}", "{\"a\":[1]}"},
+        {"[\"a\",\"b\"]", "[\"c\",\"d\"]", "[\"c\",\"d\"]"},
+        {"{\"a\":\"b\"}", "[\"c\"]", "[\"c\"]"},
+        {"{\"a\":\"foo\"}", "null", "null"},
+        {"{\"a\":\"foo\"}", "\"bar\"", "\"bar\""},
+        {"{\"e\":null}", "{\"a\":1}", "{\"e\":null,\"a\":1}"},
+        {"[1,2]", "{\"a\":\"b\",\"c\":null}", "{\"a\":\"b\"}"},
+        {"{}", "{\"a\":{\"bb\":{\"ccc\":null}}}", "{\"a\":{\"bb\":{}}}"},
+    };
+    char dir[64], t[256], p[256], r[256];
+    struct twin_store *s;
+    int top = 0;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct op o = {.kind = OP_DESIRED, .id = "rfc", .lock = true, .expected = 10, .now = 77};
+        struct docinfo d;
+
+        /* one level down */
+        snprintf(t, sizeof t, "{\"v\":%s}", cases[i].target);
+        snprintf(p, sizeof p, "{\"v\":%s}", cases[i].patch);
+        if (!strcmp(cases[i].result, "null"))
+            snprintf(r, sizeof r, "{}");
+        else
+            snprintf(r, sizeof r, "{\"v\":%s}", cases[i].result);
+        seed(s, "rfc", t, "{}", 10);
+        o.json = p;
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(o.dres.version, 11);
+        d = doc_info(s, "rfc");
+        CHECK_STR(d.desired, r);
+
+        /* at the top, where both are objects */
+        if (cases[i].target[0] != '{' || cases[i].patch[0] != '{')
+            continue;
+        seed(s, "rfc", cases[i].target, "{}", 10);
+        o.json = cases[i].patch;
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(o.dres.version, 11);
+        d = doc_info(s, "rfc");
+        CHECK_STR(d.desired, cases[i].result);
+        top++;
+    }
+    CHECK_INT(top, 10);
+
+    /* a patch that is not an object cannot replace desired: refused, nothing written */
+    {
+        static const char *const bad[] = {"[\"c\",\"d\"]", "null", "\"bar\"", "5"};
+
+        seed(s, "rfc", "{\"a\":1}", "{}", 10);
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            struct op o = {.kind = OP_DESIRED, .id = "rfc", .json = bad[i], .now = 1};
+
+            CHECK_INT(run(s, &o), -EINVAL);
+            CHECK_HAS(o.err, "desired must be a map, got ");
+        }
+        CHECK_INT(doc_info(s, "rfc").version, 10);
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* meta.desired, created twins, versions, delta flags and every refusal leaving all as it was. */
+static void test_desired_apply(void)
+{
+    char dir[64], json[256], deep[512];
+    struct twin_store *s;
+    struct twin_stats before, after;
+    struct docinfo d;
+    size_t l1, l2;
+    void *raw1 = NULL, *raw2 = NULL;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+
+    /* a missing twin is created at version 1, disconnected, never seen */
+    {
+        struct op o = {.kind = OP_DESIRED,
+                       .id = "pump-1",
+                       .json = "{\"rate\":5,\"cfg\":{\"mode\":\"auto\",\"limits\":[1,2]}}",
+                       .now = 1000};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK(o.dres.created && o.dres.delta_changed);
+        CHECK_INT(o.dres.version, 1);
+        CHECK_INT(o.attempts, 1);
+    }
+    d = doc_info(s, "pump-1");
+    CHECK_INT(d.rc, 0);
+    CHECK_STR(d.desired, "{\"rate\":5,\"cfg\":{\"mode\":\"auto\",\"limits\":[1,2]}}");
+    CHECK_STR(d.meta_desired, "{\"rate\":1000,\"cfg\":{\"mode\":1000,\"limits\":1000}}");
+    CHECK_STR(d.delta, d.desired); /* nothing reported yet */
+    CHECK_STR(d.reported, "{}");
+    CHECK(!d.connected && d.last_seen == 0 && d.created == 1000);
+    CHECK_INT(outbox_of(s).versions[0], 1);
+
+    /* meta: written leaves get the new time (even when the value is the same), others keep
+     * theirs, deleted ones lose it */
+    {
+        struct op o = {.kind = OP_DESIRED,
+                       .id = "pump-1",
+                       .json = "{\"rate\":5,\"cfg\":{\"limits\":null,\"x\":true}}",
+                       .now = 2000};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK(!o.dres.created && o.dres.delta_changed);
+        CHECK_INT(o.dres.version, 2);
+    }
+    d = doc_info(s, "pump-1");
+    CHECK_STR(d.desired, "{\"rate\":5,\"cfg\":{\"mode\":\"auto\",\"x\":true}}");
+    CHECK_STR(d.meta_desired, "{\"rate\":2000,\"cfg\":{\"mode\":1000,\"x\":2000}}");
+
+    /* every accepted call bumps the version, even one that changes nothing */
+    {
+        struct op o = {.kind = OP_DESIRED, .id = "pump-1", .json = "{}", .now = 3000};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(o.dres.version, 3);
+        CHECK(!o.dres.delta_changed);
+        o.json = "{\"nothing\":null}";
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(o.dres.version, 4);
+        CHECK(!o.dres.delta_changed);
+    }
+
+    /* refusals: every one leaves the twin, the outbox and the store as they were, even when
+     * the caller commits anyway */
+    memset(deep, 0, sizeof deep);
+    for (int i = 0; i < 31; i++)
+        strcat(deep, "{\"a\":");
+    strcat(deep, "1");
+    for (int i = 0; i < 31; i++)
+        strcat(deep, "}");
+    snprintf(json, sizeof json, "{\"%065d\":1}", 0);
+    {
+        static const struct {
+            const char *json, *reason;
+        } bad[] = {
+            {"{\"a.b\":1}", "bad key \"a.b\" in desired: contains '.'"},
+            {"{\"cfg\":{\"\":1}}", "bad key \"\" in desired.cfg: empty"},
+            {"{\"cfg\":{\"x\\u0001\":1}}", "bad key \"x\\x01\" in desired.cfg: contains control"},
+            {"{\"arr\":[{\"a.b\":1}]}", "bad key \"a.b\" in desired.arr[0]: contains '.'"},
+            {NULL, "bytes long, the limit is 64"},
+            {NULL, "is nested deeper than 30 levels"},
+        };
+
+        raw1 = raw_copy(s, "pump-1", &l1);
+        before = stats_of(s);
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            struct op o = {.kind = OP_DESIRED,
+                           .id = "pump-1",
+                           .json = bad[i].json ? bad[i].json
+                                   : i == 4    ? json
+                                               : deep,
+                           .now = 4000,
+                           .commit_anyway = true};
+
+            CHECK_INT(run(s, &o), -EINVAL);
+            CHECK_HAS(o.err, bad[i].reason);
+        }
+    }
+    /* non-string keys and ext values, in msgpack */
+    {
+        static const char *const hex[] = {"81 01 02", "81 a1 61 d4 05 aa"};
+
+        for (size_t i = 0; i < 2; i++) {
+            unsigned char b[16];
+            size_t n = unhex(hex[i], b);
+            msgpack_zone z;
+            struct op o = {.kind = OP_DESIRED, .id = "pump-1", .now = 4000, .commit_anyway = true};
+            char werr[TWIN_ERR_LEN];
+
+            msgpack_zone_init(&z, 1024);
+            CHECK_INT(twin_input_decode(b, n, &DEF, &z, &o.obj, werr), 0);
+            CHECK_INT(twin_store_write(s, op_fn, &o, werr), 0);
+            CHECK_INT(o.rc, -EINVAL);
+            CHECK_HAS(o.err, i == 0 ? "keys must be strings, got int" : "unsupported msgpack ext");
+            msgpack_zone_destroy(&z);
+        }
+    }
+    /* a version conflict, and a twin growing beyond max_doc_bytes */
+    {
+        struct op o = {.kind = OP_DESIRED,
+                       .id = "pump-1",
+                       .json = "{\"rate\":6}",
+                       .lock = true,
+                       .expected = 3,
+                       .now = 4000,
+                       .commit_anyway = true};
+        char big[2048];
+
+        CHECK_INT(run(s, &o), -EBUSY);
+        CHECK_STR(o.err, "version conflict: twin 'pump-1' is at version 4, not 3");
+        twin_store_set_max_doc(s, 400);
+        memset(big, 0, sizeof big);
+        strcpy(big, "{\"blob\":\"");
+        memset(big + strlen(big), 'x', 1000);
+        strcat(big, "\"}");
+        o.json = big;
+        o.lock = false;
+        CHECK_INT(run(s, &o), -E2BIG);
+        CHECK_HAS(o.err, "twin pump-1 would grow to");
+        twin_store_set_max_doc(s, 256u << 10);
+    }
+    after = stats_of(s);
+    raw2 = raw_copy(s, "pump-1", &l2);
+    CHECK(raw1 && raw2 && l1 == l2 && !memcmp(raw1, raw2, l1));
+    CHECK_INT(after.last_txn, before.last_txn); /* ten commits that wrote nothing */
+    CHECK_INT(after.outbox, before.outbox);
+    CHECK_INT(doc_info(s, "pump-1").version, 4);
+
+    /* max_twins applies to twins created by desired state */
+    twin_store_set_limits(s, 1, 300000);
+    {
+        struct op o = {.kind = OP_DESIRED, .id = "pump-2", .json = "{\"a\":1}", .now = 5000};
+
+        CHECK_INT(run(s, &o), -E2BIG);
+        CHECK_STR(o.err, "store holds 1 twins, limits.max_twins 1; desired state for new twin "
+                         "'pump-2' refused");
+        CHECK_INT(doc_info(s, "pump-2").rc, -ENOENT);
+    }
+    twin_store_set_limits(s, 0, 300000);
+
+    /* argument checks */
+    {
+        struct op o = {.kind = OP_DESIRED, .id = "", .json = "{}", .now = 1};
+
+        CHECK_INT(run(s, &o), -EINVAL);
+    }
+    twin_store_close(s);
+out:
+    free(raw1);
+    free(raw2);
+    tmp_remove(dir);
+}
+
+/* Optimistic locking: a table of (twin at version, expected) -> accepted or 409, nothing
+ * changed on 409. A missing twin counts as version 0. */
+static void test_desired_version(void)
+{
+    static const struct {
+        uint64_t at; /* 0: no twin */
+        bool lock;
+        uint64_t expected;
+        int rc;
+        uint64_t after;
+        const char *reason;
+    } cases[] = {
+        {3, true, 3, 0, 4, NULL},
+        {3, false, 0, 0, 4, NULL},
+        {3, true, 2, -EBUSY, 3, "version conflict: twin 'v' is at version 3, not 2"},
+        {3, true, 4, -EBUSY, 3, "version conflict: twin 'v' is at version 3, not 4"},
+        {3, true, 0, -EBUSY, 3, "is at version 3, not 0"},
+        {0, true, 0, 0, 1, NULL},
+        {0, false, 0, 0, 1, NULL},
+        {0, true, 1, -EBUSY, 0, "version conflict: no twin 'v', expected version 1"},
+        {1ull << 40, true, 1ull << 40, 0, (1ull << 40) + 1, NULL},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[64];
+        struct twin_store *s;
+        struct op o = {.kind = OP_DESIRED,
+                       .id = "v",
+                       .json = "{\"x\":1}",
+                       .lock = cases[i].lock,
+                       .expected = cases[i].expected,
+                       .now = 10,
+                       .commit_anyway = true};
+        struct twin_stats before, after;
+
+        tmp_make(dir, sizeof dir);
+        s = store_open(dir, 0, 0, 10, false);
+        if (!s) {
+            tmp_remove(dir);
+            continue;
+        }
+        if (cases[i].at)
+            seed(s, "v", "{\"x\":0}", "{}", cases[i].at);
+        before = stats_of(s);
+        CHECK_INT(run(s, &o), cases[i].rc);
+        after = stats_of(s);
+        if (cases[i].reason)
+            CHECK_HAS(o.err, cases[i].reason);
+        if (cases[i].rc) {
+            CHECK_INT(after.last_txn, before.last_txn);
+            CHECK_INT(after.twins, before.twins);
+            CHECK_INT(after.outbox, before.outbox);
+            CHECK_INT(doc_info(s, "v").rc, cases[i].at ? 0 : -ENOENT);
+        } else {
+            CHECK_INT(o.dres.version, cases[i].after);
+        }
+        if (cases[i].at)
+            CHECK_INT(doc_info(s, "v").version, cases[i].after);
+        twin_store_close(s);
+        tmp_remove(dir);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Delta
+ * ------------------------------------------------------------------------------------------ */
+
+static void test_delta_compute(void)
+{
+    static const struct {
+        const char *desired, *reported, *delta;
+    } cases[] = {
+        {"{}", "{}", "null"},
+        {"null", "{\"a\":1}", "null"},
+        {"{\"a\":1}", "null", "{\"a\":1}"},
+        {"{\"a\":1}", "{}", "{\"a\":1}"},
+        {"{\"a\":1}", "{\"a\":1}", "null"},
+        {"{\"a\":1}", "{\"a\":1.0}", "null"}, /* numerically equal */
+        {"{\"a\":1}", "{\"a\":2}", "{\"a\":1}"},
+        {"{\"a\":1}", "{\"a\":\"1\"}", "{\"a\":1}"},
+        {"{\"a\":true}", "{\"a\":false}", "{\"a\":true}"},
+        {"{\"a\":1}", "{\"a\":1,\"b\":2}", "null"}, /* reported extras are not the device's to do */
+        {"{\"a\":1,\"b\":2,\"c\":3}", "{\"b\":2}", "{\"a\":1,\"c\":3}"},
+        /* nested maps: the path from the root */
+        {"{\"a\":{\"b\":1,\"c\":2}}", "{\"a\":{\"b\":1,\"c\":3}}", "{\"a\":{\"c\":2}}"},
+        {"{\"a\":{\"b\":{\"c\":{\"d\":1,\"e\":2}}}}", "{\"a\":{\"b\":{\"c\":{\"d\":1,\"e\":3}}}}",
+         "{\"a\":{\"b\":{\"c\":{\"e\":2}}}}"},
+        {"{\"a\":{\"b\":1},\"x\":{\"y\":2}}", "{\"a\":{\"b\":1},\"x\":{\"y\":2}}", "null"},
+        /* arrays compare and copy whole */
+        {"{\"a\":[1,2,3]}", "{\"a\":[1,2]}", "{\"a\":[1,2,3]}"},
+        {"{\"a\":[1,2,3]}", "{\"a\":[1,2,4]}", "{\"a\":[1,2,3]}"},
+        {"{\"a\":[1,2,3]}", "{\"a\":[1,2,3]}", "null"},
+        {"{\"a\":[{\"b\":1}]}", "{\"a\":[{\"b\":1}]}", "null"},
+        {"{\"a\":[{\"b\":1},2]}", "{\"a\":[{\"b\":2},2]}", "{\"a\":[{\"b\":1},2]}"},
+        {"{\"a\":[]}", "{}", "{\"a\":[]}"},
+        /* type changes: a map against a scalar or an array takes the whole desired subtree */
+        {"{\"a\":{\"b\":1,\"c\":{\"d\":2}}}", "{\"a\":5}", "{\"a\":{\"b\":1,\"c\":{\"d\":2}}}"},
+        {"{\"a\":{\"b\":1}}", "{\"a\":[1]}", "{\"a\":{\"b\":1}}"},
+        {"{\"a\":{\"b\":1}}", "{}", "{\"a\":{\"b\":1}}"},
+        {"{\"a\":5}", "{\"a\":{\"b\":1}}", "{\"a\":5}"},
+        {"{\"a\":[1]}", "{\"a\":{\"0\":1}}", "{\"a\":[1]}"},
+        /* an empty map asks for nothing */
+        {"{\"a\":{}}", "{}", "null"},
+        {"{\"a\":{\"b\":{},\"c\":1}}", "{}", "{\"a\":{\"c\":1}}"},
+        {"{\"a\":{\"b\":{}}}", "{\"a\":3}", "null"},
+    };
+    msgpack_zone z;
+    msgpack_object out;
+
+    msgpack_zone_init(&z, 4096);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        msgpack_object d = V(&z, cases[i].desired), r = V(&z, cases[i].reported);
+        char before_d[512], before_r[512];
+
+        snprintf(before_d, sizeof before_d, "%s", TJ(&d));
+        snprintf(before_r, sizeof before_r, "%s", TJ(&r));
+        CHECK_INT(twin_delta_compute(&z, &d, &r, &out), 0);
+        if (strcmp(TJ(&out), cases[i].delta))
+            FAIL("case %zu: delta of %s against %s is %s, expected %s", i, cases[i].desired,
+                 cases[i].reported, TJ(&out), cases[i].delta);
+        CHECK(strcmp(cases[i].delta, "null") ? out.type == MSGPACK_OBJECT_MAP
+                                             : out.type == MSGPACK_OBJECT_NIL);
+        CHECK_STR(TJ(&d), before_d);
+        CHECK_STR(TJ(&r), before_r);
+    }
+
+    /* large maps take the hashed lookup: the same answer */
+    {
+        char *dj = malloc(20000), *rj = malloc(20000);
+        size_t dn = 0, rn = 0;
+
+        dn += (size_t)sprintf(dj + dn, "{");
+        rn += (size_t)sprintf(rj + rn, "{");
+        for (int i = 0; i < 400; i++) {
+            dn += (size_t)sprintf(dj + dn, "%s\"k%d\":%d", i ? "," : "", i, i);
+            /* reported in reverse order; every 7th differs, every 50th missing */
+            if ((399 - i) % 50)
+                rn += (size_t)sprintf(rj + rn, "%s\"k%d\":%d", rn > 1 ? "," : "", 399 - i,
+                                      (399 - i) % 7 ? 399 - i : -1);
+        }
+        sprintf(dj + dn, "}");
+        sprintf(rj + rn, "}");
+        {
+            msgpack_object d = V(&z, dj), r = V(&z, rj);
+            int expect = 0;
+
+            CHECK_INT(twin_delta_compute(&z, &d, &r, &out), 0);
+            for (int i = 0; i < 400; i++) {
+                char k[16];
+                int kl = sprintf(k, "k%d", i);
+                bool in = i % 7 == 0 || i % 50 == 0;
+
+                expect += in;
+                CHECK(!!twin_value_get(&out, k, (size_t)kl) == in);
+            }
+            CHECK_INT(out.via.map.size, expect);
+        }
+        free(dj);
+        free(rj);
+    }
+
+    /* not maps */
+    {
+        msgpack_object a = V(&z, "[1]"), m = V(&z, "{}");
+
+        CHECK_INT(twin_delta_compute(&z, &a, &m, &out), -EINVAL);
+        CHECK_INT(twin_delta_compute(&z, &m, &a, &out), -EINVAL);
+        CHECK_INT(twin_delta_compute(NULL, &m, &m, &out), -EINVAL);
+    }
+    msgpack_zone_destroy(&z);
+}
+
+/* The stored delta through a sequence of desired changes and telemetry: recomputed by both,
+ * the changed flag exactly when it changes, desired never cleared by reported catching up. */
+static void test_delta_store(void)
+{
+    static const struct {
+        char kind; /* 't' telemetry, 'd' desired */
+        const char *json, *delta;
+        bool changed;
+    } steps[] = {
+        {'t', "{\"hr\":70,\"cfg\":{\"rate\":50,\"mode\":\"a\"},\"leds\":[1,0]}", "null", false},
+        {'d', "{\"cfg\":{\"rate\":250}}", "{\"cfg\":{\"rate\":250}}", true},
+        {'t', "{\"hr\":71}", "{\"cfg\":{\"rate\":250}}", false},
+        {'d', "{\"leds\":[1,1],\"alarm\":{\"hi\":120,\"lo\":40}}",
+         "{\"cfg\":{\"rate\":250},\"leds\":[1,1],\"alarm\":{\"hi\":120,\"lo\":40}}", true},
+        {'t', "{\"alarm\":{\"hi\":120}}",
+         "{\"cfg\":{\"rate\":250},\"leds\":[1,1],\"alarm\":{\"lo\":40}}", true},
+        /* arrays whole: a partial report is still a difference */
+        {'t', "{\"leds\":[1]}", "{\"cfg\":{\"rate\":250},\"leds\":[1,1],\"alarm\":{\"lo\":40}}",
+         false},
+        {'t', "{\"cfg\":{\"rate\":250.0}}", "{\"leds\":[1,1],\"alarm\":{\"lo\":40}}", true},
+        /* caught up: the delta empties, desired stays */
+        {'t', "{\"leds\":[1,1],\"alarm\":{\"lo\":40}}", "null", true},
+        {'t', "{\"hr\":72}", "null", false},
+        /* a reported leaf deleted: back in the delta */
+        {'t', "{\"alarm\":{\"lo\":null}}", "{\"alarm\":{\"lo\":40}}", true},
+        /* reported turns a map into a scalar: the whole desired subtree */
+        {'t', "{\"alarm\":5}", "{\"alarm\":{\"hi\":120,\"lo\":40}}", true},
+        /* desired deletes what is left over */
+        {'d', "{\"alarm\":null}", "null", true},
+        {'d', "{\"hr\":72}", "null", false},
+        {'d', "{\"mode\":{\"x\":{}}}", "null", false},
+        {'d', "{\"cfg\":{\"mode\":\"b\"}}", "{\"cfg\":{\"mode\":\"b\"}}", true},
+        {'t', "{\"cfg\":null}", "{\"cfg\":{\"rate\":250,\"mode\":\"b\"}}", true},
+        {'t', "{\"cfg\":{\"rate\":250,\"mode\":\"b\"}}", "null", true},
+    };
+    char dir[64];
+    struct twin_store *s;
+    uint64_t version = 0, v;
+    struct docinfo d;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        struct op o = {.kind = steps[i].kind == 't' ? OP_TELE : OP_DESIRED,
+                       .id = "dev",
+                       .json = steps[i].json,
+                       .now = 1000 + (int64_t)i};
+        bool changed;
+
+        if (run(s, &o)) {
+            FAIL("step %zu: %s", i, o.err);
+            continue;
+        }
+        changed = steps[i].kind == 't' ? o.tres.delta_changed : o.dres.delta_changed;
+        if (changed != steps[i].changed)
+            FAIL("step %zu (%s): delta_changed %d", i, steps[i].json, changed);
+        CHECK_STR(delta_of(s, "dev", &v), steps[i].delta);
+        CHECK_INT(v, ++version);
+        CHECK_INT(steps[i].kind == 't' ? o.tres.version : o.dres.version, version);
+    }
+    d = doc_info(s, "dev");
+    CHECK_STR(
+        d.desired,
+        "{\"cfg\":{\"rate\":250,\"mode\":\"b\"},\"leds\":[1,1],\"hr\":72,\"mode\":{\"x\":{}}}");
+    CHECK_STR(d.delta, "null");
+    CHECK_STR(
+        d.meta_desired,
+        "{\"cfg\":{\"rate\":1001,\"mode\":1014},\"leds\":1003,\"hr\":1012,\"mode\":{\"x\":{}}}");
+
+    /* a duplicate telemetry message changes nothing, the delta flag included */
+    {
+        struct op o = {.kind = OP_TELE, .id = "dev", .json = "{\"seq\":5,\"hr\":1}", .now = 2000};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK(o.tres.delta_changed);
+        o.json = "{\"seq\":5,\"hr\":72}";
+        CHECK_INT(run(s, &o), 0);
+        CHECK(o.tres.outcome == TWIN_DUPLICATE && !o.tres.delta_changed);
+        CHECK_STR(delta_of(s, "dev", NULL), "{\"hr\":72}");
+    }
+    /* telemetry on a twin with no desired state never reports a delta change */
+    {
+        struct op o = {.kind = OP_TELE, .id = "plain", .json = "{\"a\":1}", .now = 1};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK(!o.tres.delta_changed);
+        o.json = "{\"a\":{\"b\":2}}";
+        CHECK_INT(run(s, &o), 0);
+        CHECK(!o.tres.delta_changed);
+        CHECK_STR(delta_of(s, "plain", NULL), "null");
+    }
+    CHECK_HAS(delta_of(s, "nobody", NULL), "no twin 'nobody'");
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Versions, presence, deletion
+ * ------------------------------------------------------------------------------------------ */
+
+/* One twin through every kind of change: each committed change is +1, refusals and duplicates
+ * are +0, and a twin deleted and created again (by any of the three ways) continues the count. */
+static void test_versions(void)
+{
+    static const struct {
+        enum op_kind kind;
+        const char *json; /* telemetry, patch */
+        bool online;
+        bool lock;
+        uint64_t expected;
+        int rc;
+        uint64_t version; /* the twin's after the step; 0: it does not exist */
+        bool created;
+    } steps[] = {
+        {OP_TELE, "{\"seq\":1,\"hr\":70}", false, false, 0, 0, 1, true},
+        {OP_DESIRED, "{\"rate\":5}", false, false, 0, 0, 2, false},
+        {OP_PRESENCE, NULL, true, false, 0, 0, 3, false},
+        {OP_DESIRED, "{\"rate\":6}", false, true, 2, -EBUSY, 3, false},
+        {OP_DESIRED, "{\"rate\":6}", false, true, 3, 0, 4, false},
+        {OP_TELE, "{\"seq\":1,\"hr\":71}", false, false, 0, 0, 4, false}, /* duplicate */
+        {OP_TELE, "{\"seq\":2,\"hr\":71}", false, false, 0, 0, 5, false},
+        {OP_PRESENCE, NULL, false, false, 0, 0, 6, false},
+        {OP_PRESENCE, NULL, false, false, 0, 0, 7,
+         false}, /* the same state again: still a commit */
+        {OP_DELETE, NULL, false, true, 6, -EBUSY, 7, false},
+        {OP_DELETE, NULL, false, true, 7, 0, 0, false},
+        {OP_DELETE, NULL, false, false, 0, -ENOENT, 0, false},
+        {OP_DESIRED, "{\"rate\":7}", false, true, 7, -EBUSY, 0, false},  /* gone: version 0 */
+        {OP_PRESENCE, NULL, false, false, 0, -ENOENT, 0, false},         /* an offline will */
+        {OP_TELE, "{\"seq\":1,\"hr\":72}", false, false, 0, 0, 8, true}, /* seq starts over */
+        {OP_DELETE, NULL, false, false, 0, 0, 0, false},
+        {OP_PRESENCE, NULL, true, false, 0, 0, 9, true},
+        {OP_DELETE, NULL, false, true, 9, 0, 0, false},
+        {OP_DESIRED, "{\"rate\":8}", false, true, 0, 0, 10, true},
+        {OP_DESIRED, "{\"rate\":9}", false, true, 10, 0, 11, false},
+    };
+    char dir[64];
+    struct twin_store *s;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        struct op o = {.kind = steps[i].kind,
+                       .id = "twin-v",
+                       .json = steps[i].json,
+                       .online = steps[i].online,
+                       .lock = steps[i].lock,
+                       .expected = steps[i].expected,
+                       .now = 100 + (int64_t)i,
+                       .commit_anyway = true};
+        struct twin_stats before = stats_of(s), after;
+        struct docinfo d;
+        uint64_t v = 0, created_v;
+        bool created = false;
+        int rc = run(s, &o);
+
+        after = stats_of(s);
+        if (rc != steps[i].rc)
+            FAIL("step %zu: rc %d, expected %d (%s)", i, rc, steps[i].rc, o.err);
+        d = doc_info(s, "twin-v");
+        if (steps[i].version)
+            CHECK_INT(d.version, steps[i].version);
+        else
+            CHECK_INT(d.rc, -ENOENT);
+        if (rc) {
+            CHECK_INT(after.last_txn, before.last_txn); /* nothing written */
+            continue;
+        }
+        switch (steps[i].kind) {
+        case OP_TELE:
+            v = o.tres.version;
+            created = o.tres.created;
+            break;
+        case OP_DESIRED:
+            v = o.dres.version;
+            created = o.dres.created;
+            break;
+        case OP_PRESENCE:
+            v = o.pres.version;
+            created = o.pres.created;
+            break;
+        default:
+            v = o.delres.version;
+            break;
+        }
+        if (steps[i].kind == OP_DELETE) {
+            /* the tombstone holds the last version, the outbox the deletion to publish */
+            struct twin_txn *t;
+            char err[TWIN_ERR_LEN];
+            struct outbox_seen ob = outbox_of(s);
+
+            CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+            CHECK_INT(twin_tombstone_get(t, "twin-v", 6, &created_v, err), 0);
+            CHECK_INT(created_v, v);
+            twin_store_read_end(t);
+            CHECK(ob.n == 1 && ob.versions[0] == v);
+            CHECK_INT(after.tombstones, 1);
+        } else {
+            CHECK_INT(v, steps[i].version);
+            if (created != steps[i].created)
+                FAIL("step %zu: created %d", i, created);
+            CHECK_INT(after.tombstones, 0); /* gone once the twin is back */
+            CHECK_INT(outbox_of(s).versions[0], v);
+        }
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+static void test_presence(void)
+{
+    static const struct {
+        bool online;
+        int rc;
+        bool created, changed, connected;
+        uint64_t version;
+    } steps[] = {
+        {true, 0, true, true, true, 1},    {true, 0, false, false, true, 2},
+        {false, 0, false, true, false, 3}, {false, 0, false, false, false, 4},
+        {true, 0, false, true, true, 5},
+    };
+    char dir[64];
+    struct twin_store *s;
+    struct docinfo d;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+
+    /* offline for a twin that does not exist creates nothing */
+    {
+        struct op o = {.kind = OP_PRESENCE, .id = "ghost", .online = false, .now = 5};
+
+        CHECK_INT(run(s, &o), -ENOENT);
+        CHECK_INT(doc_info(s, "ghost").rc, -ENOENT);
+        CHECK_INT(stats_of(s).twins, 0);
+    }
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        struct op o = {.kind = OP_PRESENCE,
+                       .id = "dev-p",
+                       .online = steps[i].online,
+                       .now = 1000 * (int64_t)(i + 1)};
+
+        CHECK_INT(run(s, &o), steps[i].rc);
+        CHECK(o.pres.created == steps[i].created);
+        if (o.pres.changed != steps[i].changed)
+            FAIL("step %zu: changed %d", i, o.pres.changed);
+        CHECK_INT(o.pres.version, steps[i].version);
+        d = doc_info(s, "dev-p");
+        CHECK(d.connected == steps[i].connected);
+        CHECK_INT(d.last_seen, 1000 * (int64_t)(i + 1));
+        CHECK_INT(d.created, 1000);
+        CHECK_INT(outbox_of(s).versions[0], steps[i].version);
+    }
+
+    /* presence touches nothing else: reported, desired, delta, history stay */
+    {
+        struct op o = {.kind = OP_DESIRED, .id = "dev-p", .json = "{\"x\":1}", .now = 7000};
+        struct op t = {.kind = OP_TELE, .id = "dev-p", .json = "{\"y\":2}", .now = 7001};
+        struct op p = {.kind = OP_PRESENCE, .id = "dev-p", .online = false, .now = 7002};
+        struct docinfo before;
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(run(s, &t), 0);
+        before = doc_info(s, "dev-p");
+        CHECK_INT(run(s, &p), 0);
+        d = doc_info(s, "dev-p");
+        CHECK_STR(d.reported, before.reported);
+        CHECK_STR(d.desired, before.desired);
+        CHECK_STR(d.delta, "{\"x\":1}");
+        CHECK_STR(d.meta_desired, before.meta_desired);
+        CHECK_INT(d.version, before.version + 1);
+        CHECK_INT(history_of(s, "dev-p", "y", 0).n, 1);
+    }
+
+    /* max_twins: online for a new twin is refused like telemetry */
+    twin_store_set_limits(s, 1, 300000);
+    {
+        struct op o = {.kind = OP_PRESENCE, .id = "dev-q", .online = true, .now = 8000};
+
+        CHECK_INT(run(s, &o), -E2BIG);
+        CHECK_HAS(o.err, "presence for new twin 'dev-q' refused");
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* Deleting a twin takes its history and commands, and only its own (ids that share a prefix
+ * are other twins), keeps a tombstone, and refuses a wrong version with nothing changed. */
+static void test_delete(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_stats st;
+    const char *ab1;
+    int rc;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    for (int i = 0; i < 3; i++) {
+        struct op a = {.kind = OP_TELE,
+                       .id = "a",
+                       .json = "{\"hr\":70,\"v\":{\"x\":1,\"y\":2}}",
+                       .now = 100 + i};
+        struct op ab = {.kind = OP_TELE, .id = "ab", .json = "{\"hr\":70}", .now = 100 + i};
+        struct op a0 = {.kind = OP_TELE, .id = "a0", .json = "{\"hr\":70}", .now = 100 + i};
+
+        CHECK_INT(run(s, &a), 0);
+        CHECK_INT(run(s, &ab), 0);
+        CHECK_INT(run(s, &a0), 0);
+    }
+    add_cmd(s, "a", "c1", 5000, 200, NULL);
+    add_cmd(s, "a", "c2", 0, 200, NULL);
+    ab1 = add_cmd(s, "ab", "c3", 5000, 200, NULL);
+    add_cmd(s, "a0", "c4", 6000, 200, NULL);
+    st = stats_of(s);
+    CHECK_INT(st.history_series, 5);
+    CHECK_INT(st.commands, 4);
+
+    {
+        struct op o = {
+            .kind = OP_DELETE, .id = "a", .lock = true, .expected = 2, .commit_anyway = true};
+
+        CHECK_INT(run(s, &o), -EBUSY);
+        CHECK_STR(o.err, "version conflict: twin 'a' is at version 3, not 2");
+        CHECK_INT(stats_of(s).last_txn, st.last_txn);
+        o.expected = 3;
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(o.delres.version, 3);
+        CHECK_INT(o.delres.history_series, 3);
+        CHECK_INT(o.delres.commands, 2);
+    }
+    st = stats_of(s);
+    CHECK_INT(st.twins, 2);
+    CHECK_INT(st.history_series, 2);
+    CHECK_INT(st.commands, 2);
+    CHECK_INT(st.tombstones, 1);
+    CHECK_INT(history_of(s, "a", "hr", 0).n, 0);
+    CHECK_INT(history_of(s, "ab", "hr", 0).n, 3);
+    CHECK_INT(history_of(s, "a0", "hr", 0).n, 3);
+    CHECK_STR(cmds_of(s, "a", NULL), "");
+    CHECK_STR(cmds_of(s, "ab", NULL), "c3:queued");
+    CHECK_STR(cmds_of(s, "a0", NULL), "c4:queued");
+    CHECK_STR(cmd_get(s, "ab", ab1, NULL, NULL), "queued");
+
+    /* the deleted twin's deadlines went with it: only the others expire */
+    {
+        struct op x = {.kind = OP_EXPIRE, .now = 10000};
+
+        CHECK_INT(run(s, &x), 0);
+        CHECK_STR(x.ev.text, "ab/c3:queued>expired a0/c4:queued>expired");
+    }
+    /* a command for a deleted twin is refused */
+    {
+        struct op c = {.kind = OP_CMD_ADD, .id = "a", .cmd = "c5", .now = 300};
+
+        CHECK_INT(run(s, &c), -ENOENT);
+        CHECK_STR(c.err, "no twin 'a'");
+    }
+    /* created again: history starts empty, the version continues */
+    {
+        struct op o = {.kind = OP_TELE, .id = "a", .json = "{\"seq\":1,\"hr\":80}", .now = 400};
+        struct twin_txn *t;
+        uint64_t v;
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK(o.tres.created);
+        CHECK_INT(o.tres.version, 4);
+        CHECK_INT(history_of(s, "a", "hr", 0).n, 1);
+        CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+        CHECK_INT(twin_tombstone_get(t, "a", 1, &v, err), -ENOENT);
+        CHECK_INT(twin_tombstone_get(t, "", 0, &v, err), -EINVAL);
+        twin_store_read_end(t);
+    }
+    /* a read transaction cannot delete */
+    {
+        struct twin_txn *t;
+        struct twin_delete_result r;
+
+        CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+        rc = twin_delete(t, "a", 1, TWIN_VERSION_ANY, &r, err);
+        CHECK_INT(rc, -EINVAL);
+        twin_store_read_end(t);
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Command queue
+ * ------------------------------------------------------------------------------------------ */
+
+static void test_command_states(void)
+{
+    static const struct {
+        const char *name;
+        enum twin_command_state st;
+        bool final;
+    } names[] = {
+        {"queued", TWIN_CMD_QUEUED, false},       {"sent", TWIN_CMD_SENT, false},
+        {"delivered", TWIN_CMD_DELIVERED, false}, {"succeeded", TWIN_CMD_SUCCEEDED, true},
+        {"failed", TWIN_CMD_FAILED, true},        {"expired", TWIN_CMD_EXPIRED, true},
+    };
+    enum twin_command_state st;
+
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        CHECK_STR(twin_command_state_name(names[i].st), names[i].name);
+        CHECK_INT(twin_command_state_parse(names[i].name, strlen(names[i].name), &st), 0);
+        CHECK_INT(st, names[i].st);
+        CHECK(twin_command_state_final(names[i].st) == names[i].final);
+    }
+    CHECK_STR(twin_command_state_name(TWIN_CMD_NONE), "none");
+    CHECK_STR(twin_command_state_name((enum twin_command_state)42), "unknown");
+    CHECK_INT(twin_command_state_parse("none", 4, &st), -EINVAL);
+    CHECK_INT(twin_command_state_parse("sen", 3, &st), -EINVAL);
+    CHECK_INT(twin_command_state_parse("sentx", 5, &st), -EINVAL);
+    CHECK_INT(twin_command_state_parse("Sent", 4, &st), -EINVAL);
+}
+
+/* Every transition a device or the hub can ask for, from every state it can be asked in. */
+static void test_command_transitions(void)
+{
+    static const struct {
+        const char *path; /* steps before: sent, delivered, succeeded, failed, expire */
+        const char *ack;  /* "sent" (mark_sent) or an ack status */
+        int rc;
+        const char *state, *events, *reason;
+    } cases[] = {
+        /* forward */
+        {"", "sent", 0, "sent", "d/c:queued>sent", NULL},
+        {"sent", "sent", 0, "sent", "", NULL}, /* a re-send: attempts 2, no state change */
+        {"", "delivered", 0, "delivered", "d/c:queued>delivered", NULL},
+        {"", "succeeded", 0, "succeeded", "d/c:queued>succeeded", NULL},
+        {"sent", "delivered", 0, "delivered", "d/c:sent>delivered", NULL},
+        {"sent", "succeeded", 0, "succeeded", "d/c:sent>succeeded", NULL},
+        {"sent", "failed", 0, "failed", "d/c:sent>failed", NULL},
+        {"sent delivered", "succeeded", 0, "succeeded", "d/c:delivered>succeeded", NULL},
+        {"sent delivered", "failed", 0, "failed", "d/c:delivered>failed", NULL},
+        /* duplicates: nothing changes, no event */
+        {"sent delivered", "delivered", 0, "delivered", "", NULL},
+        {"sent delivered succeeded", "succeeded", 0, "succeeded", "", NULL},
+        {"sent failed", "failed", 0, "failed", "", NULL},
+        /* back, or out of a final state */
+        {"sent delivered succeeded", "delivered", -EPERM, "succeeded", "",
+         "is succeeded; an ack 'delivered' cannot change it"},
+        {"sent succeeded", "failed", -EPERM, "succeeded", "",
+         "is succeeded; an ack 'failed' cannot change it"},
+        {"sent failed", "succeeded", -EPERM, "failed", "", "is failed; an ack 'succeeded'"},
+        {"sent failed", "delivered", -EPERM, "failed", "", "is failed; an ack 'delivered'"},
+        {"expire", "delivered", -EPERM, "expired", "", "is expired; an ack 'delivered'"},
+        {"sent expire", "succeeded", -EPERM, "expired", "", "is expired; an ack 'succeeded'"},
+        {"sent delivered", "sent", -EPERM, "delivered", "", "is delivered; it is not sent again"},
+        {"sent succeeded", "sent", -EPERM, "succeeded", "", "is succeeded; it is not sent again"},
+        {"expire", "sent", -EPERM, "expired", "", "is expired; it is not sent again"},
+        /* not an ack status */
+        {"sent", "queued", -EINVAL, "sent", "",
+         "ack status must be delivered, succeeded or failed, not queued"},
+        {"sent", "expired", -EINVAL, "sent", "", "not expired"},
+        {"sent", "bogus", -EINVAL, "sent", "", "not unknown"},
+    };
+    char dir[64];
+    struct twin_store *s;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[64], *save = NULL;
+        const char *id = add_cmd(s, "d", "c", 1000 + 10 * (int64_t)i, 10 * (int64_t)i, NULL);
+        struct twin_command before, after;
+        struct op o = {.id = "d", .cmd = id, .now = 10 * (int64_t)i + 5, .commit_anyway = true};
+        int64_t t = 10 * (int64_t)i + 1;
+
+        snprintf(path, sizeof path, "%s", cases[i].path);
+        for (char *step = strtok_r(path, " ", &save); step; step = strtok_r(NULL, " ", &save)) {
+            struct op p = {.id = "d", .cmd = id, .now = t++};
+
+            if (!strcmp(step, "sent")) {
+                p.kind = OP_CMD_SENT;
+            } else if (!strcmp(step, "expire")) {
+                p.kind = OP_EXPIRE;
+                p.now = 1000 + 10 * (int64_t)i;
+            } else {
+                p.kind = OP_CMD_ACK;
+                p.status = step;
+            }
+            if (run(s, &p))
+                FAIL("case %zu: step %s: %s", i, step, p.err);
+        }
+        cmd_get(s, "d", id, &before, NULL);
+        if (!strcmp(cases[i].ack, "sent")) {
+            o.kind = OP_CMD_SENT;
+        } else {
+            o.kind = OP_CMD_ACK;
+            o.status = cases[i].ack;
+        }
+        if (run(s, &o) != cases[i].rc)
+            FAIL("case %zu (%s then %s): rc %d, expected %d: %s", i, cases[i].path, cases[i].ack,
+                 o.rc, cases[i].rc, o.err);
+        CHECK_STR(cmd_get(s, "d", id, &after, NULL), cases[i].state);
+        CHECK_STR(o.ev.text, cases[i].events);
+        if (cases[i].reason)
+            CHECK_HAS(o.err, cases[i].reason);
+        if (!o.rc && o.kind == OP_CMD_SENT) {
+            CHECK_INT(after.attempts, before.attempts + 1);
+            CHECK_INT(after.updated, o.now);
+        } else if (o.rc || !o.ev.n) {
+            /* refused or a duplicate: the record is as it was */
+            CHECK_INT(after.updated, before.updated);
+            CHECK_INT(after.attempts, before.attempts);
+        } else {
+            CHECK_INT(after.updated, o.now);
+            CHECK_STR(o.state, cases[i].state);
+        }
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* Adding: what is refused, ids, the record's fields, acks with results, unknown ids. */
+static void test_command_add(void)
+{
+    char dir[64], name65[80], big[TWIN_CMD_ARGS_MAX + 64], deep[512], result[256];
+    struct twin_store *s;
+    struct twin_stats before, after;
+    struct twin_command c;
+    const char *id1, *id2;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    make_twin(s, "e", 1);
+    memset(name65, 'n', 65);
+    name65[65] = '\0';
+    snprintf(big, sizeof big, "{\"blob\":\"");
+    memset(big + strlen(big), 'x', TWIN_CMD_ARGS_MAX);
+    strcpy(big + strlen("{\"blob\":\"") + TWIN_CMD_ARGS_MAX, "\"}");
+    deep[0] = '\0';
+    for (int i = 0; i < 31; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 31; i++)
+        strcat(deep, "]");
+    {
+        static const struct {
+            const char *id, *cmd, *args;
+            int64_t expires, now;
+            int rc;
+            const char *reason;
+        } bad[] = {
+            {"d", "", NULL, 0, 10, -EINVAL, "command name must be 1..64 bytes"},
+            {"d", NULL, NULL, 0, 10, -EINVAL, "command name must be 1..64 bytes"},
+            {"d", "x", NULL, 0, 10, -EINVAL, NULL}, /* name65, set below */
+            {"d", "a\tb", NULL, 0, 10, -EINVAL, "control byte 0x09"},
+            {"d", "x", NULL, 10, 10, -EINVAL, "command deadline 10 is not after now 10"},
+            {"d", "x", NULL, 5, 10, -EINVAL, "is not after now"},
+            {"d", "x", NULL, 0, -1, -EINVAL, "now_ms -1 is negative"},
+            {"d", "x", "big", 0, 10, -E2BIG, "command args of 16"},
+            {"d", "x", "deep", 0, 10, -EINVAL, "command args nested deeper than 30 levels"},
+            {"nobody", "x", NULL, 0, 10, -ENOENT, "no twin 'nobody'"},
+            {"", "x", NULL, 0, 10, -EINVAL, "twin id must be"},
+        };
+
+        before = stats_of(s);
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            struct op o = {.kind = OP_CMD_ADD,
+                           .id = bad[i].id,
+                           .cmd = i == 2 ? name65 : bad[i].cmd,
+                           .expires = bad[i].expires,
+                           .now = bad[i].now,
+                           .commit_anyway = true};
+
+            if (bad[i].args)
+                o.json = !strcmp(bad[i].args, "big") ? big : deep;
+            if (run(s, &o) != bad[i].rc)
+                FAIL("case %zu: rc %d: %s", i, o.rc, o.err);
+            if (bad[i].reason)
+                CHECK_HAS(o.err, bad[i].reason);
+            CHECK_INT(o.ev.n, 0);
+        }
+        after = stats_of(s);
+        CHECK_INT(after.last_txn, before.last_txn);
+        CHECK_INT(after.commands, 0);
+    }
+
+    /* ids: 16 hex digits from a store-wide counter, in order across twins */
+    {
+        struct op o = {.kind = OP_CMD_ADD,
+                       .id = "d",
+                       .cmd = "set.rate",
+                       .json = "{\"hz\":250,\"ramp\":[1,2]}",
+                       .expires = 5000,
+                       .now = 100};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK_STR(o.cmd_id, "0000000000000001");
+        CHECK_STR(o.state, "queued");
+        CHECK_STR(o.ev.text, "d/set.rate:none>queued");
+    }
+    id1 = "0000000000000001";
+    id2 = add_cmd(s, "e", "reboot", 0, 101, NULL);
+    CHECK_STR(id2, "0000000000000002");
+    CHECK_STR(add_cmd(s, "d", "x", 0, 102, NULL), "0000000000000003");
+    CHECK_STR(cmd_get(s, "d", id1, &c, NULL), "queued");
+    CHECK_INT(c.created, 100);
+    CHECK_INT(c.updated, 100);
+    CHECK_INT(c.expires, 5000);
+    CHECK_INT(c.attempts, 0);
+    CHECK_INT(c.drop, 0);
+    CHECK_STR(c.id, id1);
+    {
+        struct twin_txn *t;
+        struct twin_command tc;
+        char err[TWIN_ERR_LEN];
+
+        CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+        CHECK_INT(twin_command_get(t, "d", 1, id1, 16, &tc, err), 0);
+        CHECK_STR(TJ(&tc.args), "{\"hz\":250,\"ramp\":[1,2]}");
+        CHECK(tc.cmd_len == 8 && !memcmp(tc.cmd, "set.rate", 8));
+        CHECK(tc.twin_id_len == 1 && tc.twin_id[0] == 'd');
+        CHECK_INT(twin_command_get(t, "e", 1, id2, 16, &tc, err), 0);
+        CHECK(tc.args.type == MSGPACK_OBJECT_NIL && tc.result.type == MSGPACK_OBJECT_NIL);
+        /* unknown, malformed, or another twin's */
+        CHECK_INT(twin_command_get(t, "d", 1, id2, 16, &tc, err), -ENOENT);
+        CHECK_STR(err, "no command 0000000000000002 for twin 'd'");
+        CHECK_INT(twin_command_get(t, "d", 1, "0000000000000999", 16, &tc, err), -ENOENT);
+        CHECK_INT(twin_command_get(t, "d", 1, "000000000000001", 15, &tc, err), -ENOENT);
+        CHECK_INT(twin_command_get(t, "d", 1, "000000000000000A", 16, &tc, err), -ENOENT);
+        CHECK_INT(twin_command_get(t, "d", 1, "0000000000000000", 16, &tc, err), -ENOENT);
+        CHECK_INT(twin_command_get(t, "d", 1, "xyz", 3, &tc, err), -ENOENT);
+        CHECK_STR(err, "no command 'xyz' for twin 'd' (ids are 16 hex digits)");
+        CHECK_INT(twin_command_get(t, "d", 1, "", 0, &tc, err), -EINVAL);
+        /* writes need a write transaction */
+        CHECK_INT(twin_command_add(t, "d", 1, "x", 1, NULL, 0, 1, NULL, NULL, NULL, err), -EINVAL);
+        twin_store_read_end(t);
+    }
+
+    /* acks with a result; the result is bounded like args */
+    {
+        struct op o = {.kind = OP_CMD_ACK,
+                       .id = "d",
+                       .cmd = id1,
+                       .status = "succeeded",
+                       .json = big,
+                       .now = 200,
+                       .commit_anyway = true};
+
+        CHECK_INT(run(s, &o), -E2BIG);
+        CHECK_HAS(o.err, "command result of");
+        o.json = "{\"applied\":250,\"ok\":true}";
+        CHECK_INT(run(s, &o), 0);
+        CHECK_STR(cmd_get(s, "d", id1, &c, result), "succeeded");
+        CHECK_STR(result, "{\"applied\":250,\"ok\":true}");
+        CHECK_INT(c.drop, 200 + 86400000); /* the default retention */
+        o.cmd = "0000000000000999";
+        CHECK_INT(run(s, &o), -ENOENT);
+        o.id = "e"; /* d's command acked on e's topic */
+        o.cmd = id1;
+        CHECK_INT(run(s, &o), -ENOENT);
+    }
+    CHECK_STR(cmds_of(s, "d", NULL), "set.rate:succeeded x:queued");
+    CHECK_STR(cmds_of(s, "e", NULL), "reboot:queued");
+    CHECK_STR(cmds_of(s, "nobody", NULL), "");
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* The per-device cap: finished commands make room first, silently; then the oldest pending
+ * one expires, with an event. Other devices are not touched. */
+static void test_command_cap(void)
+{
+    char dir[64], ev[2048];
+    struct twin_store *s;
+    const char *c2, *c3;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    make_twin(s, "e", 1);
+    twin_store_set_command_limits(s, 3, 86400000);
+    add_cmd(s, "d", "c1", 1000, 10, ev);
+    CHECK_STR(ev, "d/c1:none>queued");
+    c2 = add_cmd(s, "d", "c2", 1000, 11, NULL);
+    c3 = add_cmd(s, "d", "c3", 0, 12, NULL);
+    add_cmd(s, "e", "e1", 1000, 12, NULL);
+    add_cmd(s, "d", "c4", 1000, 13, ev);
+    CHECK_STR(ev, "d/c1:queued>expired d/c4:none>queued");
+    CHECK_STR(cmds_of(s, "d", NULL), "c2:queued c3:queued c4:queued");
+
+    /* a finished command goes first, even when it is not the oldest */
+    {
+        struct op sent = {.kind = OP_CMD_SENT, .id = "d", .cmd = c2, .now = 14};
+        struct op ack = {
+            .kind = OP_CMD_ACK, .id = "d", .cmd = c3, .status = "succeeded", .now = 15};
+
+        CHECK_INT(run(s, &sent), 0);
+        CHECK_INT(run(s, &ack), 0);
+    }
+    add_cmd(s, "d", "c5", 1000, 16, ev);
+    CHECK_STR(ev, "d/c5:none>queued");
+    CHECK_STR(cmds_of(s, "d", NULL), "c2:sent c4:queued c5:queued");
+    add_cmd(s, "d", "c6", 1000, 17, ev);
+    CHECK_STR(ev, "d/c2:sent>expired d/c6:none>queued");
+    CHECK_STR(cmds_of(s, "e", NULL), "e1:queued");
+
+    /* a lowered cap pushes out as many as it takes, oldest first */
+    twin_store_set_command_limits(s, 1, 86400000);
+    add_cmd(s, "d", "c7", 1000, 18, ev);
+    CHECK_STR(ev, "d/c4:queued>expired d/c5:queued>expired d/c6:queued>expired d/c7:none>queued");
+    CHECK_STR(cmds_of(s, "d", NULL), "c7:queued");
+    CHECK_INT(stats_of(s).commands, 2);
+
+    /* what the cap pushed out has left no deadline behind */
+    {
+        struct op x = {.kind = OP_EXPIRE, .now = 1000};
+
+        CHECK_INT(run(s, &x), 0);
+        CHECK_STR(x.ev.text, "d/c7:queued>expired e/e1:queued>expired");
+        CHECK_INT(x.xres.expired, 2);
+    }
+
+    /* 0 is the default cap, 100 */
+    twin_store_set_command_limits(s, 0, 86400000);
+    for (int i = 0; i < 99; i++)
+        add_cmd(s, "d", "n", 0, 2000 + i, NULL);
+    add_cmd(s, "d", "last", 0, 3000, ev);
+    CHECK_STR(ev, "d/last:none>queued"); /* c7 (expired) made room */
+    add_cmd(s, "d", "over", 0, 3001, ev);
+    CHECK_STR(ev, "d/n:queued>expired d/over:none>queued");
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* Expiry by deadline over every device, earliest first; a stuck command (no deadline, or a far
+ * one) blocks nothing; finished commands are dropped after the retention. */
+static void test_command_expiry(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_txn *t;
+    int64_t at = 0;
+    const char *b4, *a6;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    twin_store_set_command_limits(s, 100, 10000);
+    make_twin(s, "a", 1);
+    make_twin(s, "b", 1);
+    CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+    CHECK_INT(twin_command_next_deadline(t, &at, err), -ENOENT);
+    twin_store_read_end(t);
+
+    add_cmd(s, "a", "a1", 1000, 10, NULL);
+    add_cmd(s, "a", "a2", 0, 11, NULL); /* no deadline: stuck forever */
+    add_cmd(s, "a", "a3", 3000, 12, NULL);
+    b4 = add_cmd(s, "b", "b4", 2000, 13, NULL);
+    add_cmd(s, "b", "b5", 1000, 14, NULL);
+    a6 = add_cmd(s, "a", "a6", 900000000, 15, NULL); /* stuck in sent, far deadline */
+    {
+        struct op p = {.kind = OP_CMD_SENT, .id = "a", .cmd = a6, .now = 16};
+
+        CHECK_INT(run(s, &p), 0);
+    }
+    CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+    CHECK_INT(twin_command_next_deadline(t, &at, err), 0);
+    CHECK_INT(at, 1000);
+    twin_store_read_end(t);
+
+    {
+        static const struct {
+            int64_t now;
+            unsigned max;
+            const char *events;
+            uint64_t expired, dropped;
+            bool more;
+        } passes[] = {
+            {999, 0, "", 0, 0, false},
+            {1000, 0, "a/a1:queued>expired b/b5:queued>expired", 2, 0, false},
+            {1000, 0, "", 0, 0, false},
+            {5000, 1, "b/b4:queued>expired", 1, 0, true},
+            {5000, 1, "a/a3:queued>expired", 1, 0, false},
+            {10999, 0, "", 0, 0, false},
+            {11000, 0, "", 0, 2, false}, /* a1, b5 finished at 1000: dropped */
+            {15000, 0, "", 0, 2, false}, /* b4, a3 */
+            {800000000, 0, "", 0, 0, false},
+            {900000000, 0, "a/a6:sent>expired", 1, 0, false},
+        };
+
+        for (size_t i = 0; i < sizeof passes / sizeof passes[0]; i++) {
+            struct op x = {.kind = OP_EXPIRE, .now = passes[i].now, .max = passes[i].max};
+
+            CHECK_INT(run(s, &x), 0);
+            if (strcmp(x.ev.text, passes[i].events))
+                FAIL("pass %zu: events \"%s\"", i, x.ev.text);
+            CHECK_INT(x.xres.expired, passes[i].expired);
+            CHECK_INT(x.xres.dropped, passes[i].dropped);
+            CHECK(x.xres.more == passes[i].more);
+        }
+    }
+    CHECK_STR(cmds_of(s, "a", NULL), "a2:queued a6:expired");
+    CHECK_STR(cmds_of(s, "b", NULL), "");
+    CHECK_STR(cmd_get(s, "b", b4, NULL, NULL), "ENOENT");
+
+    /* acks of expired commands are refused; succeeded ones are dropped after the retention too,
+     * and a retention of 0 keeps finished commands (until the cap pushes them out) */
+    {
+        const char *c = add_cmd(s, "b", "ok", 0, 1000000000, NULL);
+        struct op ack = {
+            .kind = OP_CMD_ACK, .id = "b", .cmd = c, .status = "succeeded", .now = 1000000001};
+        struct op x = {.kind = OP_EXPIRE, .now = 1000010001};
+
+        CHECK_INT(run(s, &ack), 0);
+        twin_store_set_command_limits(s, 100, 0);
+        c = add_cmd(s, "b", "keep", 0, 1000000002, NULL);
+        ack.cmd = c;
+        ack.now = 1000000003;
+        CHECK_INT(run(s, &ack), 0);
+        CHECK_INT(run(s, &x), 0);
+        CHECK_INT(x.xres.dropped, 2); /* ok, and a6 (expired at 900000000) */
+        CHECK_STR(cmds_of(s, "b", NULL), "keep:succeeded");
+        CHECK_STR(cmds_of(s, "a", NULL), "a2:queued");
+        x.now = INT64_MAX;
+        CHECK_INT(run(s, &x), 0);
+        CHECK_INT(x.xres.dropped, 0);
+        CHECK_STR(cmds_of(s, "b", NULL), "keep:succeeded");
+    }
+    CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+    CHECK_INT(twin_command_next_deadline(t, &at, err), -ENOENT); /* a2 has none, keep has none */
+    twin_store_read_end(t);
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* The hub's catch-up on `online`, in one transaction: presence, then every queued or sent
+ * command marked sent again while the list walks (the callback writes as it goes). */
+struct resend {
+    struct twin_txn *txn;
+    int64_t now;
+    int sent, rc;
+    struct twin_presence_result pres;
+    struct events ev;
+};
+
+static int resend_one(void *ctx, const struct twin_command *c, enum twin_command_state from)
+{
+    struct resend *r = ctx;
+    char err[TWIN_ERR_LEN];
+
+    (void)from;
+    if (c->state != TWIN_CMD_QUEUED && c->state != TWIN_CMD_SENT)
+        return 0;
+    r->sent++;
+    return twin_command_mark_sent(r->txn, c->twin_id, c->twin_id_len, c->id, strlen(c->id), r->now,
+                                  NULL, record_event, &r->ev, err);
+}
+
+static int online_fn(struct twin_txn *txn, void *ctx)
+{
+    struct resend *r = ctx;
+    char err[TWIN_ERR_LEN];
+    int rc;
+
+    r->txn = txn;
+    r->sent = 0;
+    memset(&r->ev, 0, sizeof r->ev);
+    rc = twin_presence_apply(txn, "d", 1, true, r->now, &r->pres, err);
+    if (!rc)
+        rc = twin_command_list(txn, "d", 1, resend_one, r, err);
+    return rc;
+}
+
+static void test_command_resend(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_command c;
+    const char *ids[4];
+    static const char *const names[] = {"c1", "c2", "c3", "c4"};
+    struct resend r = {.now = 100};
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    for (int i = 0; i < 4; i++)
+        ids[i] = add_cmd(s, "d", names[i], 0, 10 + i, NULL);
+    {
+        struct op p = {.kind = OP_CMD_SENT, .id = "d", .now = 20};
+        struct op a = {.kind = OP_CMD_ACK, .id = "d", .now = 21};
+
+        for (int i = 1; i < 4; i++) {
+            p.cmd = ids[i];
+            CHECK_INT(run(s, &p), 0);
+        }
+        a.cmd = ids[2];
+        a.status = "delivered";
+        CHECK_INT(run(s, &a), 0);
+        a.cmd = ids[3];
+        a.status = "succeeded";
+        CHECK_INT(run(s, &a), 0);
+    }
+    CHECK_INT(twin_store_write(s, online_fn, &r, err), 0);
+    CHECK_INT(r.sent, 2);
+    CHECK_STR(r.ev.text, "d/c1:queued>sent");
+    CHECK(r.pres.changed);
+    CHECK_STR(cmds_of(s, "d", NULL), "c1:sent c2:sent c3:delivered c4:succeeded");
+    CHECK_STR(cmd_get(s, "d", ids[1], &c, NULL), "sent");
+    CHECK_INT(c.attempts, 2);
+    CHECK_INT(c.updated, 100);
+    CHECK(doc_info(s, "d").connected);
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* Everything survives a restart: commands in their states, the counter, deadlines, desired
+ * state and delta, tombstones. */
+static void test_command_restart(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_txn *t;
+    const char *c1, *c2;
+    char id1[17], id2[17];
+    uint64_t v;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    make_twin(s, "gone", 1);
+    {
+        struct op o = {.kind = OP_DESIRED, .id = "d", .json = "{\"rate\":250}", .now = 2};
+        struct op del = {.kind = OP_DELETE, .id = "gone"};
+
+        CHECK_INT(run(s, &o), 0);
+        CHECK_INT(run(s, &del), 0);
+    }
+    c1 = add_cmd(s, "d", "c1", 5000, 10, NULL);
+    snprintf(id1, sizeof id1, "%s", c1);
+    c2 = add_cmd(s, "d", "c2", 6000, 11, NULL);
+    snprintf(id2, sizeof id2, "%s", c2);
+    add_cmd(s, "d", "c3", 0, 12, NULL);
+    {
+        struct op p = {.kind = OP_CMD_SENT, .id = "d", .cmd = id1, .now = 13};
+
+        CHECK_INT(run(s, &p), 0);
+    }
+    twin_store_close(s);
+
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    CHECK_STR(cmds_of(s, "d", NULL), "c1:sent c2:queued c3:queued");
+    CHECK_STR(delta_of(s, "d", NULL), "{\"rate\":250}");
+    CHECK_STR(add_cmd(s, "d", "c4", 0, 20, NULL), "0000000000000004");
+    {
+        struct op x = {.kind = OP_EXPIRE, .now = 5500};
+        struct op ack = {
+            .kind = OP_CMD_ACK, .id = "d", .cmd = id2, .status = "delivered", .now = 5600};
+
+        CHECK_INT(run(s, &x), 0);
+        CHECK_STR(x.ev.text, "d/c1:sent>expired");
+        CHECK_INT(run(s, &ack), 0);
+        CHECK_STR(ack.ev.text, "d/c2:queued>delivered");
+    }
+    CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+    CHECK_INT(twin_tombstone_get(t, "gone", 4, &v, err), 0);
+    CHECK_INT(v, 1);
+    twin_store_read_end(t);
+    twin_store_close(s);
+
+    /* and a read-only opener (twinctl) sees the same */
+    s = store_open(dir, 0, 0, 10, true);
+    if (!s)
+        goto out;
+    CHECK_STR(cmds_of(s, "d", NULL), "c1:expired c2:delivered c3:queued c4:queued");
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* Damaged records and stale deadline entries (planted through LMDB) hold nothing up: listing
+ * reports the others and says what is wrong, expiry skips them, the cap pushes them out. */
+static void test_command_damaged(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi cmds, dl;
+    unsigned char key[32];
+    MDB_val k, v;
+    int rc = 0;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    add_cmd(s, "d", "c1", 1000, 10, NULL);
+    add_cmd(s, "d", "c2", 3000, 10, NULL);
+    twin_store_close(s);
+
+    /* plant a garbage record (number 100, after c1 and c2), a deadline for it, and a deadline
+     * for a command that does not exist */
+    CHECK_INT(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 16);
+    CHECK_INT(mdb_env_open(env, dir, 0, 0660), 0);
+    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_INT(mdb_dbi_open(txn, "commands", 0, &cmds), 0);
+    CHECK_INT(mdb_dbi_open(txn, "deadlines", 0, &dl), 0);
+    memcpy(key, "d\0\0\0\0\0\0\0\0\x64", 10); /* d "\0" be64(100) */
+    k.mv_size = 10;
+    k.mv_data = key;
+    v.mv_size = 3;
+    v.mv_data = "\x81\xa1x"; /* a map missing its value */
+    CHECK_INT(mdb_put(txn, cmds, &k, &v, 0), 0);
+    memcpy(key,
+           "\0\0\0\0\0\0\x03\x20"
+           "d\0\0\0\0\0\0\0\x64",
+           17); /* be64(800) d be64(100) */
+    k.mv_size = 17;
+    v.mv_size = 0;
+    CHECK_INT(mdb_put(txn, dl, &k, &v, 0), 0);
+    memcpy(key,
+           "\0\0\0\0\0\0\x03\x20"
+           "d\0\0\0\0\0\0\0\x65",
+           17); /* be64(800) d be64(101) */
+    CHECK_INT(mdb_put(txn, dl, &k, &v, 0), 0);
+    CHECK_INT(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    CHECK_STR(cmds_of(s, "d", &rc), "c1:queued c2:queued");
+    CHECK_INT(rc, -EBADMSG);
+    {
+        struct twin_txn *t;
+        struct cmd_list l = {.n = 0};
+
+        CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+        CHECK_INT(twin_command_list(t, "d", 1, collect_cmd, &l, err), -EBADMSG);
+        CHECK_STR(err, "command 0000000000000064 of twin 'd': damaged record");
+        twin_store_read_end(t);
+    }
+    {
+        struct op x = {.kind = OP_EXPIRE, .now = 1000};
+
+        CHECK_INT(run(s, &x), 0);
+        CHECK_STR(x.ev.text, "d/c1:queued>expired");
+        CHECK_INT(x.xres.expired, 1);
+    }
+    /* at the cap the damaged record counts as finished: it goes before the older pending c2
+     * (first the finished c1 goes, then the damaged one) */
+    twin_store_set_command_limits(s, 3, 86400000);
+    {
+        char ev[2048];
+
+        add_cmd(s, "d", "c3", 0, 2000, ev);
+        CHECK_STR(ev, "d/c3:none>queued");
+        CHECK_STR(cmds_of(s, "d", &rc), "c2:queued c3:queued");
+        CHECK_INT(rc, -EBADMSG);
+        add_cmd(s, "d", "c4", 0, 2001, ev);
+        CHECK_STR(ev, "d/c4:none>queued");
+        CHECK_STR(cmds_of(s, "d", &rc), "c2:queued c3:queued c4:queued");
+        CHECK_INT(rc, 0);
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* A store written before the command queue existed: read-only openers see no commands and no
+ * tombstones; the first writer adds the databases. */
+static void test_store_without_commands(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_txn *t;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val k = {6, "schema"}, v = {4, "\x01\x00\x00\x00"};
+    struct cmd_list l = {.n = 0};
+    int64_t at;
+    uint64_t ver;
+    struct twin_command c;
+
+    tmp_make(dir, sizeof dir);
+    CHECK_INT(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    CHECK_INT(mdb_env_open(env, dir, 0, 0660), 0);
+    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_INT(mdb_dbi_open(txn, "twins", MDB_CREATE, &dbi), 0);
+    CHECK_INT(mdb_dbi_open(txn, "history", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, &dbi), 0);
+    CHECK_INT(mdb_dbi_open(txn, "outbox", MDB_CREATE, &dbi), 0);
+    CHECK_INT(mdb_dbi_open(txn, "info", MDB_CREATE, &dbi), 0);
+    CHECK_INT(mdb_put(txn, dbi, &k, &v, 0), 0);
+    CHECK_INT(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    s = store_open(dir, 0, 0, 10, true);
+    if (!s)
+        goto out;
+    CHECK_INT(twin_store_read_begin(s, &t, err), 0);
+    CHECK_INT(twin_command_list(t, "d", 1, collect_cmd, &l, err), 0);
+    CHECK_INT(l.n, 0);
+    CHECK_INT(twin_command_next_deadline(t, &at, err), -ENOENT);
+    CHECK_INT(twin_command_get(t, "d", 1, "0000000000000001", 16, &c, err), -ENOENT);
+    CHECK_INT(twin_tombstone_get(t, "d", 1, &ver, err), -ENOENT);
+    twin_store_read_end(t);
+    CHECK_INT(stats_of(s).commands, 0);
+    twin_store_close(s);
+
+    s = store_open(dir, 0, 0, 10, false);
+    if (!s)
+        goto out;
+    make_twin(s, "d", 1);
+    add_cmd(s, "d", "c", 0, 2, NULL);
+    twin_store_close(s);
+    s = store_open(dir, 0, 0, 10, true);
+    if (!s)
+        goto out;
+    CHECK_STR(cmds_of(s, "d", NULL), "c:queued");
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* MDB_MAP_FULL in the middle of desired state and commands: the transaction runs again from
+ * the start, and nothing is counted or reported twice. */
+static void test_command_growth(void)
+{
+    char dir[64], id[32], args[9000];
+    struct twin_store *s;
+    int n = 120, attempts = 0, ops = 0;
+
+    snprintf(args, sizeof args, "{\"blob\":\"");
+    memset(args + strlen(args), 'y', 8000);
+    strcpy(args + strlen("{\"blob\":\"") + 8000, "\"}");
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 64 << 10, 64 << 20, 10, false);
+    if (!s)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        struct op d = {.kind = OP_DESIRED, .id = id, .json = args, .now = i + 1};
+        struct op c = {.kind = OP_CMD_ADD,
+                       .id = id,
+                       .cmd = "blob",
+                       .json = args,
+                       .expires = 100000,
+                       .now = i + 1};
+        char want[17];
+
+        snprintf(id, sizeof id, "dev-%03d", i % 10);
+        if (run(s, &d) || run(s, &c)) {
+            FAIL("op %d: %s / %s", i, d.err, c.err);
+            break;
+        }
+        attempts += d.attempts + c.attempts;
+        ops += 2;
+        snprintf(want, sizeof want, "%016x", i + 1);
+        CHECK_STR(c.cmd_id, want);
+        CHECK_INT(c.ev.n, 1);
+    }
+    CHECK(attempts > ops); /* some ran twice */
+    CHECK(twin_store_map_size(s) > (64u << 10));
+    CHECK_INT(stats_of(s).commands, n);
+    {
+        struct op x = {.kind = OP_EXPIRE, .now = 100000};
+
+        CHECK_INT(run(s, &x), 0);
+        CHECK_INT(x.xres.expired, n);
+        CHECK_INT(x.ev.n, n);
+    }
+    twin_store_close(s);
+out:
+    tmp_remove(dir);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Main
  * ------------------------------------------------------------------------------------------ */
 
@@ -2976,6 +4925,24 @@ static const struct {
     {"history", test_history},
     {"outbox_list", test_outbox_list},
     {"stats", test_stats},
+    {"desired_rfc7396", test_desired_rfc7396},
+    {"desired_apply", test_desired_apply},
+    {"desired_version", test_desired_version},
+    {"delta_compute", test_delta_compute},
+    {"delta_store", test_delta_store},
+    {"versions", test_versions},
+    {"presence", test_presence},
+    {"delete", test_delete},
+    {"command_states", test_command_states},
+    {"command_transitions", test_command_transitions},
+    {"command_add", test_command_add},
+    {"command_cap", test_command_cap},
+    {"command_expiry", test_command_expiry},
+    {"command_resend", test_command_resend},
+    {"command_restart", test_command_restart},
+    {"command_damaged", test_command_damaged},
+    {"store_without_commands", test_store_without_commands},
+    {"command_growth", test_command_growth},
 };
 
 int main(int argc, char **argv)
