@@ -50,8 +50,9 @@ int publisher_start(struct publisher *p);
 /* Asks for the state of twin `id` to be published (any thread; never blocks on the network).
  * Returns 0 or -ENOMEM (the outbox still has it: it is published after a restart). */
 int publisher_state(struct publisher *p, const char *id, size_t id_len);
-/* Queues one message (QoS 0, copied); drops it when raw_capacity are waiting. Any thread. */
-void publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len);
+/* Queues one message (QoS 0, copied). Returns 0, or -ENOBUFS when raw_capacity are waiting
+ * (or no memory): the message is dropped and counted. Any thread. */
+int publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len);
 /* Queues the state of every twin left in the store's outbox (at start). Main thread. */
 int publisher_recover(struct publisher *p, char *err);
 /* Wakes the thread (after a reconnect). Any thread. */

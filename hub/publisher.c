@@ -195,14 +195,14 @@ out:
     return rc;
 }
 
-void publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len)
+int publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len)
 {
     size_t tlen = strlen(topic);
     pthread_mutex_lock(&p->lock);
     if (p->nraw >= p->o.raw_capacity) {
         p->st.raw_dropped++;
         pthread_mutex_unlock(&p->lock);
-        return;
+        return -ENOBUFS;
     }
     p->nraw++; /* reserve the place before allocating without the lock */
     pthread_mutex_unlock(&p->lock);
@@ -212,21 +212,23 @@ void publisher_raw(struct publisher *p, const char *topic, const void *payload, 
     if (!r) {
         p->nraw--;
         p->st.raw_dropped++;
-    } else {
-        r->next = NULL;
-        r->p = p;
-        r->len = len;
-        memcpy(r->payload, payload, len);
-        r->topic = r->payload + len;
-        memcpy(r->topic, topic, tlen + 1);
-        if (p->rtail)
-            p->rtail->next = r;
-        else
-            p->rhead = r;
-        p->rtail = r;
-        pthread_cond_signal(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+        return -ENOBUFS;
     }
+    r->next = NULL;
+    r->p = p;
+    r->len = len;
+    memcpy(r->payload, payload, len);
+    r->topic = r->payload + len;
+    memcpy(r->topic, topic, tlen + 1);
+    if (p->rtail)
+        p->rtail->next = r;
+    else
+        p->rhead = r;
+    p->rtail = r;
+    pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->lock);
+    return 0;
 }
 
 void publisher_wake(struct publisher *p)

@@ -91,6 +91,7 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
         return;
 
     /* {topic, reason, kind, ts, suppressed}: the topic travels in the payload, never as one. */
+    bool queued = false;
     msgpack_sbuffer buf;
     msgpack_packer pk;
     msgpack_sbuffer_init(&buf);
@@ -115,13 +116,19 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
         msgpack_sbuffer_init(&js);
         if (msgpack_unpack(buf.data, buf.size, &off, &zone, &obj) == MSGPACK_UNPACK_SUCCESS &&
             twin_json_write(&obj, &js) == 0)
-            publisher_raw(r->pub, r->topic, js.data, js.size);
+            queued = publisher_raw(r->pub, r->topic, js.data, js.size) == 0;
         msgpack_sbuffer_destroy(&js);
         msgpack_zone_destroy(&zone);
     } else {
-        publisher_raw(r->pub, r->topic, buf.data, buf.size);
+        queued = publisher_raw(r->pub, r->topic, buf.data, buf.size) == 0;
     }
     msgpack_sbuffer_destroy(&buf);
+    if (!queued) {
+        /* Not sent after all: it and what it carried count in the next report. */
+        pthread_mutex_lock(&r->lock);
+        r->suppressed += 1 + suppressed;
+        pthread_mutex_unlock(&r->lock);
+    }
 }
 
 void report_cleanup(struct report *r)
