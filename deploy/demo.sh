@@ -2,18 +2,20 @@
 # The demo: installs what is missing, builds, starts a private mosquitto on a free loopback
 # port, twinhub with deploy/twinhub.yaml, and twinsim with 50 simulated ECG monitors, then
 # shows the fleet's twins changing live until Ctrl-C (or --seconds N). Everything it started
-# is stopped on exit.
-#   ./deploy/demo.sh [--seconds N] [--devices N] [--rate HZ]
+# is stopped on exit. With --tls, all of it runs over mutual TLS with a fresh development PKI
+# (certs/make-pki.sh into deploy/run/pki) and the ACLs of deploy/mosquitto.acl.
+#   ./deploy/demo.sh [--tls] [--seconds N] [--devices N] [--rate HZ]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
-seconds=0 devices=50 rate=2
+seconds=0 devices=50 rate=2 tls=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --seconds) seconds=$2; shift 2 ;;
     --devices) devices=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --tls) tls=1; shift ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -38,32 +40,58 @@ cleanup() {
     done
     echo
     echo "stopped. database: $run/twinhub.db   logs: $run/{mosquitto,twinhub,twinsim}.log"
+    [ $tls -eq 0 ] || echo "certificates: $run/pki   broker configuration: $run/mosquitto.conf"
     echo "look around: build/hub/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-cat >"$run/mosquitto.conf" <<CONF
+if [ $tls -eq 1 ]; then
+    # A fresh PKI every run: the CA, the broker's and the hub's certificates, one per device.
+    echo "making a development PKI in $run/pki..."
+    certs/make-pki.sh "$run/pki" --devices "$devices" --force >/dev/null
+    deploy/mosquitto-conf.sh --pki "$run/pki" --port "$port" --out "$run/mosquitto.conf"
+    url="ssl://localhost:$port" # the host name the server certificate is checked against
+    hub_tls=(--set "broker.tls.ca=$run/pki/ca.pem" --set "broker.tls.cert=$run/pki/hub.pem"
+             --set "broker.tls.key=$run/pki/hub.key")
+    sim_tls=(--ca "$run/pki/ca.pem" --cert-dir "$run/pki/devices")
+else
+    cat >"$run/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
 set_tcp_nodelay true
 persistence false
 log_dest stderr
 CONF
+    url="tcp://127.0.0.1:$port"
+    hub_tls=() sim_tls=()
+fi
 /usr/sbin/mosquitto -c "$run/mosquitto.conf" >"$run/mosquitto.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    if [ $tls -eq 1 ]; then
+        # a bare TCP probe would log an OpenSSL error on the TLS listener
+        grep -q ' running$' "$run/mosquitto.log" && break
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    fi
     sleep 0.1
 done
 
-build/hub/twinhub -c deploy/twinhub.yaml --broker "tcp://127.0.0.1:$port" \
+build/hub/twinhub -c deploy/twinhub.yaml --broker "$url" "${hub_tls[@]}" \
     --db "$run/twinhub.db" >"$run/twinhub.log" 2>&1 &
 pids+=($!)
-build/hub/twinsim --broker "tcp://127.0.0.1:$port" --devices "$devices" --rate "$rate" \
+build/hub/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$rate" \
     >"$run/twinsim.log" 2>&1 &
 pids+=($!)
 
-echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
+if [ $tls -eq 1 ]; then
+    echo "mosquitto on 127.0.0.1:$port, mutual TLS only: every client shows a certificate of the"
+    echo "development CA, its CN is its identity, deploy/mosquitto.acl limits each device to its"
+    echo "own topics; twinhub (CN twinhub) and twinsim ($devices devices, one certificate each)"
+    echo "running over mutual TLS"
+else
+    echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
+fi
 build/hub/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
     --fields reported.heart_rate=HR,reported.spo2=SpO2,reported.temperature=Temp

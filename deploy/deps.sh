@@ -18,8 +18,9 @@ ensure_packages() {
 }
 
 # What building and running twinhub needs.
+# (openssl: certs/make-pki.sh, for ./deploy/demo.sh --tls)
 BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev liblmdb-dev
-                libyaml-dev mosquitto)
+                libyaml-dev mosquitto openssl)
 # What the tests need on top.
 TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack)
 

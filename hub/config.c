@@ -148,6 +148,9 @@ static const struct key keys[] = {
 
     UINT("history.max_points", history_max_points, "600", 0, 1000000, K_RELOAD),
 
+    UINT("commands.max_per_device", commands_max, "100", 1, 1000000, K_RELOAD),
+    DUR("commands.retention", command_retention_s, "24h", SEC, 0, 3650 * DAY, K_RELOAD),
+
     UINT("publish.qos", publish_qos, "1", 0, 2, 0),
     UINT("publish.max_inflight", publish_inflight, "64", 1, 65535, 0),
     ENUM("publish.encoding", publish_json, "msgpack", encodings, 0),
@@ -1131,17 +1134,33 @@ fail_open:
  * Print and reload
  * ------------------------------------------------------------------------------------------ */
 
-/* Writes s as a YAML double-quoted scalar. */
+/* Writes s as a YAML double-quoted scalar. Besides C0 controls and DEL, the C1 controls
+ * (U+0080..U+009F: libyaml refuses them raw, and reads NEL as a line break it folds), the line
+ * and paragraph separators and the BOM are escaped, so what is printed loads back the same. */
 static void print_quoted(FILE *out, const char *s)
 {
     fputc('"', out);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
+        if (*p == '"' || *p == '\\') {
             fprintf(out, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
+        } else if (*p < 0x20 || *p == 0x7f) {
             fprintf(out, "\\x%02x", *p);
-        else
+        } else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+            fprintf(out, "\\x%02x", p[1]);
+            p++;
+        } else if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)) {
+            fprintf(out, "\\u%04x", 0x2000 + (p[2] - 0x80));
+            p += 2;
+        } else if (p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf) {
+            fputs("\\ufeff", out);
+            p += 2;
+        } else if (p[0] == 0xef && p[1] == 0xbf && (p[2] == 0xbe || p[2] == 0xbf)) {
+            /* U+FFFE and U+FFFF: libyaml refuses them raw */
+            fprintf(out, "\\u%04x", 0xffc0 + (p[2] - 0x80));
+            p += 2;
+        } else {
             fputc(*p, out);
+        }
     }
     fputc('"', out);
 }

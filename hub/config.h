@@ -53,6 +53,13 @@ struct config {
     /* history (reloadable) */
     unsigned history_max_points; /* history.max_points: 600 */
 
+    /* commands (reloadable) */
+    unsigned commands_max;        /* commands.max_per_device: 100 (stored per device, any
+                                     state; at the cap the oldest finished, then the oldest
+                                     pending, make room) */
+    unsigned command_retention_s; /* commands.retention: 1d, how long a finished command
+                                     is kept (0: until the cap pushes it out) */
+
     /* publishing */
     int publish_qos;           /* publish.qos: 1 */
     unsigned publish_inflight; /* publish.max_inflight: 64 */

@@ -1,6 +1,8 @@
 /* hub: the daemon's private wiring. main.c owns the process (config, signals, the main loop);
- * ingest.c turns received messages into committed twin changes; publisher.c sends what was
- * committed; report.c counts rejected input and reports it on hub/errors. */
+ * ingest.c turns received messages into committed twin changes (presence.c: device status);
+ * publisher.c sends what was committed; outputs.c builds the messages besides twin state
+ * (events, replies, commands to devices); report.c counts rejected input and reports it on
+ * hub/errors. */
 #ifndef HUB_HUB_H
 #define HUB_HUB_H
 
@@ -15,12 +17,40 @@
 #include "twins.h"
 
 /* ---------------------------------------------------------------------------------------------
- * publisher.c: a thread that publishes committed twin state with a bounded number of publishes
- * in flight, coalescing per twin: a twin whose state changed several times while waiting is
- * published once, at its latest committed version (read from LMDB when it is sent). What the
- * broker acknowledged is removed from the store's outbox in batches; what is left there is
- * published again after a restart.
+ * publisher.c: a thread that publishes with a bounded number of publishes in flight.
+ *
+ * Twin publications are coalesced per twin: publisher_twin() asks for some of PUB_* to be
+ * published for a twin, and the thread reads what it sends from the committed twin when it
+ * sends it, so a twin that changed several times while waiting is published once, at its
+ * latest committed version. What the broker acknowledged of twins/{id}/state is removed from
+ * the store's outbox in batches; what is left there is published again (state and desired)
+ * after a restart. A twin has at most one round of publications in flight, so its retained
+ * messages reach the broker in commit order.
+ *
+ * Messages (publisher_msg) are published as given, in order, never coalesced: replies and
+ * events (QoS 1), commands to devices (QoS 1), hub/errors reports (QoS 0). Each class has a
+ * capacity of messages waiting, and all of them together a bound in payload bytes; a message
+ * over either is dropped and counted (publisher_stats.dropped). A dropped reply or event is
+ * lost (they are not stored); a dropped command stays in the store's queue, marked sent, and is
+ * sent again when its device next comes online or the hub restarts. A QoS 1 message whose
+ * connection dropped before the acknowledgement is sent again once the connection is back.
  * ------------------------------------------------------------------------------------------ */
+
+/* What publisher_twin asks for. */
+enum {
+    PUB_STATE = 1u << 0,   /* twins/{id}/state, retained: the document, empty once deleted */
+    PUB_DESIRED = 1u << 1, /* devices/{id}/desired, retained: {version, delta}, empty when in
+                              sync or deleted */
+    PUB_DELTA = 1u << 2,   /* devices/{id}/desired again, only when the delta is not empty (a
+                              device came online: what it missed, not a clear of what it has) */
+};
+
+enum pub_class {
+    PUB_CLASS_REPORT = 0, /* hub/errors, QoS 0 */
+    PUB_CLASS_REPLY,      /* replies to requests and events on twins/{id}/events, QoS 1 */
+    PUB_CLASS_COMMAND,    /* devices/{id}/commands, QoS 1 */
+    PUB_CLASSES
+};
 
 struct publisher;
 
@@ -28,32 +58,52 @@ struct publisher_options {
     struct twin_store *store;
     struct bridge_client *bridge;
     const struct bridge_topics *topics;
-    int qos;
+    int qos; /* of twin state and desired */
     unsigned max_inflight;
-    bool json;
-    unsigned raw_capacity; /* queued hub/errors reports; more are dropped (counted) */
+    bool json;                      /* twin state as JSON (devices/{id}/desired stays msgpack) */
+    unsigned capacity[PUB_CLASSES]; /* messages waiting per class; 0: that class is dropped */
+    size_t max_bytes;               /* payload bytes of all messages waiting; 0: no bound */
 };
 
 struct publisher_stats {
-    uint64_t published;   /* state publications acknowledged */
-    uint64_t failed;      /* publications that failed and were queued again */
-    uint64_t coalesced;   /* state requests merged into one already waiting */
-    uint64_t raw_dropped; /* reports dropped because the queue was full */
-    uint64_t queued;      /* twins waiting now */
-    uint64_t inflight;    /* publishes in flight now */
+    uint64_t published;            /* twin publications (state, desired) acknowledged */
+    uint64_t failed;               /* publications and messages refused by the broker */
+    uint64_t coalesced;            /* twin requests merged into one already waiting */
+    uint64_t queued;               /* twins waiting now */
+    uint64_t inflight;             /* publishes in flight now */
+    uint64_t sent[PUB_CLASSES];    /* messages acknowledged (QoS 0: written) */
+    uint64_t dropped[PUB_CLASSES]; /* messages dropped: over capacity, no memory */
+    uint64_t waiting[PUB_CLASSES]; /* messages waiting or in flight now */
 };
 
 /* Creates the publisher (not yet running). Returns 0 or -ENOMEM. */
 int publisher_new(struct publisher **out, const struct publisher_options *o);
 /* Starts its thread. Returns 0 or -errno from pthread_create. */
 int publisher_start(struct publisher *p);
-/* Asks for the state of twin `id` to be published (any thread; never blocks on the network).
- * Returns 0 or -ENOMEM (the outbox still has it: it is published after a restart). */
-int publisher_state(struct publisher *p, const char *id, size_t id_len);
-/* Queues one message (QoS 0, copied). Returns 0, or -ENOBUFS when raw_capacity are waiting
- * (or no memory): the message is dropped and counted. Any thread. */
+/* Asks for `flags` (PUB_*) of twin `id` to be published (any thread; never blocks on the
+ * network). Call it after the commit it reports. Returns 0, -EINVAL (id too long, no flags) or
+ * -ENOMEM (the outbox still has the state: published after a restart). */
+int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned flags);
+
+/* One message for publisher_msg; everything is copied. */
+struct publisher_msg {
+    const char *topic; /* NUL-terminated, publishable */
+    const void *payload;
+    size_t len;
+    int qos;
+    bool retained;
+    const void *correlation; /* MQTT 5 correlation data to attach; NULL: none */
+    size_t correlation_len;
+};
+
+/* Queues one message of class `cls` (any thread). Returns 0, -ENOBUFS (over the class's
+ * capacity or the byte bound: dropped and counted), -ENOMEM (dropped and counted), -EINVAL. */
+int publisher_msg(struct publisher *p, enum pub_class cls, const struct publisher_msg *m);
+/* A hub/errors report: publisher_msg of PUB_CLASS_REPORT at QoS 0. Any thread. Returns as
+ * publisher_msg (0: queued). */
 int publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len);
-/* Queues the state of every twin left in the store's outbox (at start). Main thread. */
+/* Queues the state and desired state of every twin left in the store's outbox (at start).
+ * Main thread. */
 int publisher_recover(struct publisher *p, char *err);
 /* Wakes the thread (after a reconnect). Any thread. */
 void publisher_wake(struct publisher *p);
@@ -67,6 +117,61 @@ void publisher_stop(struct publisher *p);
 /* Frees (stopping first). NULL allowed. Call after the bridge client is freed, so that no
  * completion can arrive any more. */
 void publisher_free(struct publisher *p);
+
+/* ---------------------------------------------------------------------------------------------
+ * outputs.c: messages built while a write transaction runs and queued in the publisher only
+ * after it commits (outlist), and the payloads of the hub's events, replies and commands.
+ * An outlist belongs to one thread. Payloads to services are msgpack, or JSON when `json`;
+ * payloads to devices are always msgpack.
+ * ------------------------------------------------------------------------------------------ */
+
+struct outmsg {
+    enum pub_class cls;
+    int qos;
+    bool retained;
+    size_t topic, topic_len, payload, len, corr, corr_len; /* offsets into outlist.data */
+    bool has_corr;
+};
+
+struct outlist {
+    const struct bridge_topics *topics;
+    bool json;
+    msgpack_sbuffer data; /* topics (NUL-terminated), payloads, correlation data */
+    msgpack_sbuffer tmp;  /* the payload being packed */
+    msgpack_packer pk;    /* packs into tmp */
+    msgpack_zone zone;    /* JSON conversion */
+    struct outmsg *v;
+    size_t n, cap;
+    int err; /* the first failure since the last reset (-ENOMEM, -EINVAL) */
+};
+
+int outlist_init(struct outlist *ol, const struct bridge_topics *topics, bool json);
+void outlist_cleanup(struct outlist *ol);
+/* Forgets every message (at the start of a write transaction's function: it may run again). */
+void outlist_reset(struct outlist *ol);
+/* Starts a payload: returns the packer to pack exactly one value with. */
+msgpack_packer *outlist_begin(struct outlist *ol);
+/* Ends the payload begun with outlist_begin and adds it for `topic`: to services (`service`:
+ * JSON when ol->json) or to devices (msgpack). Returns 0 or ol->err. */
+int outlist_end(struct outlist *ol, enum pub_class cls, const char *topic, bool service, int qos,
+                const void *corr, size_t corr_len);
+/* Queues every message in the publisher and resets. Returns how many were dropped. */
+unsigned outlist_flush(struct outlist *ol, struct publisher *pub);
+
+/* An event {type: "presence", connected, ts} for twin `id`. Returns 0 or ol->err. */
+int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool connected,
+                       int64_t ts);
+
+/* An event {type: "command", id, cmd, state, ts} for command `c` (ts: its last change).
+ * Returns 0 or ol->err. */
+int out_event_command(struct outlist *ol, const struct twin_command *c);
+/* The message devices/{id}/commands {id, cmd, args, ts, expires} for command `c` (ts: when it
+ * was created; expires: its deadline, nil for none; args nil for none). Always msgpack.
+ * Returns 0 or ol->err. */
+int out_command(struct outlist *ol, const struct twin_command *c);
+
+/* Packs a string key or value. */
+void out_pack_str(msgpack_packer *pk, const char *s, size_t n);
 
 /* ---------------------------------------------------------------------------------------------
  * report.c: rejected input. Every rejection is counted and logged at debug; a token bucket
@@ -100,14 +205,22 @@ void report_set_rate(struct report *r, double rate, unsigned burst);
 /* Counts and maybe reports one rejection. Any thread. */
 void report_reject(struct report *r, enum report_kind kind, const char *topic, size_t topic_len,
                    const char *reason);
+/* The kind of a twins library error code (-E2BIG: size, -ELOOP: depth, ...). */
+enum report_kind report_kind_of(int rc);
 void report_cleanup(struct report *r);
 
 /* ---------------------------------------------------------------------------------------------
- * ingest.c: the message callback (Paho's receive thread).
+ * ingest.c: the message callback (Paho's receive thread) and what it dispatches to:
+ * telemetry (ingest.c), device status (presence.c), requests from services (requests.c),
+ * command acks (commands.c).
  * ------------------------------------------------------------------------------------------ */
 
 struct ingest_stats {
     _Atomic uint64_t received, applied, duplicate, stale, retained;
+    _Atomic uint64_t status;            /* device status messages that changed a twin */
+    _Atomic uint64_t requests;          /* requests from services (not retained) */
+    _Atomic uint64_t requests_rejected; /* of which replied to with `rejected` */
+    _Atomic uint64_t acks;              /* command acks from devices (not retained) */
 };
 
 struct ingest {
@@ -117,17 +230,66 @@ struct ingest {
     const struct bridge_topics *topics;
     pthread_mutex_t limits_lock; /* guards limits (SIGHUP changes them) */
     struct twin_limits limits;
-    msgpack_zone zone; /* reused for every message; only the receive thread touches it */
+    msgpack_zone zone;  /* reused for every message; only the receive thread touches it */
+    struct outlist out; /* the same: what one message's transaction publishes */
     struct ingest_stats stats;
 };
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
                 struct report *report, const struct bridge_topics *topics,
-                const struct twin_limits *limits);
+                const struct twin_limits *limits, bool json);
 void ingest_set_limits(struct ingest *in, const struct twin_limits *limits);
 /* bridge_message_cb: commits before it returns (the broker's PUBACK follows the return). */
 void ingest_on_message(void *ctx, const struct bridge_msg *m);
 void ingest_cleanup(struct ingest *in);
+/* The current limits (a copy). Receive thread. */
+struct twin_limits ingest_limits(struct ingest *in);
+/* Queues the messages of in->out after a commit; logs what the publisher dropped. */
+void ingest_flush(struct ingest *in);
+/* An error that cannot be fixed in place (storage, memory) while handling message `t`: logs
+ * and exits before returning, so the broker keeps the message (no PUBACK) and redelivers it to
+ * the restarted hub. */
+_Noreturn void ingest_fatal(const struct bridge_topic *t, const char *what, int rc,
+                            const char *err);
+
+/* presence.c: devices/{id}/status. Receive thread. */
+void presence_on_status(struct ingest *in, const struct bridge_msg *m,
+                        const struct bridge_topic *t);
+/* requests.c: twins/{id}/desired/set, get, delete, commands/send. Receive thread. */
+void requests_on_message(struct ingest *in, const struct bridge_msg *m,
+                         const struct bridge_topic *t);
+
+/* ---------------------------------------------------------------------------------------------
+ * commands.c: commands to devices, their acks, the expiry timer, re-sending after a restart.
+ * ------------------------------------------------------------------------------------------ */
+
+/* twin_command_cb: an event on twins/{id}/events for the change, added to the outlist `ctx`.
+ * Returns 0 or -ENOMEM (the transaction must then be aborted). */
+int commands_on_event(void *ctx, const struct twin_command *c, enum twin_command_state from);
+/* In a write transaction: marks command `cmd_id` of twin `id` sent and adds its message (and
+ * the event for queued -> sent) to `ol`. Returns as twin_command_mark_sent, or ol's error. */
+int commands_send_one(struct twin_txn *txn, const char *id, size_t id_len, const char *cmd_id,
+                      int64_t now, struct outlist *ol, char *err);
+/* The same for every command of twin `id` still queued or sent, oldest first (the device came
+ * online, or the hub restarted). A damaged record is logged and skipped. */
+int commands_send_pending(struct twin_txn *txn, const char *id, size_t id_len, int64_t now,
+                          struct outlist *ol, char *err);
+/* devices/{id}/commands/ack {id, status, result?}. Receive thread. */
+void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t);
+/* The timer pass: expires the commands due at `now` (and drops finished ones past their
+ * retention) in transactions of a bounded size, queuing an event for each expired command
+ * after each commit. *expired: how many. Returns 0 or a store error (reason in err). Main
+ * thread, with its own outlist. */
+int commands_expire(struct twin_store *store, struct publisher *pub, struct outlist *ol,
+                    int64_t now, uint64_t *expired, char *err);
+/* When commands_expire has work next (hub clock, ms). Returns 0, -ENOENT (nothing due ever),
+ * or a store error. */
+int commands_next_due(struct twin_store *store, int64_t *at, char *err);
+/* At start: sends again every queued or sent command of the twins marked connected (what was
+ * committed before the last stop may not have reached the device). *devices: how many twins
+ * had some. Returns 0 or a store error. Main thread, before the bridge starts. */
+int commands_resend_connected(struct twin_store *store, struct publisher *pub, struct outlist *ol,
+                              uint64_t *devices, char *err);
 
 /* Wall clock (ms since epoch), for timestamps that leave the process. */
 int64_t hub_now_ms(void);

@@ -1,6 +1,7 @@
 /* ingest: turns one received message into one committed twin change, before the message is
  * acknowledged. It owns the order size cap -> topic -> pre-scan and decode -> one LMDB write
- * transaction -> hand-off to the publisher; it never publishes itself.
+ * transaction -> hand-off to the publisher, for telemetry here, and dispatches the other
+ * topics (presence.c, requests.c, commands.c); it never publishes itself.
  *
  * Threads: ingest_on_message runs on Paho's receive thread (one at a time); it takes
  * in->limits_lock for a moment to copy the limits. ingest_set_limits: main thread (SIGHUP). */
@@ -28,7 +29,7 @@ static int apply_fn(struct twin_txn *txn, void *ctx)
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
                 struct report *report, const struct bridge_topics *topics,
-                const struct twin_limits *limits)
+                const struct twin_limits *limits, bool json)
 {
     memset(in, 0, sizeof(*in));
     in->store = store;
@@ -38,8 +39,16 @@ int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *p
     in->limits = *limits;
     pthread_mutex_init(&in->limits_lock, NULL);
     if (!msgpack_zone_init(&in->zone, 4096))
-        return -ENOMEM;
+        goto fail_zone;
+    if (outlist_init(&in->out, topics, json) < 0)
+        goto fail_out;
     return 0;
+fail_out:
+    outlist_cleanup(&in->out);
+    msgpack_zone_destroy(&in->zone);
+fail_zone:
+    pthread_mutex_destroy(&in->limits_lock);
+    return -ENOMEM;
 }
 
 void ingest_set_limits(struct ingest *in, const struct twin_limits *limits)
@@ -49,52 +58,49 @@ void ingest_set_limits(struct ingest *in, const struct twin_limits *limits)
     pthread_mutex_unlock(&in->limits_lock);
 }
 
-static enum report_kind kind_of(int rc)
-{
-    switch (rc) {
-    case -E2BIG:
-        return REPORT_SIZE;
-    case -ELOOP:
-        return REPORT_DEPTH;
-    case -EBADMSG:
-        return REPORT_MALFORMED;
-    default:
-        return REPORT_INVALID;
-    }
-}
-
-/* An error that cannot be fixed in place (storage, memory): exit before returning, so the
- * broker keeps the message (no PUBACK) and redelivers it to the restarted hub. */
-static void fatal(const struct bridge_topic *t, int rc, const char *err)
-{
-    char qerr[TWIN_ERR_LEN + 8];
-    log_quote(qerr, sizeof(qerr), err, strlen(err));
-    log_error("cannot apply telemetry; exiting without acknowledging it", "id=%.*s rc=%d err=%s",
-              (int)t->id_len, t->id, rc, qerr);
-    _exit(70);
-}
-
-static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
+struct twin_limits ingest_limits(struct ingest *in)
 {
     struct twin_limits lim;
     pthread_mutex_lock(&in->limits_lock);
     lim = in->limits;
     pthread_mutex_unlock(&in->limits_lock);
+    return lim;
+}
+
+void ingest_fatal(const struct bridge_topic *t, const char *what, int rc, const char *err)
+{
+    char qerr[TWIN_ERR_LEN + 8];
+    log_quote(qerr, sizeof(qerr), err, strlen(err));
+    log_error("cannot commit a message; exiting without acknowledging it",
+              "what=\"%s\" id=%.*s rc=%d err=%s", what, (int)t->id_len, t->id, rc, qerr);
+    _exit(70);
+}
+
+void ingest_flush(struct ingest *in)
+{
+    unsigned dropped = outlist_flush(&in->out, in->pub);
+    if (dropped)
+        log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
+}
+
+static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
+{
+    struct twin_limits lim = ingest_limits(in);
 
     char err[TWIN_ERR_LEN];
     msgpack_object obj;
     int rc = twin_input_decode(m->payload, m->len, &lim, &in->zone, &obj, err);
     if (rc == -ENOMEM)
-        fatal(t, rc, err);
+        ingest_fatal(t, "telemetry", rc, err);
     if (rc < 0) {
-        report_reject(in->report, kind_of(rc), m->topic, m->topic_len, err);
+        report_reject(in->report, report_kind_of(rc), m->topic, m->topic_len, err);
         goto out;
     }
     struct apply a = {.t = t, .telemetry = &obj, .now = hub_now_ms()};
     err[0] = '\0'; /* twin_store_write fills it for its own failures; fn's go to a.err */
     rc = twin_store_write(in->store, apply_fn, &a, err);
     if (rc == -EINVAL || rc == -E2BIG) {
-        report_reject(in->report, kind_of(rc), m->topic, m->topic_len, a.err);
+        report_reject(in->report, report_kind_of(rc), m->topic, m->topic_len, a.err);
         goto out;
     }
     if (rc == -EBADMSG) {
@@ -106,11 +112,13 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         goto out;
     }
     if (rc < 0)
-        fatal(t, rc, err[0] ? err : a.err);
+        ingest_fatal(t, "telemetry", rc, err[0] ? err : a.err);
     switch (a.res.outcome) {
     case TWIN_APPLIED:
         atomic_fetch_add(&in->stats.applied, 1);
-        if (publisher_state(in->pub, t->id, t->id_len) < 0)
+        /* devices/{id}/desired only when the delta changed: the hot path publishes once */
+        if (publisher_twin(in->pub, t->id, t->id_len,
+                           PUB_STATE | (a.res.delta_changed ? PUB_DESIRED : 0)) < 0)
             log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                      (int)t->id_len, t->id);
         break;
@@ -148,6 +156,18 @@ void ingest_on_message(void *ctx, const struct bridge_msg *m)
         else
             telemetry(in, m, &t);
         break;
+    case BRIDGE_T_STATUS:
+        presence_on_status(in, m, &t);
+        break;
+    case BRIDGE_T_CMD_ACK:
+        commands_on_ack(in, m, &t);
+        break;
+    case BRIDGE_T_DESIRED_SET:
+    case BRIDGE_T_GET:
+    case BRIDGE_T_DELETE:
+    case BRIDGE_T_CMD_SEND:
+        requests_on_message(in, m, &t);
+        break;
     default:
         /* Only what we subscribe to arrives; anything else is a broker misconfiguration. */
         report_reject(in->report, REPORT_TOPIC, m->topic, m->topic_len,
@@ -158,6 +178,7 @@ void ingest_on_message(void *ctx, const struct bridge_msg *m)
 
 void ingest_cleanup(struct ingest *in)
 {
+    outlist_cleanup(&in->out);
     msgpack_zone_destroy(&in->zone);
     pthread_mutex_destroy(&in->limits_lock);
 }

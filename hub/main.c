@@ -16,6 +16,14 @@
 #define STATS_EVERY_MS 60000
 #define DRAIN_MS 5000
 #define MAX_OVERRIDES 64
+/* What may wait in the publisher (see hub.h): hub/errors reports, replies and events (lost
+ * when dropped), commands to devices (kept in the store when dropped: sent again when the
+ * device next comes online), and all their payloads together. */
+#define COMMAND_TIMER_SLACK_MS 10
+#define REPORTS_WAITING 256
+#define REPLIES_WAITING 16384
+#define COMMANDS_WAITING 65536
+#define MESSAGES_MAX_BYTES (256u << 20)
 
 static const char usage[] =
     "usage: twinhub [-c FILE] [options]\n"
@@ -136,15 +144,24 @@ static int parse_args(int argc, char **argv, struct args *a)
 }
 
 /* Everything the daemon runs, in the order it is built (and torn down in reverse). */
+/* What the hub subscribes to. */
+static const enum bridge_topic_kind sub_kinds[] = {
+    BRIDGE_T_TELEMETRY, BRIDGE_T_STATUS, BRIDGE_T_CMD_ACK,  BRIDGE_T_DESIRED_SET,
+    BRIDGE_T_GET,       BRIDGE_T_DELETE, BRIDGE_T_CMD_SEND,
+};
+#define NSUBS (sizeof(sub_kinds) / sizeof(sub_kinds[0]))
+
 struct hub {
     struct config cfg;
     struct bridge_topics topics;
-    char sub[BRIDGE_TOPIC_MAX], status_topic[BRIDGE_TOPIC_MAX], errors_topic[BRIDGE_TOPIC_MAX];
+    char sub[NSUBS][BRIDGE_TOPIC_MAX];
+    char status_topic[BRIDGE_TOPIC_MAX], errors_topic[BRIDGE_TOPIC_MAX];
     struct twin_store *store;
     struct ingest in;
     struct bridge_client *client;
     struct publisher *pub;
     struct report rep;
+    struct outlist timer_out; /* the main loop's: events of expired commands, re-sends */
 };
 
 static struct twin_limits limits_of(const struct config *c)
@@ -193,6 +210,8 @@ static void reload(const struct args *a, struct hub *h)
     twin_store_set_history_max(h->store, cur->history_max_points);
     twin_store_set_max_doc(h->store, cur->max_twin_size);
     twin_store_set_limits(h->store, cur->max_twins, (uint64_t)cur->max_clock_skew_s * 1000);
+    twin_store_set_command_limits(h->store, cur->commands_max,
+                                  (uint64_t)cur->command_retention_s * 1000);
     log_info("configuration reloaded", "restart_needed=\"%s\"", restart);
 }
 
@@ -208,7 +227,9 @@ static void log_stats(struct hub *h)
     log_info("stats",
              "received=%llu applied=%llu duplicate=%llu stale=%llu retained=%llu rejected=%llu "
              "published=%llu "
-             "coalesced=%llu publish_failed=%llu queued=%llu inflight=%llu reports_dropped=%llu",
+             "coalesced=%llu publish_failed=%llu queued=%llu inflight=%llu reports_dropped=%llu "
+             "status=%llu requests=%llu requests_rejected=%llu acks=%llu messages_sent=%llu "
+             "messages_dropped=%llu commands_dropped=%llu",
              (unsigned long long)atomic_load(&in->stats.received),
              (unsigned long long)atomic_load(&in->stats.applied),
              (unsigned long long)atomic_load(&in->stats.duplicate),
@@ -216,10 +237,43 @@ static void log_stats(struct hub *h)
              (unsigned long long)atomic_load(&in->stats.retained), (unsigned long long)rejected,
              (unsigned long long)ps.published, (unsigned long long)ps.coalesced,
              (unsigned long long)ps.failed, (unsigned long long)ps.queued,
-             (unsigned long long)ps.inflight, (unsigned long long)ps.raw_dropped);
+             (unsigned long long)ps.inflight, (unsigned long long)ps.dropped[PUB_CLASS_REPORT],
+             (unsigned long long)atomic_load(&in->stats.status),
+             (unsigned long long)atomic_load(&in->stats.requests),
+             (unsigned long long)atomic_load(&in->stats.requests_rejected),
+             (unsigned long long)atomic_load(&in->stats.acks),
+             (unsigned long long)(ps.sent[PUB_CLASS_REPLY] + ps.sent[PUB_CLASS_COMMAND]),
+             (unsigned long long)ps.dropped[PUB_CLASS_REPLY],
+             (unsigned long long)ps.dropped[PUB_CLASS_COMMAND]);
 }
 
-/* The main loop: returns when SIGTERM or SIGINT arrives. */
+/* When the command timer runs next (hub clock); INT64_MAX: nothing is due. Main thread. */
+static int64_t next_due(struct hub *h)
+{
+    char err[TWIN_ERR_LEN];
+    int64_t at;
+    int rc = commands_next_due(h->store, &at, err);
+    if (rc == 0)
+        return at;
+    if (rc != -ENOENT)
+        log_error("cannot read the command deadlines", "err=\"%s\"", err);
+    return INT64_MAX;
+}
+
+/* The command timer: expires what is due, an event for each. Main thread. */
+static void expire_commands(struct hub *h)
+{
+    char err[TWIN_ERR_LEN];
+    uint64_t n;
+    if (commands_expire(h->store, h->pub, &h->timer_out, hub_now_ms(), &n, err) < 0)
+        log_error("command expiry failed", "err=\"%s\"", err);
+    else if (n)
+        log_debug("commands expired", "count=%llu", (unsigned long long)n);
+}
+
+/* The main loop: returns when SIGTERM or SIGINT arrives. Commands expire within
+ * COMMAND_TIMER_SLACK_MS of their deadline: the deadline is read again every round (a command
+ * queued meanwhile may be due sooner), and a round lasts at most a second. */
 static void serve(const struct args *a, struct hub *h)
 {
     const struct config *cfg = &h->cfg;
@@ -234,6 +288,14 @@ static void serve(const struct args *a, struct hub *h)
         unsigned tick = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
         if (tick > 1000)
             tick = 1000;
+        int64_t due = next_due(h), wall = hub_now_ms();
+        if (due <= wall) {
+            expire_commands(h);
+            due = next_due(h);
+        }
+        if (due - wall < (int64_t)tick)
+            tick = due - wall < COMMAND_TIMER_SLACK_MS ? COMMAND_TIMER_SLACK_MS
+                                                       : (unsigned)(due - wall);
         struct timespec ts = {tick / 1000, (long)(tick % 1000) * 1000000};
         int sig = sigtimedwait(&set, NULL, &ts);
         if (sig == SIGTERM || sig == SIGINT) {
@@ -280,9 +342,10 @@ static void client_options(struct hub *h, struct bridge_options *bo, const char 
     bo->tls.cert = c->tls_cert[0] ? c->tls_cert : NULL;
     bo->tls.key = c->tls_key[0] ? c->tls_key : NULL;
     bo->tls.verify = c->tls_verify;
-    subs[0] = h->sub;
+    for (size_t i = 0; i < NSUBS; i++)
+        subs[i] = h->sub[i];
     bo->subscriptions = subs;
-    bo->n_subscriptions = 1;
+    bo->n_subscriptions = (int)NSUBS;
     bo->sub_qos = 1;
     bo->on_message = ingest_on_message;
     bo->on_connection = on_connection;
@@ -301,7 +364,8 @@ static int hub_open(struct hub *h)
         log_error("bad topic prefix", "err=\"%s\"", berr);
         return rc;
     }
-    bridge_topic_filter(&h->topics, BRIDGE_T_TELEMETRY, h->sub, sizeof(h->sub));
+    for (size_t i = 0; i < NSUBS; i++)
+        bridge_topic_filter(&h->topics, sub_kinds[i], h->sub[i], sizeof(h->sub[i]));
     bridge_topic_build(&h->topics, BRIDGE_T_HUB_STATUS, NULL, 0, h->status_topic,
                        sizeof(h->status_topic));
     bridge_topic_build(&h->topics, BRIDGE_T_HUB_ERRORS, NULL, 0, h->errors_topic,
@@ -317,18 +381,21 @@ static int hub_open(struct hub *h)
     so.writemap = c->writemap;
     so.max_twins = c->max_twins;
     so.max_clock_skew_ms = (uint64_t)c->max_clock_skew_s * 1000;
+    so.commands_max = c->commands_max;
+    so.command_retention_ms = (uint64_t)c->command_retention_s * 1000;
     if ((rc = twin_store_open(&h->store, &so, terr)) < 0) {
         log_error("cannot open the store", "path=\"%s\" err=\"%s\"", c->db_path, terr);
         return rc;
     }
 
     struct twin_limits lim = limits_of(c);
-    if ((rc = ingest_init(&h->in, h->store, NULL, &h->rep, &h->topics, &lim)) < 0) {
+    if ((rc = ingest_init(&h->in, h->store, NULL, &h->rep, &h->topics, &lim, c->publish_json)) <
+        0) {
         log_error("cannot set up ingest", "err=\"no memory\"");
         goto fail_ingest;
     }
     struct bridge_options bo;
-    const char *subs[1];
+    const char *subs[NSUBS];
     client_options(h, &bo, subs);
     if ((rc = bridge_client_new(&h->client, &bo, berr)) < 0) {
         log_error("cannot create the MQTT client", "err=\"%s\"", berr);
@@ -341,7 +408,10 @@ static int hub_open(struct hub *h)
         .qos = c->publish_qos,
         .max_inflight = c->publish_inflight,
         .json = c->publish_json,
-        .raw_capacity = 256,
+        .capacity = {[PUB_CLASS_REPORT] = REPORTS_WAITING,
+                     [PUB_CLASS_REPLY] = REPLIES_WAITING,
+                     [PUB_CLASS_COMMAND] = COMMANDS_WAITING},
+        .max_bytes = MESSAGES_MAX_BYTES,
     };
     if ((rc = publisher_new(&h->pub, &po)) < 0) {
         log_error("cannot create the publisher", "err=\"no memory\"");
@@ -349,12 +419,24 @@ static int hub_open(struct hub *h)
     }
     h->in.pub = h->pub;
     report_init(&h->rep, h->pub, h->errors_topic, c->publish_json, c->errors_rate, c->errors_burst);
+    if ((rc = outlist_init(&h->timer_out, &h->topics, c->publish_json)) < 0) {
+        log_error("cannot set up the command timer", "err=\"no memory\"");
+        goto fail_start;
+    }
 
     /* Whatever was committed but not acknowledged as published before the last stop. */
     if ((rc = publisher_recover(h->pub, terr)) < 0) {
         log_error("cannot read the outbox", "err=\"%s\"", terr);
         goto fail_start;
     }
+    /* Commands that connected devices may not have received before the last stop. */
+    uint64_t resent;
+    if ((rc = commands_resend_connected(h->store, h->pub, &h->timer_out, &resent, terr)) < 0) {
+        log_error("cannot re-send queued commands", "err=\"%s\"", terr);
+        goto fail_start;
+    }
+    if (resent)
+        log_info("queued commands sent again", "devices=%llu", (unsigned long long)resent);
     if ((rc = publisher_start(h->pub)) < 0) {
         log_error("cannot start the publisher", "err=%d", rc);
         goto fail_start;
@@ -369,6 +451,7 @@ fail_start:
     publisher_stop(h->pub);
     bridge_client_free(h->client);
     publisher_free(h->pub);
+    outlist_cleanup(&h->timer_out);
     report_cleanup(&h->rep);
     goto fail_client;
 fail_publisher:
@@ -395,6 +478,7 @@ static void hub_close(struct hub *h)
         log_error("cannot trim the outbox", "err=\"%s\"", err);
     log_stats(h);
     publisher_free(h->pub);
+    outlist_cleanup(&h->timer_out);
     report_cleanup(&h->rep);
     ingest_cleanup(&h->in);
     if (twin_store_sync(h->store, err) < 0)

@@ -1,13 +1,14 @@
-/* publisher: sends committed twin state with a bounded number of publishes in flight,
- * coalescing per twin, and trims the store's outbox of what the broker acknowledged. It does
- * not decide what changed (ingest does) and never writes a twin.
+/* publisher: sends what was committed with a bounded number of publishes in flight: twin state
+ * and desired state coalesced per twin (read from the store when sent), and messages as given
+ * (replies, events, commands, reports). It trims the store's outbox of what the broker
+ * acknowledged. It does not decide what changed (ingest does) and never writes a twin.
  *
  * Threads and locks:
- *   publisher_state, publisher_raw, publisher_wake: any thread (ingest runs them on Paho's
- *     receive thread); take p->lock briefly, never touch the network.
+ *   publisher_twin, publisher_msg, publisher_raw, publisher_wake: any thread (ingest runs them
+ *     on Paho's receive thread); take p->lock briefly, never touch the network.
  *   run(): the publisher's own thread; reads LMDB and calls bridge_client_publish without
- *     p->lock held.
- *   on_state_done, on_raw_done: Paho's threads, via the bridge; take p->lock.
+ *     p->lock held, and never while a read transaction is open (see send_batch).
+ *   on_slot_done, on_msg_done: Paho's threads, via the bridge; take p->lock.
  *   publisher_flush_acked: the publisher thread on its timer, and main at shutdown.
  */
 #include <errno.h>
@@ -20,26 +21,48 @@
 
 #define FLUSH_EVERY_MS 250
 #define FLUSH_AT 4096
+#define RETRY_PAUSE_MS 50
+
+/* The two publications of a twin's round: twins/{id}/state and devices/{id}/desired. */
+enum { SLOT_STATE = 0, SLOT_DESIRED, SLOTS };
+
+struct entry;
+
+struct slot {
+    struct entry *e;
+    unsigned flag;   /* what to ask for again when it must be retried */
+    bool send;       /* part of the round being sent */
+    size_t off, len; /* its payload in p->batch, while the publisher thread sends it */
+};
 
 struct entry {
     struct entry *hnext; /* hash chain */
     struct entry *qnext; /* FIFO of queued entries */
     struct publisher *p;
     bool inflight;
-    bool dirty;       /* committed again while in flight: publish once more */
-    uint64_t version; /* the version in flight */
-    size_t off, len;  /* its payload in p->batch, while the publisher thread sends it */
+    unsigned flags;    /* asked for, not yet taken into a round */
+    unsigned round;    /* flags of the round in flight */
+    unsigned pending;  /* publishes of the round not yet completed */
+    unsigned reserved; /* room in the window taken for the round (one per slot it may send) */
+    bool failed;       /* one of them failed: the round does not trim the outbox */
+    bool deleted;      /* the twin is gone: the round publishes its deletion */
+    uint64_t version;  /* the version the round publishes */
     int rc;
+    struct slot slot[SLOTS];
     size_t id_len;
     char id[TWIN_ID_MAX + 1];
 };
 
-struct raw {
-    struct raw *next;
+struct msg {
+    struct msg *next;
     struct publisher *p;
-    size_t len;
+    enum pub_class cls;
+    int qos;
+    bool retained;
+    size_t len, corr_len;
     char *topic;
-    char payload[]; /* topic follows the payload */
+    unsigned char *corr; /* NULL: none */
+    char payload[];      /* topic and correlation data follow the payload */
 };
 
 struct acked {
@@ -61,8 +84,10 @@ struct publisher {
     struct entry *qhead, *qtail;
     struct entry *spare; /* freed entries, reused */
 
-    struct raw *rhead, *rtail;
-    unsigned nraw;
+    struct msg *mhead, *mtail;  /* messages waiting (not in flight) */
+    unsigned nmsg[PUB_CLASSES]; /* messages waiting or in flight, per class */
+    unsigned nmsg_all;
+    size_t msg_bytes; /* their payload bytes */
 
     unsigned inflight, max_inflight;
 
@@ -81,7 +106,7 @@ static uint64_t hash(const char *s, size_t n)
     return h;
 }
 
-static struct entry **slot(struct publisher *p, const char *id, size_t n)
+static struct entry **slot_of(struct publisher *p, const char *id, size_t n)
 {
     struct entry **e = &p->buckets[hash(id, n) & (p->nbuckets - 1)];
     while (*e && ((*e)->id_len != n || memcmp((*e)->id, id, n) != 0))
@@ -123,7 +148,7 @@ static void enqueue(struct publisher *p, struct entry *e)
 
 static void remove_entry(struct publisher *p, struct entry *e)
 {
-    struct entry **s = slot(p, e->id, e->id_len);
+    struct entry **s = slot_of(p, e->id, e->id_len);
     *s = e->hnext;
     p->count--;
     e->hnext = p->spare;
@@ -132,7 +157,7 @@ static void remove_entry(struct publisher *p, struct entry *e)
 
 static void signal_idle(struct publisher *p)
 {
-    if (p->count == 0 && p->nraw == 0 && p->inflight == 0)
+    if (p->count == 0 && p->nmsg_all == 0 && p->inflight == 0)
         pthread_cond_broadcast(&p->drained);
 }
 
@@ -157,17 +182,21 @@ int publisher_new(struct publisher **out, const struct publisher_options *o)
     return 0;
 }
 
-int publisher_state(struct publisher *p, const char *id, size_t id_len)
+/* ---------------------------------------------------------------------------------------------
+ * Asking
+ * ------------------------------------------------------------------------------------------ */
+
+int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned flags)
 {
-    if (id_len > TWIN_ID_MAX)
+    if (id_len > TWIN_ID_MAX || !flags)
         return -EINVAL;
     int rc = 0;
     pthread_mutex_lock(&p->lock);
-    struct entry **s = slot(p, id, id_len);
+    struct entry **s = slot_of(p, id, id_len);
     if (*s) {
-        /* Already waiting: the thread reads the latest version when it sends. */
-        if ((*s)->inflight)
-            (*s)->dirty = true;
+        /* Already waiting (or in flight: it goes again when the round ends); the thread
+         * reads the latest version when it sends. */
+        (*s)->flags |= flags;
         p->st.coalesced++;
         goto out;
     }
@@ -180,6 +209,9 @@ int publisher_state(struct publisher *p, const char *id, size_t id_len)
     }
     memset(e, 0, offsetof(struct entry, id));
     e->p = p;
+    for (int i = 0; i < SLOTS; i++)
+        e->slot[i].e = e;
+    e->flags = flags;
     e->id_len = id_len;
     memcpy(e->id, id, id_len);
     e->id[id_len] = '\0';
@@ -195,40 +227,77 @@ out:
     return rc;
 }
 
-int publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len)
+static void msg_link(struct publisher *p, struct msg *m)
 {
-    size_t tlen = strlen(topic);
-    pthread_mutex_lock(&p->lock);
-    if (p->nraw >= p->o.raw_capacity) {
-        p->st.raw_dropped++;
-        pthread_mutex_unlock(&p->lock);
-        return -ENOBUFS;
-    }
-    p->nraw++; /* reserve the place before allocating without the lock */
-    pthread_mutex_unlock(&p->lock);
-
-    struct raw *r = malloc(sizeof(*r) + len + tlen + 1);
-    pthread_mutex_lock(&p->lock);
-    if (!r) {
-        p->nraw--;
-        p->st.raw_dropped++;
-        pthread_mutex_unlock(&p->lock);
-        return -ENOBUFS;
-    }
-    r->next = NULL;
-    r->p = p;
-    r->len = len;
-    memcpy(r->payload, payload, len);
-    r->topic = r->payload + len;
-    memcpy(r->topic, topic, tlen + 1);
-    if (p->rtail)
-        p->rtail->next = r;
+    m->next = NULL;
+    if (p->mtail)
+        p->mtail->next = m;
     else
-        p->rhead = r;
-    p->rtail = r;
+        p->mhead = m;
+    p->mtail = m;
+}
+
+/* A message leaves: sent, dropped or failed. Under p->lock. */
+static void msg_release(struct publisher *p, struct msg *m)
+{
+    p->nmsg[m->cls]--;
+    p->nmsg_all--;
+    p->msg_bytes -= m->len;
+    free(m);
+}
+
+int publisher_msg(struct publisher *p, enum pub_class cls, const struct publisher_msg *m)
+{
+    if ((unsigned)cls >= PUB_CLASSES || !m || !m->topic || (m->len && !m->payload) ||
+        (m->correlation_len && !m->correlation))
+        return -EINVAL;
+    size_t tlen = strlen(m->topic);
+    size_t clen = m->correlation ? m->correlation_len : 0;
+    /* Copy before taking the lock: a full queue wastes one allocation, a busy one waits less. */
+    struct msg *r = malloc(sizeof(*r) + m->len + tlen + 1 + clen);
+    pthread_mutex_lock(&p->lock);
+    int rc = 0;
+    if (!r) {
+        rc = -ENOMEM;
+    } else if (p->nmsg[cls] >= p->o.capacity[cls] ||
+               (p->o.max_bytes && p->msg_bytes + m->len > p->o.max_bytes)) {
+        rc = -ENOBUFS;
+    }
+    if (rc < 0) {
+        p->st.dropped[cls]++;
+        pthread_mutex_unlock(&p->lock);
+        free(r);
+        return rc;
+    }
+    r->p = p;
+    r->cls = cls;
+    r->qos = m->qos;
+    r->retained = m->retained;
+    r->len = m->len;
+    if (m->len)
+        memcpy(r->payload, m->payload, m->len);
+    r->topic = r->payload + m->len;
+    memcpy(r->topic, m->topic, tlen + 1);
+    r->corr = NULL;
+    r->corr_len = clen;
+    if (m->correlation) {
+        r->corr = (unsigned char *)r->topic + tlen + 1;
+        if (clen)
+            memcpy(r->corr, m->correlation, clen);
+    }
+    p->nmsg[cls]++;
+    p->nmsg_all++;
+    p->msg_bytes += m->len;
+    msg_link(p, r);
     pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->lock);
     return 0;
+}
+
+int publisher_raw(struct publisher *p, const char *topic, const void *payload, size_t len)
+{
+    struct publisher_msg m = {.topic = topic, .payload = payload, .len = len, .qos = 0};
+    return publisher_msg(p, PUB_CLASS_REPORT, &m);
 }
 
 void publisher_wake(struct publisher *p)
@@ -241,7 +310,9 @@ void publisher_wake(struct publisher *p)
 static int recover_one(void *ctx, const char *id, size_t id_len, uint64_t version)
 {
     (void)version;
-    return publisher_state(ctx, id, id_len);
+    /* Desired too: whether its publication got through before the stop is not recorded, and
+     * publishing the same retained message again changes nothing. */
+    return publisher_twin(ctx, id, id_len, PUB_STATE | PUB_DESIRED);
 }
 
 int publisher_recover(struct publisher *p, char *err)
@@ -255,66 +326,120 @@ int publisher_recover(struct publisher *p, char *err)
     return rc;
 }
 
-/* Paho thread: a state publication completed. */
-static void on_state_done(void *ctx, int status)
+/* ---------------------------------------------------------------------------------------------
+ * Completions
+ * ------------------------------------------------------------------------------------------ */
+
+static void record_acked(struct publisher *p, struct entry *e)
 {
-    struct entry *e = ctx;
-    struct publisher *p = e->p;
-    pthread_mutex_lock(&p->lock);
-    p->inflight--;
+    if (p->nacked == p->acked_cap) {
+        size_t cap = p->acked_cap ? p->acked_cap * 2 : 256;
+        struct acked *a = realloc(p->acked, cap * sizeof(*a));
+        if (a) {
+            p->acked = a;
+            p->acked_cap = cap;
+        }
+    }
+    /* Without room the outbox keeps the entry: one more publication after a restart. */
+    if (p->nacked < p->acked_cap) {
+        struct acked *a = &p->acked[p->nacked++];
+        a->version = e->version;
+        a->id_len = e->id_len;
+        memcpy(a->id, e->id, e->id_len + 1);
+    }
+}
+
+/* The last publication of e's round completed. Under p->lock. */
+static void round_end(struct publisher *p, struct entry *e)
+{
     e->inflight = false;
+    /* Only a round that published the state at e->version may trim the outbox up to it: a
+     * desired-only round read a version whose state may still be on its way. */
+    if (!e->failed && (e->round & PUB_STATE))
+        record_acked(p, e);
+    e->round = 0;
+    if (e->flags && !p->stop)
+        enqueue(p, e);
+    else
+        remove_entry(p, e);
+    pthread_cond_signal(&p->wake);
+    signal_idle(p);
+}
+
+/* One publication of a round completed with `status` (0, or a bridge_publish_cb status;
+ * -ENOTCONN and -EAGAIN for a publish that could not be handed over). Under p->lock. */
+static void slot_done(struct publisher *p, struct slot *s, int status)
+{
+    struct entry *e = s->e;
+    p->inflight--;
+    e->pending--;
     if (status == 0) {
         p->st.published++;
-        if (p->nacked == p->acked_cap) {
-            size_t cap = p->acked_cap ? p->acked_cap * 2 : 256;
-            struct acked *a = realloc(p->acked, cap * sizeof(*a));
-            if (a) {
-                p->acked = a;
-                p->acked_cap = cap;
-            }
-        }
-        /* Without room the outbox keeps the entry: one more publication after a restart. */
-        if (p->nacked < p->acked_cap) {
-            struct acked *a = &p->acked[p->nacked++];
-            a->version = e->version;
-            a->id_len = e->id_len;
-            memcpy(a->id, e->id, e->id_len + 1);
-        }
-    } else if (status == -ECONNRESET) {
-        /* The connection dropped before the acknowledgement: send again once it is back. */
-        e->dirty = true;
-    } else if (status != -ECANCELED) {
-        /* Refused by the broker (not authorized, quota): retrying at once would only spin.
-         * The outbox keeps it; the twin's next commit or the next start sends it again. */
-        p->st.failed++;
-        log_debug("state publication refused", "id=%s status=%d", e->id, status);
-    }
-    if (e->dirty && !p->stop) {
-        e->dirty = false;
-        enqueue(p, e);
+    } else if (status == -ECONNRESET || status == -ENOTCONN || status == -EAGAIN) {
+        /* Lost with the connection, or not handed over: send again (at the latest version)
+         * once it is back. */
+        e->failed = true;
+        e->flags |= s->flag;
     } else {
-        remove_entry(p, e);
+        /* Refused by the broker (not authorized, quota), or cancelled at shutdown: retrying at
+         * once would only spin. The outbox keeps the state; the twin's next commit or the next
+         * start sends it again. */
+        e->failed = true;
+        if (status != -ECANCELED) {
+            p->st.failed++;
+            log_debug("twin publication not accepted", "id=%s slot=%s status=%d", e->id,
+                      s == &e->slot[SLOT_STATE] ? "state" : "desired", status);
+        }
+    }
+    if (e->pending == 0)
+        round_end(p, e);
+}
+
+/* Paho thread: a twin publication completed. */
+static void on_slot_done(void *ctx, int status)
+{
+    struct slot *s = ctx;
+    struct publisher *p = s->e->p;
+    pthread_mutex_lock(&p->lock);
+    slot_done(p, s, status);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* A message completed (Paho thread), or could not be handed over (publisher thread). */
+static void msg_done(struct publisher *p, struct msg *m, int status)
+{
+    p->inflight--;
+    if (status == 0) {
+        p->st.sent[m->cls]++;
+        msg_release(p, m);
+    } else if ((status == -ECONNRESET || status == -ENOTCONN || status == -EAGAIN) && m->qos > 0 &&
+               !p->stop) {
+        msg_link(p, m); /* at least once: again when the connection is back */
+    } else {
+        if (status != -ECANCELED) {
+            p->st.failed++;
+            log_debug("message not accepted", "topic=%s status=%d", m->topic, status);
+        }
+        p->st.dropped[m->cls]++;
+        msg_release(p, m);
     }
     pthread_cond_signal(&p->wake);
     signal_idle(p);
-    pthread_mutex_unlock(&p->lock);
 }
 
-static void on_raw_done(void *ctx, int status)
+static void on_msg_done(void *ctx, int status)
 {
-    struct raw *r = ctx;
-    struct publisher *p = r->p;
-    (void)status; /* QoS 0 reports: a lost one is not worth a retry */
-    free(r);
+    struct msg *m = ctx;
+    struct publisher *p = m->p;
     pthread_mutex_lock(&p->lock);
-    p->inflight--;
-    p->nraw--;
-    pthread_cond_signal(&p->wake);
-    signal_idle(p);
+    msg_done(p, m, status);
     pthread_mutex_unlock(&p->lock);
 }
 
-/* Removes the acknowledged versions from the outbox. */
+/* ---------------------------------------------------------------------------------------------
+ * Trimming the outbox
+ * ------------------------------------------------------------------------------------------ */
+
 struct flush {
     struct acked *a;
     size_t n;
@@ -348,30 +473,31 @@ int publisher_flush_acked(struct publisher *p, char *err)
     return rc;
 }
 
-/* Copies the current state of `e` (its latest committed version) into p->batch, as it will
- * be published. Returns 0, -ENOENT (twin gone), or another negative code (logged). */
-static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e)
+/* ---------------------------------------------------------------------------------------------
+ * Sending
+ * ------------------------------------------------------------------------------------------ */
+
+static void slot_payload(struct publisher *p, struct slot *s, size_t off)
+{
+    s->send = true;
+    s->off = off;
+    s->len = p->batch.size - off;
+}
+
+/* The state of e as it will be published, appended to p->batch. */
+static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e, const void *doc,
+                      size_t len)
 {
     char err[TWIN_ERR_LEN];
-    const void *doc;
-    size_t len;
-    int rc = twin_get_raw(txn, e->id, e->id_len, &doc, &len, err);
-    if (rc == -ENOENT)
-        return rc;
-    if (rc == 0 && (rc = twin_doc_version(doc, len, &e->version)) < 0)
-        snprintf(err, sizeof(err), "stored document unreadable");
-    if (rc < 0) {
-        log_error("cannot read twin for publishing", "id=%s err=\"%s\"", e->id, err);
-        return rc;
-    }
-    e->off = p->batch.size;
+    size_t off = p->batch.size;
+    int rc;
     if (p->o.json) {
         /* Our own bytes, but a damaged page must not reach msgpack-c unchecked either. */
         struct twin_limits lim = {len, TWIN_DEPTH_CAP, UINT32_MAX};
         msgpack_object obj;
-        size_t off = 0;
+        size_t uoff = 0;
         if (twin_input_scan(doc, len, &lim, err) < 0 ||
-            msgpack_unpack(doc, len, &off, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS) {
+            msgpack_unpack(doc, len, &uoff, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS) {
             log_error("cannot read twin for publishing", "id=%s err=\"stored document: %s\"", e->id,
                       err);
             return -EBADMSG;
@@ -380,23 +506,118 @@ static int copy_state(struct publisher *p, struct twin_txn *txn, struct entry *e
     } else {
         rc = msgpack_sbuffer_write(&p->batch, doc, len) == 0 ? 0 : -ENOMEM;
     }
-    e->len = p->batch.size - e->off;
+    if (rc == 0)
+        slot_payload(p, &e->slot[SLOT_STATE], off);
     return rc;
 }
 
-static int send_state(struct publisher *p, struct entry *e)
+/* {version, delta} of e, or nothing when in sync (an empty payload for PUB_DESIRED, no
+ * publication for PUB_DELTA alone). Always msgpack: devices read it. */
+static int copy_desired(struct publisher *p, struct twin_txn *txn, struct entry *e)
 {
-    char topic[BRIDGE_TOPIC_MAX];
-    if (bridge_topic_build(p->o.topics, BRIDGE_T_STATE, e->id, e->id_len, topic, sizeof(topic)) < 0)
-        return -EINVAL; /* ids are validated before they are stored: cannot happen */
-    return bridge_client_publish(p->o.bridge, topic, p->batch.data + e->off, e->len, p->o.qos, true,
-                                 NULL, on_state_done, e);
+    char err[TWIN_ERR_LEN];
+    uint64_t version;
+    msgpack_object delta;
+    int rc = twin_delta_get(txn, e->id, e->id_len, &version, &delta, err);
+    if (rc < 0) {
+        log_error("cannot read the delta for publishing", "id=%s err=\"%s\"", e->id, err);
+        return rc;
+    }
+    size_t off = p->batch.size;
+    struct slot *s = &e->slot[SLOT_DESIRED];
+    if (delta.type == MSGPACK_OBJECT_NIL) {
+        if (e->round & PUB_DESIRED)
+            slot_payload(p, s, off);
+        return 0;
+    }
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &p->batch, msgpack_sbuffer_write);
+    bool bad = msgpack_pack_map(&pk, 2) != 0;
+    out_pack_str(&pk, "version", 7);
+    bad = bad || msgpack_pack_uint64(&pk, version) != 0;
+    out_pack_str(&pk, "delta", 5);
+    bad = bad || msgpack_pack_object(&pk, delta) != 0;
+    if (bad)
+        return -ENOMEM;
+    slot_payload(p, s, off);
+    return 0;
 }
 
-static void send_batch(struct publisher *p, struct entry *batch, struct raw *raws)
+/* Copies what e's round publishes (its latest committed version) into p->batch. Returns 0
+ * (e->slot[].send say what to send), -ENOENT (no twin and no tombstone: nothing to publish),
+ * -EIO (read failed: try again), or another negative code (logged). */
+static int copy_twin(struct publisher *p, struct twin_txn *txn, struct entry *e)
+{
+    char err[TWIN_ERR_LEN];
+    const void *doc;
+    size_t len;
+    e->deleted = false;
+    e->slot[SLOT_STATE].send = e->slot[SLOT_DESIRED].send = false;
+    e->slot[SLOT_STATE].flag = PUB_STATE;
+    e->slot[SLOT_DESIRED].flag = e->round & (PUB_DESIRED | PUB_DELTA);
+    int rc = twin_get_raw(txn, e->id, e->id_len, &doc, &len, err);
+    if (rc == -ENOENT) {
+        /* Deleted (twin_delete left the outbox entry): publish the deletion, empty retained
+         * messages that clear the broker's copies. */
+        rc = twin_tombstone_get(txn, e->id, e->id_len, &e->version, err);
+        if (rc == -ENOENT)
+            return rc;
+        if (rc < 0) {
+            log_error("cannot read tombstone for publishing", "id=%s err=\"%s\"", e->id, err);
+            return rc == -EBADMSG ? rc : -EIO;
+        }
+        e->deleted = true;
+        if (e->round & PUB_STATE)
+            slot_payload(p, &e->slot[SLOT_STATE], p->batch.size);
+        if (e->round & PUB_DESIRED)
+            slot_payload(p, &e->slot[SLOT_DESIRED], p->batch.size);
+        return 0;
+    }
+    if (rc == 0 && (rc = twin_doc_version(doc, len, &e->version)) < 0)
+        snprintf(err, sizeof(err), "stored document unreadable");
+    if (rc < 0) {
+        log_error("cannot read twin for publishing", "id=%s err=\"%s\"", e->id, err);
+        return rc == -EIO ? rc : -EBADMSG;
+    }
+    if ((e->round & PUB_STATE) && (rc = copy_state(p, txn, e, doc, len)) < 0)
+        return rc;
+    if ((e->round & (PUB_DESIRED | PUB_DELTA)) && (rc = copy_desired(p, txn, e)) < 0)
+        return rc == -EIO ? rc : -EBADMSG;
+    return 0;
+}
+
+static int send_slot(struct publisher *p, struct entry *e, int i)
+{
+    char topic[BRIDGE_TOPIC_MAX];
+    struct slot *s = &e->slot[i];
+    enum bridge_topic_kind kind = i == SLOT_STATE ? BRIDGE_T_STATE : BRIDGE_T_DESIRED;
+    if (bridge_topic_build(p->o.topics, kind, e->id, e->id_len, topic, sizeof(topic)) < 0)
+        return -EINVAL; /* ids are validated before they are stored: cannot happen */
+    int qos = i == SLOT_STATE ? p->o.qos : 1;
+    return bridge_client_publish(p->o.bridge, topic, p->batch.data + s->off, s->len, qos, true,
+                                 NULL, on_slot_done, s);
+}
+
+static int send_msg(struct publisher *p, struct msg *m)
+{
+    struct bridge_pub_props props = {.correlation = m->corr, .correlation_len = m->corr_len};
+    return bridge_client_publish(p->o.bridge, m->topic, m->payload, m->len, m->qos, m->retained,
+                                 m->corr ? &props : NULL, on_msg_done, m);
+}
+
+/* A publish call that failed: what the completion would have said. */
+static int call_status(int rc)
+{
+    /* -ENOTCONN: not connected now; -EIO/-ENOMEM: Paho's queue full or out of memory. */
+    return rc == -ENOTCONN || rc == -EIO || rc == -ENOMEM ? -EAGAIN : rc;
+}
+
+/* Sends one batch taken by run(): every slot counted in p->inflight already (reserved). */
+static void send_batch(struct publisher *p, struct entry *batch, struct msg *msgs)
 {
     char err[TWIN_ERR_LEN];
     struct twin_txn *txn = NULL;
+    bool pause = false;
 
     /* Copy first and end the read transaction before calling into Paho: Paho's receive thread
      * holds Paho's lock while ingest commits, and a commit that grows the map waits for every
@@ -405,53 +626,78 @@ static void send_batch(struct publisher *p, struct entry *batch, struct raw *raw
     if (batch && twin_store_read_begin(p->o.store, &txn, err) < 0)
         log_error("cannot read the store for publishing", "err=\"%s\"", err);
     for (struct entry *e = batch; e; e = e->qnext)
-        e->rc = txn ? copy_state(p, txn, e) : -EIO;
+        e->rc = txn ? copy_twin(p, txn, e) : -EIO;
     if (txn)
         twin_store_read_end(txn);
 
-    struct entry *requeue = NULL, *rqtail = NULL;
     for (struct entry *e = batch, *next; e; e = next) {
         next = e->qnext;
-        /* After an accepted publish `e` belongs to its completion: don't touch it again. */
-        int copied = e->rc, rc = copied == 0 ? send_state(p, e) : copied;
-        if (rc == 0)
-            continue;
+        /* Settle the reservations first: once the last publish of the round is handed over,
+         * its completion may end the round (and reuse e) at any time. */
+        int nsend = 0;
         pthread_mutex_lock(&p->lock);
-        p->inflight--;
-        e->inflight = false;
-        if (copied < 0 && copied != -EIO) {
-            /* Gone, or unreadable (logged): the outbox keeps what needs publishing. */
-            remove_entry(p, e);
-        } else {
-            e->qnext = NULL;
-            if (rqtail)
-                rqtail->qnext = e;
-            else
-                requeue = e;
-            rqtail = e;
-            p->st.queued++;
+        e->failed = false;
+        if (e->rc < 0) {
+            /* -EIO: ask again after a pause. Gone or unreadable (logged): the outbox keeps
+             * what needs publishing. */
+            if (e->rc == -EIO) {
+                e->flags |= e->round;
+                e->failed = true;
+                pause = true;
+            }
+            e->slot[SLOT_STATE].send = e->slot[SLOT_DESIRED].send = false;
+        }
+        for (int i = 0; i < SLOTS; i++)
+            nsend += e->slot[i].send;
+        p->inflight -= e->reserved - (unsigned)nsend; /* run() reserved the most it may send */
+        e->pending = (unsigned)nsend;
+        if (nsend == 0) {
+            /* Nothing to send (an error, or a delta re-send with nothing in it); what was
+             * asked for meanwhile is read again in a round of its own. */
+            e->failed = e->failed || e->rc < 0;
+            round_end(p, e);
         }
         pthread_mutex_unlock(&p->lock);
+        if (nsend == 0)
+            continue;
+        int last = e->slot[SLOT_DESIRED].send ? SLOT_DESIRED : SLOT_STATE;
+        for (int i = 0; i <= last; i++) {
+            if (!e->slot[i].send)
+                continue;
+            struct slot *s = &e->slot[i];
+            int rc = send_slot(p, e, i);
+            if (rc < 0) {
+                pause = true;
+                pthread_mutex_lock(&p->lock);
+                slot_done(p, s, call_status(rc));
+                pthread_mutex_unlock(&p->lock);
+            }
+            /* After handing over slot `last`, e belongs to the completions. */
+        }
     }
 
-    for (struct raw *r = raws, *next; r; r = next) {
-        next = r->next;
-        if (bridge_client_publish(p->o.bridge, r->topic, r->payload, r->len, 0, false, NULL,
-                                  on_raw_done, r) < 0)
-            on_raw_done(r, -ENOTCONN);
+    for (struct msg *m = msgs, *next; m; m = next) {
+        next = m->next;
+        int rc = send_msg(p, m);
+        if (rc < 0) {
+            pause = pause || m->qos > 0;
+            pthread_mutex_lock(&p->lock);
+            msg_done(p, m, call_status(rc));
+            pthread_mutex_unlock(&p->lock);
+        }
     }
 
-    if (requeue) {
-        /* Not connected or a store error: put them back in front and retry after a pause. */
-        pthread_mutex_lock(&p->lock);
-        rqtail->qnext = p->qhead;
-        if (!p->qhead)
-            p->qtail = rqtail;
-        p->qhead = requeue;
-        pthread_mutex_unlock(&p->lock);
-        struct timespec ts = {0, 50 * 1000 * 1000};
+    if (pause) {
+        /* Not connected, Paho's queue full or a store error: retry after a pause. */
+        struct timespec ts = {0, RETRY_PAUSE_MS * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+}
+
+/* The publications a round with `flags` may send. */
+static unsigned slots_of(unsigned flags)
+{
+    return ((flags & PUB_STATE) ? 1u : 0u) + ((flags & (PUB_DESIRED | PUB_DELTA)) ? 1u : 0u);
 }
 
 static void *run(void *arg)
@@ -465,8 +711,11 @@ static void *run(void *arg)
         unsigned window = p->max_inflight, quota = bridge_client_send_quota(p->o.bridge);
         if (quota && quota < window)
             window = quota;
-        bool work =
-            (p->qhead || p->rhead) && p->inflight < window && bridge_client_connected(p->o.bridge);
+        if (window < SLOTS)
+            window = SLOTS; /* a twin's round needs room for both of its publications */
+        bool work = ((p->qhead && p->inflight + slots_of(p->qhead->flags) <= window) ||
+                     (p->mhead && p->inflight < window)) &&
+                    bridge_client_connected(p->o.bridge);
         if (!work) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -477,39 +726,50 @@ static void *run(void *arg)
             }
             pthread_cond_timedwait(&p->wake, &p->lock, &ts);
         }
-        /* Take what fits in the window, state first: it is what subscribers wait for. */
+        /* Take what fits in the window, twins and messages in turn, so neither a busy fleet
+         * nor a burst of replies starves the other. A twin reserves room for each publication
+         * it may send (telemetry: one); send_batch gives back what it does not use. */
         struct entry *batch = NULL, **bt = &batch;
-        struct raw *raws = NULL, **rt = &raws;
+        struct msg *msgs = NULL, **mt = &msgs;
         if (bridge_client_connected(p->o.bridge)) {
-            while (p->qhead && p->inflight < window) {
-                struct entry *e = p->qhead;
-                p->qhead = e->qnext;
-                if (!p->qhead)
-                    p->qtail = NULL;
-                p->st.queued--;
-                e->inflight = true;
-                e->qnext = NULL;
-                *bt = e;
-                bt = &e->qnext;
-                p->inflight++;
-            }
-            while (p->rhead && p->inflight < window) {
-                struct raw *r = p->rhead;
-                p->rhead = r->next;
-                if (!p->rhead)
-                    p->rtail = NULL;
-                r->next = NULL;
-                *rt = r;
-                rt = &r->next;
-                p->inflight++;
+            bool progress = true;
+            while (progress) {
+                progress = false;
+                if (p->qhead && p->inflight + slots_of(p->qhead->flags) <= window) {
+                    struct entry *e = p->qhead;
+                    p->qhead = e->qnext;
+                    if (!p->qhead)
+                        p->qtail = NULL;
+                    p->st.queued--;
+                    e->inflight = true;
+                    e->round = e->flags;
+                    e->flags = 0;
+                    e->reserved = slots_of(e->round);
+                    e->qnext = NULL;
+                    *bt = e;
+                    bt = &e->qnext;
+                    p->inflight += e->reserved;
+                    progress = true;
+                }
+                if (p->mhead && p->inflight < window) {
+                    struct msg *m = p->mhead;
+                    p->mhead = m->next;
+                    if (!p->mhead)
+                        p->mtail = NULL;
+                    m->next = NULL;
+                    *mt = m;
+                    mt = &m->next;
+                    p->inflight++;
+                    progress = true;
+                }
             }
         }
         bool flush = p->nacked >= FLUSH_AT ||
                      (p->nacked > 0 && hub_mono_ms() - last_flush >= FLUSH_EVERY_MS);
         pthread_mutex_unlock(&p->lock);
 
-        if (batch || raws)
-            send_batch(p, batch, raws);
+        if (batch || msgs)
+            send_batch(p, batch, msgs);
         if (flush) {
             if (publisher_flush_acked(p, err) < 0)
                 log_error("cannot trim the outbox", "err=\"%s\"", err);
@@ -542,7 +802,7 @@ int publisher_drain(struct publisher *p, unsigned timeout_ms)
     }
     int rc = 0;
     pthread_mutex_lock(&p->lock);
-    while (rc == 0 && (p->count || p->nraw || p->inflight))
+    while (rc == 0 && (p->count || p->nmsg_all || p->inflight))
         rc = pthread_cond_timedwait(&p->drained, &p->lock, &ts);
     pthread_mutex_unlock(&p->lock);
     return rc == 0 ? 0 : -ETIMEDOUT;
@@ -553,6 +813,8 @@ void publisher_stats(struct publisher *p, struct publisher_stats *st)
     pthread_mutex_lock(&p->lock);
     *st = p->st;
     st->inflight = p->inflight;
+    for (int c = 0; c < PUB_CLASSES; c++)
+        st->waiting[c] = p->nmsg[c];
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -583,9 +845,9 @@ void publisher_free(struct publisher *p)
         next = e->hnext;
         free(e);
     }
-    for (struct raw *r = p->rhead, *next; r; r = next) {
-        next = r->next;
-        free(r);
+    for (struct msg *m = p->mhead, *next; m; m = next) {
+        next = m->next;
+        free(m);
     }
     free(p->buckets);
     free(p->acked);

@@ -2,6 +2,7 @@
  * a flood of bad messages cannot flood the log or the broker. It does not decide what is bad.
  * Any thread may call report_reject (ingest runs it on Paho's receive thread); r->lock guards
  * the bucket. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +37,20 @@ void report_init(struct report *r, struct publisher *pub, const char *topic, boo
     pthread_mutex_init(&r->lock, NULL);
     report_set_rate(r, rate, burst);
     r->tokens = r->burst;
+}
+
+enum report_kind report_kind_of(int rc)
+{
+    switch (rc) {
+    case -E2BIG:
+        return REPORT_SIZE;
+    case -ELOOP:
+        return REPORT_DEPTH;
+    case -EBADMSG:
+        return REPORT_MALFORMED;
+    default:
+        return REPORT_INVALID;
+    }
 }
 
 void report_set_rate(struct report *r, double rate, unsigned burst)

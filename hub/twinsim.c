@@ -1,7 +1,8 @@
 /* twinsim: a simulated fleet of ECG monitors that publishes msgpack telemetry, and the load
  * generator of the benchmarks. It owns the fleet model (heart rate, SpO2, temperature, an ECG
  * strip), the schedule and the per-connection publish windows; the MQTT connections are the
- * bridge's. It does not obey desired state or commands (yet).
+ * bridge's, over TLS when the URL is ssl:// (one shared client certificate, or each device its
+ * own from a directory). It does not obey desired state or commands (yet).
  *
  * Threads: main() is the one loop thread; it schedules, packs and publishes. Paho's threads
  * run on_publish_done (takes sim.mu), on_connection and on_log (no lock; they only log).
@@ -46,6 +47,8 @@
 struct opts {
     const char *config_file;
     const char *broker;
+    const char *ca, *cert, *key; /* override broker.tls.* */
+    const char *cert_dir;        /* device <id>: <cert_dir>/<id>.pem and .key */
     unsigned devices;
     const char *id_prefix;
     double rate; /* per device, Hz; 0 = as fast as possible */
@@ -71,6 +74,15 @@ static void usage(FILE *f)
            "  -c FILE            read broker.url, broker.tls.*, topics.devices from the hub's\n"
            "                     config file (TWINHUB_* environment variables apply too)\n"
            "  --broker URL       broker address (overrides the config), e.g. tcp://127.0.0.1:1883\n"
+           "                     or ssl://localhost:8883 (TLS: the server certificate and host\n"
+           "                     name are verified unless broker.tls.verify is false)\n"
+           "  --ca FILE          CA certificates (PEM) for the server certificate; the system\n"
+           "                     trust store is then not used (overrides broker.tls.ca)\n"
+           "  --cert FILE        client certificate (PEM) shared by every connection, with\n"
+           "  --key FILE         its private key (override broker.tls.cert / broker.tls.key)\n"
+           "  --cert-dir DIR     each device its own identity: device <id> connects with\n"
+           "                     DIR/<id>.pem and DIR/<id>.key (certs/make-pki.sh's devices/);\n"
+           "                     one connection per device\n"
            "  --devices N        number of devices (default 50)\n"
            "  --id-prefix P      device ids P0001, P0002, ... (default ecg-)\n"
            "  --rate HZ          messages per second per device, fractional allowed;\n"
@@ -87,6 +99,10 @@ static void usage(FILE *f)
            "  --quiet            no errors or connection changes on stderr\n"
            "  --print-last       after the summary, one line per device: id last_acked_seq\n"
            "  -h, --help         this text\n"
+           "\n"
+           "A broker that takes the client id from the certificate (twinhub's mosquitto.conf:\n"
+           "use_username_as_clientid) keeps one connection per certificate: with a shared\n"
+           "--cert, use --connections 1, or give each device its own with --cert-dir.\n"
            "\n"
            "At the end (count, seconds, SIGINT or SIGTERM) it waits up to 10 s for outstanding\n"
            "acks and prints one line:\n"
@@ -121,6 +137,10 @@ static int parse_double(const char *s, double min, double max, double *out)
 
 enum {
     OPT_BROKER = 256,
+    OPT_CA,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_CERT_DIR,
     OPT_DEVICES,
     OPT_ID_PREFIX,
     OPT_RATE,
@@ -140,6 +160,10 @@ static int opts_parse(struct opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"broker", required_argument, NULL, OPT_BROKER},
+        {"ca", required_argument, NULL, OPT_CA},
+        {"cert", required_argument, NULL, OPT_CERT},
+        {"key", required_argument, NULL, OPT_KEY},
+        {"cert-dir", required_argument, NULL, OPT_CERT_DIR},
         {"devices", required_argument, NULL, OPT_DEVICES},
         {"id-prefix", required_argument, NULL, OPT_ID_PREFIX},
         {"rate", required_argument, NULL, OPT_RATE},
@@ -172,6 +196,26 @@ static int opts_parse(struct opts *o, int argc, char **argv)
             break;
         case OPT_BROKER:
             o->broker = optarg;
+            break;
+        case OPT_CA:
+            if (!*optarg)
+                bad = "--ca: expected a file";
+            o->ca = optarg;
+            break;
+        case OPT_CERT:
+            if (!*optarg)
+                bad = "--cert: expected a file";
+            o->cert = optarg;
+            break;
+        case OPT_KEY:
+            if (!*optarg)
+                bad = "--key: expected a file";
+            o->key = optarg;
+            break;
+        case OPT_CERT_DIR:
+            if (!*optarg)
+                bad = "--cert-dir: expected a directory";
+            o->cert_dir = optarg;
             break;
         case OPT_DEVICES:
             if (parse_uint(optarg, 1, 1000000, &u))
@@ -238,6 +282,19 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "twinsim: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!o->cert != !o->key) {
+        fprintf(stderr, "twinsim: --cert and --key go together\n");
+        return 2;
+    }
+    if (o->cert_dir && o->cert) {
+        fprintf(stderr, "twinsim: --cert-dir and --cert/--key exclude each other\n");
+        return 2;
+    }
+    if (o->cert_dir && o->connections && o->connections < o->devices) {
+        fprintf(stderr, "twinsim: --cert-dir gives each device its own certificate, so its own "
+                        "connection: --connections must be omitted or equal --devices\n");
         return 2;
     }
     if (o->connections == 0 || o->connections > o->devices)
@@ -956,10 +1013,35 @@ static const char *nonempty(const char *s)
     return s && *s ? s : NULL;
 }
 
+/* The client certificate and key of connection i, into cert and key (PATH_MAX each): the
+ * device's own under --cert-dir, else --cert/--key, else broker.tls.*; "" when none. Returns 0
+ * or -ENAMETOOLONG (already reported). */
+static int conn_identity(unsigned i, char *cert, char *key)
+{
+    const char *c = sim.o.cert ? sim.o.cert : sim.cfg.tls_cert;
+    const char *k = sim.o.key ? sim.o.key : sim.cfg.tls_key;
+    int n1, n2;
+
+    if (!sim.o.cert_dir) {
+        n1 = snprintf(cert, PATH_MAX, "%s", c);
+        n2 = snprintf(key, PATH_MAX, "%s", k);
+    } else {
+        /* per_device: connection i is device i */
+        n1 = snprintf(cert, PATH_MAX, "%s/%s.pem", sim.o.cert_dir, sim.devs[i].id);
+        n2 = snprintf(key, PATH_MAX, "%s/%s.key", sim.o.cert_dir, sim.devs[i].id);
+    }
+    if (n1 < 0 || n1 >= PATH_MAX || n2 < 0 || n2 >= PATH_MAX) {
+        fprintf(stderr, "twinsim: the path of a client certificate or key is too long\n");
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}
+
 static int conns_create(void)
 {
     struct config *cfg = &sim.cfg;
     char err[BRIDGE_ERR_LEN];
+    static char cert[PATH_MAX], key[PATH_MAX]; /* the bridge copies them */
 
     for (unsigned i = 0; i < sim.n_conns; i++) {
         struct conn *c = &sim.conns[i];
@@ -990,9 +1072,11 @@ static int conns_create(void)
         bo.reconnect_min_s = cfg->reconnect_min_s;
         bo.reconnect_max_s = cfg->reconnect_max_s;
         bo.max_inflight = sim.o.max_inflight;
-        bo.tls.ca = nonempty(cfg->tls_ca);
-        bo.tls.cert = nonempty(cfg->tls_cert);
-        bo.tls.key = nonempty(cfg->tls_key);
+        bo.tls.ca = sim.o.ca ? sim.o.ca : nonempty(cfg->tls_ca);
+        if (conn_identity(i, cert, key) < 0)
+            return -ENAMETOOLONG;
+        bo.tls.cert = nonempty(cert);
+        bo.tls.key = nonempty(key);
         bo.tls.verify = cfg->tls_verify;
         if (sim.per_device) {
             bo.will_topic = sim.devs[i].status_topic;
@@ -1093,6 +1177,16 @@ static void conns_stop(void)
         bridge_client_free(c->client);
         c->client = NULL;
     }
+}
+
+/* How the connections identify themselves, for the "connected" line. */
+static const char *identity_name(void)
+{
+    if (sim.o.cert_dir)
+        return "per-device-certificate";
+    if (sim.o.cert || sim.cfg.tls_cert[0])
+        return "shared-certificate";
+    return "no-certificate";
 }
 
 static int load_config(void)
@@ -1217,9 +1311,9 @@ int main(int argc, char **argv)
         started = true;
         if (!sim.o.quiet) {
             char q[300];
-            log_info("connected", "broker=%s connections=%u devices=%u",
+            log_info("connected", "broker=%s connections=%u devices=%u identity=%s",
                      log_quote(q, sizeof q, sim.cfg.broker_url, strlen(sim.cfg.broker_url)),
-                     sim.n_conns, sim.n_devs);
+                     sim.n_conns, sim.n_devs, identity_name());
         }
         windows_fit();
         if (!sim.per_device) {

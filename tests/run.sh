@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds with ASan+UBSan and -Werror, runs the
-# whole ctest suite (unit and integration). Exits non-zero on any failure.
+# whole ctest suite (unit and integration), then every fuzzer for a short bounded time
+# (tests/fuzz/run.sh, clang + libFuzzer; FUZZ_SECONDS per target, default 20, 0 to skip).
+# Exits non-zero on any failure, a fuzzer's crash included.
 #   ./tests/run.sh                 everything
-#   ./tests/run.sh -L unit         only what ctest selects (arguments go to ctest)
+#   ./tests/run.sh -L unit         only what ctest selects (arguments go to ctest; no fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/deps.sh
@@ -21,3 +23,7 @@ if [ $# -gt 0 ]; then
 fi
 ctest --output-on-failure -j 2 --label-exclude bench
 ctest --output-on-failure -L bench
+cd ..
+if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+    tests/fuzz/run.sh --seconds "${FUZZ_SECONDS:-20}" --jobs 2
+fi

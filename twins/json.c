@@ -742,7 +742,7 @@ static int jw_str(msgpack_sbuffer *sb, const unsigned char *s, size_t n)
         rc = put(sb, esc, el);
         run = ++i;
     }
-    if (!rc)
+    if (!rc && n > run) /* an empty string may have a NULL pointer: no arithmetic on it */
         rc = put(sb, s + run, n - run);
     if (!rc)
         rc = put(sb, "\"", 1);

@@ -73,7 +73,7 @@ static const struct {
      "twinhub.yaml:2: unknown key 'store.snyc' (did you mean 'store.sync'?)"},
     {"unknown key, nothing close", "zzzzzzzz: 1\n",
      "twinhub.yaml:1: unknown key 'zzzzzzzz' (expected one of: broker, topics, store, limits, "
-     "history, publish, errors, rules, log)"},
+     "history, commands, publish, errors, rules, log)"},
     {"enum", "broker:\n  url: tcp://h:1883\nstore:\n  path: /var/lib/twinhub\n\n\n  sync: always\n",
      "twinhub.yaml:7: store.sync: expected 'os' or 'commit', got 'always'"},
     {"enum of four", "log: {level: verbose}\n",
@@ -556,6 +556,9 @@ static const char every_key[] = "broker:\n"
                                 "  max_clock_skew: 1m\n"
                                 "history:\n"
                                 "  max_points: 1200\n"
+                                "commands:\n"
+                                "  max_per_device: 20\n"
+                                "  retention: 1h\n"
                                 "publish:\n"
                                 "  qos: 2\n"
                                 "  max_inflight: 32\n"

@@ -1,0 +1,229 @@
+/* outputs: the messages the hub publishes besides twin state (events, replies to requests,
+ * commands to devices), built while a write transaction runs and held in an outlist until it
+ * commits, then handed to the publisher. It owns their payloads' shapes and their encoding
+ * (msgpack, or JSON for services when publish.encoding is json); it decides neither when they
+ * are sent nor what a twin change means.
+ *
+ * Threads: an outlist belongs to the thread that uses it (ingest's to Paho's receive thread,
+ * the main loop's to the main thread); nothing here takes a lock but the publisher's. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hub.h"
+#include "log.h"
+
+/* The packer's writer: a failed allocation poisons the list until the next reset, so a
+ * truncated payload is never queued. */
+static int write_tmp(void *data, const char *buf, size_t len)
+{
+    struct outlist *ol = data;
+    if (msgpack_sbuffer_write(&ol->tmp, buf, len) != 0) {
+        if (!ol->err)
+            ol->err = -ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+int outlist_init(struct outlist *ol, const struct bridge_topics *topics, bool json)
+{
+    memset(ol, 0, sizeof(*ol));
+    ol->topics = topics;
+    ol->json = json;
+    msgpack_sbuffer_init(&ol->data);
+    msgpack_sbuffer_init(&ol->tmp);
+    msgpack_packer_init(&ol->pk, ol, write_tmp);
+    if (!msgpack_zone_init(&ol->zone, 4096))
+        return -ENOMEM;
+    return 0;
+}
+
+void outlist_cleanup(struct outlist *ol)
+{
+    msgpack_sbuffer_destroy(&ol->data);
+    msgpack_sbuffer_destroy(&ol->tmp);
+    msgpack_zone_destroy(&ol->zone);
+    free(ol->v);
+    ol->v = NULL;
+    ol->n = ol->cap = 0;
+}
+
+void outlist_reset(struct outlist *ol)
+{
+    ol->data.size = 0;
+    ol->tmp.size = 0;
+    ol->n = 0;
+    ol->err = 0;
+}
+
+msgpack_packer *outlist_begin(struct outlist *ol)
+{
+    ol->tmp.size = 0;
+    return &ol->pk;
+}
+
+static int append(struct outlist *ol, const void *p, size_t n, size_t *off)
+{
+    *off = ol->data.size;
+    if (n && msgpack_sbuffer_write(&ol->data, p, n) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
+int outlist_end(struct outlist *ol, enum pub_class cls, const char *topic, bool service, int qos,
+                const void *corr, size_t corr_len)
+{
+    if (ol->err)
+        return ol->err;
+    if (ol->n == ol->cap) {
+        size_t cap = ol->cap ? ol->cap * 2 : 16;
+        struct outmsg *v = realloc(ol->v, cap * sizeof(*v));
+        if (!v)
+            return ol->err = -ENOMEM;
+        ol->v = v;
+        ol->cap = cap;
+    }
+    struct outmsg *m = &ol->v[ol->n];
+    memset(m, 0, sizeof(*m));
+    m->cls = cls;
+    m->qos = qos;
+    m->topic_len = strlen(topic);
+    int rc = append(ol, topic, m->topic_len + 1, &m->topic);
+    if (rc == 0 && service && ol->json) {
+        /* Our own packing: well formed, so msgpack-c may read it as it is. */
+        msgpack_object obj;
+        size_t off = 0;
+        msgpack_zone_clear(&ol->zone);
+        if (msgpack_unpack(ol->tmp.data, ol->tmp.size, &off, &ol->zone, &obj) !=
+            MSGPACK_UNPACK_SUCCESS)
+            rc = -ENOMEM;
+        m->payload = ol->data.size;
+        if (rc == 0)
+            rc = twin_json_write(&obj, &ol->data);
+        m->len = ol->data.size - m->payload;
+    } else if (rc == 0) {
+        rc = append(ol, ol->tmp.data, ol->tmp.size, &m->payload);
+        m->len = ol->tmp.size;
+    }
+    if (rc == 0 && corr) {
+        m->has_corr = true;
+        m->corr_len = corr_len;
+        rc = append(ol, corr, corr_len, &m->corr);
+    }
+    ol->tmp.size = 0;
+    if (rc < 0)
+        return ol->err = rc;
+    ol->n++;
+    return 0;
+}
+
+unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
+{
+    unsigned dropped = 0;
+    for (size_t i = 0; i < ol->n; i++) {
+        const struct outmsg *o = &ol->v[i];
+        struct publisher_msg m = {
+            .topic = ol->data.data + o->topic,
+            .payload = ol->data.data + o->payload,
+            .len = o->len,
+            .qos = o->qos,
+            .retained = o->retained,
+            .correlation = o->has_corr ? ol->data.data + o->corr : NULL,
+            .correlation_len = o->corr_len,
+        };
+        if (publisher_msg(pub, o->cls, &m) < 0)
+            dropped++;
+    }
+    outlist_reset(ol);
+    return dropped;
+}
+
+void out_pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+static void pack_key(msgpack_packer *pk, const char *k)
+{
+    out_pack_str(pk, k, strlen(k));
+}
+
+static void pack_int(msgpack_packer *pk, int64_t v)
+{
+    if (v >= 0)
+        msgpack_pack_uint64(pk, (uint64_t)v);
+    else
+        msgpack_pack_int64(pk, v);
+}
+
+/* An event on twins/{id}/events, packed by the caller between outlist_begin and here. */
+static int end_event(struct outlist *ol, const char *id, size_t id_len)
+{
+    char topic[BRIDGE_TOPIC_MAX];
+    if (bridge_topic_build(ol->topics, BRIDGE_T_EVENTS, id, id_len, topic, sizeof(topic)) < 0) {
+        ol->tmp.size = 0;
+        return ol->err = -EINVAL; /* ids are validated before they are stored */
+    }
+    return outlist_end(ol, PUB_CLASS_REPLY, topic, true, 1, NULL, 0);
+}
+
+int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool connected,
+                       int64_t ts)
+{
+    msgpack_packer *pk = outlist_begin(ol);
+    msgpack_pack_map(pk, 3);
+    pack_key(pk, "type");
+    pack_key(pk, "presence");
+    pack_key(pk, "connected");
+    if (connected)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    pack_key(pk, "ts");
+    pack_int(pk, ts);
+    return end_event(ol, id, id_len);
+}
+
+int out_event_command(struct outlist *ol, const struct twin_command *c)
+{
+    msgpack_packer *pk = outlist_begin(ol);
+    const char *st = twin_command_state_name(c->state);
+    msgpack_pack_map(pk, 5);
+    pack_key(pk, "type");
+    pack_key(pk, "command");
+    pack_key(pk, "id");
+    out_pack_str(pk, c->id, strlen(c->id));
+    pack_key(pk, "cmd");
+    out_pack_str(pk, c->cmd, c->cmd_len);
+    pack_key(pk, "state");
+    out_pack_str(pk, st, strlen(st));
+    pack_key(pk, "ts");
+    pack_int(pk, c->updated);
+    return end_event(ol, c->twin_id, c->twin_id_len);
+}
+
+int out_command(struct outlist *ol, const struct twin_command *c)
+{
+    char topic[BRIDGE_TOPIC_MAX];
+    if (bridge_topic_build(ol->topics, BRIDGE_T_COMMANDS, c->twin_id, c->twin_id_len, topic,
+                           sizeof(topic)) < 0)
+        return ol->err = -EINVAL;
+    msgpack_packer *pk = outlist_begin(ol);
+    msgpack_pack_map(pk, 5);
+    pack_key(pk, "id");
+    out_pack_str(pk, c->id, strlen(c->id));
+    pack_key(pk, "cmd");
+    out_pack_str(pk, c->cmd, c->cmd_len);
+    pack_key(pk, "args");
+    msgpack_pack_object(pk, c->args);
+    pack_key(pk, "ts");
+    pack_int(pk, c->created);
+    pack_key(pk, "expires");
+    if (c->expires > 0)
+        pack_int(pk, c->expires);
+    else
+        msgpack_pack_nil(pk);
+    return outlist_end(ol, PUB_CLASS_COMMAND, topic, false, 1, NULL, 0);
+}
