@@ -40,7 +40,7 @@ static const char usage[] =
     "\n"
     "Precedence: defaults < file < TWINHUB_<KEY> variables (TWINHUB_STORE_SYNC, ...) < flags.\n"
     "Signals: SIGTERM/SIGINT drain and stop; SIGHUP re-reads log.level, limits.*, history.*,\n"
-    "errors.* and rules.file.\n";
+    "errors.*, commands.* and rules.file.\n";
 
 struct args {
     const char *file;
