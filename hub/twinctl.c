@@ -4,24 +4,33 @@
  *
  * Commands live in one table (`commands` below): a new one is a row and a function.
  * Exit codes: 0 found, 1 not found (no such twin, no history), 2 usage or I/O error; every
- * failure prints one line "twinctl: <reason>" on stderr.
+ * failure prints one line "twinctl: <reason>" on stderr. The two writes (set-desired, send) go
+ * over MQTT to the hub, like any service's requests (see request()): 0 accepted, 1 rejected
+ * (the reply, with its code, is still printed), 2 timeout, usage or connection error.
  *
  * Choices made here: the database is --db, else TWINHUB_STORE_PATH, else store.path of the
  * file given with -c (like twinhub, no file is read unless -c names one), else the default.
  * `list` with no match is not an error (exit 0, no lines; --table prints the header).
  * `history --since` takes a duration back from now (bare number: seconds). In --table output
  * timestamps (last_seen, created, meta.*, predicted.*.ts) are ISO 8601 UTC. Single-threaded. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "bridge.h"
 #include "config.h"
 #include "top.h"
 #include "twins.h"
@@ -37,9 +46,15 @@ enum {
     OPT_INTERVAL = 1u << 4,
     OPT_SECONDS = 1u << 5,
     OPT_WAIT = 1u << 6,
+    OPT_VERSION = 1u << 7,
+    OPT_EXPIRES = 1u << 8,
+    OPT_TIMEOUT = 1u << 9,
+    OPT_BROKER = 1u << 10, /* --broker, --ca, --cert, --key */
 };
+#define OPT_MQTT (OPT_TIMEOUT | OPT_BROKER)
 static const char *const opt_names[] = {"--prefix",   "--limit",   "--since", "--fields",
-                                        "--interval", "--seconds", "--wait"};
+                                        "--interval", "--seconds", "--wait",  "--version",
+                                        "--expires",  "--timeout", "--broker"};
 
 struct ctl {
     /* from the command line */
@@ -53,6 +68,10 @@ struct ctl {
     const char *interval_text;
     const char *seconds_text;
     const char *wait_text;
+    const char *version_text;
+    const char *expires_text;
+    const char *timeout_text;
+    const char *broker, *ca, *cert, *key;
     unsigned opts_given;
     char **args; /* after the command name */
     int nargs;
@@ -61,6 +80,9 @@ struct ctl {
     struct twin_store *store;
     struct twin_txn *txn;
     msgpack_sbuffer out; /* JSON under construction */
+    msgpack_sbuffer req; /* an MQTT request under construction */
+    msgpack_packer pk;   /* into req */
+    msgpack_zone zone;   /* decoded arguments and replies */
 };
 
 struct command {
@@ -79,6 +101,9 @@ static int cmd_history(struct ctl *ctl);
 static int cmd_stats(struct ctl *ctl);
 static int cmd_top(struct ctl *ctl);
 static int cmd_help(struct ctl *ctl);
+static int cmd_set_desired(struct ctl *ctl);
+static int cmd_send(struct ctl *ctl);
+static int cmd_commands(struct ctl *ctl);
 
 static const struct command commands[] = {
     {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
@@ -90,6 +115,13 @@ static const struct command commands[] = {
     {"top", "[--fields PATH=LABEL,...] [--prefix P] [--interval 1s] [--seconds N] [--wait 10s]",
      "a live table of the twins, redrawn every interval", 0, 0,
      OPT_FIELDS | OPT_PREFIX | OPT_LIMIT | OPT_INTERVAL | OPT_SECONDS | OPT_WAIT, false, cmd_top},
+    {"set-desired", "ID '<json>' [--version N]",
+     "merge into the twin's desired state over MQTT; print the reply", 2, 2, OPT_VERSION | OPT_MQTT,
+     false, cmd_set_desired},
+    {"send", "ID CMD ['<json args>'] [--expires 30s]",
+     "queue a command for the device over MQTT; print the reply", 2, 3, OPT_EXPIRES | OPT_MQTT,
+     false, cmd_send},
+    {"commands", "ID", "print the twin's commands, oldest first", 1, 1, 0, true, cmd_commands},
     {"help", "", "print this text", 0, 0, 0, false, cmd_help},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -119,9 +151,13 @@ static void usage(FILE *f)
                "      --db PATH        the LMDB directory (overrides TWINHUB_STORE_PATH and "
                "the file)\n"
                "      --table          aligned text for people instead of JSON\n"
+               "      --broker URL     the broker for set-desired and send (else broker.url)\n"
+               "      --ca/--cert/--key FILE  TLS files (else broker.tls.*)\n"
+               "      --timeout 10s    how long set-desired and send wait for the reply\n"
                "  -h, --help           this text\n"
                "  -V, --version        the version\n"
-               "\nexit status: 0 found, 1 not found, 2 usage or I/O error\n");
+               "\nexit status: 0 found, 1 not found, 2 usage or I/O error; set-desired and send:\n"
+               "0 accepted, 1 rejected, 2 timeout, usage or connection error\n");
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -585,6 +621,347 @@ static int cmd_top(struct ctl *ctl)
     return top_run(&o);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Writes over MQTT: set-desired, send
+ *
+ * A clean MQTT 5 session with a client id of its own (twinctl-<pid>-<random>), subscribed to
+ * a private response topic under the twins prefix (twins/_replies/<client id>, which the hub
+ * accepts); when that topic would lie in the hub's scheme (odd prefixes), to <request>/accepted
+ * and /rejected instead. The request carries a token, also sent as the correlation data; the
+ * first message that matches either is the reply. A reply with a `code` is a rejection.
+ * ------------------------------------------------------------------------------------------ */
+
+struct waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    char token[64];
+    size_t token_len;
+    bool got;
+    char *payload; /* the reply, copied off Paho's thread */
+    size_t len;
+    char down[160]; /* why the connection went down, for the error line */
+};
+
+static void on_reply(void *vctx, const struct bridge_msg *m)
+{
+    struct waiter *w = vctx;
+    bool mine = m->correlation ? m->correlation_len == w->token_len &&
+                                     memcmp(m->correlation, w->token, w->token_len) == 0
+                               : memmem(m->payload, m->len, w->token, w->token_len) != NULL;
+    if (!mine)
+        return;
+    pthread_mutex_lock(&w->lock);
+    if (!w->got && (w->payload = malloc(m->len + 1)) != NULL) {
+        memcpy(w->payload, m->payload, m->len);
+        w->len = m->len;
+        w->got = true;
+        pthread_cond_broadcast(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void on_conn(void *vctx, bool connected, const char *reason)
+{
+    struct waiter *w = vctx;
+    if (connected)
+        return;
+    pthread_mutex_lock(&w->lock);
+    snprintf(w->down, sizeof w->down, "%s", reason ? reason : "connection lost");
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void on_bridge_log(void *ctx, enum bridge_log_level level, const char *msg)
+{
+    (void)ctx, (void)level, (void)msg; /* the one-line reason on stderr is ours */
+}
+
+static int parse_duration(const char *text, const char *name, uint64_t unit, uint64_t *out)
+{
+    if (config_parse_duration_ms(text, unit, out) < 0 || *out > (uint64_t)INT64_MAX)
+        return fail(EXIT_ERROR, "%s: expected a duration (500ms, 30s, 10m, 1h), got '%s'", name,
+                    text);
+    return 0;
+}
+
+/* A JSON object from the command line, into ctl->zone. */
+static int json_arg(struct ctl *ctl, const char *text, const char *what, msgpack_object *out)
+{
+    char err[TWIN_ERR_LEN];
+    struct twin_limits lim = TWIN_LIMITS_DEFAULT;
+    const char *p = text;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if (*p != '{')
+        return fail(EXIT_ERROR, "%s: expected a JSON object, got '%.60s'", what, text);
+    if (twin_input_decode(text, strlen(text), &lim, &ctl->zone, out, err) < 0 ||
+        out->type != MSGPACK_OBJECT_MAP)
+        return fail(EXIT_ERROR, "%s: not a valid JSON object: %s", what, err);
+    return 0;
+}
+
+static void pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+/* Publishes the request in ctl->req (a msgpack map still missing its token: `nkeys` keys so
+ * far, packed after the map header that request_begin left room for) to `kind` of twin `id`,
+ * waits for the reply, prints it. */
+static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
+{
+    char err[BRIDGE_ERR_LEN > CONFIG_ERR_LEN ? BRIDGE_ERR_LEN : CONFIG_ERR_LEN];
+    char topic[BRIDGE_TOPIC_MAX], reply_topic[BRIDGE_TOPIC_MAX], filters[2][BRIDGE_TOPIC_MAX + 16];
+    char client_id[64];
+    struct bridge_topics tp;
+    uint64_t timeout_ms = 10000;
+    int code = EXIT_ERROR;
+
+    if (ctl->timeout_text && parse_duration(ctl->timeout_text, "--timeout", 1000, &timeout_ms))
+        return EXIT_ERROR;
+    if (timeout_ms == 0 || timeout_ms > UINT32_MAX)
+        return fail(EXIT_ERROR, "--timeout: expected a duration above 0, got '%s'",
+                    ctl->timeout_text);
+    const struct {
+        const char *text, *key;
+    } flags[] = {
+        {ctl->broker, "broker.url"},
+        {ctl->ca, "broker.tls.ca"},
+        {ctl->cert, "broker.tls.cert"},
+        {ctl->key, "broker.tls.key"},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (flags[i].text && config_set(&ctl->cfg, flags[i].key, flags[i].text, err) < 0)
+            return fail(EXIT_ERROR, "%s", err);
+    if (bridge_topics_init(&tp, ctl->cfg.devices_prefix, ctl->cfg.twins_prefix, ctl->cfg.hub_prefix,
+                           err) < 0)
+        return fail(EXIT_ERROR, "topics: %s", err);
+    if (bridge_topic_build(&tp, kind, id, strlen(id), topic, sizeof topic) < 0)
+        return fail(EXIT_ERROR, "'%s' is not a twin id", id);
+
+    uint32_t rnd;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        rnd = (uint32_t)now_ms() ^ (uint32_t)getpid() << 16;
+    snprintf(client_id, sizeof client_id, "twinctl-%ld-%08x", (long)getpid(), (unsigned)rnd);
+
+    struct waiter w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    w.token_len =
+        (size_t)snprintf(w.token, sizeof w.token, "%s-%lld", client_id, (long long)now_ms());
+
+    /* the private topic, unless the hub would read it as one of its own */
+    snprintf(reply_topic, sizeof reply_topic, "%s_replies/%s", tp.twins, client_id);
+    bool private = bridge_topic_parse(&tp, reply_topic, strlen(reply_topic), NULL, NULL) != 0 &&
+                   strncmp(reply_topic, tp.devices, strlen(tp.devices)) != 0 &&
+                   strncmp(reply_topic, tp.hub, strlen(tp.hub)) != 0;
+    const char *subs[2] = {filters[0], filters[1]};
+    if (private) {
+        snprintf(filters[0], sizeof filters[0], "%s", reply_topic);
+    } else {
+        snprintf(filters[0], sizeof filters[0], "%s/accepted", topic);
+        snprintf(filters[1], sizeof filters[1], "%s/rejected", topic);
+    }
+
+    /* the token ends the request */
+    pack_str(&ctl->pk, "token", 5);
+    pack_str(&ctl->pk, w.token, w.token_len);
+
+    struct bridge_options o;
+    bridge_options_init(&o);
+    o.url = ctl->cfg.broker_url;
+    o.client_id = client_id;
+    o.username = ctl->cfg.username[0] ? ctl->cfg.username : NULL;
+    o.password = ctl->cfg.password[0] ? ctl->cfg.password : NULL;
+    o.mqtt_version = 5;
+    o.clean_start = true;
+    o.session_expiry_s = 0;
+    o.connect_timeout_s = (unsigned)((timeout_ms + 999) / 1000);
+    o.tls.ca = ctl->cfg.tls_ca[0] ? ctl->cfg.tls_ca : NULL;
+    o.tls.cert = ctl->cfg.tls_cert[0] ? ctl->cfg.tls_cert : NULL;
+    o.tls.key = ctl->cfg.tls_key[0] ? ctl->cfg.tls_key : NULL;
+    o.tls.verify = ctl->cfg.tls_verify;
+    o.subscriptions = subs;
+    o.n_subscriptions = private ? 1 : 2;
+    o.on_message = on_reply;
+    o.on_connection = on_conn;
+    o.on_log = on_bridge_log;
+    o.ctx = &w;
+
+    struct bridge_client *c = NULL;
+    int64_t deadline = now_ms() + (int64_t)timeout_ms;
+    if (bridge_client_new(&c, &o, err) < 0 || bridge_client_start(c, err) < 0) {
+        code = fail(EXIT_ERROR, "cannot connect to %s: %s", o.url, err);
+        goto out;
+    }
+    if (bridge_client_wait_connected(c, (unsigned)timeout_ms) < 0) {
+        pthread_mutex_lock(&w.lock);
+        code =
+            fail(EXIT_ERROR, "cannot connect to %s within %s: %s", o.url,
+                 ctl->timeout_text ? ctl->timeout_text : "10s", w.down[0] ? w.down : "no answer");
+        pthread_mutex_unlock(&w.lock);
+        goto out;
+    }
+    struct bridge_pub_props props = {.correlation = w.token,
+                                     .correlation_len = w.token_len,
+                                     .response_topic = private ? reply_topic : NULL};
+    int rc =
+        bridge_client_publish(c, topic, ctl->req.data, ctl->req.size, 1, false, &props, NULL, NULL);
+    if (rc < 0) {
+        code = fail(EXIT_ERROR, "cannot publish to %s: %s", topic, strerror(-rc));
+        goto out;
+    }
+
+    struct timespec ts = {.tv_sec = deadline / 1000, .tv_nsec = (deadline % 1000) * 1000000};
+    pthread_mutex_lock(&w.lock);
+    while (!w.got && pthread_cond_timedwait(&w.cond, &w.lock, &ts) != ETIMEDOUT)
+        ;
+    bool got = w.got;
+    pthread_mutex_unlock(&w.lock);
+    if (!got) {
+        code = fail(EXIT_ERROR, "no reply on %s within %s", private ? reply_topic : filters[0],
+                    ctl->timeout_text ? ctl->timeout_text : "10s");
+        goto out;
+    }
+
+    msgpack_object reply;
+    char terr[TWIN_ERR_LEN];
+    struct twin_limits lim = TWIN_LIMITS_DEFAULT;
+    lim.max_payload = w.len;
+    if (twin_input_decode(w.payload, w.len, &lim, &ctl->zone, &reply, terr) < 0 ||
+        reply.type != MSGPACK_OBJECT_MAP) {
+        code = fail(EXIT_ERROR, "the reply is not a map: %s", terr);
+        goto out;
+    }
+    bool rejected = false;
+    for (uint32_t i = 0; i < reply.via.map.size; i++) {
+        const msgpack_object *k = &reply.via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == 4 &&
+            memcmp(k->via.str.ptr, "code", 4) == 0)
+            rejected = true;
+    }
+    code = emit_json(ctl, &reply);
+    if (code == 0)
+        code = rejected ? EXIT_NOT_FOUND : EXIT_FOUND;
+
+out:
+    bridge_client_free(c);
+    free(w.payload);
+    return code;
+}
+
+static int cmd_set_desired(struct ctl *ctl)
+{
+    msgpack_object desired;
+    uint64_t version = 0;
+    if (check_id(ctl->args[0]) || json_arg(ctl, ctl->args[1], "desired", &desired))
+        return EXIT_ERROR;
+    if (ctl->version_text) {
+        char *end;
+        errno = 0;
+        version = strtoull(ctl->version_text, &end, 10);
+        if (!*ctl->version_text || *end || errno || ctl->version_text[0] == '-')
+            return fail(EXIT_ERROR, "--version: expected a whole number, got '%s'",
+                        ctl->version_text);
+    }
+    msgpack_pack_map(&ctl->pk, ctl->version_text ? 3 : 2);
+    pack_str(&ctl->pk, "desired", 7);
+    msgpack_pack_object(&ctl->pk, desired);
+    if (ctl->version_text) {
+        pack_str(&ctl->pk, "version", 7);
+        msgpack_pack_uint64(&ctl->pk, version);
+    }
+    return request(ctl, BRIDGE_T_DESIRED_SET, ctl->args[0]);
+}
+
+static int cmd_send(struct ctl *ctl)
+{
+    msgpack_object args = {.type = MSGPACK_OBJECT_NIL};
+    uint64_t expires = 0;
+    const char *name = ctl->args[1];
+    if (check_id(ctl->args[0]))
+        return EXIT_ERROR;
+    if (!*name || strlen(name) > TWIN_CMD_NAME_MAX)
+        return fail(EXIT_ERROR, "'%s' is not a command name (1 to %d bytes)", name,
+                    TWIN_CMD_NAME_MAX);
+    if (ctl->nargs > 2 && json_arg(ctl, ctl->args[2], "args", &args))
+        return EXIT_ERROR;
+    if (ctl->expires_text && parse_duration(ctl->expires_text, "--expires", 1000, &expires))
+        return EXIT_ERROR;
+    if (ctl->expires_text && expires == 0)
+        return fail(EXIT_ERROR, "--expires: expected a duration above 0, got '%s'",
+                    ctl->expires_text);
+    msgpack_pack_map(&ctl->pk, 2 + (ctl->nargs > 2) + (ctl->expires_text != NULL));
+    pack_str(&ctl->pk, "cmd", 3);
+    pack_str(&ctl->pk, name, strlen(name));
+    if (ctl->nargs > 2) {
+        pack_str(&ctl->pk, "args", 4);
+        msgpack_pack_object(&ctl->pk, args);
+    }
+    if (ctl->expires_text) {
+        pack_str(&ctl->pk, "expires_in_ms", 13);
+        msgpack_pack_uint64(&ctl->pk, expires);
+    }
+    return request(ctl, BRIDGE_T_CMD_SEND, ctl->args[0]);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * commands (from LMDB)
+ * ------------------------------------------------------------------------------------------ */
+
+static int command_one(void *vctx, const struct twin_command *c, enum twin_command_state from)
+{
+    struct ctl *ctl = vctx;
+    char created[ISO_LEN], expires[ISO_LEN];
+    (void)from;
+    if (ctl->table) {
+        printf("%-16s  %-20.*s  %-9s  %-24s  %-24s  %u\n", c->id, (int)c->cmd_len, c->cmd,
+               twin_command_state_name(c->state), iso_time(created, sizeof created, c->created),
+               c->expires ? iso_time(expires, sizeof expires, c->expires) : "-", c->attempts);
+        return 0;
+    }
+    msgpack_object_kv kv[9] = {
+        {str_obj("id"), str_obj(c->id)},
+        {str_obj("cmd"), {.type = MSGPACK_OBJECT_STR}},
+        {str_obj("args"), c->args},
+        {str_obj("state"), str_obj(twin_command_state_name(c->state))},
+        {str_obj("created"), int_obj(c->created)},
+        {str_obj("expires"), int_obj(c->expires)},
+        {str_obj("updated"), int_obj(c->updated)},
+        {str_obj("attempts"), uint_obj(c->attempts)},
+        {str_obj("result"), c->result},
+    };
+    kv[1].val.via.str.ptr = c->cmd;
+    kv[1].val.via.str.size = (uint32_t)c->cmd_len;
+    msgpack_object o = {.type = MSGPACK_OBJECT_MAP};
+    o.via.map.size = c->result.type == MSGPACK_OBJECT_NIL ? 8 : 9;
+    o.via.map.ptr = kv;
+    return emit_json(ctl, &o) ? STOP : 0;
+}
+
+static int cmd_commands(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    const char *id = ctl->args[0];
+    const void *buf;
+    size_t len;
+
+    if (check_id(id))
+        return EXIT_ERROR;
+    int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
+    if (rc == -ENOENT)
+        return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+    if (ctl->table)
+        printf("%-16s  %-20s  %-9s  %-24s  %-24s  %s\n", "ID", "CMD", "STATE", "CREATED", "EXPIRES",
+               "ATTEMPTS");
+    rc = twin_command_list(ctl->txn, id, strlen(id), command_one, ctl, err);
+    if (rc == STOP)
+        return EXIT_ERROR;
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot list the commands of '%s': %s", id, err);
+    return EXIT_FOUND;
+}
+
 static int cmd_help(struct ctl *ctl)
 {
     (void)ctl;
@@ -606,6 +983,14 @@ static const char *opt_name(unsigned bit)
     return opt_names[i];
 }
 
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
 /* Parses argv into ctl; returns the command, or NULL with *code set (help, version, error). */
 static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, int *code)
 {
@@ -621,10 +1006,16 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
         {"seconds", required_argument, NULL, 'S'},
         {"wait", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        {"version", optional_argument, NULL, 'v'},
+        {"expires", required_argument, NULL, 'e'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"broker", required_argument, NULL, 'B'},
+        {"ca", required_argument, NULL, 'A'},
+        {"cert", required_argument, NULL, 'C'},
+        {"key", required_argument, NULL, 'K'},
         {NULL, 0, NULL, 0},
     };
-    bool help = false;
+    bool help = false, show_version = false;
     int o;
 
     opterr = 0; /* our own one-line messages */
@@ -670,10 +1061,39 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
         case 'h':
             help = true;
             break;
+        case 'v':
+            /* --version alone: the program's; --version N / --version=N: set-desired's (N is
+             * the next argument unless that is an option or a command name) */
+            if (!optarg && optind < argc && argv[optind][0] != '-' && !find_command(argv[optind]))
+                optarg = argv[optind++];
+            if (!optarg) {
+                show_version = true;
+                break;
+            }
+            ctl->version_text = optarg;
+            ctl->opts_given |= OPT_VERSION;
+            break;
+        case 'e':
+            ctl->expires_text = optarg;
+            ctl->opts_given |= OPT_EXPIRES;
+            break;
+        case 'T':
+            ctl->timeout_text = optarg;
+            ctl->opts_given |= OPT_TIMEOUT;
+            break;
+        case 'B':
+        case 'A':
+        case 'C':
+        case 'K':
+            *(o == 'B'   ? &ctl->broker
+              : o == 'A' ? &ctl->ca
+              : o == 'C' ? &ctl->cert
+                         : &ctl->key) = optarg;
+            ctl->opts_given |= OPT_BROKER;
+            break;
         case 'V':
-            printf("twinctl %s\n", TWINHUB_VERSION);
-            *code = EXIT_FOUND;
-            return NULL;
+            show_version = true;
+            break;
         case ':':
             *code = fail(EXIT_ERROR, "%s needs a value (see twinctl --help)", argv[optind - 1]);
             return NULL;
@@ -687,16 +1107,18 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
         }
     }
 
+    if (show_version) {
+        printf("twinctl %s\n", TWINHUB_VERSION);
+        *code = EXIT_FOUND;
+        return NULL;
+    }
     if (optind == argc) {
         usage(help ? stdout : stderr);
         *code = help ? EXIT_FOUND : EXIT_ERROR;
         return NULL;
     }
     const char *name = argv[optind];
-    const struct command *cmd = NULL;
-    for (size_t i = 0; i < NCOMMANDS && !cmd; i++)
-        if (strcmp(commands[i].name, name) == 0)
-            cmd = &commands[i];
+    const struct command *cmd = find_command(name);
     if (!cmd) {
         *code = fail(EXIT_ERROR, "unknown command '%s' (see twinctl --help)", name);
         return NULL;
@@ -746,6 +1168,12 @@ int main(int argc, char **argv)
     if (load_config(&ctl))
         goto out;
     msgpack_sbuffer_init(&ctl.out);
+    msgpack_sbuffer_init(&ctl.req);
+    msgpack_packer_init(&ctl.pk, &ctl.req, msgpack_sbuffer_write);
+    if (!msgpack_zone_init(&ctl.zone, 4096)) {
+        code = fail(EXIT_ERROR, "out of memory");
+        goto fail_store;
+    }
     if (cmd->needs_store && open_store(&ctl))
         goto fail_store;
 
@@ -756,6 +1184,8 @@ fail_store:
         twin_store_read_end(ctl.txn);
     twin_store_close(ctl.store);
     msgpack_sbuffer_destroy(&ctl.out);
+    msgpack_sbuffer_destroy(&ctl.req);
+    msgpack_zone_destroy(&ctl.zone);
 out:
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fail(EXIT_ERROR, "writing output: %s", strerror(errno));

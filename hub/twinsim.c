@@ -2,10 +2,14 @@
  * generator of the benchmarks. It owns the fleet model (heart rate, SpO2, temperature, an ECG
  * strip), the schedule and the per-connection publish windows; the MQTT connections are the
  * bridge's, over TLS when the URL is ssl:// (one shared client certificate, or each device its
- * own from a directory). It does not obey desired state or commands (yet).
+ * own from a directory). With one connection per device, each device obeys its twin: desired
+ * sample_hz / alarm_hr_high / alarm_hr_low, commands ping / set_rate / go_offline (and
+ * --flaky); sharing connections (the load generator) it subscribes to nothing.
  *
- * Threads: main() is the one loop thread; it schedules, packs and publishes. Paho's threads
- * run on_publish_done (takes sim.mu), on_connection and on_log (no lock; they only log).
+ * Threads: main() is the one loop thread; it schedules, packs and publishes (telemetry and
+ * command acks). Paho's threads run on_publish_done (takes sim.mu), on_message (copies the
+ * message into sim.inbox under sim.mu, nothing else), on_connection and on_log (no lock; they
+ * only log).
  * Everything marked "loop thread" below is touched by main() alone; everything marked
  * "under sim.mu" is shared with on_publish_done.
  */
@@ -39,6 +43,8 @@
 #define ECG_HZ 250.0                     /* the ECG strip's sample rate */
 #define ECG_TABLE 512                    /* points of the one-beat template */
 #define ECG_SAMPLES_MAX 4096
+#define CMD_SEEN 8    /* command ids remembered per device */
+#define CMD_ID_MAX 72 /* bytes of a remembered id (packed); longer ids are not remembered */
 
 /* ---------------------------------------------------------------------------------------------
  * Options
@@ -62,6 +68,7 @@ struct opts {
     unsigned max_inflight;
     bool quiet;
     bool print_last;
+    double flaky; /* probability per device per minute of going offline for a while */
 };
 
 static void usage(FILE *f)
@@ -98,6 +105,8 @@ static void usage(FILE *f)
            "  --max-inflight W   publishes in flight per connection (default 64)\n"
            "  --quiet            no errors or connection changes on stderr\n"
            "  --print-last       after the summary, one line per device: id last_acked_seq\n"
+           "  --flaky P          each device goes offline for 2..6 s with probability P per\n"
+           "                     minute (one connection per device only)\n"
            "  -h, --help         this text\n"
            "\n"
            "A broker that takes the client id from the certificate (twinhub's mosquitto.conf:\n"
@@ -108,7 +117,15 @@ static void usage(FILE *f)
            "acks and prints one line:\n"
            "  twinsim: devices=N sent=N acked=N failed=N seconds=S rate=R msg/s\n"
            "seconds is the sending phase; rate = sent / seconds. Exit status 0, 1 if any\n"
-           "publish failed or the run could not start, 2 on a usage error.\n");
+           "publish failed or the run could not start, 2 on a usage error.\n"
+           "\n"
+           "With one connection per device (no --connections below --devices), each device\n"
+           "obeys its twin: it subscribes to devices/{id}/desired and devices/{id}/commands,\n"
+           "applies sample_hz (its message rate, 0.1..100 Hz), alarm_hr_high and alarm_hr_low\n"
+           "from the delta and reports the applied values in its telemetry (other desired keys\n"
+           "are ignored, so they stay in the delta), and acknowledges commands (delivered, then\n"
+           "succeeded or failed): ping, set_rate {hz}, go_offline {seconds} (0..3600; the device\n"
+           "stops publishing, leaves with its \"offline\" status and comes back \"online\").\n");
 }
 
 static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -153,6 +170,7 @@ enum {
     OPT_INFLIGHT,
     OPT_QUIET,
     OPT_PRINT_LAST,
+    OPT_FLAKY,
 };
 
 /* Returns 0, or 2 (usage error, already reported), or 1 after --help (exit 0). */
@@ -176,6 +194,7 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         {"max-inflight", required_argument, NULL, OPT_INFLIGHT},
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"print-last", no_argument, NULL, OPT_PRINT_LAST},
+        {"flaky", required_argument, NULL, OPT_FLAKY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -268,6 +287,10 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         case OPT_PRINT_LAST:
             o->print_last = true;
             break;
+        case OPT_FLAKY:
+            if (parse_double(optarg, 0, 1, &o->flaky))
+                bad = "--flaky: expected a probability in 0..1";
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -299,6 +322,10 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     }
     if (o->connections == 0 || o->connections > o->devices)
         o->connections = o->devices;
+    if (o->flaky > 0 && o->connections < o->devices) {
+        fprintf(stderr, "twinsim: --flaky needs one connection per device\n");
+        return 2;
+    }
     return 0;
 }
 
@@ -353,9 +380,26 @@ struct conn;
 
 struct dev {
     char id[BRIDGE_ID_MAX + 1];
-    char *topic;        /* devices/{id}/telemetry */
-    char *status_topic; /* devices/{id}/status */
+    char *topic;                                      /* devices/{id}/telemetry */
+    char *status_topic;                               /* devices/{id}/status */
+    char *desired_topic, *commands_topic, *ack_topic; /* one connection per device only */
+    const char *subs[2];
     struct conn *conn;
+
+    /* obeying (loop thread): the schedule is base_ns + (k - k0 + slot) * period_ns */
+    int64_t period_ns, base_ns;
+    uint64_t k0;
+    struct setting {
+        bool set, is_int;
+        double v;
+    } sample_hz, hr_high, hr_low;
+    /* the last commands handled, so a re-sent one is acknowledged again, not run twice */
+    struct seen_cmd {
+        unsigned char id[CMD_ID_MAX]; /* the id as packed msgpack */
+        size_t len;
+        bool ok;
+    } seen[CMD_SEEN];
+    unsigned seen_next;
 
     /* loop thread */
     uint64_t k;       /* messages issued; the next seq is k + 1 */
@@ -390,6 +434,7 @@ struct conn {
     char client_id[BRIDGE_ID_MAX + 32];
     unsigned index;
     atomic_bool ever_connected; /* Paho's threads only */
+    atomic_bool leaving;        /* go_offline: in-flight publishes cancelled on purpose */
 
     /* under sim.mu */
     struct slot *slots;
@@ -403,6 +448,18 @@ struct conn {
     bool in_ring;
     bool parked;      /* window full: off the ring until handed back */
     int64_t retry_at; /* a publish was refused: skip until then */
+    bool offline;     /* go_offline: no client until offline_until, then until connected */
+    bool reconnecting;
+    int64_t offline_until;
+};
+
+/* A message for a device (desired or commands), copied on Paho's thread, handled by the loop. */
+struct inmsg {
+    struct dev *dev;
+    enum bridge_topic_kind kind;
+    size_t len;
+    struct inmsg *next;
+    char payload[];
 };
 
 static struct {
@@ -426,6 +483,10 @@ static struct {
     unsigned heap_len;
     struct conn **ring; /* connections with due devices, round robin */
     unsigned ring_head, ring_len;
+    unsigned n_offline; /* connections with offline set */
+    uint64_t flaky_rng;
+    msgpack_sbuffer abuf; /* acks */
+    msgpack_packer apk;
 
     /* under mu */
     pthread_mutex_t mu;
@@ -438,6 +499,9 @@ static struct {
     uint64_t failed;
     uint64_t status_failed;
     int last_fail_status;
+    uint64_t cancelled;  /* in flight when a device went offline on purpose: not failures */
+    struct inmsg *inbox; /* newest first */
+    atomic_bool inbox_pending;
     atomic_bool ready_pending;
 } sim;
 
@@ -520,7 +584,23 @@ static void dev_pack(struct dev *d, uint64_t seq)
 
     dev_model_step(d);
     sim.sbuf.size = 0;
-    msgpack_pack_map(pk, 6);
+    msgpack_pack_map(pk, 6 + (unsigned)d->sample_hz.set + (unsigned)d->hr_high.set +
+                             (unsigned)d->hr_low.set);
+    /* the applied desired settings, reported back as they were asked (integer or not) */
+    const struct {
+        const char *key;
+        const struct setting *s;
+    } rep[] = {
+        {"sample_hz", &d->sample_hz}, {"alarm_hr_high", &d->hr_high}, {"alarm_hr_low", &d->hr_low}};
+    for (size_t i = 0; i < sizeof rep / sizeof rep[0]; i++) {
+        if (!rep[i].s->set)
+            continue;
+        msgpack_pack_str_with_body(pk, rep[i].key, strlen(rep[i].key));
+        if (rep[i].s->is_int)
+            msgpack_pack_int64(pk, (int64_t)rep[i].s->v);
+        else
+            msgpack_pack_double(pk, rep[i].s->v);
+    }
     msgpack_pack_str_with_body(pk, "seq", 3);
     msgpack_pack_uint64(pk, seq);
     msgpack_pack_str_with_body(pk, "ts", 2);
@@ -559,7 +639,9 @@ static void on_publish_done(void *ctx, int status)
     struct conn *c = s->conn;
 
     pthread_mutex_lock(&sim.mu);
-    if (s->dev) {
+    if (status == -ECANCELED && atomic_load(&c->leaving)) {
+        sim.cancelled++;
+    } else if (s->dev) {
         if (status == 0) {
             sim.acked++;
             if (s->seq > s->dev->last_acked)
@@ -681,10 +763,35 @@ static void on_connection(void *ctx, bool connected, const char *reason)
                  log_quote(q, sizeof q, reason ? reason : "", reason ? strlen(reason) : 0));
 }
 
+/* Paho thread. Only records the message: the loop thread handles it (and publishes). */
 static void on_message(void *ctx, const struct bridge_msg *m)
 {
-    (void)ctx;
-    (void)m;
+    struct conn *c = ctx;
+    struct bridge_topic t;
+    char err[BRIDGE_ERR_LEN];
+
+    if (!sim.per_device || bridge_topic_parse(&sim.topics, m->topic, m->topic_len, &t, err) < 0)
+        return;
+    if (t.kind != BRIDGE_T_DESIRED && t.kind != BRIDGE_T_COMMANDS)
+        return;
+    struct dev *d = &sim.devs[c->index];
+    if (t.id_len != strlen(d->id) || memcmp(t.id, d->id, t.id_len) != 0)
+        return;
+    struct inmsg *im = malloc(sizeof *im + m->len + 1);
+    if (!im)
+        return;
+    im->dev = d;
+    im->kind = t.kind;
+    im->len = m->len;
+    if (m->len)
+        memcpy(im->payload, m->payload, m->len);
+    pthread_mutex_lock(&sim.mu);
+    im->next = sim.inbox;
+    sim.inbox = im;
+    atomic_store_explicit(&sim.inbox_pending, true, memory_order_release);
+    if (sim.waiting)
+        pthread_cond_signal(&sim.cond);
+    pthread_mutex_unlock(&sim.mu);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -771,7 +878,8 @@ static void due_pop(struct conn *c)
 
 static int64_t dev_deadline(const struct dev *d, int64_t start)
 {
-    return start + (int64_t)(((double)d->k + d->slot) * (double)sim.period_ns);
+    (void)start;
+    return d->base_ns + (int64_t)(((double)(d->k - d->k0) + d->slot) * (double)d->period_ns);
 }
 
 /* After device d issued (or gave up) message k: schedule the next one, or retire it. */
@@ -832,7 +940,7 @@ static void take_ready(void)
     while (list) {
         struct conn *c = list;
         list = c->ready_next;
-        c->parked = false;
+        c->parked = c->offline;
         conn_activate(c);
     }
 }
@@ -849,6 +957,305 @@ static void log_failures(uint64_t *reported)
     *reported = failed;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Obeying the twin (loop thread; one connection per device only)
+ * ------------------------------------------------------------------------------------------ */
+
+static int conn_client_new(unsigned i);
+
+#define HZ_MIN 0.1
+#define HZ_MAX 100.0
+
+static const msgpack_object *map_get(const msgpack_object *map, const char *key)
+{
+    if (!map || map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t n = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+            memcmp(k->via.str.ptr, key, n) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+/* A number: 0 with *v and *is_int set, or -EINVAL. */
+static int obj_number(const msgpack_object *o, double *v, bool *is_int)
+{
+    if (!o)
+        return -EINVAL;
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *v = (double)o->via.u64;
+        *is_int = true;
+        return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *v = (double)o->via.i64;
+        *is_int = true;
+        return 0;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        if (!isfinite(o->via.f64))
+            return -EINVAL;
+        *v = o->via.f64;
+        *is_int = false;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
+/* Sets device d's rate (clamped to HZ_MIN..HZ_MAX) from now on; returns the applied rate. With
+ * --rate 0 (as fast as possible) the rate is stored and reported but does not pace. */
+static double dev_set_rate(struct dev *d, double hz, bool is_int, int64_t start, int64_t now)
+{
+    double applied = clampd(hz, HZ_MIN, HZ_MAX);
+    d->sample_hz.set = true;
+    d->sample_hz.is_int = is_int && applied == hz;
+    d->sample_hz.v = applied;
+    (void)start;
+    if (sim.o.rate > 0) {
+        d->period_ns = (int64_t)llround(1e9 / applied);
+        d->base_ns = now;
+        d->k0 = d->k;
+        d->slot = 0;
+        /* a deadline already in the heap stays; the next one follows the new rate */
+    }
+    return applied;
+}
+
+static void apply_desired(struct dev *d, const msgpack_object *root, int64_t start, int64_t now)
+{
+    const msgpack_object *delta = map_get(root, "delta");
+    double v;
+    bool is_int;
+
+    if (!delta || delta->type != MSGPACK_OBJECT_MAP)
+        return; /* empty: in sync */
+    if (obj_number(map_get(delta, "sample_hz"), &v, &is_int) == 0)
+        dev_set_rate(d, v, is_int, start, now);
+    if (obj_number(map_get(delta, "alarm_hr_high"), &v, &is_int) == 0)
+        d->hr_high = (struct setting){.set = true, .is_int = is_int, .v = v};
+    if (obj_number(map_get(delta, "alarm_hr_low"), &v, &is_int) == 0)
+        d->hr_low = (struct setting){.set = true, .is_int = is_int, .v = v};
+    /* other keys are ignored: they stay in the delta, which shows they were not applied */
+}
+
+/* Publishes {id, status, result?} on d's ack topic (QoS 1, fire and forget: the hub re-sends
+ * a command that is still pending when the device comes back). With rkey, result is the map
+ * {rkey: rstr}, or {rkey: true} with rbool_true, or {rkey: rnum}. */
+static void send_ack(struct dev *d, const msgpack_object *id, const char *status, const char *rkey,
+                     const char *rstr, double rnum, bool rbool_true)
+{
+    msgpack_packer *pk = &sim.apk;
+    sim.abuf.size = 0;
+    bool has_result = rkey != NULL;
+    msgpack_pack_map(pk, has_result ? 3 : 2);
+    msgpack_pack_str_with_body(pk, "id", 2);
+    msgpack_pack_object(pk, *id);
+    msgpack_pack_str_with_body(pk, "status", 6);
+    msgpack_pack_str_with_body(pk, status, strlen(status));
+    if (has_result) {
+        msgpack_pack_str_with_body(pk, "result", 6);
+        msgpack_pack_map(pk, 1);
+        msgpack_pack_str_with_body(pk, rkey, strlen(rkey));
+        if (rstr)
+            msgpack_pack_str_with_body(pk, rstr, strlen(rstr));
+        else if (rbool_true)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_double(pk, rnum);
+    }
+    struct conn *c = d->conn;
+    if (c->offline || !c->client)
+        return;
+    int r = bridge_client_publish(c->client, d->ack_topic, sim.abuf.data, sim.abuf.size, 1, false,
+                                  NULL, NULL, NULL);
+    if (r < 0 && !sim.o.quiet)
+        log_warn("command ack not published", "device=%s status=%s error=\"%s\"", d->id, status,
+                 strerror(-r));
+}
+
+/* Takes device d's connection down for `seconds`: the last word is its "offline" status (what
+ * its will says; the bridge has no way to drop a connection without a DISCONNECT, so the will
+ * itself does not fire), then nothing until it reconnects and its birth says "online". */
+static void dev_go_offline(struct dev *d, double seconds, int64_t now)
+{
+    struct conn *c = d->conn;
+    if (c->offline)
+        return;
+    atomic_store(&c->leaving, true);
+    struct bridge_final fin = {
+        .topic = d->status_topic, .payload = "offline", .len = 7, .retained = true, .qos = 1};
+    bridge_client_stop(c->client, &fin, 1000);
+    bridge_client_free(c->client);
+    c->client = NULL;
+    atomic_store(&c->leaving, false);
+    c->offline = true;
+    c->reconnecting = false;
+    c->offline_until = now + (int64_t)(seconds * (double)NS_PER_S);
+    sim.n_offline++;
+    if (!sim.o.quiet)
+        log_info("device offline", "device=%s seconds=%.1f", d->id, seconds);
+}
+
+/* Offline connections: reconnect when their time is up; back in the schedule once connected. */
+static void offline_step(int64_t now)
+{
+    char err[BRIDGE_ERR_LEN];
+    for (unsigned i = 0; i < sim.n_conns && sim.n_offline; i++) {
+        struct conn *c = &sim.conns[i];
+        if (!c->offline)
+            continue;
+        if (!c->reconnecting) {
+            if (now < c->offline_until)
+                continue;
+            if (conn_client_new(i) < 0 || bridge_client_start(c->client, err) < 0) {
+                if (c->client) {
+                    bridge_client_free(c->client);
+                    c->client = NULL;
+                }
+                c->offline_until = now + NS_PER_S; /* try again */
+                continue;
+            }
+            c->reconnecting = true;
+            continue;
+        }
+        if (!bridge_client_connected(c->client))
+            continue;
+        c->offline = false;
+        c->reconnecting = false;
+        c->parked = false;
+        sim.n_offline--;
+        conn_activate(c);
+        if (!sim.o.quiet)
+            log_info("device back online", "device=%s", sim.devs[i].id);
+    }
+}
+
+/* --flaky: checked once a second, so P per minute is 1 - (1 - P)^(1/60) per check. */
+static void flaky_step(int64_t now)
+{
+    double p = 1.0 - pow(1.0 - (sim.o.flaky > 0.999 ? 0.999 : sim.o.flaky), 1.0 / 60.0);
+    for (unsigned i = 0; i < sim.n_devs; i++) {
+        if (sim.conns[i].offline || rng_unit(&sim.flaky_rng) >= p)
+            continue;
+        dev_go_offline(&sim.devs[i], 2 + 4 * rng_unit(&sim.flaky_rng), now);
+    }
+}
+
+/* A failed ack, remembered as failed for a repeat of the same id. */
+static void fail_ack(struct seen_cmd *seen, struct dev *d, const msgpack_object *id,
+                     const char *rkey, const char *rstr, double rnum, bool rbool_true)
+{
+    if (seen)
+        seen->ok = false;
+    send_ack(d, id, "failed", rkey, rstr, rnum, rbool_true);
+}
+
+static bool obj_str_eq(const msgpack_object *o, const char *s)
+{
+    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
+           memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
+}
+
+static void run_command(struct dev *d, const msgpack_object *root, int64_t start, int64_t now)
+{
+    const msgpack_object *id = map_get(root, "id");
+    const msgpack_object *cmd = map_get(root, "cmd");
+    const msgpack_object *args = map_get(root, "args");
+    const msgpack_object *expires = map_get(root, "expires");
+    double v;
+    bool is_int;
+
+    if (!id || id->type == MSGPACK_OBJECT_NIL)
+        return; /* nothing to acknowledge */
+    send_ack(d, id, "delivered", NULL, NULL, 0, false);
+    /* the id as packed bytes, to recognize a repeat */
+    msgpack_sbuffer idb;
+    msgpack_packer ipk;
+    msgpack_sbuffer_init(&idb);
+    msgpack_packer_init(&ipk, &idb, msgpack_sbuffer_write);
+    msgpack_pack_object(&ipk, *id);
+    struct seen_cmd *seen = NULL;
+    for (unsigned i = 0; i < CMD_SEEN; i++)
+        if (d->seen[i].len && d->seen[i].len == idb.size &&
+            memcmp(d->seen[i].id, idb.data, idb.size) == 0)
+            seen = &d->seen[i];
+    if (seen) {
+        msgpack_sbuffer_destroy(&idb);
+        /* a repeat (at least once delivery): acknowledge the outcome again, run nothing */
+        send_ack(d, id, seen->ok ? "succeeded" : "failed", seen->ok ? NULL : "error",
+                 seen->ok ? NULL : "repeated command", 0, false);
+        return;
+    }
+    if (idb.size <= CMD_ID_MAX) {
+        struct seen_cmd *sc = &d->seen[d->seen_next++ % CMD_SEEN];
+        memcpy(sc->id, idb.data, idb.size);
+        sc->len = idb.size;
+        sc->ok = true;
+        seen = sc;
+    }
+    msgpack_sbuffer_destroy(&idb);
+    if (obj_number(expires, &v, &is_int) == 0 && v > 0 && v < (double)wall_ms()) {
+        fail_ack(seen, d, id, "error", "expired", 0, false);
+        return;
+    }
+    if (obj_str_eq(cmd, "ping")) {
+        send_ack(d, id, "succeeded", "pong", NULL, 0, true);
+    } else if (obj_str_eq(cmd, "set_rate")) {
+        if (obj_number(map_get(args, "hz"), &v, &is_int) < 0 || v <= 0) {
+            fail_ack(seen, d, id, "error", "args.hz: expected a positive number", 0, false);
+            return;
+        }
+        double applied = dev_set_rate(d, v, is_int, start, now);
+        send_ack(d, id, "succeeded", "hz", NULL, applied, false);
+    } else if (obj_str_eq(cmd, "go_offline")) {
+        if (obj_number(map_get(args, "seconds"), &v, &is_int) < 0 || v < 0 || v > 3600) {
+            fail_ack(seen, d, id, "error", "args.seconds: expected 0..3600", 0, false);
+            return;
+        }
+        send_ack(d, id, "succeeded", "seconds", NULL, v, false);
+        dev_go_offline(d, v, now);
+    } else {
+        fail_ack(seen, d, id, "error", "unknown command", 0, false);
+    }
+}
+
+/* Handles what on_message recorded, oldest first. */
+static void inbox_run(int64_t start, int64_t now)
+{
+    pthread_mutex_lock(&sim.mu);
+    struct inmsg *list = sim.inbox, *fifo = NULL;
+    sim.inbox = NULL;
+    atomic_store_explicit(&sim.inbox_pending, false, memory_order_relaxed);
+    pthread_mutex_unlock(&sim.mu);
+    while (list) {
+        struct inmsg *next = list->next;
+        list->next = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo) {
+        struct inmsg *im = fifo;
+        fifo = im->next;
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        size_t off = 0;
+        if (im->len &&
+            msgpack_unpack_next(&up, im->payload, im->len, &off) == MSGPACK_UNPACK_SUCCESS &&
+            up.data.type == MSGPACK_OBJECT_MAP) {
+            if (im->kind == BRIDGE_T_DESIRED)
+                apply_desired(im->dev, &up.data, start, now);
+            else if (!im->dev->conn->offline)
+                run_command(im->dev, &up.data, start, now);
+        }
+        msgpack_unpacked_destroy(&up);
+        free(im);
+    }
+}
+
 /* The sending phase. Returns when every device has sent --count, at --seconds, or on a
  * signal. */
 static void run(int64_t start)
@@ -857,10 +1264,14 @@ static void run(int64_t start)
     int64_t next_report = start + NS_PER_S, last_refusal_log = 0;
     uint64_t reported_failures = 0;
     unsigned done = 0;
+    int64_t next_flaky = start + NS_PER_S, next_offline_check = start;
 
     for (unsigned i = 0; i < sim.n_devs; i++) {
         struct dev *d = &sim.devs[i];
         d->slot = (double)i / sim.n_devs;
+        d->base_ns = start;
+        d->k0 = 0;
+        d->period_ns = sim.period_ns;
         if (sim.o.rate > 0) {
             d->deadline = dev_deadline(d, start);
             heap_push(d);
@@ -877,6 +1288,18 @@ static void run(int64_t start)
             log_failures(&reported_failures);
             next_report = now + NS_PER_S;
         }
+        if (atomic_load_explicit(&sim.inbox_pending, memory_order_acquire))
+            inbox_run(start, now);
+        if (sim.per_device) {
+            if (sim.o.flaky > 0 && now >= next_flaky) {
+                flaky_step(now);
+                next_flaky = now + NS_PER_S;
+            }
+            if (sim.n_offline && now >= next_offline_check) {
+                offline_step(now);
+                next_offline_check = now + 100 * NS_PER_MS;
+            }
+        }
         while (sim.heap_len && sim.heap[0]->deadline <= now)
             due_push(heap_pop());
         take_ready();
@@ -886,6 +1309,10 @@ static void run(int64_t start)
         int64_t wake = sim.heap_len ? sim.heap[0]->deadline : INT64_MAX;
         for (unsigned j = 0; j < n; j++) {
             struct conn *c = ring_pop();
+            if (c->offline) {
+                c->parked = true; /* its devices wait, and catch up when it is back */
+                continue;
+            }
             if (c->retry_at > now) {
                 if (c->retry_at < wake)
                     wake = c->retry_at;
@@ -1037,15 +1464,63 @@ static int conn_identity(unsigned i, char *cert, char *key)
     return 0;
 }
 
-static int conns_create(void)
+/* Creates the MQTT client of connection i (at start, and again after go_offline). */
+static int conn_client_new(unsigned i)
 {
     struct config *cfg = &sim.cfg;
     char err[BRIDGE_ERR_LEN];
     static char cert[PATH_MAX], key[PATH_MAX]; /* the bridge copies them */
+    struct conn *c = &sim.conns[i];
+    struct bridge_options bo;
 
+    bridge_options_init(&bo);
+    bo.url = cfg->broker_url;
+    bo.client_id = c->client_id;
+    bo.username = nonempty(cfg->username);
+    bo.password = nonempty(cfg->password);
+    bo.mqtt_version = cfg->mqtt_version;
+    bo.clean_start = true; /* nothing to resume: desired is retained, commands re-sent */
+    bo.keepalive_s = cfg->keepalive_s;
+    bo.reconnect_min_s = cfg->reconnect_min_s;
+    bo.reconnect_max_s = cfg->reconnect_max_s;
+    bo.max_inflight = sim.o.max_inflight;
+    bo.tls.ca = sim.o.ca ? sim.o.ca : nonempty(cfg->tls_ca);
+    if (conn_identity(i, cert, key) < 0)
+        return -ENAMETOOLONG;
+    bo.tls.cert = nonempty(cert);
+    bo.tls.key = nonempty(key);
+    bo.tls.verify = cfg->tls_verify;
+    if (sim.per_device) {
+        bo.will_topic = sim.devs[i].status_topic;
+        bo.will_payload = "offline";
+        bo.will_len = 7;
+        bo.will_retained = true;
+        bo.will_qos = 1;
+        bo.birth_topic = sim.devs[i].status_topic;
+        bo.birth_payload = "online";
+        bo.birth_len = 6;
+        bo.birth_retained = true;
+        bo.birth_qos = 1;
+        bo.subscriptions = sim.devs[i].subs;
+        bo.n_subscriptions = 2;
+        bo.sub_qos = 1;
+    }
+    bo.on_message = on_message;
+    bo.on_connection = on_connection;
+    bo.on_log = on_log;
+    bo.ctx = c;
+    int r = bridge_client_new(&c->client, &bo, err);
+    if (r < 0) {
+        log_error("cannot create the MQTT client", "client=%s error=\"%s\"", c->client_id, err);
+        return r;
+    }
+    return 0;
+}
+
+static int conns_create(void)
+{
     for (unsigned i = 0; i < sim.n_conns; i++) {
         struct conn *c = &sim.conns[i];
-        struct bridge_options bo;
 
         c->index = i;
         c->slots = calloc(sim.o.max_inflight, sizeof *c->slots);
@@ -1060,45 +1535,9 @@ static int conns_create(void)
             snprintf(c->client_id, sizeof c->client_id, "twinsim-%s", sim.devs[i].id);
         else
             snprintf(c->client_id, sizeof c->client_id, "twinsim-%sc%03u", sim.o.id_prefix, i + 1);
-
-        bridge_options_init(&bo);
-        bo.url = cfg->broker_url;
-        bo.client_id = c->client_id;
-        bo.username = nonempty(cfg->username);
-        bo.password = nonempty(cfg->password);
-        bo.mqtt_version = cfg->mqtt_version;
-        bo.clean_start = true; /* nothing to resume: we do not subscribe */
-        bo.keepalive_s = cfg->keepalive_s;
-        bo.reconnect_min_s = cfg->reconnect_min_s;
-        bo.reconnect_max_s = cfg->reconnect_max_s;
-        bo.max_inflight = sim.o.max_inflight;
-        bo.tls.ca = sim.o.ca ? sim.o.ca : nonempty(cfg->tls_ca);
-        if (conn_identity(i, cert, key) < 0)
-            return -ENAMETOOLONG;
-        bo.tls.cert = nonempty(cert);
-        bo.tls.key = nonempty(key);
-        bo.tls.verify = cfg->tls_verify;
-        if (sim.per_device) {
-            bo.will_topic = sim.devs[i].status_topic;
-            bo.will_payload = "offline";
-            bo.will_len = 7;
-            bo.will_retained = true;
-            bo.will_qos = 1;
-            bo.birth_topic = sim.devs[i].status_topic;
-            bo.birth_payload = "online";
-            bo.birth_len = 6;
-            bo.birth_retained = true;
-            bo.birth_qos = 1;
-        }
-        bo.on_message = on_message;
-        bo.on_connection = on_connection;
-        bo.on_log = on_log;
-        bo.ctx = c;
-        int r = bridge_client_new(&c->client, &bo, err);
-        if (r < 0) {
-            log_error("cannot create the MQTT client", "client=%s error=\"%s\"", c->client_id, err);
+        int r = conn_client_new(i);
+        if (r < 0)
             return r;
-        }
     }
     return 0;
 }
@@ -1228,6 +1667,17 @@ static int devs_create(void)
         }
         d->topic = topic_dup(BRIDGE_T_TELEMETRY, d->id);
         d->status_topic = topic_dup(BRIDGE_T_STATUS, d->id);
+        if (sim.per_device) {
+            d->desired_topic = topic_dup(BRIDGE_T_DESIRED, d->id);
+            d->commands_topic = topic_dup(BRIDGE_T_COMMANDS, d->id);
+            d->ack_topic = topic_dup(BRIDGE_T_CMD_ACK, d->id);
+            if (!d->desired_topic || !d->commands_topic || !d->ack_topic) {
+                fprintf(stderr, "twinsim: cannot build the topics of '%s'\n", d->id);
+                return -EINVAL;
+            }
+            d->subs[0] = d->desired_topic;
+            d->subs[1] = d->commands_topic;
+        }
         if (!d->topic || !d->status_topic) {
             fprintf(stderr, "twinsim: cannot build the topics of '%s'\n", d->id);
             return -EINVAL;
@@ -1245,6 +1695,14 @@ static void devs_free(void)
     for (unsigned i = 0; i < sim.n_devs; i++) {
         free(sim.devs[i].topic);
         free(sim.devs[i].status_topic);
+        free(sim.devs[i].desired_topic);
+        free(sim.devs[i].commands_topic);
+        free(sim.devs[i].ack_topic);
+    }
+    while (sim.inbox) {
+        struct inmsg *next = sim.inbox->next;
+        free(sim.inbox);
+        sim.inbox = next;
     }
     free(sim.devs);
     if (sim.conns)
@@ -1290,6 +1748,10 @@ int main(int argc, char **argv)
     ecg_table_init(sim.ecg_table);
     msgpack_sbuffer_init(&sim.sbuf);
     msgpack_packer_init(&sim.pk, &sim.sbuf, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&sim.abuf);
+    msgpack_packer_init(&sim.apk, &sim.abuf, msgpack_sbuffer_write);
+    atomic_init(&sim.inbox_pending, false);
+    sim.flaky_rng = (uint64_t)wall_ms() * 0x9e3779b97f4a7c15ULL | 1;
 
     sim.devs = calloc(sim.n_devs, sizeof *sim.devs);
     sim.conns = calloc(sim.n_conns, sizeof *sim.conns);
@@ -1351,6 +1813,7 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     msgpack_sbuffer_destroy(&sim.sbuf);
+    msgpack_sbuffer_destroy(&sim.abuf);
     devs_free();
     pthread_cond_destroy(&sim.cond);
     pthread_mutex_destroy(&sim.mu);

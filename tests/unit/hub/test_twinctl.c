@@ -72,6 +72,13 @@ static int seed_one(struct twin_txn *txn, void *ctx)
     int rc = twin_telemetry_apply(txn, s->id, strlen(s->id), &obj, t0, &res, err);
     if (rc < 0)
         fprintf(stderr, "seed %s: %s\n", s->id, err);
+    /* pump-1 gets one queued command, for `commands` */
+    if (rc == 0 && strcmp(s->id, "pump-1") == 0) {
+        rc = twin_command_add(txn, s->id, strlen(s->id), "reboot", 6, NULL, 0, t0, NULL, NULL, NULL,
+                              err);
+        if (rc < 0)
+            fprintf(stderr, "seed command %s: %s\n", s->id, err);
+    }
     msgpack_zone_destroy(&zone);
     msgpack_sbuffer_destroy(&sb);
     return rc;
@@ -262,6 +269,62 @@ static void test_cases(void)
          {""},
          0,
          "twinctl: --limit: expected a whole number above 0, got 'x'\n"},
+        /* commands (LMDB) */
+        {{"--db", "db", "commands", "pump-1"},
+         NULL,
+         0,
+         {"\"cmd\":\"reboot\"", "\"state\":\"queued\"", "\"attempts\":0"},
+         1,
+         ""},
+        {{"--db", "db", "commands", "ecg-0001"}, NULL, 0, {""}, 0, ""},
+        {{"--db", "db", "commands", "ecg-0009"}, NULL, 1, {""}, 0, e_no_twin},
+        {{"--db", "db", "--table", "commands", "pump-1"},
+         NULL,
+         0,
+         {"ID                CMD                   STATE", "reboot                queued"},
+         2,
+         ""},
+        /* set-desired and send: everything refused before any connection */
+        {{"set-desired", "ecg-0001", "{\"a\":"}, NULL, 2, {""}, 0, NULL},
+        {{"set-desired", "ecg-0001", "[1,2]"},
+         NULL,
+         2,
+         {""},
+         0,
+         "twinctl: desired: expected a JSON object, got '[1,2]'\n"},
+        {{"set-desired", "ecg-0001", "{}", "--version", "x"},
+         NULL,
+         2,
+         {""},
+         0,
+         "twinctl: --version: expected a whole number, got 'x'\n"},
+        {{"send", "ecg-0001", "reboot", "{}", "--expires", "soon"}, NULL, 2, {""}, 0, NULL},
+        {{"send", "ecg-0001", "reboot", "nope"},
+         NULL,
+         2,
+         {""},
+         0,
+         "twinctl: args: expected a JSON object, got 'nope'\n"},
+        {{"send", "ecg-0001", "reboot", "{}", "--timeout", "0"}, NULL, 2, {""}, 0, NULL},
+        {{"send", "ecg-0001"}, NULL, 2, {""}, 0, NULL},
+        {{"--db", "db", "get", "ecg-0001", "--version", "3"},
+         NULL,
+         2,
+         {""},
+         0,
+         "twinctl: get does not take --version\n"},
+        {{"--db", "db", "get", "ecg-0001", "--broker", "tcp://x:1"},
+         NULL,
+         2,
+         {""},
+         0,
+         "twinctl: get does not take --broker\n"},
+        {{"send", "ecg-0001", "reboot", "--timeout", "1s", "--broker", "tcp://127.0.0.1:1"},
+         NULL,
+         2,
+         {""},
+         0,
+         NULL},
         {{"--bogus"}, NULL, 2, {""}, 0, "twinctl: unknown option '--bogus' (see twinctl --help)\n"},
         {{"-c", "nope.yaml", "stats"},
          NULL,
