@@ -39,7 +39,7 @@ cleanup() {
         wait "${pids[$i]}" 2>/dev/null || true
     done
     echo
-    echo "stopped. database: $run/twinhub.db   logs: $run/{mosquitto,twinhub,twinsim}.log"
+    echo "stopped. database: $run/twinhub.db   logs: $run/{mosquitto,twinhub,twinsim,operator}.log"
     [ $tls -eq 0 ] || echo "certificates: $run/pki   broker configuration: $run/mosquitto.conf"
     echo "look around: build/hub/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
 }
@@ -55,6 +55,7 @@ if [ $tls -eq 1 ]; then
     hub_tls=(--set "broker.tls.ca=$run/pki/ca.pem" --set "broker.tls.cert=$run/pki/hub.pem"
              --set "broker.tls.key=$run/pki/hub.key")
     sim_tls=(--ca "$run/pki/ca.pem" --cert-dir "$run/pki/devices")
+    ctl_tls=(--ca "$run/pki/ca.pem" --cert "$run/pki/service.pem" --key "$run/pki/service.key")
 else
     cat >"$run/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
@@ -64,7 +65,7 @@ persistence false
 log_dest stderr
 CONF
     url="tcp://127.0.0.1:$port"
-    hub_tls=() sim_tls=()
+    hub_tls=() sim_tls=() ctl_tls=()
 fi
 /usr/sbin/mosquitto -c "$run/mosquitto.conf" >"$run/mosquitto.log" 2>&1 &
 pids+=($!)
@@ -85,6 +86,23 @@ build/hub/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$
     >"$run/twinsim.log" 2>&1 &
 pids+=($!)
 
+# An operator at work: every few seconds one monitor is told to go offline for 5 s and, while
+# it is away, gets a new sampling rate; it catches up (delta and commands) when it is back.
+operator() {
+    local ctl=(build/hub/twinctl --broker "$url" "${ctl_tls[@]}" --timeout 5s) id hz
+    sleep 3
+    while :; do
+        id=$(printf 'ecg-%04d' $((RANDOM % devices + 1)))
+        hz=$((RANDOM % 4 + 1))
+        "${ctl[@]}" send "$id" go_offline '{"seconds": 5}'
+        sleep 0.5
+        "${ctl[@]}" set-desired "$id" "{\"sample_hz\": $hz}"
+        sleep 4
+    done
+}
+operator >"$run/operator.log" 2>&1 &
+pids+=($!)
+
 if [ $tls -eq 1 ]; then
     echo "mosquitto on 127.0.0.1:$port, mutual TLS only: every client shows a certificate of the"
     echo "development CA, its CN is its identity, deploy/mosquitto.acl limits each device to its"
@@ -94,4 +112,4 @@ else
     echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
 fi
 build/hub/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
-    --fields reported.heart_rate=HR,reported.spo2=SpO2,reported.temperature=Temp
+    --fields reported.heart_rate=HR,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online
