@@ -190,18 +190,18 @@ int scan__object(const unsigned char *p, size_t len, unsigned max_depth, unsigne
 int scan__skip(const unsigned char *p, size_t len, size_t *off)
 {
     /* bounded by the bytes: every pending object needs one, so no depth limit is needed */
-    uint64_t todo = 1;
+    uint64_t pending = 1;
     size_t o = *off;
 
-    while (todo) {
+    while (pending) {
         struct scan_head h;
         int rc = scan__head(p, len, o, &h, NULL);
 
         if (rc)
             return rc;
-        todo--;
+        pending--;
         if (h.kind == SCAN_MAP || h.kind == SCAN_ARRAY) {
-            todo += h.kind == SCAN_MAP ? 2 * h.n : h.n;
+            pending += h.kind == SCAN_MAP ? 2 * h.n : h.n;
             o += h.hdr;
         } else {
             o += h.hdr + h.n;
