@@ -37,43 +37,47 @@
 
 enum { EXIT_FOUND = 0, EXIT_NOT_FOUND = 1, EXIT_ERROR = 2 };
 
-/* Options that belong to some commands only. */
+/* Options that belong to some commands only: ctl->opt[O_x] holds the text given, OPT_x is the
+ * bit a command lists to accept it. --ca, --cert and --key go with --broker (OPT_BROKER). */
 enum {
-    OPT_PREFIX = 1u << 0,
-    OPT_LIMIT = 1u << 1,
-    OPT_SINCE = 1u << 2,
-    OPT_FIELDS = 1u << 3,
-    OPT_INTERVAL = 1u << 4,
-    OPT_SECONDS = 1u << 5,
-    OPT_WAIT = 1u << 6,
-    OPT_VERSION = 1u << 7,
-    OPT_EXPIRES = 1u << 8,
-    OPT_TIMEOUT = 1u << 9,
-    OPT_BROKER = 1u << 10, /* --broker, --ca, --cert, --key */
+    O_PREFIX,
+    O_LIMIT,
+    O_SINCE,
+    O_FIELDS,
+    O_INTERVAL,
+    O_SECONDS,
+    O_WAIT,
+    O_VERSION,
+    O_EXPIRES,
+    O_TIMEOUT,
+    O_BROKER,
+    O_CA,
+    O_CERT,
+    O_KEY,
+    NOPT
 };
+#define OPT_PREFIX (1u << O_PREFIX)
+#define OPT_LIMIT (1u << O_LIMIT)
+#define OPT_SINCE (1u << O_SINCE)
+#define OPT_FIELDS (1u << O_FIELDS)
+#define OPT_INTERVAL (1u << O_INTERVAL)
+#define OPT_SECONDS (1u << O_SECONDS)
+#define OPT_WAIT (1u << O_WAIT)
+#define OPT_VERSION (1u << O_VERSION)
+#define OPT_EXPIRES (1u << O_EXPIRES)
+#define OPT_TIMEOUT (1u << O_TIMEOUT)
+#define OPT_BROKER (1u << O_BROKER)
 #define OPT_MQTT (OPT_TIMEOUT | OPT_BROKER)
-static const char *const opt_names[] = {"--prefix",   "--limit",   "--since", "--fields",
-                                        "--interval", "--seconds", "--wait",  "--version",
-                                        "--expires",  "--timeout", "--broker"};
+#define OPT_VAL 256 /* getopt_long's value for option O_x is OPT_VAL + O_x */
 
 struct ctl {
     /* from the command line */
     const char *config_file;
     const char *db;
     bool table;
-    const char *prefix;
-    const char *limit_text;
-    const char *since_text;
-    const char *fields_text;
-    const char *interval_text;
-    const char *seconds_text;
-    const char *wait_text;
-    const char *version_text;
-    const char *expires_text;
-    const char *timeout_text;
-    const char *broker, *ca, *cert, *key;
-    unsigned opts_given;
-    char **args; /* after the command name */
+    const char *opt[NOPT]; /* O_x -> the text given, or NULL */
+    unsigned opts_given;   /* OPT_x bits */
+    char **args;           /* after the command name */
     int nargs;
 
     struct config cfg;
@@ -413,15 +417,15 @@ static int cmd_list(struct ctl *ctl)
 {
     char err[TWIN_ERR_LEN];
     struct list_walk w = {.ctl = ctl, .id_width = 2, .version_width = 7};
-    const char *prefix = ctl->prefix ? ctl->prefix : "";
+    const char *prefix = ctl->opt[O_PREFIX] ? ctl->opt[O_PREFIX] : "";
 
-    if (ctl->limit_text) {
+    if (ctl->opt[O_LIMIT]) {
         char *end;
         errno = 0;
-        unsigned long long n = strtoull(ctl->limit_text, &end, 10);
-        if (!*ctl->limit_text || *end || errno || ctl->limit_text[0] == '-' || n == 0)
+        unsigned long long n = strtoull(ctl->opt[O_LIMIT], &end, 10);
+        if (!*ctl->opt[O_LIMIT] || *end || errno || ctl->opt[O_LIMIT][0] == '-' || n == 0)
             return fail(EXIT_ERROR, "--limit: expected a whole number above 0, got '%s'",
-                        ctl->limit_text);
+                        ctl->opt[O_LIMIT]);
         w.limit = n;
     }
     if (!msgpack_zone_init(&w.zone, 4096))
@@ -504,11 +508,11 @@ static int cmd_history(struct ctl *ctl)
     if (!*path || strlen(path) > TWIN_PATH_MAX)
         return fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
                     TWIN_PATH_MAX);
-    if (ctl->since_text) {
+    if (ctl->opt[O_SINCE]) {
         uint64_t ms;
-        if (config_parse_duration_ms(ctl->since_text, 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
+        if (config_parse_duration_ms(ctl->opt[O_SINCE], 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
             return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
-                        ctl->since_text);
+                        ctl->opt[O_SINCE]);
         since = now_ms() - (int64_t)ms;
     }
 
@@ -527,7 +531,8 @@ static int cmd_history(struct ctl *ctl)
         return w.rc;
     if (w.points == 0)
         return fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s'%s%s", path, id,
-                    ctl->since_text ? " in the last " : "", ctl->since_text ? ctl->since_text : "");
+                    ctl->opt[O_SINCE] ? " in the last " : "",
+                    ctl->opt[O_SINCE] ? ctl->opt[O_SINCE] : "");
     return EXIT_FOUND;
 }
 
@@ -586,22 +591,23 @@ static int cmd_stats(struct ctl *ctl)
 static int cmd_top(struct ctl *ctl)
 {
     struct top_options o = {.db_path = ctl->cfg.db_path,
-                            .prefix = ctl->prefix ? ctl->prefix : "",
+                            .prefix = ctl->opt[O_PREFIX] ? ctl->opt[O_PREFIX] : "",
                             .interval_ms = 1000,
                             .wait_ms = 0};
     char err[CONFIG_ERR_LEN];
     uint64_t v;
-    if (top_parse_fields(
-            &o, ctl->fields_text ? ctl->fields_text : "reported.heart_rate=HR,reported.spo2=SpO2",
-            err, sizeof(err)) < 0)
+    if (top_parse_fields(&o,
+                         ctl->opt[O_FIELDS] ? ctl->opt[O_FIELDS]
+                                            : "reported.heart_rate=HR,reported.spo2=SpO2",
+                         err, sizeof(err)) < 0)
         return fail(EXIT_ERROR, "%s", err);
     const struct {
         const char *text, *name;
         uint64_t unit, *out;
     } durations[] = {
-        {ctl->interval_text, "--interval", 1, &o.interval_ms},
-        {ctl->seconds_text, "--seconds", 1000, &o.seconds},
-        {ctl->wait_text, "--wait", 1, &o.wait_ms},
+        {ctl->opt[O_INTERVAL], "--interval", 1, &o.interval_ms},
+        {ctl->opt[O_SECONDS], "--seconds", 1000, &o.seconds},
+        {ctl->opt[O_WAIT], "--wait", 1, &o.wait_ms},
     };
     for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
         if (!durations[i].text)
@@ -611,11 +617,11 @@ static int cmd_top(struct ctl *ctl)
         *durations[i].out = v;
     }
     o.seconds /= 1000;
-    if (ctl->limit_text) {
+    if (ctl->opt[O_LIMIT]) {
         char *end;
-        unsigned long n = strtoul(ctl->limit_text, &end, 10);
+        unsigned long n = strtoul(ctl->opt[O_LIMIT], &end, 10);
         if (*end || n == 0 || n > 100000)
-            return fail(EXIT_ERROR, "--limit: expected 1..100000, got '%s'", ctl->limit_text);
+            return fail(EXIT_ERROR, "--limit: expected 1..100000, got '%s'", ctl->opt[O_LIMIT]);
         o.limit = (unsigned)n;
     }
     return top_run(&o);
@@ -717,18 +723,18 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     uint64_t timeout_ms = 10000;
     int code = EXIT_ERROR;
 
-    if (ctl->timeout_text && parse_duration(ctl->timeout_text, "--timeout", 1000, &timeout_ms))
+    if (ctl->opt[O_TIMEOUT] && parse_duration(ctl->opt[O_TIMEOUT], "--timeout", 1000, &timeout_ms))
         return EXIT_ERROR;
     if (timeout_ms == 0 || timeout_ms > UINT32_MAX)
         return fail(EXIT_ERROR, "--timeout: expected a duration above 0, got '%s'",
-                    ctl->timeout_text);
+                    ctl->opt[O_TIMEOUT]);
     const struct {
         const char *text, *key;
     } flags[] = {
-        {ctl->broker, "broker.url"},
-        {ctl->ca, "broker.tls.ca"},
-        {ctl->cert, "broker.tls.cert"},
-        {ctl->key, "broker.tls.key"},
+        {ctl->opt[O_BROKER], "broker.url"},
+        {ctl->opt[O_CA], "broker.tls.ca"},
+        {ctl->opt[O_CERT], "broker.tls.cert"},
+        {ctl->opt[O_KEY], "broker.tls.key"},
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (flags[i].text && config_set(&ctl->cfg, flags[i].key, flags[i].text, err) < 0)
@@ -794,9 +800,9 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     }
     if (bridge_client_wait_connected(c, (unsigned)timeout_ms) < 0) {
         pthread_mutex_lock(&w.lock);
-        code =
-            fail(EXIT_ERROR, "cannot connect to %s within %s: %s", o.url,
-                 ctl->timeout_text ? ctl->timeout_text : "10s", w.down[0] ? w.down : "no answer");
+        code = fail(EXIT_ERROR, "cannot connect to %s within %s: %s", o.url,
+                    ctl->opt[O_TIMEOUT] ? ctl->opt[O_TIMEOUT] : "10s",
+                    w.down[0] ? w.down : "no answer");
         pthread_mutex_unlock(&w.lock);
         goto out;
     }
@@ -818,7 +824,7 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     pthread_mutex_unlock(&w.lock);
     if (!got) {
         code = fail(EXIT_ERROR, "no reply on %s within %s", private ? reply_topic : filters[0],
-                    ctl->timeout_text ? ctl->timeout_text : "10s");
+                    ctl->opt[O_TIMEOUT] ? ctl->opt[O_TIMEOUT] : "10s");
         goto out;
     }
 
@@ -854,18 +860,18 @@ static int cmd_set_desired(struct ctl *ctl)
     uint64_t version = 0;
     if (check_id(ctl->args[0]) || json_arg(ctl, ctl->args[1], "desired", &desired))
         return EXIT_ERROR;
-    if (ctl->version_text) {
+    if (ctl->opt[O_VERSION]) {
         char *end;
         errno = 0;
-        version = strtoull(ctl->version_text, &end, 10);
-        if (!*ctl->version_text || *end || errno || ctl->version_text[0] == '-')
+        version = strtoull(ctl->opt[O_VERSION], &end, 10);
+        if (!*ctl->opt[O_VERSION] || *end || errno || ctl->opt[O_VERSION][0] == '-')
             return fail(EXIT_ERROR, "--version: expected a whole number, got '%s'",
-                        ctl->version_text);
+                        ctl->opt[O_VERSION]);
     }
-    msgpack_pack_map(&ctl->pk, ctl->version_text ? 3 : 2);
+    msgpack_pack_map(&ctl->pk, ctl->opt[O_VERSION] ? 3 : 2);
     pack_str(&ctl->pk, "desired", 7);
     msgpack_pack_object(&ctl->pk, desired);
-    if (ctl->version_text) {
+    if (ctl->opt[O_VERSION]) {
         pack_str(&ctl->pk, "version", 7);
         msgpack_pack_uint64(&ctl->pk, version);
     }
@@ -884,19 +890,19 @@ static int cmd_send(struct ctl *ctl)
                     TWIN_CMD_NAME_MAX);
     if (ctl->nargs > 2 && json_arg(ctl, ctl->args[2], "args", &args))
         return EXIT_ERROR;
-    if (ctl->expires_text && parse_duration(ctl->expires_text, "--expires", 1000, &expires))
+    if (ctl->opt[O_EXPIRES] && parse_duration(ctl->opt[O_EXPIRES], "--expires", 1000, &expires))
         return EXIT_ERROR;
-    if (ctl->expires_text && expires == 0)
+    if (ctl->opt[O_EXPIRES] && expires == 0)
         return fail(EXIT_ERROR, "--expires: expected a duration above 0, got '%s'",
-                    ctl->expires_text);
-    msgpack_pack_map(&ctl->pk, 2 + (ctl->nargs > 2) + (ctl->expires_text != NULL));
+                    ctl->opt[O_EXPIRES]);
+    msgpack_pack_map(&ctl->pk, 2 + (ctl->nargs > 2) + (ctl->opt[O_EXPIRES] != NULL));
     pack_str(&ctl->pk, "cmd", 3);
     pack_str(&ctl->pk, name, strlen(name));
     if (ctl->nargs > 2) {
         pack_str(&ctl->pk, "args", 4);
         msgpack_pack_object(&ctl->pk, args);
     }
-    if (ctl->expires_text) {
+    if (ctl->opt[O_EXPIRES]) {
         pack_str(&ctl->pk, "expires_in_ms", 13);
         msgpack_pack_uint64(&ctl->pk, expires);
     }
@@ -973,14 +979,38 @@ static int cmd_help(struct ctl *ctl)
  * main
  * ------------------------------------------------------------------------------------------ */
 
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"db", required_argument, NULL, 'd'},
+    {"table", no_argument, NULL, 't'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", optional_argument, NULL, OPT_VAL + O_VERSION},
+    {"prefix", required_argument, NULL, OPT_VAL + O_PREFIX},
+    {"limit", required_argument, NULL, OPT_VAL + O_LIMIT},
+    {"since", required_argument, NULL, OPT_VAL + O_SINCE},
+    {"fields", required_argument, NULL, OPT_VAL + O_FIELDS},
+    {"interval", required_argument, NULL, OPT_VAL + O_INTERVAL},
+    {"seconds", required_argument, NULL, OPT_VAL + O_SECONDS},
+    {"wait", required_argument, NULL, OPT_VAL + O_WAIT},
+    {"expires", required_argument, NULL, OPT_VAL + O_EXPIRES},
+    {"timeout", required_argument, NULL, OPT_VAL + O_TIMEOUT},
+    {"broker", required_argument, NULL, OPT_VAL + O_BROKER},
+    {"ca", required_argument, NULL, OPT_VAL + O_CA},
+    {"cert", required_argument, NULL, OPT_VAL + O_CERT},
+    {"key", required_argument, NULL, OPT_VAL + O_KEY},
+    {NULL, 0, NULL, 0},
+};
+
+/* "--name" of the command-specific option whose bit is `bit` (one bit). */
 static const char *opt_name(unsigned bit)
 {
-    unsigned i = 0;
-    while (bit > 1u) {
-        bit >>= 1;
-        i++;
-    }
-    return opt_names[i];
+    static char buf[24];
+    for (const struct option *o = long_opts; o->name; o++)
+        if (o->val >= OPT_VAL && (1u << (o->val - OPT_VAL)) == bit) {
+            snprintf(buf, sizeof(buf), "--%s", o->name);
+            return buf;
+        }
+    return "?";
 }
 
 static const struct command *find_command(const char *name)
@@ -994,32 +1024,11 @@ static const struct command *find_command(const char *name)
 /* Parses argv into ctl; returns the command, or NULL with *code set (help, version, error). */
 static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, int *code)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"db", required_argument, NULL, 'd'},
-        {"table", no_argument, NULL, 't'},
-        {"prefix", required_argument, NULL, 'p'},
-        {"limit", required_argument, NULL, 'l'},
-        {"since", required_argument, NULL, 's'},
-        {"fields", required_argument, NULL, 'f'},
-        {"interval", required_argument, NULL, 'i'},
-        {"seconds", required_argument, NULL, 'S'},
-        {"wait", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", optional_argument, NULL, 'v'},
-        {"expires", required_argument, NULL, 'e'},
-        {"timeout", required_argument, NULL, 'T'},
-        {"broker", required_argument, NULL, 'B'},
-        {"ca", required_argument, NULL, 'A'},
-        {"cert", required_argument, NULL, 'C'},
-        {"key", required_argument, NULL, 'K'},
-        {NULL, 0, NULL, 0},
-    };
     bool help = false, show_version = false;
     int o;
 
     opterr = 0; /* our own one-line messages */
-    while ((o = getopt_long(argc, argv, ":c:hV", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, ":c:hV", long_opts, NULL)) != -1) {
         switch (o) {
         case 'c':
             ctl->config_file = optarg;
@@ -1030,38 +1039,10 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
         case 't':
             ctl->table = true;
             break;
-        case 'p':
-            ctl->prefix = optarg;
-            ctl->opts_given |= OPT_PREFIX;
-            break;
-        case 'l':
-            ctl->limit_text = optarg;
-            ctl->opts_given |= OPT_LIMIT;
-            break;
-        case 's':
-            ctl->since_text = optarg;
-            ctl->opts_given |= OPT_SINCE;
-            break;
-        case 'f':
-            ctl->fields_text = optarg;
-            ctl->opts_given |= OPT_FIELDS;
-            break;
-        case 'i':
-            ctl->interval_text = optarg;
-            ctl->opts_given |= OPT_INTERVAL;
-            break;
-        case 'S':
-            ctl->seconds_text = optarg;
-            ctl->opts_given |= OPT_SECONDS;
-            break;
-        case 'w':
-            ctl->wait_text = optarg;
-            ctl->opts_given |= OPT_WAIT;
-            break;
         case 'h':
             help = true;
             break;
-        case 'v':
+        case OPT_VAL + O_VERSION:
             /* --version alone: the program's; --version N / --version=N: set-desired's (N is
              * the next argument unless that is an option or a command name) */
             if (!optarg && optind < argc && argv[optind][0] != '-' && !find_command(argv[optind]))
@@ -1070,26 +1051,8 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
                 show_version = true;
                 break;
             }
-            ctl->version_text = optarg;
+            ctl->opt[O_VERSION] = optarg;
             ctl->opts_given |= OPT_VERSION;
-            break;
-        case 'e':
-            ctl->expires_text = optarg;
-            ctl->opts_given |= OPT_EXPIRES;
-            break;
-        case 'T':
-            ctl->timeout_text = optarg;
-            ctl->opts_given |= OPT_TIMEOUT;
-            break;
-        case 'B':
-        case 'A':
-        case 'C':
-        case 'K':
-            *(o == 'B'   ? &ctl->broker
-              : o == 'A' ? &ctl->ca
-              : o == 'C' ? &ctl->cert
-                         : &ctl->key) = optarg;
-            ctl->opts_given |= OPT_BROKER;
             break;
         case 'V':
             show_version = true;
@@ -1098,6 +1061,13 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
             *code = fail(EXIT_ERROR, "%s needs a value (see twinctl --help)", argv[optind - 1]);
             return NULL;
         default:
+            if (o >= OPT_VAL && o < OPT_VAL + NOPT) {
+                /* --ca, --cert and --key are accepted wherever --broker is */
+                unsigned i = (unsigned)(o - OPT_VAL);
+                ctl->opt[i] = optarg;
+                ctl->opts_given |= i >= O_BROKER ? OPT_BROKER : 1u << i;
+                break;
+            }
             if (optopt)
                 *code = fail(EXIT_ERROR, "unknown option '-%c' (see twinctl --help)", optopt);
             else
