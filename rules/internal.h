@@ -1,0 +1,227 @@
+/* rules/internal.h: what the files of the rules library share and nobody outside sees: tokens,
+ * the compiled form of an expression, and the loaded set. Nothing here is part of rules.h's
+ * contract. */
+#ifndef RULES_INTERNAL_H
+#define RULES_INTERNAL_H
+
+#include "rules.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+/* ---------------------------------------------------------------------------------------------
+ * Tokens (lexer.c)
+ * ------------------------------------------------------------------------------------------ */
+
+enum tok_kind {
+    T_END,
+    T_NUM,      /* num */
+    T_DURATION, /* num, in ms */
+    T_STR,      /* text between the quotes, escapes not yet resolved */
+    T_IDENT,
+    T_QIDENT, /* `a key` */
+    T_LPAREN,
+    T_RPAREN,
+    T_COMMA,
+    T_DOT,
+    T_PLUS,
+    T_MINUS,
+    T_STAR,
+    T_SLASH,
+    T_PERCENT,
+    T_EQ,
+    T_NE,
+    T_LT,
+    T_LE,
+    T_GT,
+    T_GE,
+    T_AND,
+    T_OR,
+    T_NOT,
+    T_TRUE,
+    T_FALSE,
+    T_NIL,
+};
+
+struct token {
+    enum tok_kind kind;
+    size_t off, len; /* in the text */
+    double num;
+};
+
+/* Reads the token at text[*pos], skipping blanks; advances *pos. Returns 0 or -EINVAL with
+ * "COL: what" in err. */
+int rules__lex(const char *text, size_t len, size_t *pos, struct token *t, char *err);
+const char *rules__tok_name(enum tok_kind k);
+
+/* ---------------------------------------------------------------------------------------------
+ * Compiled expressions (compile.c, eval.c)
+ * ------------------------------------------------------------------------------------------ */
+
+enum root {
+    ROOT_REPORTED,
+    ROOT_DESIRED,
+    ROOT_DELTA,
+    ROOT_PREDICTED,
+    ROOT_CONNECTED,
+    ROOT_VERSION,
+    ROOT_ID,
+    ROOT_LAST_SEEN,
+    ROOT_SEQ,
+    ROOT_CREATED,
+};
+
+/* A path into the twin: root, then `sub` below it (dotted; empty for the scalar roots). */
+struct path {
+    enum root root;
+    const char *full; /* "reported.a.b", in the expression's string buffer */
+    uint16_t full_len;
+    const char *sub; /* "a.b" */
+    uint16_t sub_len;
+};
+
+enum op {
+    OP_CONST,   /* push consts[arg] */
+    OP_PATH,    /* push the value at paths[arg] */
+    OP_NEG,
+    OP_NOT,
+    OP_ADD,
+    OP_SUB,
+    OP_MUL,
+    OP_DIV,
+    OP_MOD,
+    OP_EQ,
+    OP_NE,
+    OP_LT,
+    OP_LE,
+    OP_GT,
+    OP_GE,
+    OP_AND,     /* top not true: replace it by false and jump to arg; else pop it */
+    OP_OR,      /* top true: replace it by true and jump to arg; else pop it */
+    OP_TOBOOL,  /* top becomes true only if it is true */
+    OP_CALL,    /* math function fn over the n values on top */
+    OP_WINDOW,  /* aggregate fn over the history of paths[arg] for the last `dur` ms */
+    OP_AGE,     /* ms since paths[arg] was last written */
+    OP_AGE_CMP, /* age(paths[arg]) <cmp fn> consts[n], with the time it flips */
+    OP_CHANGED, /* whether this commit wrote paths[arg] */
+    OP_NOW,
+    OP_RECORD, /* note the top of the stack as a deciding value, text [text_off, +text_len) */
+};
+
+enum fn {
+    FN_ABS,
+    FN_MIN,
+    FN_MAX,
+    FN_CLAMP,
+    FN_SQRT,
+    FN_EXP,
+    FN_LOG,
+    FN_ROUND,
+    /* windows */
+    FN_AVG,
+    FN_SUM,
+    FN_COUNT,
+    FN_STDDEV,
+    FN_RATE,
+    FN_DELTA,
+    FN_ZSCORE,
+    FN_WMIN,
+    FN_WMAX,
+};
+
+struct insn {
+    uint8_t op, fn;
+    uint16_t n;
+    uint32_t arg;
+    int64_t dur;
+    uint32_t text_off, text_len;
+};
+
+struct rules_expr {
+    char *text; /* a copy of the source */
+    size_t text_len;
+    struct insn *code;
+    unsigned ncode;
+    struct rules_value *consts;
+    unsigned nconsts;
+    struct path *paths;
+    unsigned npaths;
+    char *strs; /* path names and string constants */
+    unsigned depth;      /* stack slots needed */
+    bool reads_all;      /* reads version, last_seen or seq: every change touches it */
+    bool time_dependent; /* age, now, windows */
+    int64_t tick_ms;     /* re-evaluate after this when the next change can't be computed */
+    enum rules_type type; /* static type of the result; RULES_OTHER: unknown until run */
+};
+
+/* Evaluates; `rec` (may be NULL) receives the deciding values (OP_RECORD). */
+int rules__eval(const struct rules_expr *e, const struct rules_twin *tw, struct rules_value *out,
+                int64_t *wake, struct rules_fire *rec);
+
+/* Reads the value at `p` in the twin; type NIL when absent. */
+void rules__path_value(const struct twin_doc *doc, const struct path *p, struct rules_value *v);
+
+/* ---------------------------------------------------------------------------------------------
+ * A loaded set (load.c, engine.c)
+ * ------------------------------------------------------------------------------------------ */
+
+struct action_list {
+    struct rules_action *v;
+    unsigned n;
+    const msgpack_object *event_fields; /* the `event` action's map, or NULL */
+};
+
+struct rule {
+    char name[RULES_NAME_MAX + 1];
+    char *match; /* glob; NULL: every twin */
+    struct rules_expr *when;
+    int64_t for_ms, cooldown_ms;
+    struct action_list on_fire, on_resolve;
+    uint64_t hash; /* of the definition: name, match, when, for, cooldown, actions */
+    unsigned line;
+};
+
+struct model_def {
+    char name[RULES_NAME_MAX + 1];
+    char *file;
+    struct rules_expr **inputs;
+    unsigned ninputs;
+};
+
+/* An index entry: a path key ("reported.hr", "reported", "*") -> rules reading it. */
+struct index_slot {
+    const char *key; /* NULL: empty slot */
+    size_t key_len;
+    unsigned *rules; /* ranks */
+    unsigned n, cap;
+};
+
+struct rules_set {
+    struct rule *rules; /* in evaluation (dependency) order */
+    unsigned nrules;
+    struct model_def *models;
+    unsigned nmodels;
+    struct index_slot *index;
+    unsigned index_cap; /* a power of two */
+    unsigned *byname;   /* rank + 1 by name hash; 0: empty */
+    unsigned byname_cap;
+    msgpack_zone zone;  /* action arguments */
+    char *keys;         /* index key strings */
+    struct rules_options opt;
+};
+
+/* Builds rs->index and rs->byname from rs->rules in their current order (ranks). Returns 0 or
+ * -ENOMEM. rules__index_free frees both. */
+int rules__index_build(struct rules_set *rs);
+void rules__index_free(struct rules_set *rs);
+/* Calls cb for every rank indexed under a key that the change of `path` touches. */
+void rules__index_touched(const struct rules_set *rs, const char *path, size_t len,
+                          void (*cb)(void *ctx, unsigned rank), void *ctx);
+
+/* FNV-1a, for definition hashes. */
+uint64_t rules__hash(uint64_t h, const void *p, size_t n);
+
+/* Edit distance capped at 3, for "did you mean". */
+unsigned rules__distance(const char *a, size_t alen, const char *b, size_t blen);
+
+#endif

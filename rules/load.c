@@ -1,0 +1,1033 @@
+/* load: reads a rules file (YAML, libyaml's document API) into a struct rules_set: checks every
+ * key, compiles every expression, turns action arguments into msgpack, orders the rules so that
+ * a rule runs after the rules whose actions write what it reads, and rejects loops. Every
+ * error is collected with its file:line:column; the set is built only when there are none.
+ *
+ * Choices:
+ * - A rule's definition, for keeping its state across reloads, is its match, when, for and
+ *   cooldown: changing only its actions keeps its state.
+ * - on_fire / on_resolve take a list of actions or a single one.
+ * - YAML plain scalars in action arguments follow the YAML 1.2 core schema (null, true/false,
+ *   integers, floats); quoted ones are strings.
+ * - A loop (rule a writes what b reads, b writes what a reads, or a rule reading what it
+ *   writes) is an error naming the rules in it. */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <yaml.h>
+
+#define ARG_NODES_MAX 4096 /* YAML nodes in one action's arguments (aliases count each time) */
+
+uint64_t rules__hash(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    if (h == 0)
+        h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+void rules_options_init(struct rules_options *o)
+{
+    o->max_rules = 10000;
+    o->max_models = 100;
+    o->max_errors = 50;
+    o->max_file_bytes = 4u << 20;
+    o->tick_ms = 1000;
+}
+
+void rules_errors_free(struct rules_errors *e)
+{
+    free(e->text);
+    memset(e, 0, sizeof(*e));
+}
+
+struct loader {
+    const char *name;
+    const char *base_dir;
+    yaml_document_t *doc;
+    struct rules_errors *errs;
+    const struct rules_options *o;
+    struct rules_set *rs;
+    bool oom;
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------------------------ */
+
+static void add_error(struct loader *L, size_t line, size_t col, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void add_error(struct loader *L, size_t line, size_t col, const char *fmt, ...)
+{
+    struct rules_errors *e = L->errs;
+    char msg[RULES_ERR_LEN + 256];
+    int n = line ? snprintf(msg, sizeof(msg), "%s:%zu:%zu: ", L->name, line, col)
+                 : snprintf(msg, sizeof(msg), "%s: ", L->name);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+    va_end(ap);
+    e->count++;
+    if (e->count > L->o->max_errors)
+        return;
+    if (e->count == L->o->max_errors)
+        snprintf(msg, sizeof(msg), "%s: too many errors; stopping here", L->name);
+    size_t len = strlen(msg);
+    if (e->len + len + 2 > e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 1024;
+        while (cap < e->len + len + 2)
+            cap *= 2;
+        char *t = realloc(e->text, cap);
+        if (!t) {
+            L->oom = true;
+            return;
+        }
+        e->text = t;
+        e->cap = cap;
+    }
+    memcpy(e->text + e->len, msg, len);
+    e->len += len;
+    e->text[e->len++] = '\n';
+    e->text[e->len] = '\0';
+}
+
+#define ERR(L, node, ...)                                                                          \
+    add_error((L), (node)->start_mark.line + 1, (node)->start_mark.column + 1, __VA_ARGS__)
+
+static const char *kind_name(const yaml_node_t *n)
+{
+    return n->type == YAML_MAPPING_NODE ? "a map" : n->type == YAML_SEQUENCE_NODE ? "a list"
+                                                                                  : "a value";
+}
+
+static bool is_null(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    const char *s = (const char *)n->data.scalar.value;
+    size_t len = n->data.scalar.length;
+    return len == 0 || (len == 1 && s[0] == '~') ||
+           (len == 4 && (!memcmp(s, "null", 4) || !memcmp(s, "Null", 4) || !memcmp(s, "NULL", 4)));
+}
+
+static yaml_node_t *node(struct loader *L, int id)
+{
+    return yaml_document_get_node(L->doc, id);
+}
+
+/* The text of a scalar node, or NULL with an error naming `what`. */
+static const char *scalar(struct loader *L, const yaml_node_t *n, const char *what, size_t *len)
+{
+    if (n->type != YAML_SCALAR_NODE || is_null(n)) {
+        ERR(L, n, "%s: expected %s, got %s", what, "a value", is_null(n) ? "nothing" : kind_name(n));
+        return NULL;
+    }
+    *len = n->data.scalar.length;
+    return (const char *)n->data.scalar.value;
+}
+
+/* Checks the keys of map `n` against `allowed` (NULL-terminated): unknown and repeated keys
+ * are errors, with a suggestion. Returns false when any was bad. */
+static bool check_keys(struct loader *L, const yaml_node_t *n, const char *where,
+                       const char *const *allowed)
+{
+    bool ok = true;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(L, p->key);
+        if (k->type != YAML_SCALAR_NODE) {
+            ERR(L, k, "%s: a key must be a name, not %s", where, kind_name(k));
+            ok = false;
+            continue;
+        }
+        const char *name = (const char *)k->data.scalar.value;
+        size_t len = k->data.scalar.length;
+        const char *const *a = allowed;
+        while (*a && !(strlen(*a) == len && memcmp(*a, name, len) == 0))
+            a++;
+        if (!*a) {
+            const char *best = NULL;
+            unsigned bd = 3;
+            for (a = allowed; *a; a++) {
+                unsigned d = rules__distance(name, len, *a, strlen(*a));
+                if (d < bd) {
+                    bd = d;
+                    best = *a;
+                }
+            }
+            char hint[96] = "";
+            if (best)
+                snprintf(hint, sizeof(hint), "; did you mean '%s'?", best);
+            ERR(L, k, "%s: unknown key '%.*s'%s", where, (int)(len > 64 ? 64 : len), name, hint);
+            ok = false;
+            continue;
+        }
+        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++) {
+            yaml_node_t *k2 = node(L, q->key);
+            if (k2->type == YAML_SCALAR_NODE && k2->data.scalar.length == len &&
+                memcmp(k2->data.scalar.value, name, len) == 0) {
+                ERR(L, k, "%s: '%s' set twice (first on line %zu)", where, *a,
+                    k2->start_mark.line + 1);
+                ok = false;
+            }
+        }
+    }
+    return ok;
+}
+
+static yaml_node_t *get(struct loader *L, const yaml_node_t *map, const char *key)
+{
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = node(L, p->key);
+        if (k->type == YAML_SCALAR_NODE && k->data.scalar.length == strlen(key) &&
+            memcmp(k->data.scalar.value, key, k->data.scalar.length) == 0)
+            return node(L, p->value);
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Values
+ * ------------------------------------------------------------------------------------------ */
+
+/* "250ms", "30s", "5m", "1h", "1h30m", or 0. Returns 0 or -EINVAL. */
+static int duration(const char *s, size_t len, int64_t *ms)
+{
+    size_t pos = 0;
+    double total = 0;
+    char err[RULES_ERR_LEN];
+    if (len == 1 && s[0] == '0') {
+        *ms = 0;
+        return 0;
+    }
+    for (;;) {
+        struct token t;
+        if (rules__lex(s, len, &pos, &t, err) < 0)
+            return -EINVAL;
+        if (t.kind == T_END)
+            break;
+        if (t.kind != T_DURATION)
+            return -EINVAL;
+        total += t.num;
+    }
+    if (pos == 0 || total < 0 || total > 9e15 || total != floor(total))
+        return -EINVAL;
+    *ms = (int64_t)total;
+    return 0;
+}
+
+static int duration_node(struct loader *L, const yaml_node_t *n, const char *what, int64_t *ms)
+{
+    size_t len;
+    const char *s = scalar(L, n, what, &len);
+    if (!s)
+        return -EINVAL;
+    if (len == 0 || memchr(s, '\0', len) || duration(s, len, ms) < 0) {
+        ERR(L, n, "%s: expected a duration such as 250ms, 30s, 5m or 1h, got '%.*s'", what,
+            (int)(len > 40 ? 40 : len), s);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static char *zdup(struct loader *L, const char *s, size_t n)
+{
+    char *p = msgpack_zone_malloc(&L->rs->zone, n + 1);
+    if (!p) {
+        L->oom = true;
+        return NULL;
+    }
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+/* A plain scalar as the YAML 1.2 core schema reads it. */
+static void plain_scalar(const char *s, size_t n, msgpack_object *o)
+{
+    char buf[64], *end;
+    o->type = MSGPACK_OBJECT_STR;
+    if (n == 4 && (!memcmp(s, "true", 4) || !memcmp(s, "True", 4) || !memcmp(s, "TRUE", 4))) {
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = true;
+        return;
+    }
+    if (n == 5 && (!memcmp(s, "false", 5) || !memcmp(s, "False", 5) || !memcmp(s, "FALSE", 5))) {
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = false;
+        return;
+    }
+    if (n == 0 || n >= sizeof(buf))
+        return;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    errno = 0;
+    if (isdigit((unsigned char)buf[0]) || ((buf[0] == '-' || buf[0] == '+') && n > 1)) {
+        long long v = strtoll(buf, &end, 10);
+        if (*end == '\0' && errno == 0) {
+            if (v >= 0) {
+                o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+                o->via.u64 = (uint64_t)v;
+            } else {
+                o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+                o->via.i64 = v;
+            }
+            return;
+        }
+    }
+    if (isdigit((unsigned char)buf[0]) || buf[0] == '.' || buf[0] == '-' || buf[0] == '+') {
+        double d = strtod(buf, &end);
+        if (*end == '\0' && isfinite(d) && strpbrk(buf, "0123456789")) {
+            o->type = MSGPACK_OBJECT_FLOAT64;
+            o->via.f64 = d;
+        }
+    }
+}
+
+/* Converts a YAML node into a msgpack object in the set's zone. `budget` bounds the nodes
+ * visited (aliases make a small file a big tree). */
+static int to_object(struct loader *L, const yaml_node_t *n, unsigned depth, unsigned *budget,
+                     msgpack_object *o)
+{
+    memset(o, 0, sizeof(*o));
+    if (depth > 16 || (*budget)-- == 0) {
+        ERR(L, n, "value nested too deep or too large");
+        return -EINVAL;
+    }
+    if (n->type == YAML_SCALAR_NODE) {
+        const char *s = (const char *)n->data.scalar.value;
+        size_t len = n->data.scalar.length;
+        if (is_null(n))
+            return 0;
+        if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
+            plain_scalar(s, len, o);
+        else
+            o->type = MSGPACK_OBJECT_STR;
+        if (o->type == MSGPACK_OBJECT_STR) {
+            char *p = zdup(L, s, len);
+            if (!p)
+                return -ENOMEM;
+            o->via.str.ptr = p;
+            o->via.str.size = (uint32_t)len;
+        }
+        return 0;
+    }
+    if (n->type == YAML_SEQUENCE_NODE) {
+        size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = (uint32_t)cnt;
+        o->via.array.ptr = cnt ? msgpack_zone_malloc(&L->rs->zone, cnt * sizeof(msgpack_object))
+                               : NULL;
+        if (cnt && !o->via.array.ptr)
+            return L->oom = true, -ENOMEM;
+        for (size_t i = 0; i < cnt; i++) {
+            int rc = to_object(L, node(L, n->data.sequence.items.start[i]), depth + 1, budget,
+                               &o->via.array.ptr[i]);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
+    size_t cnt = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    o->type = MSGPACK_OBJECT_MAP;
+    o->via.map.size = (uint32_t)cnt;
+    o->via.map.ptr = cnt ? msgpack_zone_malloc(&L->rs->zone, cnt * sizeof(msgpack_object_kv))
+                         : NULL;
+    if (cnt && !o->via.map.ptr)
+        return L->oom = true, -ENOMEM;
+    for (size_t i = 0; i < cnt; i++) {
+        yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
+        yaml_node_t *k = node(L, p->key);
+        if (k->type != YAML_SCALAR_NODE || k->data.scalar.length == 0) {
+            ERR(L, k, "a key must be a non-empty name");
+            return -EINVAL;
+        }
+        msgpack_object_kv *kv = &o->via.map.ptr[i];
+        char *ks = zdup(L, (const char *)k->data.scalar.value, k->data.scalar.length);
+        if (!ks)
+            return -ENOMEM;
+        kv->key.type = MSGPACK_OBJECT_STR;
+        kv->key.via.str.ptr = ks;
+        kv->key.via.str.size = (uint32_t)k->data.scalar.length;
+        int rc = to_object(L, node(L, p->value), depth + 1, budget, &kv->val);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Expressions
+ * ------------------------------------------------------------------------------------------ */
+
+/* Compiles the expression in scalar node n; errors carry the file position of the column the
+ * compiler names (exact for one-line plain and quoted scalars). */
+static struct rules_expr *expression(struct loader *L, const yaml_node_t *n, const char *what)
+{
+    size_t len;
+    const char *s = scalar(L, n, what, &len);
+    if (!s)
+        return NULL;
+    struct rules_expr *e = NULL;
+    char err[RULES_ERR_LEN];
+    int rc = rules_expr_compile(s, len, &e, err);
+    if (rc == -ENOMEM) {
+        L->oom = true;
+        return NULL;
+    }
+    if (rc < 0) {
+        char *colon;
+        unsigned long col = strtoul(err, &colon, 10);
+        size_t line = n->start_mark.line + 1, c = n->start_mark.column + 1;
+        bool quoted = n->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
+                      n->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
+        bool block = n->data.scalar.style == YAML_LITERAL_SCALAR_STYLE ||
+                     n->data.scalar.style == YAML_FOLDED_SCALAR_STYLE;
+        /* walk the text to the column: newlines in it move to the next line */
+        size_t at = col ? col - 1 : 0, lc = c + (quoted ? 1 : 0);
+        if (block) {
+            line++;
+            lc = 1;
+        }
+        for (size_t i = 0; i < at && i < len; i++) {
+            if (s[i] == '\n') {
+                line++;
+                lc = 1;
+            } else {
+                lc++;
+            }
+        }
+        add_error(L, line, lc, "%s: %s", what, colon[0] == ':' ? colon + 2 : err);
+        return NULL;
+    }
+    e->tick_ms = L->o->tick_ms;
+    return e;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Models and actions
+ * ------------------------------------------------------------------------------------------ */
+
+static int model_find(const struct rules_set *rs, const char *name, size_t len)
+{
+    for (unsigned i = 0; i < rs->nmodels; i++)
+        if (strlen(rs->models[i].name) == len && memcmp(rs->models[i].name, name, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+static bool good_name(const char *s, size_t len)
+{
+    if (len == 0 || len > RULES_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.' &&
+            s[i] != ':')
+            return false;
+    return true;
+}
+
+static void load_models(struct loader *L, const yaml_node_t *n)
+{
+    static const char *const model_keys[] = {"file", "inputs", "learn", NULL};
+    if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "models: expected a map of model names, got %s", kind_name(n));
+        return;
+    }
+    size_t cnt = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if (cnt > L->o->max_models) {
+        ERR(L, n, "models: %zu models, more than the limit of %u", cnt, L->o->max_models);
+        return;
+    }
+    L->rs->models = calloc(cnt ? cnt : 1, sizeof(struct model_def));
+    if (!L->rs->models) {
+        L->oom = true;
+        return;
+    }
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(L, p->key), *v = node(L, p->value);
+        size_t len;
+        const char *name = scalar(L, k, "models", &len);
+        if (!name)
+            continue;
+        if (!good_name(name, len)) {
+            ERR(L, k, "models: a model name is 1 to %d characters of A-Z a-z 0-9 _ - . :",
+                RULES_NAME_MAX);
+            continue;
+        }
+        if (model_find(L->rs, name, len) >= 0) {
+            ERR(L, k, "models: '%.*s' defined twice", (int)len, name);
+            continue;
+        }
+        char where[RULES_NAME_MAX + 16];
+        snprintf(where, sizeof(where), "model '%.*s'", (int)len, name);
+        if (v->type != YAML_MAPPING_NODE) {
+            ERR(L, v, "%s: expected a map with file and inputs, got %s", where, kind_name(v));
+            continue;
+        }
+        struct model_def *m = &L->rs->models[L->rs->nmodels++];
+        memcpy(m->name, name, len);
+        if (!check_keys(L, v, where, model_keys))
+            continue;
+        yaml_node_t *file = get(L, v, "file"), *inputs = get(L, v, "inputs");
+        if (!file)
+            ERR(L, v, "%s: 'file' is missing", where);
+        else if ((name = scalar(L, file, "file", &len)) != NULL)
+            m->file = zdup(L, name, len);
+        if (!inputs || inputs->type != YAML_SEQUENCE_NODE) {
+            ERR(L, inputs ? inputs : v, "%s: 'inputs' must be a list of expressions", where);
+            continue;
+        }
+        size_t ni = (size_t)(inputs->data.sequence.items.top - inputs->data.sequence.items.start);
+        m->inputs = calloc(ni ? ni : 1, sizeof(*m->inputs));
+        if (!m->inputs) {
+            L->oom = true;
+            return;
+        }
+        for (size_t i = 0; i < ni; i++) {
+            struct rules_expr *e =
+                expression(L, node(L, inputs->data.sequence.items.start[i]), "input");
+            if (e)
+                m->inputs[m->ninputs++] = e;
+        }
+    }
+}
+
+static int action(struct loader *L, const yaml_node_t *n, struct rules_action *a,
+                  struct action_list *l, const char *where)
+{
+    static const char *const kinds[] = {"command", "desired", "event", "predict", NULL};
+    static const char *const cmd_keys[] = {"cmd", "args", "expires", NULL};
+    unsigned budget = ARG_NODES_MAX;
+    if (n->type != YAML_MAPPING_NODE ||
+        n->data.mapping.pairs.top - n->data.mapping.pairs.start != 1) {
+        ERR(L, n, "%s: an action is a map with one of command, desired, event, predict", where);
+        return -EINVAL;
+    }
+    if (!check_keys(L, n, where, kinds))
+        return -EINVAL;
+    yaml_node_t *k = node(L, n->data.mapping.pairs.start->key);
+    yaml_node_t *v = node(L, n->data.mapping.pairs.start->value);
+    const char *kind = (const char *)k->data.scalar.value;
+    memset(a, 0, sizeof(*a));
+    a->args.type = MSGPACK_OBJECT_NIL;
+    size_t len;
+    if (!strcmp(kind, "predict")) {
+        a->kind = RULES_ACT_PREDICT;
+        const char *m = scalar(L, v, "predict", &len);
+        if (!m)
+            return -EINVAL;
+        int i = model_find(L->rs, m, len);
+        if (i < 0) {
+            ERR(L, v, "predict: no model '%.*s' under models:", (int)(len > 64 ? 64 : len), m);
+            return -EINVAL;
+        }
+        a->model = (unsigned)i;
+        return 0;
+    }
+    if (!strcmp(kind, "command")) {
+        a->kind = RULES_ACT_COMMAND;
+        const yaml_node_t *cmd = v;
+        if (v->type == YAML_MAPPING_NODE) {
+            if (!check_keys(L, v, "command", cmd_keys))
+                return -EINVAL;
+            cmd = get(L, v, "cmd");
+            if (!cmd) {
+                ERR(L, v, "command: 'cmd' is missing");
+                return -EINVAL;
+            }
+            const yaml_node_t *args = get(L, v, "args"), *exp = get(L, v, "expires");
+            if (args && to_object(L, args, 0, &budget, &a->args) < 0)
+                return -EINVAL;
+            if (exp && duration_node(L, exp, "expires", &a->expires_ms) < 0)
+                return -EINVAL;
+        }
+        const char *c = scalar(L, cmd, "cmd", &len);
+        if (!c)
+            return -EINVAL;
+        if (len > TWIN_CMD_NAME_MAX || memchr(c, '\0', len)) {
+            ERR(L, cmd, "cmd: a command name is 1 to %d bytes", TWIN_CMD_NAME_MAX);
+            return -EINVAL;
+        }
+        a->cmd = zdup(L, c, len);
+        a->cmd_len = len;
+        return a->cmd ? 0 : -ENOMEM;
+    }
+    a->kind = !strcmp(kind, "desired") ? RULES_ACT_DESIRED : RULES_ACT_EVENT;
+    if (v->type != YAML_MAPPING_NODE || v->data.mapping.pairs.top == v->data.mapping.pairs.start) {
+        ERR(L, v, "%s: expected a map of %s, got %s", kind,
+            a->kind == RULES_ACT_DESIRED ? "desired values" : "event fields",
+            is_null(v) ? "nothing" : kind_name(v));
+        return -EINVAL;
+    }
+    if (to_object(L, v, 0, &budget, &a->args) < 0)
+        return -EINVAL;
+    for (uint32_t i = 0; i < a->args.via.map.size; i++) {
+        const msgpack_object *key = &a->args.via.map.ptr[i].key;
+        const char *ks = key->via.str.ptr;
+        uint32_t kl = key->via.str.size;
+        yaml_node_t *kn = node(L, v->data.mapping.pairs.start[i].key);
+        if (a->kind == RULES_ACT_DESIRED && (memchr(ks, '.', kl) || kl > TWIN_KEY_MAX)) {
+            ERR(L, kn, "desired: a key has 1 to %d bytes and no '.'", TWIN_KEY_MAX);
+            return -EINVAL;
+        }
+        static const char *const reserved[] = {"type", "rule", "state", "values", "ts", NULL};
+        for (const char *const *r = reserved; a->kind == RULES_ACT_EVENT && *r; r++)
+            if (strlen(*r) == kl && !memcmp(*r, ks, kl)) {
+                ERR(L, kn, "event: '%s' is set by the hub; choose another field name", *r);
+                return -EINVAL;
+            }
+    }
+    if (a->kind == RULES_ACT_EVENT) {
+        if (l->event_fields) {
+            ERR(L, n, "%s: one event action per list", where);
+            return -EINVAL;
+        }
+        l->event_fields = &a->args;
+    }
+    return 0;
+}
+
+static void action_list(struct loader *L, const yaml_node_t *n, struct action_list *l,
+                        const char *where)
+{
+    size_t cnt = 1;
+    if (n->type == YAML_SEQUENCE_NODE)
+        cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    else if (is_null(n))
+        return;
+    else if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "%s: expected a list of actions, got %s", where, kind_name(n));
+        return;
+    }
+    l->v = msgpack_zone_malloc(&L->rs->zone, (cnt ? cnt : 1) * sizeof(*l->v));
+    if (!l->v) {
+        L->oom = true;
+        return;
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        const yaml_node_t *a =
+            n->type == YAML_SEQUENCE_NODE ? node(L, n->data.sequence.items.start[i]) : n;
+        if (action(L, a, &l->v[l->n], l, where) == 0)
+            l->n++;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Rules
+ * ------------------------------------------------------------------------------------------ */
+
+static bool defined(const struct rules_set *rs, const char *name, size_t len)
+{
+    for (unsigned i = 0; i < rs->nrules; i++)
+        if (strlen(rs->rules[i].name) == len && memcmp(rs->rules[i].name, name, len) == 0)
+            return true;
+    return false;
+}
+
+static void load_rule(struct loader *L, const yaml_node_t *n)
+{
+    static const char *const rule_keys[] = {"name", "match", "when", "for", "cooldown",
+                                            "on_fire", "on_resolve", NULL};
+    struct rules_set *rs = L->rs;
+    if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "rules: each rule is a map with name and when, got %s", kind_name(n));
+        return;
+    }
+    struct rule *r = &rs->rules[rs->nrules];
+    memset(r, 0, sizeof(*r));
+    r->line = (unsigned)n->start_mark.line + 1;
+    const yaml_node_t *name = get(L, n, "name");
+    size_t len = 0;
+    const char *s = name ? scalar(L, name, "name", &len) : NULL;
+    char where[RULES_NAME_MAX + 16] = "rule";
+    if (!name)
+        ERR(L, n, "rule: 'name' is missing");
+    else if (s && !good_name(s, len))
+        ERR(L, name, "name: a rule name is 1 to %d characters of A-Z a-z 0-9 _ - . :",
+            RULES_NAME_MAX);
+    else if (s && defined(rs, s, len))
+        ERR(L, name, "name: rule '%.*s' defined twice", (int)len, s);
+    else if (s) {
+        memcpy(r->name, s, len);
+        snprintf(where, sizeof(where), "rule '%s'", r->name);
+    }
+    bool ok = check_keys(L, n, where, rule_keys) && r->name[0];
+    const yaml_node_t *v;
+    if ((v = get(L, n, "match")) != NULL) {
+        if (!(s = scalar(L, v, "match", &len)) || !len || memchr(s, '\0', len))
+            ok = false;
+        else if (!(r->match = zdup(L, s, len)))
+            return;
+        if (r->match && !strcmp(r->match, "*"))
+            r->match = NULL;
+    }
+    if (!(v = get(L, n, "when"))) {
+        ERR(L, n, "%s: 'when' is missing", where);
+        ok = false;
+    } else if (!(r->when = expression(L, v, "when"))) {
+        ok = false;
+    } else if (r->when->type != RULES_BOOL && r->when->type != RULES_OTHER) {
+        ERR(L, v, "when: a condition must be true or false; this is %s",
+            r->when->type == RULES_NUM ? "a number" : r->when->type == RULES_STR ? "a string"
+                                                                                 : "nil");
+        ok = false;
+    }
+    if ((v = get(L, n, "for")) && duration_node(L, v, "for", &r->for_ms) < 0)
+        ok = false;
+    if ((v = get(L, n, "cooldown")) && duration_node(L, v, "cooldown", &r->cooldown_ms) < 0)
+        ok = false;
+    unsigned before = L->errs->count;
+    if ((v = get(L, n, "on_fire")))
+        action_list(L, v, &r->on_fire, "on_fire");
+    if ((v = get(L, n, "on_resolve")))
+        action_list(L, v, &r->on_resolve, "on_resolve");
+    ok = ok && L->errs->count == before;
+    if (!ok) {
+        rules_expr_free(r->when);
+        return;
+    }
+    uint64_t h = rules__hash(0, r->name, strlen(r->name) + 1);
+    h = rules__hash(h, r->match ? r->match : "*", strlen(r->match ? r->match : "*") + 1);
+    h = rules__hash(h, r->when->text, r->when->text_len + 1);
+    h = rules__hash(h, &r->for_ms, sizeof(r->for_ms));
+    h = rules__hash(h, &r->cooldown_ms, sizeof(r->cooldown_ms));
+    r->hash = h;
+    rs->nrules++;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Ordering
+ * ------------------------------------------------------------------------------------------ */
+
+/* What rule r's actions write, as paths: desired leaves and predicted.<model>. */
+static void writes_of(const struct rules_set *rs, const struct rule *r, struct rules_changes *c)
+{
+    const struct action_list *lists[] = {&r->on_fire, &r->on_resolve};
+    rules_changes_reset(c);
+    for (int l = 0; l < 2; l++)
+        for (unsigned i = 0; i < lists[l]->n; i++) {
+            const struct rules_action *a = &lists[l]->v[i];
+            if (a->kind == RULES_ACT_DESIRED)
+                rules_changes_add_patch(c, "desired", &a->args);
+            else if (a->kind == RULES_ACT_PREDICT) {
+                char p[RULES_NAME_MAX + 16];
+                int n = snprintf(p, sizeof(p), "predicted.%s", rs->models[a->model].name);
+                rules_changes_add(c, p, (size_t)n);
+            }
+        }
+}
+
+struct adj {
+    unsigned from, to;
+};
+
+struct adj_list {
+    struct adj *v;
+    unsigned n, cap;
+    unsigned from;
+    bool oom;
+};
+
+static void add_edge(void *ctx, unsigned to)
+{
+    struct adj_list *a = ctx;
+    if (a->n == a->cap) {
+        unsigned cap = a->cap ? a->cap * 2 : 64;
+        struct adj *v = realloc(a->v, cap * sizeof(*v));
+        if (!v) {
+            a->oom = true;
+            return;
+        }
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = (struct adj){a->from, to};
+}
+
+/* Orders rs->rules so that every writer comes before its readers, file order otherwise.
+ * Returns 0, -EINVAL (a loop, reported) or -ENOMEM. */
+static int order_rules(struct loader *L)
+{
+    struct rules_set *rs = L->rs;
+    unsigned n = rs->nrules;
+    struct adj_list adj = {0};
+    struct rules_changes *c = malloc(sizeof(*c));
+    unsigned *indeg = calloc(n ? n : 1, sizeof(unsigned)), *order = malloc((n ? n : 1) * sizeof(unsigned));
+    bool *done = calloc(n ? n : 1, sizeof(bool));
+    int rc = -ENOMEM;
+    if (!c || !indeg || !order || !done)
+        goto out;
+    if (rules__index_build(rs) < 0)
+        goto out;
+    for (unsigned r = 0; r < n; r++) {
+        writes_of(rs, &rs->rules[r], c);
+        adj.from = r;
+        if (c->all) {
+            for (unsigned t = 0; t < n; t++)
+                add_edge(&adj, t);
+            continue;
+        }
+        for (unsigned i = 0; i < c->n; i++)
+            rules__index_touched(rs, c->buf + c->off[i], c->len[i], add_edge, &adj);
+    }
+    if (adj.oom)
+        goto out;
+    /* drop edges that the index over-approximates: the reader must read a written path */
+    unsigned m = 0;
+    for (unsigned i = 0; i < adj.n; i++) {
+        const struct rule *w = &rs->rules[adj.v[i].from], *rd = &rs->rules[adj.v[i].to];
+        writes_of(rs, w, c);
+        bool real = rd->when->reads_all && c->n > 0;
+        for (unsigned p = 0; p < rd->when->npaths && !real; p++)
+            real = rules_changes_touch(c, rd->when->paths[p].full, rd->when->paths[p].full_len);
+        bool dup = m && adj.v[m - 1].from == adj.v[i].from && adj.v[m - 1].to == adj.v[i].to;
+        if (real && !dup)
+            adj.v[m++] = adj.v[i];
+    }
+    adj.n = m;
+    for (unsigned i = 0; i < adj.n; i++)
+        indeg[adj.v[i].to]++;
+    /* Kahn's algorithm, taking the earliest rule in the file among those ready */
+    unsigned placed = 0;
+    while (placed < n) {
+        unsigned pick = n;
+        for (unsigned r = 0; r < n && pick == n; r++)
+            if (!done[r] && indeg[r] == 0)
+                pick = r;
+        if (pick == n)
+            break;
+        done[pick] = true;
+        order[placed++] = pick;
+        for (unsigned i = 0; i < adj.n; i++)
+            if (adj.v[i].from == pick)
+                indeg[adj.v[i].to]--;
+    }
+    if (placed < n) {
+        /* follow edges among the rest until a rule repeats: that is the loop */
+        unsigned start = 0;
+        while (done[start])
+            start++;
+        unsigned path[64], len = 0, cur = start;
+        bool *seen = calloc(n, sizeof(bool));
+        if (!seen)
+            goto out;
+        while (!seen[cur] && len < 64) {
+            seen[cur] = true;
+            path[len++] = cur;
+            for (unsigned i = 0; i < adj.n; i++)
+                if (adj.v[i].from == cur && !done[adj.v[i].to]) {
+                    cur = adj.v[i].to;
+                    break;
+                }
+        }
+        free(seen);
+        char text[RULES_ERR_LEN] = "";
+        size_t tl = 0;
+        unsigned first = 0;
+        while (first < len && path[first] != cur)
+            first++;
+        for (unsigned i = first; i < len && tl < sizeof(text) - 80; i++)
+            tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "'%s' -> ", rs->rules[path[i]].name);
+        snprintf(text + tl, sizeof(text) - tl, "'%s'", rs->rules[cur].name);
+        add_error(L, rs->rules[cur].line, 1,
+                  "rules %s form a loop: each one's actions write what the next one reads", text);
+        rc = -EINVAL;
+        goto out;
+    }
+    struct rule *sorted = malloc((n ? n : 1) * sizeof(struct rule));
+    if (!sorted)
+        goto out;
+    for (unsigned i = 0; i < n; i++)
+        sorted[i] = rs->rules[order[i]];
+    if (n)
+        memcpy(rs->rules, sorted, n * sizeof(struct rule));
+    free(sorted);
+    rc = rules__index_build(rs);
+out:
+    free(adj.v);
+    free(c);
+    free(indeg);
+    free(order);
+    free(done);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The entry points
+ * ------------------------------------------------------------------------------------------ */
+
+void rules_set_free(struct rules_set *rs)
+{
+    if (!rs)
+        return;
+    for (unsigned i = 0; i < rs->nrules; i++)
+        rules_expr_free(rs->rules[i].when);
+    for (unsigned i = 0; i < rs->nmodels; i++) {
+        for (unsigned j = 0; j < rs->models[i].ninputs; j++)
+            rules_expr_free(rs->models[i].inputs[j]);
+        free(rs->models[i].inputs);
+    }
+    free(rs->models);
+    free(rs->rules);
+    rules__index_free(rs);
+    msgpack_zone_destroy(&rs->zone);
+    free(rs);
+}
+
+static void syntax_error(struct loader *L, const yaml_parser_t *ps)
+{
+    const char *problem = ps->problem ? ps->problem : "malformed YAML";
+    if (ps->error == YAML_READER_ERROR)
+        add_error(L, 0, 0, "%s at byte %zu", problem, ps->problem_offset);
+    else
+        add_error(L, ps->problem_mark.line + 1, ps->problem_mark.column + 1, "%s%s%s", problem,
+                  ps->context ? " " : "", ps->context ? ps->context : "");
+}
+
+int rules_set_parse(const char *name, const char *text, size_t len, const char *base_dir,
+                    const struct rules_options *o, struct rules_set **out,
+                    struct rules_errors *errs)
+{
+    struct rules_options defaults;
+    if (!o) {
+        rules_options_init(&defaults);
+        o = &defaults;
+    }
+    struct loader L = {.name = name, .base_dir = base_dir, .errs = errs, .o = o};
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    int rc = -EINVAL;
+
+    if (len > o->max_file_bytes) {
+        add_error(&L, 0, 0, "%zu bytes, more than the limit of %zu", len, o->max_file_bytes);
+        return -EINVAL;
+    }
+    struct rules_set *rs = calloc(1, sizeof(*rs));
+    if (!rs || !msgpack_zone_init(&rs->zone, 4096)) {
+        free(rs);
+        return -ENOMEM;
+    }
+    rs->opt = *o;
+    L.rs = rs;
+    if (!yaml_parser_initialize(&parser)) {
+        rules_set_free(rs);
+        return -ENOMEM;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        syntax_error(&L, &parser);
+        goto fail_parser;
+    }
+    L.doc = &doc;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root && !is_null(root)) {
+        static const char *const top_keys[] = {"rules", "models", NULL};
+        if (root->type != YAML_MAPPING_NODE) {
+            ERR(&L, root, "expected a map with rules: (and models:), got %s", kind_name(root));
+            goto fail_doc;
+        }
+        check_keys(&L, root, "top level", top_keys);
+        yaml_node_t *models = get(&L, root, "models"), *rules = get(&L, root, "rules");
+        if (models && !is_null(models))
+            load_models(&L, models);
+        if (rules && !is_null(rules)) {
+            if (rules->type != YAML_SEQUENCE_NODE) {
+                ERR(&L, rules, "rules: expected a list of rules, got %s", kind_name(rules));
+            } else {
+                size_t cnt =
+                    (size_t)(rules->data.sequence.items.top - rules->data.sequence.items.start);
+                if (cnt > o->max_rules) {
+                    ERR(&L, rules, "rules: %zu rules, more than the limit of %u", cnt,
+                        o->max_rules);
+                } else if (!(rs->rules = calloc(cnt ? cnt : 1, sizeof(struct rule)))) {
+                    L.oom = true;
+                } else {
+                    for (size_t i = 0; i < cnt && !L.oom; i++)
+                        load_rule(&L, node(&L, rules->data.sequence.items.start[i]));
+                }
+            }
+        }
+    }
+    if (!L.oom && errs->count == 0 && (rc = order_rules(&L)) == -ENOMEM)
+        L.oom = true;
+    if (L.oom)
+        rc = -ENOMEM;
+    else if (errs->count)
+        rc = -EINVAL;
+    else
+        rc = 0;
+fail_doc:
+    yaml_document_delete(&doc);
+fail_parser:
+    yaml_parser_delete(&parser);
+    if (rc < 0) {
+        rules_set_free(rs);
+        return rc;
+    }
+    *out = rs;
+    return 0;
+}
+
+int rules_set_load(const char *path, const struct rules_options *o, struct rules_set **out,
+                   struct rules_errors *errs)
+{
+    struct rules_options defaults;
+    if (!o) {
+        rules_options_init(&defaults);
+        o = &defaults;
+    }
+    struct loader L = {.name = path, .errs = errs, .o = o};
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        add_error(&L, 0, 0, "%s", strerror(e));
+        return e == ENOENT ? -ENOENT : -EIO;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
+        add_error(&L, 0, 0, "not a regular file");
+        fclose(f);
+        return -EIO;
+    }
+    if ((size_t)st.st_size > o->max_file_bytes) {
+        add_error(&L, 0, 0, "%lld bytes, more than the limit of %zu", (long long)st.st_size,
+                  o->max_file_bytes);
+        fclose(f);
+        return -EINVAL;
+    }
+    char *text = malloc((size_t)st.st_size + 1);
+    if (!text) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    size_t n = fread(text, 1, (size_t)st.st_size, f);
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        add_error(&L, 0, 0, "read error");
+        free(text);
+        return -EIO;
+    }
+    /* model files are relative to the rules file's folder */
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (slash && (size_t)(slash - path) < sizeof(dir)) {
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+    } else {
+        strcpy(dir, ".");
+    }
+    int rc = rules_set_parse(path, text, n, dir, o, out, errs);
+    free(text);
+    return rc;
+}

@@ -1,0 +1,241 @@
+/* rules: operators' rules files. load.c reads the YAML file, lexer.c and compile.c turn every
+ * expression into a compact program once, eval.c runs a program against one twin without
+ * allocating, engine.c picks the rules a change touches and steps each (rule, twin) state
+ * machine. It knows nothing of MQTT or LMDB: a twin, a clock and the host's callbacks go in
+ * (history, persisted rule state, actions), transitions and actions come out.
+ *
+ * Threads: a loaded struct rules_set is immutable and may be read by any number of threads at
+ * once; a struct rules_scratch belongs to one thread. */
+#ifndef RULES_H
+#define RULES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "twins.h"
+
+#define RULES_ERR_LEN 512   /* one error message, "file:line:col: what" */
+#define RULES_NAME_MAX 64   /* bytes of a rule or model name */
+#define RULES_STATE_LEN 48  /* bytes of an encoded state record (rules_state_encode) */
+#define RULES_VALUES_MAX 8  /* values reported with a transition */
+#define RULES_CHANGES_MAX 64
+#define RULES_CHANGES_BYTES 4096
+#define RULES_STACK_MAX 32 /* values an expression may hold at once while evaluating */
+
+/* ---------------------------------------------------------------------------------------------
+ * Values and expressions
+ * ------------------------------------------------------------------------------------------ */
+
+enum rules_type { RULES_NIL, RULES_BOOL, RULES_NUM, RULES_STR, RULES_OTHER /* map or array */ };
+
+/* A value an expression produced. `s` points into the twin or the compiled expression: valid
+ * while both are. */
+struct rules_value {
+    enum rules_type type;
+    bool b;
+    double n;
+    const char *s;
+    uint32_t len;
+};
+
+/* The paths one committed change wrote, dotted from the document's root ("reported.hr",
+ * "desired.sample_hz", "predicted.hr_forecast", "connected"). Past RULES_CHANGES_MAX paths or
+ * RULES_CHANGES_BYTES bytes it degrades to "everything changed" (all). Caller's memory. */
+struct rules_changes {
+    bool all;
+    unsigned n;
+    uint16_t off[RULES_CHANGES_MAX], len[RULES_CHANGES_MAX];
+    char buf[RULES_CHANGES_BYTES];
+};
+
+void rules_changes_reset(struct rules_changes *c);
+void rules_changes_add(struct rules_changes *c, const char *path, size_t len);
+/* Adds "reported.<k>" for every key of map `patch` (and "reported" for nil deletes below)...:
+ * every leaf path the patch writes, below `section`. */
+void rules_changes_add_patch(struct rules_changes *c, const char *section,
+                             const msgpack_object *patch);
+/* Whether a change wrote `path` or something above or below it. */
+bool rules_changes_touch(const struct rules_changes *c, const char *path, size_t len);
+
+/* Reads the history of reported.<path>: calls cb for each point with ts >= since_ms, oldest
+ * first (twin_history_read's contract). */
+typedef int (*rules_history_fn)(void *ctx, const char *path, size_t len, int64_t since_ms,
+                                twin_history_cb cb, void *cb_ctx);
+
+/* One twin as an evaluation sees it. */
+struct rules_twin {
+    const struct twin_doc *doc;
+    int64_t now;                         /* hub clock, ms since epoch */
+    struct rules_changes *changes; /* what this commit wrote; runs add what actions write.
+                                      NULL (rules_expr_eval only): nothing */
+    rules_history_fn history;            /* NULL: every window is empty */
+    void *history_ctx;
+};
+
+struct rules_expr;
+
+/* Compiles one expression. Errors go to err as "COL: what" (1-based column in text).
+ * Returns 0, -EINVAL (bad expression), -ENOMEM. Caller frees with rules_expr_free. */
+int rules_expr_compile(const char *text, size_t len, struct rules_expr **out, char *err);
+void rules_expr_free(struct rules_expr *e);
+
+/* Evaluates `e` against twin `tw`. Allocates nothing. *wake (may be NULL) is lowered to the
+ * earliest hub time after tw->now at which the result may change with no new data (age()
+ * crossing a threshold, a history point leaving a window, now()); it is left alone when the
+ * result depends on data only. Returns 0, or a negative error of tw->history. */
+int rules_expr_eval(const struct rules_expr *e, const struct rules_twin *tw,
+                    struct rules_value *out, int64_t *wake);
+
+/* Whether a value counts as true: only the boolean true does. */
+static inline bool rules_value_true(const struct rules_value *v)
+{
+    return v->type == RULES_BOOL && v->b;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Rules files
+ * ------------------------------------------------------------------------------------------ */
+
+struct rules_options {
+    unsigned max_rules;    /* default 10,000 */
+    unsigned max_models;   /* default 100 */
+    unsigned max_errors;   /* errors collected before giving up; default 50 */
+    size_t max_file_bytes; /* default 4 MiB */
+    int64_t tick_ms; /* how soon to evaluate again an expression whose next change cannot be
+                        computed (now(), age() inside arithmetic); default 1000 */
+};
+void rules_options_init(struct rules_options *o);
+
+/* Every error found by one load, one line each ("rules.yaml:12:17: unknown function 'avgg';
+ * did you mean 'avg'?\n"). Caller's memory; rules_errors_free frees the text. */
+struct rules_errors {
+    char *text;
+    size_t len, cap;
+    unsigned count;
+};
+void rules_errors_free(struct rules_errors *e);
+
+struct rules_set;
+
+/* Loads a rules file. Relative model file names are relative to the file's folder.
+ * Returns 0, -EINVAL (the file is invalid: every error in errs), -ENOENT/-EIO (cannot read it:
+ * in errs), -ENOMEM. On error *out is untouched. Caller frees with rules_set_free. */
+int rules_set_load(const char *path, const struct rules_options *o, struct rules_set **out,
+                   struct rules_errors *errs);
+/* The same from text in memory; `name` is what errors call the file. */
+int rules_set_parse(const char *name, const char *text, size_t len, const char *base_dir,
+                    const struct rules_options *o, struct rules_set **out,
+                    struct rules_errors *errs);
+void rules_set_free(struct rules_set *rs);
+
+unsigned rules_set_count(const struct rules_set *rs);
+/* The name of rule i (0 <= i < count), in evaluation order. */
+const char *rules_set_name(const struct rules_set *rs, unsigned i);
+/* Finds a rule by name; -1 when there is none. */
+int rules_set_find(const struct rules_set *rs, const char *name, size_t len);
+
+/* ---------------------------------------------------------------------------------------------
+ * Rule state, transitions and actions
+ * ------------------------------------------------------------------------------------------ */
+
+enum rules_state { RULES_INACTIVE = 0, RULES_PENDING, RULES_FIRING };
+const char *rules_state_name(enum rules_state s);
+
+/* The state of one (rule, twin), as persisted by the host. */
+struct rules_record {
+    enum rules_state state;
+    uint64_t def_hash;      /* of the rule's definition when the state was entered */
+    int64_t since;          /* entered the state (hub ms) */
+    int64_t fire_at;        /* PENDING: when it fires if the condition still holds */
+    int64_t cooldown_until; /* no firing before this */
+    int64_t wake;           /* evaluate again at this time even if nothing changes; INT64_MAX */
+};
+/* Encodes into RULES_STATE_LEN bytes; decodes (returns -EBADMSG when buf is not a record). */
+void rules_record_encode(const struct rules_record *r, unsigned char *buf);
+int rules_record_decode(const void *buf, size_t len, struct rules_record *r);
+
+enum rules_action_kind { RULES_ACT_COMMAND, RULES_ACT_DESIRED, RULES_ACT_EVENT, RULES_ACT_PREDICT };
+
+/* One action of on_fire or on_resolve. Objects live in the rules set. */
+struct rules_action {
+    enum rules_action_kind kind;
+    const char *cmd; /* COMMAND */
+    size_t cmd_len;
+    msgpack_object args;  /* COMMAND: its args (NIL: none); DESIRED: the patch; EVENT: fields */
+    int64_t expires_ms;   /* COMMAND: relative deadline, 0 = none */
+    unsigned model;       /* PREDICT: index of the model */
+};
+
+/* A value the condition read, with the text that read it ("reported.hr", "avg(...)"). */
+struct rules_input {
+    const char *text;
+    size_t len;
+    struct rules_value v;
+};
+
+/* A transition of (rule, twin) and what decided it. */
+struct rules_fire {
+    const char *rule;
+    enum rules_state from, to;
+    const char *event;     /* what twins/{id}/events says: pending, firing, resolved, inactive */
+    int64_t ts;            /* hub clock */
+    const msgpack_object *fields; /* the rule's `event` action fields for this edge, or NULL */
+    unsigned n_values;     /* the paths and functions the condition read, with their values */
+    struct rules_input values[RULES_VALUES_MAX];
+};
+
+/* What the engine asks of its host, for the twin being run. Every callback returns 0 or a
+ * negative error, which stops the run and is returned by it (the host should then abort its
+ * transaction). */
+struct rules_host {
+    void *ctx;
+    /* The record of `rule` for this twin: 0 with RULES_STATE_LEN bytes in buf, or -ENOENT. */
+    int (*state_get)(void *ctx, const char *rule, size_t len, void *buf);
+    int (*state_put)(void *ctx, const char *rule, size_t len, const void *buf);
+    int (*state_del)(void *ctx, const char *rule, size_t len);
+    /* Calls cb for every record of this twin (the timer's walk). */
+    int (*state_list)(void *ctx,
+                      int (*cb)(void *cb_ctx, const char *rule, size_t len, const void *buf,
+                                size_t n),
+                      void *cb_ctx);
+    /* Carries out one action of a transition inside the host's transaction. When it changes
+     * the twin, it updates the document tw->doc points to and adds what it wrote to
+     * tw->changes, so that the rules after this one see it. */
+    int (*action)(void *ctx, const struct rules_fire *f, const struct rules_action *a);
+    /* After the actions of a transition: the event for twins/{id}/events. */
+    int (*transition)(void *ctx, const struct rules_fire *f);
+};
+
+/* Per-thread working memory of runs. */
+struct rules_scratch;
+struct rules_scratch *rules_scratch_new(void);
+void rules_scratch_free(struct rules_scratch *sc);
+
+struct rules_run_result {
+    unsigned evaluated;   /* conditions evaluated */
+    unsigned transitions; /* state changes */
+    int64_t wake;         /* earliest wake among the records written; INT64_MAX: none */
+};
+
+/* Runs the rules a committed change touches, for twin tw->doc->id: rules whose match admits
+ * the twin and that read a path in tw->changes (which the host extends with what actions
+ * write), in dependency order, each at most once. res->wake is the earliest wake among the
+ * records this run wrote (the host keeps the earlier of it and the twin's current one).
+ * Returns 0, a host error, or -ENOMEM. */
+int rules_run_change(const struct rules_set *rs, struct rules_scratch *sc, struct rules_twin *tw,
+                     const struct rules_host *h, struct rules_run_result *res);
+
+/* Runs the rules of a twin whose wake time has come: every record with wake <= tw->now is
+ * evaluated again (and the rules that read what their actions write, as rules_run_change);
+ * records of rules no longer loaded, or whose definition changed, are deleted. tw->changes
+ * must be given, empty. res->wake is the twin's earliest wake among all its records
+ * afterwards (INT64_MAX: none). */
+int rules_run_timer(const struct rules_set *rs, struct rules_scratch *sc, struct rules_twin *tw,
+                    const struct rules_host *h, struct rules_run_result *res);
+
+/* Whether a record belongs to a loaded rule with the same definition (reload sweeps). */
+bool rules_record_current(const struct rules_set *rs, const char *rule, size_t len,
+                          const void *buf, size_t n);
+
+#endif

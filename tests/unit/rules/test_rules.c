@@ -1,0 +1,910 @@
+/* test_rules.c: unit tests of the rules library through rules.h: expressions (parsing,
+ * precedence, every function, windows over a fake history, missing fields, NaN, wake times),
+ * compile errors with their columns, rules files (every load error with file:line:column,
+ * ordering, loops), and the state machine on a fake clock with an in-memory host (for,
+ * cooldown, absence, flapping, chains, definition changes). No broker, no disk.
+ * `test_rules NAME` runs one test. */
+#include "rules.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+static const char *current;
+
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        fprintf(stderr, "%s:%d: [%s] ", __FILE__, __LINE__, current);                              \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fputc('\n', stderr);                                                                       \
+        failures++;                                                                                \
+    } while (0)
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            FAIL("CHECK failed: %s", #c);                                                          \
+    } while (0)
+#define CHECK_INT(a, b)                                                                            \
+    do {                                                                                           \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
+        if (a_ != b_)                                                                              \
+            FAIL("%s is %lld, expected %lld", #a, a_, b_);                                         \
+    } while (0)
+
+/* ---------------------------------------------------------------------------------------------
+ * A twin and a history to evaluate against
+ * ------------------------------------------------------------------------------------------ */
+
+static msgpack_zone zone;
+
+static msgpack_object json(const char *text)
+{
+    struct twin_limits lim = TWIN_LIMITS_DEFAULT;
+    msgpack_object o;
+    char err[TWIN_ERR_LEN];
+    if (twin_input_decode(text, strlen(text), &lim, &zone, &o, err) < 0) {
+        fprintf(stderr, "bad test JSON %s: %s\n", text, err);
+        abort();
+    }
+    return o;
+}
+
+static struct twin_doc make_doc(const char *reported, const char *meta, const char *desired)
+{
+    struct twin_doc d = {.id = "ecg-001", .id_len = 7, .version = 7, .connected = true,
+                         .last_seen = 5000, .created = 100};
+    d.reported = json(reported);
+    d.meta_reported = json(meta);
+    d.desired = json(desired);
+    d.meta_desired = json("{}");
+    d.delta.type = d.predicted.type = MSGPACK_OBJECT_NIL;
+    return d;
+}
+
+struct point {
+    const char *path;
+    int64_t ts;
+    double v;
+};
+
+static const struct point hist[] = {
+    {"hr", 1000, 60}, {"hr", 2000, 70}, {"hr", 3000, 80}, {"hr", 4000, 90}, {"flat", 3000, 5},
+    {"flat", 3500, 5}, {"one", 3900, 1},
+};
+
+static int history(void *ctx, const char *path, size_t len, int64_t since, twin_history_cb cb,
+                   void *cb_ctx)
+{
+    (void)ctx;
+    for (size_t i = 0; i < sizeof(hist) / sizeof(hist[0]); i++)
+        if (strlen(hist[i].path) == len && !memcmp(hist[i].path, path, len) && hist[i].ts >= since)
+            cb(cb_ctx, hist[i].ts, hist[i].v);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Expressions
+ * ------------------------------------------------------------------------------------------ */
+
+enum want { W_NUM, W_TRUE, W_FALSE, W_NIL, W_STR };
+
+static const struct ecase {
+    const char *expr;
+    enum want want;
+    double num;
+} ecases[] = {
+    /* literals, precedence, associativity */
+    {"1 + 2 * 3", W_NUM, 7},
+    {"(1 + 2) * 3", W_NUM, 9},
+    {"10 - 4 - 3", W_NUM, 3},
+    {"2 * 3 % 4", W_NUM, 2},
+    {"-2 * 3", W_NUM, -6},
+    {"- -2", W_NUM, 2},
+    {"7 / 2", W_NUM, 3.5},
+    {"1.5e3", W_NUM, 1500},
+    {"250ms + 2s + 1m + 1h", W_NUM, 250 + 2000 + 60000 + 3600000},
+    {"1d", W_NUM, 86400000},
+    {"true or false and false", W_TRUE, 0},
+    {"(true or false) and false", W_FALSE, 0},
+    {"not 1 > 2", W_TRUE, 0},
+    {"not not true", W_TRUE, 0},
+    {"1 < 2 and 2 <= 2 and 3 > 2 and 3 >= 3 and 1 == 1 and 1 != 2", W_TRUE, 0},
+    {"nil == nil", W_TRUE, 0},
+    {"'a' < 'b' and \"ab\" > 'a'", W_TRUE, 0},
+    {"'it\\'s' == \"it's\"", W_TRUE, 0},
+    {"true == true", W_TRUE, 0},
+    /* paths */
+    {"reported.heart_rate", W_NUM, 130},
+    {"reported.vitals.spo2 < 94", W_TRUE, 0},
+    {"reported.mode == 'run'", W_TRUE, 0},
+    {"reported.`odd-key` == 3", W_TRUE, 0},
+    {"reported.on", W_TRUE, 0},
+    {"desired.sample_hz == 50", W_TRUE, 0},
+    {"connected and version == 7 and id == 'ecg-001' and last_seen == 5000", W_TRUE, 0},
+    {"created == 100", W_TRUE, 0},
+    {"seq == nil", W_TRUE, 0},
+    {"reported.vitals == nil", W_FALSE, 0},
+    {"reported.vitals != nil", W_TRUE, 0},
+    /* missing fields: a comparison is false, never an error */
+    {"reported.nope > 1", W_FALSE, 0},
+    {"reported.nope < 1", W_FALSE, 0},
+    {"reported.nope == 1", W_FALSE, 0},
+    {"reported.nope != 1", W_FALSE, 0},
+    {"reported.nope == nil", W_TRUE, 0},
+    {"reported.nope != nil", W_FALSE, 0},
+    {"not (reported.nope > 1)", W_TRUE, 0},
+    {"reported.nope + 1", W_NIL, 0},
+    {"reported.nope and true", W_FALSE, 0},
+    {"reported.nope or true", W_TRUE, 0},
+    {"reported.heart_rate.deeper > 1", W_FALSE, 0},
+    {"reported.mode + 1", W_NIL, 0},
+    {"reported.mode > 1", W_FALSE, 0},
+    {"reported.vitals > 1", W_FALSE, 0},
+    /* division by zero and NaN */
+    {"1 / 0", W_NIL, 0},
+    {"1 / 0 > 0", W_FALSE, 0},
+    {"5 % 0 == nil", W_TRUE, 0},
+    {"5.5 % 2", W_NUM, 1.5},
+    {"sqrt(-1)", W_NIL, 0},
+    {"log(-1) == nil", W_TRUE, 0},
+    {"log(0) < -1e308", W_TRUE, 0},
+    {"reported.big * reported.big * reported.big > 1e308", W_TRUE, 0},
+    /* functions */
+    {"abs(-3)", W_NUM, 3},
+    {"min(3, 1, 2)", W_NUM, 1},
+    {"max(3, 1, 2)", W_NUM, 3},
+    {"min(reported.heart_rate, 100)", W_NUM, 100},
+    {"max(4)", W_NUM, 4},
+    {"clamp(5, 0, 3)", W_NUM, 3},
+    {"clamp(-5, 0, 3)", W_NUM, 0},
+    {"clamp(2, 0, 3)", W_NUM, 2},
+    {"clamp(1, 3, 0)", W_NIL, 0},
+    {"sqrt(16)", W_NUM, 4},
+    {"exp(0)", W_NUM, 1},
+    {"log(1)", W_NUM, 0},
+    {"round(2.5)", W_NUM, 3},
+    {"round(-2.5)", W_NUM, -3},
+    {"round(1.2345, 2)", W_NUM, 1.23},
+    {"round(1.5, 0.5)", W_NIL, 0},
+    {"abs(reported.nope)", W_NIL, 0},
+    {"abs(reported.mode)", W_NIL, 0},
+    /* windows: now is 4500; points hr 60@1000 70@2000 80@3000 90@4000 */
+    {"avg(reported.hr, 10s)", W_NUM, 75},
+    {"avg(reported.hr, 2s)", W_NUM, 85},
+    {"min(reported.hr, 10s)", W_NUM, 60},
+    {"max(reported.hr, 10s)", W_NUM, 90},
+    {"sum(reported.hr, 10s)", W_NUM, 300},
+    {"count(reported.hr, 10s)", W_NUM, 4},
+    {"count(reported.hr, 1ms)", W_NUM, 0},
+    {"sum(reported.hr, 1ms)", W_NUM, 0},
+    {"avg(reported.hr, 1ms)", W_NIL, 0},
+    {"stddev(reported.hr, 10s)", W_NUM, 11.180339887498949},
+    {"rate(reported.hr, 10s)", W_NUM, 10},
+    {"delta(reported.hr, 10s)", W_NUM, 30},
+    {"delta(reported.one, 10s)", W_NIL, 0},
+    {"rate(reported.one, 10s)", W_NIL, 0},
+    {"zscore(reported.hr, 10s)", W_NUM, 1.3416407864998738},
+    {"zscore(reported.flat, 10s)", W_NIL, 0},
+    {"stddev(reported.one, 10s)", W_NUM, 0},
+    {"avg(reported.nothing, 1h)", W_NIL, 0},
+    /* age, changed, now: meta heart_rate 4000, ecg 1000, vitals.spo2 3000 */
+    {"age(reported.heart_rate)", W_NUM, 500},
+    {"age(reported.ecg) > 2s", W_TRUE, 0},
+    {"age(reported.ecg) > 4s", W_FALSE, 0},
+    {"2s < age(reported.ecg)", W_TRUE, 0},
+    {"age(reported.vitals)", W_NUM, 1500},
+    {"age(reported.nope) > 0", W_FALSE, 0},
+    {"age(reported.nope) == nil", W_TRUE, 0},
+    {"changed(reported.heart_rate)", W_TRUE, 0},
+    {"changed(reported)", W_TRUE, 0},
+    {"changed(reported.vitals.spo2)", W_FALSE, 0},
+    {"changed(desired.sample_hz)", W_FALSE, 0},
+    {"now()", W_NUM, 4500},
+    {"now() - last_seen", W_NUM, -500},
+};
+
+static void eval_one(const struct ecase *c, const struct twin_doc *doc,
+                     struct rules_changes *changes)
+{
+    struct rules_expr *e;
+    char err[RULES_ERR_LEN];
+    if (rules_expr_compile(c->expr, strlen(c->expr), &e, err) < 0) {
+        FAIL("%s: does not compile: %s", c->expr, err);
+        return;
+    }
+    struct rules_twin tw = {.doc = doc, .now = 4500, .changes = changes, .history = history};
+    struct rules_value v;
+    int64_t wake = INT64_MAX;
+    CHECK_INT(rules_expr_eval(e, &tw, &v, &wake), 0);
+    switch (c->want) {
+    case W_NUM:
+        if (v.type != RULES_NUM || fabs(v.n - c->num) > 1e-9 * fmax(1, fabs(c->num)))
+            FAIL("%s: got type %d %.17g, expected %.17g", c->expr, v.type, v.n, c->num);
+        break;
+    case W_TRUE:
+    case W_FALSE:
+        if (v.type != RULES_BOOL || v.b != (c->want == W_TRUE))
+            FAIL("%s: got type %d (%d), expected %s", c->expr, v.type, v.b,
+                 c->want == W_TRUE ? "true" : "false");
+        break;
+    case W_NIL:
+        if (v.type != RULES_NIL)
+            FAIL("%s: got type %d (%g), expected nil", c->expr, v.type, v.n);
+        break;
+    case W_STR: break;
+    }
+    rules_expr_free(e);
+}
+
+static struct twin_doc sample_doc(void)
+{
+    return make_doc("{\"heart_rate\": 130, \"vitals\": {\"spo2\": 92}, \"mode\": \"run\", "
+                    "\"odd-key\": 3, \"on\": true, \"ecg\": [1, 2], \"big\": 1e200}",
+                    "{\"heart_rate\": 4000, \"ecg\": 1000, \"vitals\": {\"spo2\": 3000}, "
+                    "\"mode\": 4000, \"odd-key\": 4000, \"on\": 4000, \"big\": 4000}",
+                    "{\"sample_hz\": 50}");
+}
+
+static void test_expressions(void)
+{
+    struct twin_doc doc = sample_doc();
+    struct rules_changes changes;
+    rules_changes_reset(&changes);
+    rules_changes_add(&changes, "reported.heart_rate", 19);
+    for (size_t i = 0; i < sizeof(ecases) / sizeof(ecases[0]); i++)
+        eval_one(&ecases[i], &doc, &changes);
+}
+
+/* When an expression says it may change with no new data. */
+static void test_wake(void)
+{
+    static const struct {
+        const char *expr;
+        int64_t wake; /* INT64_MAX: none */
+    } cases[] = {
+        {"age(reported.ecg) > 5s", 6001},      /* false now (3500 ms); true from 1000+5000+1 */
+        {"age(reported.ecg) >= 5s", 6000},
+        {"age(reported.ecg) > 2s", INT64_MAX}, /* already true: stays so until ecg is written */
+        {"age(reported.ecg) < 5s", 6000},      /* true now; false from 6000 */
+        {"age(reported.ecg) <= 5s", 6001},
+        {"age(reported.ecg) < 2s", INT64_MAX},
+        {"5s < age(reported.ecg)", 6001},
+        {"avg(reported.hr, 10s) > 0", 11001}, /* the oldest point, 1000, leaves at 11001 */
+        {"reported.heart_rate > 100", INT64_MAX},
+        {"now() > 0", 5500},                   /* the tick */
+        {"age(reported.ecg) * 2 > 0", 5500},
+    };
+    struct twin_doc doc = sample_doc();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct rules_expr *e;
+        char err[RULES_ERR_LEN];
+        if (rules_expr_compile(cases[i].expr, strlen(cases[i].expr), &e, err) < 0) {
+            FAIL("%s: %s", cases[i].expr, err);
+            continue;
+        }
+        struct rules_twin tw = {.doc = &doc, .now = 4500, .history = history};
+        struct rules_value v;
+        int64_t wake = INT64_MAX;
+        rules_expr_eval(e, &tw, &v, &wake);
+        if (wake != cases[i].wake)
+            FAIL("%s: wake %lld, expected %lld", cases[i].expr, (long long)wake,
+                 (long long)cases[i].wake);
+        rules_expr_free(e);
+    }
+}
+
+static void test_compile_errors(void)
+{
+    static const struct {
+        const char *expr;
+        const char *err;
+    } cases[] = {
+        {"avgg(reported.hr, 5s) > 1", "1: unknown function 'avgg'; did you mean 'avg'?"},
+        {"reportd.hr > 1", "1: unknown name 'reportd'; did you mean 'reported'?"},
+        {"reported.hr >", "14: expected a value, found the end"},
+        {"reported.hr = 1", "13: '=' is not an operator; compare with '=='"},
+        {"reported.a && true", "12: '&' is not an operator; use 'and'"},
+        {"1 < 2 < 3", "7: comparisons do not chain; write a < b and b < c"},
+        {"'a' + 1", "1: '+' needs a number; this is a string"},
+        {"reported.a + true", "14: '+' needs a number; this is true or false"},
+        {"1 and true", "1: 'and' needs true or false; this is a number"},
+        {"abs('x' == 'x')", "5: abs needs a number; this is true or false"},
+        {"not 'x'", "5: 'not' needs true or false; this is a string"},
+        {"avg(reported.hr, 60)", "18: avg needs a duration as its second argument, such as 60s"},
+        {"avg(desired.x, 5s) > 1", "5: avg reads history, which is kept for reported values only: "
+                                   "use a path such as reported.heart_rate"},
+        {"avg(1, 5s)", "5: avg takes a path as its first argument, such as reported.heart_rate"},
+        {"age(connected) > 1s", "5: age needs a path under reported or desired"},
+        {"abs(1, 2)", "1: abs takes 1 argument, not 2"},
+        {"clamp(1)", "1: clamp takes 3 arguments, not 1"},
+        {"reported.x > 5kg", "15: unknown unit 'kg' (durations take ms, s, m, h or d)"},
+        {"reported.x > nil", "12: > with nil is always false; test presence with == nil or != nil"},
+        {"1 == 'a'", "3: compares a number with a string: always false"},
+        {"connected.x", "10: 'connected' has nothing below it"},
+        {"(1 + 2", "7: expected ')' to close '(', found the end"},
+        {"1 2", "3: unexpected a number after the expression"},
+        {"'open", "1: unterminated string"},
+        {"", "1: empty expression"},
+        {"reported.`` > 1", "10: empty quoted name"},
+        {"reported.$x", "10: unexpected character '$'"},
+        {"max(1,2,3,4,5,6,7,8,9)", "21: max takes at most 8 arguments"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct rules_expr *e = NULL;
+        char err[RULES_ERR_LEN] = "";
+        int rc = rules_expr_compile(cases[i].expr, strlen(cases[i].expr), &e, err);
+        if (rc != -EINVAL)
+            FAIL("%s: rc %d, expected -EINVAL", cases[i].expr, rc);
+        else if (strcmp(err, cases[i].err) != 0)
+            FAIL("%s:\n   got: %s\n  want: %s", cases[i].expr, err, cases[i].err);
+        rules_expr_free(e);
+    }
+    /* nesting far past the limit is an error, not a stack overflow */
+    char deep[4000];
+    memset(deep, '(', 2000);
+    memcpy(deep + 2000, "1", 2);
+    struct rules_expr *e = NULL;
+    char err[RULES_ERR_LEN];
+    CHECK_INT(rules_expr_compile(deep, strlen(deep), &e, err), -EINVAL);
+    CHECK(strstr(err, "nested deeper") != NULL);
+    memset(deep, 0, sizeof(deep));
+    for (int i = 0; i < 200; i++)
+        strcat(deep, "not ");
+    strcat(deep, "true");
+    CHECK_INT(rules_expr_compile(deep, strlen(deep), &e, err), -EINVAL);
+    /* too many values at once */
+    char wide[2000] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(wide, "1 + (");
+    strcat(wide, "1");
+    for (int i = 0; i < 40; i++)
+        strcat(wide, ")");
+    CHECK_INT(rules_expr_compile(wide, strlen(wide), &e, err), -EINVAL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Rules files
+ * ------------------------------------------------------------------------------------------ */
+
+static struct rules_set *parse(const char *text, struct rules_errors *errs)
+{
+    struct rules_set *rs = NULL;
+    memset(errs, 0, sizeof(*errs));
+    int rc = rules_set_parse("rules.yaml", text, strlen(text), ".", NULL, &rs, errs);
+    if (rc == 0)
+        CHECK(rs != NULL);
+    return rs;
+}
+
+static void test_load_errors(void)
+{
+    static const struct {
+        const char *text;
+        const char *errors; /* every line, in order */
+    } cases[] = {
+        {"rules:\n"
+         "  - name: a\n"
+         "    when: avgg(reported.hr, 5s) > 1\n",
+         "rules.yaml:3:11: when: unknown function 'avgg'; did you mean 'avg'?\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    when: \"reported.hr >\"\n",
+         "rules.yaml:3:25: when: expected a value, found the end\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    when: reported.hr > 1\n"
+         "    cooldwn: 5m\n"
+         "    for: 5 minutes\n",
+         "rules.yaml:4:5: rule 'a': unknown key 'cooldwn'; did you mean 'cooldown'?\n"
+         "rules.yaml:5:10: for: expected a duration such as 250ms, 30s, 5m or 1h, got '5 "
+         "minutes'\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    when: reported.hr\n"
+         "  - name: a\n"
+         "    when: 5\n",
+         "rules.yaml:4:11: name: rule 'a' defined twice\n"
+         "rules.yaml:5:11: when: a condition must be true or false; this is a number\n"},
+        {"rules:\n"
+         "  - when: true\n"
+         "    on_fire:\n"
+         "      - predict: nope\n"
+         "      - shout: {x: 1}\n"
+         "      - desired: {a.b: 1}\n"
+         "      - event: {rule: x}\n"
+         "      - command: {args: {a: 1}}\n",
+         "rules.yaml:2:5: rule: 'name' is missing\n"
+         "rules.yaml:4:18: predict: no model 'nope' under models:\n"
+         "rules.yaml:5:9: on_fire: unknown key 'shout'\n"
+         "rules.yaml:6:19: desired: a key has 1 to 64 bytes and no '.'\n"
+         "rules.yaml:7:17: event: 'rule' is set by the hub; choose another field name\n"
+         "rules.yaml:8:18: command: 'cmd' is missing\n"},
+        {"rulez: []\n", "rules.yaml:1:1: top level: unknown key 'rulez'; did you mean 'rules'?\n"},
+        {"rules: {a: 1}\n", "rules.yaml:1:8: rules: expected a list of rules, got a map\n"},
+        {"rules:\n  - name: [x]\n    when: true\n",
+         "rules.yaml:2:11: name: expected a value, got a list\n"},
+        {"rules:\n  - name: a\n    when: true\n   bad: indent\n",
+         "rules.yaml:4:4: did not find expected '-' indicator while parsing a block collection\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    when: desired.x > 1\n"
+         "    on_fire: [{desired: {y: 1}}]\n"
+         "  - name: b\n"
+         "    when: desired.y > 1\n"
+         "    on_fire: [{desired: {x: 1}}]\n",
+         "rules.yaml:2:1: rules 'a' -> 'b' -> 'a' form a loop: each one's actions write what the "
+         "next one reads\n"},
+        {"rules:\n"
+         "  - name: self\n"
+         "    when: desired.x > 1\n"
+         "    on_resolve: {desired: {x: 2}}\n",
+         "rules.yaml:2:1: rules 'self' -> 'self' form a loop: each one's actions write what the "
+         "next one reads\n"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct rules_errors errs;
+        struct rules_set *rs = parse(cases[i].text, &errs);
+        if (rs)
+            FAIL("case %zu loaded; expected errors", i);
+        else if (!errs.text || strcmp(errs.text, cases[i].errors) != 0)
+            FAIL("case %zu:\n   got: %s\n  want: %s", i, errs.text ? errs.text : "(none)",
+                 cases[i].errors);
+        rules_set_free(rs);
+        rules_errors_free(&errs);
+    }
+}
+
+/* Rules run after the rules that write what they read, whatever the file order. */
+static void test_order(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: reader\n"
+                                 "    when: desired.mode == 'alarm'\n"
+                                 "  - name: plain\n"
+                                 "    when: reported.x > 1\n"
+                                 "  - name: writer\n"
+                                 "    when: reported.hr > 120\n"
+                                 "    on_fire: [{desired: {mode: alarm}}]\n",
+                                 &errs);
+    if (!rs) {
+        FAIL("did not load: %s", errs.text);
+        rules_errors_free(&errs);
+        return;
+    }
+    CHECK_INT(rules_set_count(rs), 3);
+    CHECK(strcmp(rules_set_name(rs, 0), "plain") == 0);
+    CHECK(strcmp(rules_set_name(rs, 1), "writer") == 0);
+    CHECK(strcmp(rules_set_name(rs, 2), "reader") == 0);
+    CHECK_INT(rules_set_find(rs, "reader", 6), 2);
+    CHECK_INT(rules_set_find(rs, "nope", 4), -1);
+    rules_set_free(rs);
+    /* an empty file is a valid file with no rules */
+    rs = parse("", &errs);
+    CHECK(rs && rules_set_count(rs) == 0);
+    rules_set_free(rs);
+    rs = parse("# nothing\nrules:\n", &errs);
+    CHECK(rs && rules_set_count(rs) == 0);
+    rules_set_free(rs);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The state machine, with an in-memory host and a fake clock
+ * ------------------------------------------------------------------------------------------ */
+
+#define RECS 16
+struct host {
+    struct rules_twin tw;
+    struct twin_doc doc;
+    struct rules_changes changes;
+    struct {
+        char rule[RULES_NAME_MAX + 1];
+        unsigned char buf[RULES_STATE_LEN];
+        bool used;
+    } recs[RECS];
+    char log[4096]; /* "rule:event;" and "rule:action;" in order */
+    const char *set_mode; /* a desired action writes desired.mode = this */
+};
+
+static int h_get(void *ctx, const char *rule, size_t len, void *buf)
+{
+    struct host *h = ctx;
+    for (int i = 0; i < RECS; i++)
+        if (h->recs[i].used && strlen(h->recs[i].rule) == len && !memcmp(h->recs[i].rule, rule, len)) {
+            memcpy(buf, h->recs[i].buf, RULES_STATE_LEN);
+            return 0;
+        }
+    return -ENOENT;
+}
+
+static int h_put(void *ctx, const char *rule, size_t len, const void *buf)
+{
+    struct host *h = ctx;
+    int free_slot = -1;
+    for (int i = 0; i < RECS; i++) {
+        if (h->recs[i].used && strlen(h->recs[i].rule) == len && !memcmp(h->recs[i].rule, rule, len)) {
+            memcpy(h->recs[i].buf, buf, RULES_STATE_LEN);
+            return 0;
+        }
+        if (!h->recs[i].used && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot < 0)
+        return -ENOSPC;
+    h->recs[free_slot].used = true;
+    memcpy(h->recs[free_slot].rule, rule, len);
+    h->recs[free_slot].rule[len] = '\0';
+    memcpy(h->recs[free_slot].buf, buf, RULES_STATE_LEN);
+    return 0;
+}
+
+static int h_del(void *ctx, const char *rule, size_t len)
+{
+    struct host *h = ctx;
+    for (int i = 0; i < RECS; i++)
+        if (h->recs[i].used && strlen(h->recs[i].rule) == len && !memcmp(h->recs[i].rule, rule, len)) {
+            h->recs[i].used = false;
+            return 0;
+        }
+    return -ENOENT;
+}
+
+static int h_list(void *ctx, int (*cb)(void *, const char *, size_t, const void *, size_t),
+                  void *cb_ctx)
+{
+    struct host *h = ctx;
+    for (int i = 0; i < RECS; i++)
+        if (h->recs[i].used) {
+            int rc = cb(cb_ctx, h->recs[i].rule, strlen(h->recs[i].rule), h->recs[i].buf,
+                        RULES_STATE_LEN);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+static int h_action(void *ctx, const struct rules_fire *f, const struct rules_action *a)
+{
+    struct host *h = ctx;
+    static const char *const kinds[] = {"command", "desired", "event", "predict"};
+    size_t n = strlen(h->log);
+    snprintf(h->log + n, sizeof(h->log) - n, "%s:%s;", f->rule, kinds[a->kind]);
+    if (a->kind == RULES_ACT_DESIRED && h->set_mode) {
+        char text[128];
+        snprintf(text, sizeof(text), "{\"mode\": \"%s\"}", h->set_mode);
+        h->doc.desired = json(text);
+        rules_changes_add_patch(&h->changes, "desired", &a->args);
+    }
+    return 0;
+}
+
+static int h_transition(void *ctx, const struct rules_fire *f)
+{
+    struct host *h = ctx;
+    size_t n = strlen(h->log);
+    snprintf(h->log + n, sizeof(h->log) - n, "%s:%s", f->rule, f->event);
+    n = strlen(h->log);
+    for (unsigned i = 0; i < f->n_values; i++) {
+        n = strlen(h->log);
+        const struct rules_value *v = &f->values[i].v;
+        if (v->type == RULES_STR)
+            snprintf(h->log + n, sizeof(h->log) - n, "%s%.*s=%.*s", i ? "," : "(",
+                     (int)f->values[i].len, f->values[i].text, (int)v->len, v->s);
+        else
+            snprintf(h->log + n, sizeof(h->log) - n, "%s%.*s=%g", i ? "," : "(",
+                     (int)f->values[i].len, f->values[i].text, v->n);
+    }
+    n = strlen(h->log);
+    snprintf(h->log + n, sizeof(h->log) - n, "%s;", f->n_values ? ")" : "");
+    return 0;
+}
+
+static const struct rules_host host_cbs = {.state_get = h_get, .state_put = h_put,
+                                           .state_del = h_del, .state_list = h_list,
+                                           .action = h_action, .transition = h_transition};
+
+static struct rules_host hooks(struct host *h)
+{
+    struct rules_host x = host_cbs;
+    x.ctx = h;
+    return x;
+}
+
+/* Sets reported.hr (written at `now`) and runs the rules for that change. */
+static void report(struct host *h, struct rules_set *rs, struct rules_scratch *sc, double hr,
+                   int64_t now, struct rules_run_result *res)
+{
+    char rep[64], meta[64];
+    snprintf(rep, sizeof(rep), "{\"hr\": %g}", hr);
+    snprintf(meta, sizeof(meta), "{\"hr\": %lld}", (long long)now);
+    h->doc.reported = json(rep);
+    h->doc.meta_reported = json(meta);
+    rules_changes_reset(&h->changes);
+    rules_changes_add(&h->changes, "reported.hr", 11);
+    h->tw.now = now;
+    h->log[0] = '\0';
+    struct rules_host x = hooks(h);
+    CHECK_INT(rules_run_change(rs, sc, &h->tw, &x, res), 0);
+}
+
+static void timer(struct host *h, struct rules_set *rs, struct rules_scratch *sc, int64_t now,
+                  struct rules_run_result *res)
+{
+    rules_changes_reset(&h->changes);
+    h->tw.now = now;
+    h->log[0] = '\0';
+    struct rules_host x = hooks(h);
+    CHECK_INT(rules_run_timer(rs, sc, &h->tw, &x, res), 0);
+}
+
+static void host_init(struct host *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->doc = make_doc("{}", "{}", "{}");
+    h->tw.doc = &h->doc;
+    h->tw.changes = &h->changes;
+    h->tw.history = history;
+}
+
+#define CHECK_LOG(h, want)                                                                         \
+    do {                                                                                           \
+        if (strcmp((h)->log, (want)) != 0)                                                        \
+            FAIL("log '%s', expected '%s'", (h)->log, (want));                                     \
+    } while (0)
+
+static void test_for_and_cooldown(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: tachy\n"
+                                 "    when: reported.hr > 120\n"
+                                 "    for: 30s\n"
+                                 "    cooldown: 5m\n"
+                                 "    on_fire: [{command: alert}, {event: {severity: high}}]\n"
+                                 "    on_resolve: [{desired: {sample_hz: 50}}]\n",
+                                 &errs);
+    if (!rs) {
+        FAIL("%s", errs.text);
+        return;
+    }
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    report(h, rs, sc, 130, 1000, &res);
+    CHECK_LOG(h, "tachy:pending(reported.hr=130);");
+    CHECK_INT(res.wake, 31000);
+    report(h, rs, sc, 131, 10000, &res); /* still pending, no event, same deadline */
+    CHECK_LOG(h, "");
+    CHECK_INT(res.wake, 31000);
+    timer(h, rs, sc, 30999, &res); /* not due yet: nothing */
+    CHECK_LOG(h, "");
+    timer(h, rs, sc, 31000, &res);
+    CHECK_LOG(h, "tachy:command;tachy:firing(reported.hr=131);");
+    CHECK_INT(res.wake, INT64_MAX);
+    report(h, rs, sc, 140, 40000, &res); /* firing stays firing: no re-fire */
+    CHECK_LOG(h, "");
+    report(h, rs, sc, 80, 50000, &res);
+    CHECK_LOG(h, "tachy:desired;tachy:resolved(reported.hr=80);");
+    /* within the cooldown: pending until it ends (50000 + 300000) */
+    report(h, rs, sc, 150, 60000, &res);
+    CHECK_LOG(h, "tachy:pending(reported.hr=150);");
+    CHECK_INT(res.wake, 350000);
+    timer(h, rs, sc, 350000, &res);
+    CHECK_LOG(h, "tachy:command;tachy:firing(reported.hr=150);");
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+}
+
+static void test_flapping(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: tachy\n"
+                                 "    when: reported.hr > 120\n"
+                                 "    for: 10s\n",
+                                 &errs);
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    int fired = 0;
+    for (int i = 0; i < 20; i++) {
+        report(h, rs, sc, i % 2 ? 80 : 130, 1000 + i * 6000, &res);
+        fired += strstr(h->log, "firing") != NULL;
+        timer(h, rs, sc, 1000 + i * 6000 + 5999, &res);
+        fired += strstr(h->log, "firing") != NULL;
+    }
+    CHECK_INT(fired, 0);
+    /* a pending that clears says so; an inactive rule keeps no record */
+    report(h, rs, sc, 130, 500000, &res);
+    report(h, rs, sc, 80, 501000, &res);
+    CHECK_LOG(h, "tachy:inactive(reported.hr=80);");
+    int used = 0;
+    for (int i = 0; i < RECS; i++)
+        used += h->recs[i].used;
+    CHECK_INT(used, 0);
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+}
+
+/* An absence rule fires from the timer alone, with no message arriving. */
+static void test_absence(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: lead_off\n"
+                                 "    match: \"ecg-*\"\n"
+                                 "    when: age(reported.hr) > 2s\n"
+                                 "    on_fire: [{event: {severity: warning}}]\n",
+                                 &errs);
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    report(h, rs, sc, 70, 1000, &res);
+    CHECK_LOG(h, "");
+    CHECK_INT(res.wake, 3001);
+    timer(h, rs, sc, 3001, &res);
+    CHECK_LOG(h, "lead_off:firing(age(reported.hr)=2001);");
+    CHECK_INT(res.wake, INT64_MAX);
+    report(h, rs, sc, 70, 4000, &res); /* the device is back */
+    CHECK_LOG(h, "lead_off:resolved(age(reported.hr)=0);");
+    CHECK_INT(res.wake, 6001);
+    /* a twin the match does not admit is not evaluated */
+    h->doc.id = "pump-1";
+    h->doc.id_len = 6;
+    report(h, rs, sc, 70, 9000, &res);
+    CHECK_INT(res.evaluated, 0);
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+}
+
+/* A rule reads what an earlier rule's action wrote, in the same run; rules whose paths the
+ * change did not touch are not evaluated. */
+static void test_chain_and_selection(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: follower\n"
+                                 "    when: desired.mode == 'alarm'\n"
+                                 "  - name: other\n"
+                                 "    when: reported.spo2 < 90\n"
+                                 "  - name: leader\n"
+                                 "    when: reported.hr > 120\n"
+                                 "    on_fire: [{desired: {mode: alarm}}]\n",
+                                 &errs);
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    h->set_mode = "alarm";
+    report(h, rs, sc, 130, 1000, &res);
+    CHECK_LOG(h, "leader:desired;leader:firing(reported.hr=130);follower:firing(desired.mode=alarm);");
+    CHECK_INT(res.evaluated, 2); /* 'other' reads reported.spo2 only */
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+}
+
+/* A reload keeps the state of an unchanged rule and restarts a changed one. */
+static void test_reload(void)
+{
+    const char *v1 = "rules:\n"
+                     "  - name: a\n"
+                     "    when: reported.hr > 120\n"
+                     "    for: 1m\n"
+                     "  - name: b\n"
+                     "    when: reported.hr > 100\n"
+                     "    for: 1m\n";
+    const char *v2 = "rules:\n"
+                     "  - name: a\n"
+                     "    when: reported.hr > 120\n"
+                     "    for: 1m\n"
+                     "    on_fire: [{command: ping}]\n" /* actions only: same definition */
+                     "  - name: b\n"
+                     "    when: reported.hr > 110\n"
+                     "    for: 1m\n";
+    struct rules_errors errs;
+    struct rules_set *rs = parse(v1, &errs), *rs2 = parse(v2, &errs);
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    report(h, rs, sc, 130, 1000, &res);
+    CHECK_LOG(h, "a:pending(reported.hr=130);b:pending(reported.hr=130);");
+    unsigned char buf[RULES_STATE_LEN];
+    CHECK_INT(h_get(h, "a", 1, buf), 0);
+    CHECK(rules_record_current(rs2, "a", 1, buf, RULES_STATE_LEN));
+    CHECK_INT(h_get(h, "b", 1, buf), 0);
+    CHECK(!rules_record_current(rs2, "b", 1, buf, RULES_STATE_LEN));
+    /* after the reload, the timer fires a on time; b starts over at its next evaluation */
+    timer(h, rs2, sc, 61000, &res);
+    CHECK_LOG(h, "a:command;a:firing(reported.hr=130);");
+    CHECK_INT(h_get(h, "b", 1, buf), -ENOENT);
+    report(h, rs2, sc, 130, 62000, &res);
+    CHECK_LOG(h, "b:pending(reported.hr=130);");
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+    rules_set_free(rs2);
+}
+
+static void test_records(void)
+{
+    struct rules_record r = {.state = RULES_PENDING, .def_hash = 0x1122334455667788ull,
+                             .since = -5, .fire_at = 1700000000000, .cooldown_until = 0,
+                             .wake = INT64_MAX}, back;
+    unsigned char buf[RULES_STATE_LEN];
+    rules_record_encode(&r, buf);
+    CHECK_INT(rules_record_decode(buf, sizeof(buf), &back), 0);
+    CHECK(back.state == r.state && back.def_hash == r.def_hash && back.since == r.since &&
+          back.fire_at == r.fire_at && back.wake == r.wake);
+    CHECK_INT(rules_record_decode(buf, sizeof(buf) - 1, &back), -EBADMSG);
+    buf[1] = 9;
+    CHECK_INT(rules_record_decode(buf, sizeof(buf), &back), -EBADMSG);
+}
+
+static void test_changes(void)
+{
+    struct rules_changes c;
+    rules_changes_reset(&c);
+    msgpack_object patch = json("{\"a\": {\"b\": 1, \"c\": {\"d\": null}}, \"e\": 2}");
+    rules_changes_add_patch(&c, "reported", &patch);
+    CHECK_INT(c.n, 3);
+    CHECK(rules_changes_touch(&c, "reported.a.b", 12));
+    CHECK(rules_changes_touch(&c, "reported.a", 10));
+    CHECK(rules_changes_touch(&c, "reported.a.c.d.x", 16));
+    CHECK(!rules_changes_touch(&c, "reported.a.x", 12));
+    CHECK(!rules_changes_touch(&c, "reported.ab", 11));
+    CHECK(!rules_changes_touch(&c, "desired", 7));
+    for (int i = 0; i < 100; i++) {
+        char p[32];
+        int n = snprintf(p, sizeof(p), "reported.k%d", i);
+        rules_changes_add(&c, p, (size_t)n);
+    }
+    CHECK(c.all);
+    CHECK(rules_changes_touch(&c, "desired.anything", 16));
+}
+
+static const struct {
+    const char *name;
+    void (*fn)(void);
+} tests[] = {
+    {"expressions", test_expressions},
+    {"wake", test_wake},
+    {"compile_errors", test_compile_errors},
+    {"load_errors", test_load_errors},
+    {"order", test_order},
+    {"for_and_cooldown", test_for_and_cooldown},
+    {"flapping", test_flapping},
+    {"absence", test_absence},
+    {"chain_and_selection", test_chain_and_selection},
+    {"reload", test_reload},
+    {"records", test_records},
+    {"changes", test_changes},
+};
+
+int main(int argc, char **argv)
+{
+    msgpack_zone_init(&zone, 4096);
+    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+        if (argc > 1 && strcmp(argv[1], tests[i].name) != 0)
+            continue;
+        current = tests[i].name;
+        tests[i].fn();
+    }
+    msgpack_zone_destroy(&zone);
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
+    printf("all rules tests passed\n");
+    return 0;
+}
