@@ -159,6 +159,7 @@ static const struct key keys[] = {
     UINT("errors.burst", errors_burst, "20", 1, 1000000, K_RELOAD),
 
     STR("rules.file", rules_path, "", NULL, K_RELOAD),
+    DUR("rules.tick", rules_tick_ms, "1s", 1, 10, HOUR, K_RELOAD),
 
     ENUM("log.level", log_level, "info", levels, K_RELOAD),
 };

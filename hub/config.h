@@ -70,7 +70,9 @@ struct config {
     unsigned errors_burst; /* errors.burst: 20 */
 
     /* rules (later issues) */
-    char rules_path[256]; /* rules.file */
+    char rules_path[256];  /* rules.file: "" = no rules; reloaded on SIGHUP and on change */
+    unsigned rules_tick_ms; /* rules.tick: 1s, how soon a rule whose next change can't be
+                               computed (now(), age() in arithmetic) is evaluated again */
 
     /* log (reloadable) */
     int log_level; /* log.level: info (enum log_level) */

@@ -11,9 +11,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include "bridge.h"
 #include "config.h"
+#include "rules.h"
 #include "twins.h"
 
 /* ---------------------------------------------------------------------------------------------
@@ -165,6 +167,8 @@ int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool c
 /* An event {type: "command", id, cmd, state, ts} for command `c` (ts: its last change).
  * Returns 0 or ol->err. */
 int out_event_command(struct outlist *ol, const struct twin_command *c);
+/* twins/{id}/events {type: rule, rule, state, from, ts, values, <the event action's fields>} */
+int out_event_rule(struct outlist *ol, const char *id, size_t id_len, const struct rules_fire *f);
 /* The message devices/{id}/commands {id, cmd, args, ts, expires} for command `c` (ts: when it
  * was created; expires: its deadline, nil for none; args nil for none). Always msgpack.
  * Returns 0 or ol->err. */
@@ -185,6 +189,7 @@ enum report_kind {
     REPORT_DEPTH,     /* over limits.max_depth */
     REPORT_MALFORMED, /* not msgpack / JSON */
     REPORT_INVALID,   /* wrong types, bad keys */
+    REPORT_RULES,     /* a rules file that failed to (re)load */
     REPORT_KINDS
 };
 
@@ -210,6 +215,62 @@ enum report_kind report_kind_of(int rc);
 void report_cleanup(struct report *r);
 
 /* ---------------------------------------------------------------------------------------------
+ * rules.c: the rules file, reloads, and rule runs inside the store's write transactions.
+ * ------------------------------------------------------------------------------------------ */
+
+struct hub_rules_stats {
+    _Atomic uint64_t evaluated, transitions, actions, action_errors, reloads, reload_failures;
+};
+
+struct hub_rules {
+    pthread_rwlock_t lock;  /* guards set (see rules.c) */
+    struct rules_set *set;  /* NULL: no rules */
+    char path[256];         /* rules.file; "" for none */
+    struct stat st;         /* of the file when last loaded, to notice a change */
+    bool have_st;
+    struct rules_options opt;
+    struct report *report;
+    struct hub_rules_stats stats;
+};
+
+/* One thread's working memory for rule runs. */
+struct rules_run {
+    struct rules_scratch *sc;
+    struct rules_changes changes; /* what the change being run wrote */
+    struct rules_twin tw;
+    void *host; /* the run in progress (rules.c) */
+};
+int rules_run_init(struct rules_run *rr);
+void rules_run_cleanup(struct rules_run *rr);
+
+/* Loads the rules file `path` ("" or NULL: no rules). On error logs every problem and returns
+ * it (the hub does not start with a bad file). tick_ms: rules.tick. Main thread, before the
+ * other threads start. */
+int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, int64_t tick_ms);
+void hub_rules_close(struct hub_rules *hr);
+/* Loads `path` again (SIGHUP, or the file changed): on success swaps it in and clears the
+ * state of rules that are gone or changed; on failure keeps the running rules, logs every error
+ * and reports the first on hub/errors. Main thread. */
+int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store);
+/* Reloads when the file's mtime, size or inode changed since it was loaded. Main thread. */
+void hub_rules_poll(struct hub_rules *hr, struct twin_store *store);
+/* The changed paths of a telemetry map: reported.<key> for each key but seq and ts. */
+void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *telemetry);
+/* In a write transaction, after a change of twin `id` described by rr->changes: runs the rules
+ * it touches, carries out their actions in txn, queues their events and commands in ol, and
+ * ORs into *flags the PUB_* the twin needs. Returns 0 or a store error (abort the
+ * transaction). hr NULL or without rules: nothing. */
+int hub_rules_on_change(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
+                        const char *id, size_t id_len, int64_t now, struct outlist *ol,
+                        unsigned *flags, char *err);
+/* The timer pass: runs the rules of every twin whose wake time is <= now, in transactions of a
+ * bounded size, and publishes what they did after each commit. Main thread. */
+int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_store *store,
+                    struct publisher *pub, struct outlist *ol, int64_t now, char *err);
+/* The earliest wake time in the store; INT64_MAX when none. */
+int64_t hub_rules_next_due(struct twin_store *store);
+
+/* ---------------------------------------------------------------------------------------------
  * ingest.c: the message callback (Paho's receive thread) and what it dispatches to:
  * telemetry (ingest.c), device status (presence.c), requests from services (requests.c),
  * command acks (commands.c).
@@ -233,6 +294,8 @@ struct ingest {
     msgpack_zone zone;  /* reused for every message; only the receive thread touches it */
     struct outlist out; /* the same: what one message's transaction publishes */
     struct ingest_stats stats;
+    struct hub_rules *rules; /* NULL: no rules run (set by the owner before messages flow) */
+    struct rules_run run;    /* the receive thread's rule runs */
 };
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
@@ -258,6 +321,13 @@ void presence_on_status(struct ingest *in, const struct bridge_msg *m,
 /* requests.c: twins/{id}/desired/set, get, delete, commands/send. Receive thread. */
 void requests_on_message(struct ingest *in, const struct bridge_msg *m,
                          const struct bridge_topic *t);
+/* The part of requests_on_message before the publisher: resets in->out, does the request (one
+ * write transaction, committed; a read for get) and leaves its reply, and the events and
+ * commands it causes, in in->out. A retained request leaves in->out empty. A bad request is
+ * counted and reported (in->report). A storage failure exits (ingest_fatal). Returns the PUB_*
+ * flags the twin needs published (0 when nothing changed). */
+unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
+                         const struct bridge_topic *t);
 
 /* ---------------------------------------------------------------------------------------------
  * commands.c: commands to devices, their acks, the expiry timer, re-sending after a restart.
@@ -276,6 +346,13 @@ int commands_send_pending(struct twin_txn *txn, const char *id, size_t id_len, i
                           struct outlist *ol, char *err);
 /* devices/{id}/commands/ack {id, status, result?}. Receive thread. */
 void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t);
+/* The part of commands_on_ack before the publisher: resets in->out, applies the ack in one
+ * write transaction (committed) and leaves the event it causes in in->out. Returns 0 (applied,
+ * or a duplicate that changed nothing), 1 (retained: ignored), or the negative code of a
+ * rejected ack (counted and reported; nothing changed, in->out empty). A storage failure exits
+ * (ingest_fatal). */
+int commands_ack_handle(struct ingest *in, const struct bridge_msg *m,
+                        const struct bridge_topic *t);
 /* The timer pass: expires the commands due at `now` (and drops finished ones past their
  * retention) in transactions of a bounded size, queuing an event for each expired command
  * after each commit. *expired: how many. Returns 0 or a store error (reason in err). Main

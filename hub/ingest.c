@@ -14,17 +14,28 @@
 #include "log.h"
 
 struct apply {
+    struct ingest *in;
     const struct bridge_topic *t;
     const msgpack_object *telemetry;
     int64_t now;
     struct twin_apply_result res;
+    unsigned flags; /* PUB_* the rules' actions need besides the state */
     char err[TWIN_ERR_LEN];
 };
 
 static int apply_fn(struct twin_txn *txn, void *ctx)
 {
     struct apply *a = ctx;
-    return twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res, a->err);
+    struct ingest *in = a->in;
+    outlist_reset(&in->out); /* the transaction may run again after the map grows */
+    a->flags = 0;
+    int rc = twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res,
+                                  a->err);
+    if (rc < 0 || a->res.outcome != TWIN_APPLIED || !in->rules)
+        return rc;
+    hub_rules_changes_telemetry(&in->run.changes, a->telemetry);
+    return hub_rules_on_change(in->rules, &in->run, txn, a->t->id, a->t->id_len, a->now, &in->out,
+                               &a->flags, a->err);
 }
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
@@ -42,8 +53,11 @@ int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *p
         goto fail_zone;
     if (outlist_init(&in->out, topics, json) < 0)
         goto fail_out;
+    if (rules_run_init(&in->run) < 0)
+        goto fail_out;
     return 0;
 fail_out:
+    rules_run_cleanup(&in->run);
     outlist_cleanup(&in->out);
     msgpack_zone_destroy(&in->zone);
 fail_zone:
@@ -96,7 +110,7 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         report_reject(in->report, report_kind_of(rc), m->topic, m->topic_len, err);
         goto out;
     }
-    struct apply a = {.t = t, .telemetry = &obj, .now = hub_now_ms()};
+    struct apply a = {.in = in, .t = t, .telemetry = &obj, .now = hub_now_ms()};
     err[0] = '\0'; /* twin_store_write fills it for its own failures; fn's go to a.err */
     rc = twin_store_write(in->store, apply_fn, &a, err);
     if (rc == -EINVAL || rc == -E2BIG) {
@@ -116,9 +130,10 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
     switch (a.res.outcome) {
     case TWIN_APPLIED:
         atomic_fetch_add(&in->stats.applied, 1);
+        ingest_flush(in); /* what the rules did: events, commands */
         /* devices/{id}/desired only when the delta changed: the hot path publishes once */
         if (publisher_twin(in->pub, t->id, t->id_len,
-                           PUB_STATE | (a.res.delta_changed ? PUB_DESIRED : 0)) < 0)
+                           PUB_STATE | a.flags | (a.res.delta_changed ? PUB_DESIRED : 0)) < 0)
             log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                      (int)t->id_len, t->id);
         break;
@@ -178,6 +193,7 @@ void ingest_on_message(void *ctx, const struct bridge_msg *m)
 
 void ingest_cleanup(struct ingest *in)
 {
+    rules_run_cleanup(&in->run);
     outlist_cleanup(&in->out);
     msgpack_zone_destroy(&in->zone);
     pthread_mutex_destroy(&in->limits_lock);

@@ -162,6 +162,8 @@ struct hub {
     struct publisher *pub;
     struct report rep;
     struct outlist timer_out; /* the main loop's: events of expired commands, re-sends */
+    struct hub_rules rules;
+    struct rules_run timer_run; /* the main loop's rule runs */
 };
 
 static struct twin_limits limits_of(const struct config *c)
@@ -213,6 +215,9 @@ static void reload(const struct args *a, struct hub *h)
     twin_store_set_command_limits(h->store, cur->commands_max,
                                   (uint64_t)cur->command_retention_s * 1000);
     log_info("configuration reloaded", "restart_needed=\"%s\"", restart);
+    /* rules.tick is read by the next load; SIGHUP always reloads the rules file */
+    h->rules.opt.tick_ms = cur->rules_tick_ms;
+    hub_rules_reload(&h->rules, cur->rules_path, h->store);
 }
 
 static void log_stats(struct hub *h)
@@ -260,6 +265,24 @@ static int64_t next_due(struct hub *h)
     return INT64_MAX;
 }
 
+/* When a rule's wake time or a command's deadline comes first. Main thread. */
+static int64_t next_timer(struct hub *h)
+{
+    int64_t c = next_due(h), r = h->rules.set ? hub_rules_next_due(h->store) : INT64_MAX;
+    return c < r ? c : r;
+}
+
+/* The rules' timer: `for` deadlines, absence, windows. Main thread. */
+static void run_rule_timers(struct hub *h)
+{
+    char err[TWIN_ERR_LEN] = "";
+    if (!h->rules.set || hub_rules_next_due(h->store) > hub_now_ms())
+        return;
+    if (hub_rules_timer(&h->rules, &h->timer_run, h->store, h->pub, &h->timer_out, hub_now_ms(),
+                        err) < 0)
+        log_error("rule timer pass failed", "err=\"%s\"", err);
+}
+
 /* The command timer: expires what is due, an event for each. Main thread. */
 static void expire_commands(struct hub *h)
 {
@@ -288,10 +311,12 @@ static void serve(const struct args *a, struct hub *h)
         unsigned tick = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
         if (tick > 1000)
             tick = 1000;
-        int64_t due = next_due(h), wall = hub_now_ms();
+        int64_t due = next_timer(h), wall = hub_now_ms();
         if (due <= wall) {
             expire_commands(h);
-            due = next_due(h);
+            run_rule_timers(h);
+            due = next_timer(h);
+            wall = hub_now_ms();
         }
         if (due - wall < (int64_t)tick)
             tick = due - wall < COMMAND_TIMER_SLACK_MS ? COMMAND_TIMER_SLACK_MS
@@ -304,6 +329,8 @@ static void serve(const struct args *a, struct hub *h)
         }
         if (sig == SIGHUP)
             reload(a, h);
+        else
+            hub_rules_poll(&h->rules, h->store);
         int64_t now = hub_mono_ms();
         if (!cfg->sync_commit && now - last_sync >= (int64_t)cfg->sync_interval_ms) {
             if (twin_store_sync(h->store, err) < 0)
@@ -388,12 +415,22 @@ static int hub_open(struct hub *h)
         return rc;
     }
 
+    if ((rc = hub_rules_open(&h->rules, c->rules_path, &h->rep, c->rules_tick_ms)) < 0) {
+        log_error("cannot load the rules file; fix it or unset rules.file", "file=%s",
+                  c->rules_path);
+        goto fail_rules;
+    }
+    if ((rc = rules_run_init(&h->timer_run)) < 0) {
+        log_error("cannot set up the rule timer", "err=\"no memory\"");
+        goto fail_ingest;
+    }
     struct twin_limits lim = limits_of(c);
     if ((rc = ingest_init(&h->in, h->store, NULL, &h->rep, &h->topics, &lim, c->publish_json)) <
         0) {
         log_error("cannot set up ingest", "err=\"no memory\"");
         goto fail_ingest;
     }
+    h->in.rules = &h->rules;
     struct bridge_options bo;
     const char *subs[NSUBS];
     client_options(h, &bo, subs);
@@ -459,6 +496,9 @@ fail_publisher:
 fail_client:
     ingest_cleanup(&h->in);
 fail_ingest:
+    rules_run_cleanup(&h->timer_run);
+    hub_rules_close(&h->rules);
+fail_rules:
     twin_store_close(h->store);
     return rc;
 }
@@ -481,6 +521,8 @@ static void hub_close(struct hub *h)
     outlist_cleanup(&h->timer_out);
     report_cleanup(&h->rep);
     ingest_cleanup(&h->in);
+    rules_run_cleanup(&h->timer_run);
+    hub_rules_close(&h->rules);
     if (twin_store_sync(h->store, err) < 0)
         log_error("store sync failed", "err=\"%s\"", err);
     twin_store_close(h->store);

@@ -186,6 +186,46 @@ int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool c
     return end_event(ol, id, id_len);
 }
 
+int out_event_rule(struct outlist *ol, const char *id, size_t id_len, const struct rules_fire *f)
+{
+    msgpack_packer *pk = outlist_begin(ol);
+    uint32_t extra = f->fields ? f->fields->via.map.size : 0;
+    msgpack_pack_map(pk, 6 + extra);
+    pack_key(pk, "type");
+    pack_key(pk, "rule");
+    pack_key(pk, "rule");
+    pack_key(pk, f->rule);
+    pack_key(pk, "state");
+    pack_key(pk, f->event);
+    pack_key(pk, "from");
+    pack_key(pk, rules_state_name(f->from));
+    pack_key(pk, "ts");
+    pack_int(pk, f->ts);
+    /* what decided it: {"reported.hr": 131, "avg(reported.hr, 60s)": 118.5} */
+    pack_key(pk, "values");
+    msgpack_pack_map(pk, f->n_values);
+    for (unsigned i = 0; i < f->n_values; i++) {
+        const struct rules_value *v = &f->values[i].v;
+        out_pack_str(pk, f->values[i].text, f->values[i].len);
+        switch (v->type) {
+        case RULES_NUM:
+            if (v->n == (double)(int64_t)v->n && v->n >= -9e15 && v->n <= 9e15)
+                pack_int(pk, (int64_t)v->n);
+            else
+                msgpack_pack_double(pk, v->n);
+            break;
+        case RULES_BOOL: v->b ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
+        case RULES_STR: out_pack_str(pk, v->s, v->len); break;
+        default: msgpack_pack_nil(pk); break;
+        }
+    }
+    for (uint32_t i = 0; i < extra; i++) {
+        msgpack_pack_object(pk, f->fields->via.map.ptr[i].key);
+        msgpack_pack_object(pk, f->fields->via.map.ptr[i].val);
+    }
+    return end_event(ol, id, id_len);
+}
+
 int out_event_command(struct outlist *ol, const struct twin_command *c)
 {
     msgpack_packer *pk = outlist_begin(ol);

@@ -51,6 +51,8 @@ struct presence {
     int64_t now;
     struct outlist *out;
     struct twin_presence_result res;
+    struct ingest *in;
+    unsigned flags; /* PUB_* the rules' actions need */
     bool skipped; /* a replay that changes nothing */
     char err[TWIN_ERR_LEN];
 };
@@ -80,14 +82,23 @@ static int presence_fn(struct twin_txn *txn, void *ctx)
     /* Marked sent in this transaction, published after its commit (see commands.c). */
     if (a->online && (rc = commands_send_pending(txn, t->id, t->id_len, a->now, a->out, a->err)))
         return rc;
-    if (a->res.changed)
-        return out_event_presence(a->out, t->id, t->id_len, a->online, a->now);
-    return 0;
+    if (!a->res.changed)
+        return 0;
+    if ((rc = out_event_presence(a->out, t->id, t->id_len, a->online, a->now)) < 0)
+        return rc;
+    a->flags = 0;
+    if (!a->in->rules)
+        return 0;
+    rules_changes_reset(&a->in->run.changes);
+    rules_changes_add(&a->in->run.changes, "connected", 9);
+    return hub_rules_on_change(a->in->rules, &a->in->run, txn, t->id, t->id_len, a->now, a->out,
+                               &a->flags, a->err);
 }
 
 void presence_on_status(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
 {
-    struct presence a = {.t = t, .retained = m->retained, .now = hub_now_ms(), .out = &in->out};
+    struct presence a = {.t = t, .retained = m->retained, .now = hub_now_ms(), .out = &in->out,
+                         .in = in};
     if (m->len == 0) {
         log_debug("empty status ignored", "id=%.*s", (int)t->id_len, t->id);
         return;
@@ -123,7 +134,8 @@ void presence_on_status(struct ingest *in, const struct bridge_msg *m, const str
     atomic_fetch_add(&in->stats.status, 1);
     log_debug("presence", "id=%.*s online=%d changed=%d version=%llu", (int)t->id_len, t->id,
               a.online, a.res.changed, (unsigned long long)a.res.version);
-    if (publisher_twin(in->pub, t->id, t->id_len, PUB_STATE | (a.online ? PUB_DELTA : 0)) < 0)
+    if (publisher_twin(in->pub, t->id, t->id_len,
+                       PUB_STATE | a.flags | (a.online ? PUB_DELTA : 0)) < 0)
         log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                  (int)t->id_len, t->id);
     ingest_flush(in);

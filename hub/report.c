@@ -10,8 +10,8 @@
 #include "hub.h"
 #include "log.h"
 
-static const char *const kind_names[REPORT_KINDS] = {"topic", "size", "depth", "malformed",
-                                                     "invalid"};
+static const char *const kind_names[REPORT_KINDS] = {"topic",   "size",    "depth",
+                                                     "malformed", "invalid", "rules"};
 
 int64_t hub_now_ms(void)
 {

@@ -32,6 +32,7 @@
 
 #include "bridge.h"
 #include "config.h"
+#include "ctl_rules.h"
 #include "top.h"
 #include "twins.h"
 
@@ -108,6 +109,7 @@ static int cmd_help(struct ctl *ctl);
 static int cmd_set_desired(struct ctl *ctl);
 static int cmd_send(struct ctl *ctl);
 static int cmd_commands(struct ctl *ctl);
+static int cmd_rules(struct ctl *ctl);
 
 static const struct command commands[] = {
     {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
@@ -126,6 +128,10 @@ static const struct command commands[] = {
      "queue a command for the device over MQTT; print the reply", 2, 3, OPT_EXPIRES | OPT_MQTT,
      false, cmd_send},
     {"commands", "ID", "print the twin's commands, oldest first", 1, 1, 0, true, cmd_commands},
+    {"rules", "check FILE | state ID",
+     "validate a rules file without a hub (exit 0 valid, 1 invalid), or print each rule's "
+     "state for a twin",
+     2, 2, 0, false, cmd_rules},
     {"help", "", "print this text", 0, 0, 0, false, cmd_help},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -1125,6 +1131,21 @@ static int load_config(struct ctl *ctl)
     if (ctl->db && config_set(&ctl->cfg, "store.path", ctl->db, err) < 0)
         return fail(EXIT_ERROR, "--db: %s", err);
     return 0;
+}
+
+/* `rules` is ctl_rules.c's; `state` needs the store, `check` only the file. */
+static int cmd_rules(struct ctl *ctl)
+{
+    if (!strcmp(ctl->args[0], "check"))
+        return ctl_rules_check(ctl->args[1]);
+    if (strcmp(ctl->args[0], "state") != 0)
+        return fail(EXIT_ERROR, "usage: twinctl rules check FILE | state ID");
+    int rc = check_id(ctl->args[1]);
+    if (rc == 0)
+        rc = open_store(ctl);
+    if (rc)
+        return rc;
+    return ctl_rules_state(ctl->txn, ctl->args[1], ctl->cfg.rules_path, stdout);
 }
 
 int main(int argc, char **argv)

@@ -12,6 +12,8 @@
  *   "tombstones"  id -> uint64 version, little-endian: the last version of a deleted twin
  *   "commands"    id "\0" be64(number) -> command record (command.c)
  *   "deadlines"   be64(time) id be64(number) -> empty: when each command is due (command.c)
+ *   "rulestate"   id "\0" rule -> the rules engine's record; id "\0" -> wake (rulestate.c)
+ *   "wakes"       be64(time) id -> empty: when each twin's rules run again (rulestate.c)
  * The last three came after schema 1 was first written; they only add records, so the schema
  * stays 1, and writers create them when missing.
  *
@@ -276,6 +278,16 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
         rc = dbi_open(s, txn, path, "deadlines", 0, &s->dbi_deadlines, err);
     if (rc == -ENOENT && s->read_only) {
         s->has_commands = false; /* a store no writer of this build has opened yet */
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
+    s->has_rules = true;
+    rc = dbi_open(s, txn, path, "rulestate", 0, &s->dbi_rulestate, err);
+    if (!rc)
+        rc = dbi_open(s, txn, path, "wakes", 0, &s->dbi_wakes, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_rules = false;
         rc = 0;
     }
     if (rc)

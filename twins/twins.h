@@ -559,6 +559,47 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
                       size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Rule state: the rules engine's records per (twin, rule), opaque here, and each twin's wake
+ * time (when its rules must run again with no message arriving). Written in the transaction
+ * of the change that caused them; twin_delete removes a twin's.
+ * ------------------------------------------------------------------------------------------ */
+
+#define TWIN_RULE_NAME_MAX 64  /* bytes of a rule name */
+#define TWIN_RULE_STATE_MAX 64 /* bytes of one record */
+
+/* Reads the record of (id, rule) into buf (TWIN_RULE_STATE_MAX bytes); *len its size.
+ * Returns 0, -ENOENT, -EINVAL (bad id or name), -EBADMSG, -EIO. */
+int twin_rule_state_get(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
+                        size_t rule_len, void *buf, size_t *len, char *err);
+/* Writes (replaces) the record of (id, rule): 1..TWIN_RULE_STATE_MAX bytes. Write
+ * transactions. Returns 0, -EINVAL, -EIO. */
+int twin_rule_state_put(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
+                        size_t rule_len, const void *buf, size_t len, char *err);
+/* Deletes the record of (id, rule). Returns 0, -ENOENT, -EINVAL, -EIO. */
+int twin_rule_state_del(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
+                        size_t rule_len, char *err);
+/* Calls cb for every record of twin `id` (NULL: of every twin, in id order). A non-zero return
+ * of cb stops the walk and is returned; cb must not write to the store. */
+typedef int (*twin_rule_state_cb)(void *ctx, const char *id, size_t id_len, const char *rule,
+                                  size_t rule_len, const void *buf, size_t len);
+int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len,
+                         twin_rule_state_cb cb, void *ctx, char *err);
+/* The wake time of twin `id` (hub ms); INT64_MAX when it has none. Returns 0 or an error. */
+int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int64_t *at,
+                       char *err);
+/* Sets it (INT64_MAX: none), keeping the index in order. Write transactions. */
+int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
+                       char *err);
+/* Calls cb for the twins whose wake time is <= now, earliest first, at most `max` (capped at
+ * 256); cb may write to the store (it should set a new wake time for the twin, or the next call
+ * reports it again). Returns 0, cb's non-zero return, or an error. */
+typedef int (*twin_rule_wake_cb)(void *ctx, const char *id, size_t id_len, int64_t at);
+int twin_rule_wake_due(struct twin_txn *txn, int64_t now, unsigned max, twin_rule_wake_cb cb,
+                       void *ctx, char *err);
+/* The earliest wake time of any twin. Returns 0, -ENOENT (none), or an error. */
+int twin_rule_wake_next(struct twin_txn *txn, int64_t *at, char *err);
+
+/* ---------------------------------------------------------------------------------------------
  * Listing, outbox, statistics
  * ------------------------------------------------------------------------------------------ */
 

@@ -182,6 +182,8 @@ struct twin_store {
     MDB_env *env;
     MDB_dbi dbi_twins, dbi_history, dbi_outbox, dbi_info;
     MDB_dbi dbi_commands, dbi_deadlines, dbi_tombstones;
+    MDB_dbi dbi_rulestate, dbi_wakes; /* rulestate.c; has_rules says whether they exist */
+    bool has_rules;
     /* The last three were added after the first stores were made: a writer creates them, and a
      * read-only opener of a store no writer of this build has opened sees them as empty. */
     bool has_commands;
@@ -241,6 +243,9 @@ int store__twin_load(struct twin_txn *txn, const char *id, size_t id_len, int64_
 
 /* Removes the tombstone of `id` (a twin created again); none is not an error. Returns 0 or
  * -EIO. */
+/* Deletes every rule record and the wake of twin `id` (rulestate.c). */
+int rulestate__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err);
+
 int store__tomb_clear(struct twin_txn *txn, const char *id, size_t id_len, char *err);
 
 #endif

@@ -1,0 +1,530 @@
+/* rules (the hub's side): loads the rules file and swaps it on reload (SIGHUP, or the file
+ * changed on disk), runs the rules inside the write transaction of every committed change
+ * (telemetry, device status, desired/set) and in the main loop's timer pass, and carries out
+ * their actions through the twins library in that same transaction: desired state, commands,
+ * rule state and wake times commit with the change that caused them, and what they publish
+ * waits in the caller's outlist until the commit. What a rule means is rules/'s business.
+ *
+ * Threads: hub_rules_on_change runs on Paho's receive thread (ingest's rules_run);
+ * hub_rules_timer, hub_rules_reload and hub_rules_poll on the main thread (its own rules_run).
+ * hr->lock guards hr->set: runs hold it shared for one twin, a reload holds it exclusive only
+ * to swap the pointer (never while it holds a store lock, so no order problem with the store's
+ * write lock). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hub.h"
+#include "log.h"
+
+#define TIMER_BATCH 100    /* twins per write transaction of the timer pass */
+#define SWEEP_BATCH 10000 /* stale records deleted per transaction after a reload */
+
+/* ---------------------------------------------------------------------------------------------
+ * The host: what the engine asks of the store for one twin
+ * ------------------------------------------------------------------------------------------ */
+
+struct host {
+    struct hub_rules *hr;
+    struct rules_run *rr;
+    struct twin_txn *txn;
+    const char *id;
+    size_t id_len;
+    struct twin_doc doc;
+    int64_t now;
+    struct outlist *ol;
+    unsigned flags; /* PUB_* the twin needs after the commit */
+    char *err;
+};
+
+static int h_state_get(void *ctx, const char *rule, size_t len, void *buf)
+{
+    struct host *h = ctx;
+    unsigned char tmp[TWIN_RULE_STATE_MAX];
+    size_t n;
+    int rc = twin_rule_state_get(h->txn, h->id, h->id_len, rule, len, tmp, &n, h->err);
+    if (rc == -EBADMSG || (rc == 0 && n != RULES_STATE_LEN))
+        return -ENOENT; /* a damaged record starts over; the next write replaces it */
+    if (rc == 0)
+        memcpy(buf, tmp, RULES_STATE_LEN);
+    return rc;
+}
+
+static int h_state_put(void *ctx, const char *rule, size_t len, const void *buf)
+{
+    struct host *h = ctx;
+    return twin_rule_state_put(h->txn, h->id, h->id_len, rule, len, buf, RULES_STATE_LEN, h->err);
+}
+
+static int h_state_del(void *ctx, const char *rule, size_t len)
+{
+    struct host *h = ctx;
+    return twin_rule_state_del(h->txn, h->id, h->id_len, rule, len, h->err);
+}
+
+struct list_walk {
+    int (*cb)(void *, const char *, size_t, const void *, size_t);
+    void *ctx;
+};
+
+static int list_one(void *ctx, const char *id, size_t id_len, const char *rule, size_t rule_len,
+                    const void *buf, size_t len)
+{
+    struct list_walk *w = ctx;
+    (void)id;
+    (void)id_len;
+    return w->cb(w->ctx, rule, rule_len, buf, len);
+}
+
+static int h_state_list(void *ctx, int (*cb)(void *, const char *, size_t, const void *, size_t),
+                        void *cb_ctx)
+{
+    struct host *h = ctx;
+    struct list_walk w = {cb, cb_ctx};
+    return twin_rule_state_list(h->txn, h->id, h->id_len, list_one, &w, h->err);
+}
+
+static int h_history(void *ctx, const char *path, size_t len, int64_t since, twin_history_cb cb,
+                     void *cb_ctx)
+{
+    struct host *h = ctx;
+    return twin_history_read(h->txn, h->id, h->id_len, path, len, since, cb, cb_ctx, h->err);
+}
+
+/* An action the store refused (a patch it will not take, a command too large): the rule's
+ * problem, not the twin's. Logged and counted; the transaction goes on untouched. */
+static void refused(struct host *h, const struct rules_fire *f, const char *what, const char *why)
+{
+    atomic_fetch_add(&h->hr->stats.action_errors, 1);
+    log_warn("rule action refused", "rule=%s id=%.*s action=%s reason=\"%s\"", f->rule,
+             (int)h->id_len, h->id, what, why);
+}
+
+static int act_desired(struct host *h, const struct rules_fire *f, const struct rules_action *a)
+{
+    struct twin_desired_result res;
+    int rc = twin_desired_apply(h->txn, h->id, h->id_len, &a->args, TWIN_VERSION_ANY, h->now, &res,
+                                h->err);
+    if (rc == -EINVAL || rc == -E2BIG) {
+        refused(h, f, "desired", h->err);
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    h->flags |= PUB_STATE | (res.delta_changed ? PUB_DESIRED : 0);
+    rules_changes_add_patch(h->rr->tw.changes, "desired", &a->args);
+    rules_changes_add(h->rr->tw.changes, "delta", 5);
+    /* the rules after this one read the twin as it is now */
+    return twin_get(h->txn, h->id, h->id_len, &h->doc, h->err);
+}
+
+static int act_command(struct host *h, const struct rules_fire *f, const struct rules_action *a)
+{
+    struct twin_command c;
+    int64_t expires = a->expires_ms ? h->now + a->expires_ms : 0;
+    const msgpack_object *args = a->args.type == MSGPACK_OBJECT_NIL ? NULL : &a->args;
+    int rc = twin_command_add(h->txn, h->id, h->id_len, a->cmd, a->cmd_len, args, expires, h->now,
+                              &c, commands_on_event, h->ol, h->err);
+    if (rc == -EINVAL || rc == -E2BIG || rc == -ENOENT) {
+        refused(h, f, "command", h->err);
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    /* to the device now when it is connected; else queued until it comes online */
+    if (h->doc.connected)
+        return commands_send_one(h->txn, h->id, h->id_len, c.id, h->now, h->ol, h->err);
+    return 0;
+}
+
+static int act_predict(struct host *h, const struct rules_fire *f, const struct rules_action *a)
+{
+    (void)a;
+    refused(h, f, "predict", "the model runtime is not wired in yet");
+    return 0;
+}
+
+static int h_action(void *ctx, const struct rules_fire *f, const struct rules_action *a)
+{
+    struct host *h = ctx;
+    atomic_fetch_add(&h->hr->stats.actions, 1);
+    switch (a->kind) {
+    case RULES_ACT_DESIRED: return act_desired(h, f, a);
+    case RULES_ACT_COMMAND: return act_command(h, f, a);
+    case RULES_ACT_PREDICT: return act_predict(h, f, a);
+    default: return 0;
+    }
+}
+
+static int h_transition(void *ctx, const struct rules_fire *f)
+{
+    struct host *h = ctx;
+    log_info("rule", "rule=%s id=%.*s state=%s", f->rule, (int)h->id_len, h->id, f->event);
+    return out_event_rule(h->ol, h->id, h->id_len, f);
+}
+
+static const struct rules_host host_cbs = {
+    .state_get = h_state_get,
+    .state_put = h_state_put,
+    .state_del = h_state_del,
+    .state_list = h_state_list,
+    .action = h_action,
+    .transition = h_transition,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Runs
+ * ------------------------------------------------------------------------------------------ */
+
+int rules_run_init(struct rules_run *rr)
+{
+    memset(rr, 0, sizeof(*rr));
+    rr->sc = rules_scratch_new();
+    rr->tw.changes = &rr->changes;
+    return rr->sc ? 0 : -ENOMEM;
+}
+
+void rules_run_cleanup(struct rules_run *rr)
+{
+    rules_scratch_free(rr->sc);
+    rr->sc = NULL;
+}
+
+void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *telemetry)
+{
+    char path[TWIN_PATH_MAX + 16];
+    rules_changes_reset(c);
+    if (telemetry->type != MSGPACK_OBJECT_MAP)
+        return;
+    for (uint32_t i = 0; i < telemetry->via.map.size; i++) {
+        const msgpack_object_kv *kv = &telemetry->via.map.ptr[i];
+        if (kv->key.type != MSGPACK_OBJECT_STR || kv->key.via.str.size > TWIN_KEY_MAX)
+            continue;
+        const char *k = kv->key.via.str.ptr;
+        uint32_t n = kv->key.via.str.size;
+        if ((n == 3 && !memcmp(k, "seq", 3)) || (n == 2 && !memcmp(k, "ts", 2)))
+            continue; /* not merged into reported */
+        int len = snprintf(path, sizeof(path), "reported.%.*s", (int)n, k);
+        rules_changes_add(c, path, (size_t)len);
+    }
+}
+
+/* Runs (change or timer) for twin `id` with the set held shared; sets the wake time. */
+static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
+                    const char *id, size_t id_len, int64_t now, bool timer, struct outlist *ol,
+                    unsigned *flags, char *err)
+{
+    struct host h = {.hr = hr, .rr = rr, .txn = txn, .id = id, .id_len = id_len, .now = now,
+                     .ol = ol, .err = err};
+    struct rules_host x = host_cbs;
+    struct rules_run_result res;
+    int rc = twin_get(txn, id, id_len, &h.doc, err);
+    if (rc == -ENOENT)
+        return timer ? twin_rule_wake_set(txn, id, id_len, INT64_MAX, err) : 0;
+    if (rc < 0)
+        return rc;
+    x.ctx = &h;
+    rr->tw.doc = &h.doc;
+    rr->tw.now = now;
+    rr->tw.history = h_history;
+    rr->tw.history_ctx = &h;
+    rr->host = &h;
+    pthread_rwlock_rdlock(&hr->lock);
+    rc = hr->set ? (timer ? rules_run_timer(hr->set, rr->sc, &rr->tw, &x, &res)
+                          : rules_run_change(hr->set, rr->sc, &rr->tw, &x, &res))
+                 : 0;
+    pthread_rwlock_unlock(&hr->lock);
+    rr->host = NULL;
+    if (rc < 0 || !hr->set)
+        return rc;
+    atomic_fetch_add(&hr->stats.evaluated, res.evaluated);
+    atomic_fetch_add(&hr->stats.transitions, res.transitions);
+    *flags |= h.flags;
+    int64_t cur;
+    if ((rc = twin_rule_wake_get(txn, id, id_len, &cur, err)) < 0)
+        return rc;
+    /* a change only knows the wakes of the rules it ran: keep an earlier one (a spare timer run
+     * costs little); the timer knows them all */
+    int64_t next = timer || res.wake < cur ? res.wake : cur;
+    if (timer && next <= now)
+        next = now + 1; /* never spin on one twin within a millisecond */
+    return next == cur ? 0 : twin_rule_wake_set(txn, id, id_len, next, err);
+}
+
+int hub_rules_on_change(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
+                        const char *id, size_t id_len, int64_t now, struct outlist *ol,
+                        unsigned *flags, char *err)
+{
+    if (!hr || !hr->set)
+        return 0;
+    return run_twin(hr, rr, txn, id, id_len, now, false, ol, flags, err);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The timer pass (main thread)
+ * ------------------------------------------------------------------------------------------ */
+
+struct due_twin {
+    char id[TWIN_ID_MAX];
+    size_t len;
+    unsigned flags;
+};
+
+struct timer_pass {
+    struct hub_rules *hr;
+    struct rules_run *rr;
+    struct twin_txn *txn;
+    struct outlist *ol;
+    int64_t now;
+    struct due_twin due[TIMER_BATCH];
+    unsigned n;
+    char *err;
+};
+
+static int timer_one(void *ctx, const char *id, size_t id_len, int64_t at)
+{
+    struct timer_pass *t = ctx;
+    struct due_twin *d = &t->due[t->n++];
+    (void)at;
+    memcpy(d->id, id, id_len);
+    d->len = id_len;
+    d->flags = 0;
+    rules_changes_reset(&t->rr->changes);
+    return run_twin(t->hr, t->rr, t->txn, id, id_len, t->now, true, t->ol, &d->flags, t->err);
+}
+
+static int timer_fn(struct twin_txn *txn, void *ctx)
+{
+    struct timer_pass *t = ctx;
+    t->txn = txn;
+    t->n = 0;
+    outlist_reset(t->ol);
+    return twin_rule_wake_due(txn, t->now, TIMER_BATCH, timer_one, t, t->err);
+}
+
+int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_store *store,
+                    struct publisher *pub, struct outlist *ol, int64_t now, char *err)
+{
+    struct timer_pass *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    *t = (struct timer_pass){.hr = hr, .rr = rr, .ol = ol, .now = now, .err = err};
+    int rc;
+    do {
+        if ((rc = twin_store_write(store, timer_fn, t, err)) < 0)
+            break;
+        unsigned dropped = outlist_flush(ol, pub);
+        if (dropped)
+            log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
+        for (unsigned i = 0; i < t->n; i++)
+            if (t->due[i].flags && publisher_twin(pub, t->due[i].id, t->due[i].len,
+                                                  t->due[i].flags) < 0)
+                log_warn("publication postponed to the next restart", "id=%.*s",
+                         (int)t->due[i].len, t->due[i].id);
+    } while (t->n == TIMER_BATCH);
+    free(t);
+    return rc;
+}
+
+int64_t hub_rules_next_due(struct twin_store *store)
+{
+    struct twin_txn *txn;
+    char err[TWIN_ERR_LEN];
+    int64_t at = INT64_MAX;
+    if (twin_store_read_begin(store, &txn, err) < 0)
+        return INT64_MAX;
+    if (twin_rule_wake_next(txn, &at, err) < 0)
+        at = INT64_MAX;
+    twin_store_read_end(txn);
+    return at;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Loading and reloading (main thread)
+ * ------------------------------------------------------------------------------------------ */
+
+/* Logs each line of errs. */
+static void log_errors(const struct rules_errors *errs)
+{
+    const char *p = errs->text;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        char q[RULES_ERR_LEN + 300];
+        log_error("rules file error", "err=%s", log_quote(q, sizeof(q), p, n));
+        p = nl ? nl + 1 : p + n;
+    }
+}
+
+static int load(struct hub_rules *hr, const char *path, struct rules_set **out,
+                struct rules_errors *errs)
+{
+    memset(errs, 0, sizeof(*errs));
+    return rules_set_load(path, &hr->opt, out, errs);
+}
+
+static void remember_file(struct hub_rules *hr)
+{
+    struct stat st;
+    hr->have_st = stat(hr->path, &st) == 0;
+    if (hr->have_st)
+        hr->st = st;
+}
+
+int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, int64_t tick_ms)
+{
+    memset(hr, 0, sizeof(*hr));
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* a reload must not wait behind a stream of runs */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&hr->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    rules_options_init(&hr->opt);
+    if (tick_ms > 0)
+        hr->opt.tick_ms = tick_ms;
+    hr->report = rep;
+    if (!path || !path[0])
+        return 0;
+    snprintf(hr->path, sizeof(hr->path), "%s", path);
+    struct rules_errors errs;
+    int rc = load(hr, path, &hr->set, &errs);
+    if (rc < 0)
+        log_errors(&errs);
+    else
+        log_info("rules loaded", "file=%s rules=%u", path, rules_set_count(hr->set));
+    rules_errors_free(&errs);
+    remember_file(hr);
+    return rc;
+}
+
+struct sweep {
+    struct hub_rules *hr;
+    struct {
+        char id[TWIN_ID_MAX];
+        size_t id_len;
+        char rule[TWIN_RULE_NAME_MAX];
+        size_t rule_len;
+    } *stale;
+    unsigned n;
+    uint64_t deleted;
+    char *err;
+};
+
+static int sweep_one(void *ctx, const char *id, size_t id_len, const char *rule, size_t rule_len,
+                     const void *buf, size_t len)
+{
+    struct sweep *s = ctx;
+    if (rules_record_current(s->hr->set, rule, rule_len, buf, len))
+        return 0;
+    memcpy(s->stale[s->n].id, id, id_len);
+    s->stale[s->n].id_len = id_len;
+    memcpy(s->stale[s->n].rule, rule, rule_len);
+    s->stale[s->n].rule_len = rule_len;
+    return ++s->n == SWEEP_BATCH ? 1 : 0;
+}
+
+static int sweep_fn(struct twin_txn *txn, void *ctx)
+{
+    struct sweep *s = ctx;
+    s->n = 0;
+    int rc = twin_rule_state_list(txn, NULL, 0, sweep_one, s, s->err);
+    if (rc < 0)
+        return rc;
+    for (unsigned i = 0; i < s->n; i++)
+        if ((rc = twin_rule_state_del(txn, s->stale[i].id, s->stale[i].id_len, s->stale[i].rule,
+                                      s->stale[i].rule_len, s->err)) < 0 && rc != -ENOENT)
+            return rc;
+    s->deleted += s->n;
+    return 0;
+}
+
+/* Deletes the records of rules that are gone or were redefined, so they cannot come back. */
+static void sweep(struct hub_rules *hr, struct twin_store *store)
+{
+    char err[TWIN_ERR_LEN] = "";
+    struct sweep s = {.hr = hr, .err = err};
+    s.stale = malloc(sizeof(*s.stale) * SWEEP_BATCH);
+    if (!s.stale)
+        return;
+    int rc;
+    pthread_rwlock_rdlock(&hr->lock);
+    do
+        rc = twin_store_write(store, sweep_fn, &s, err);
+    while (rc == 0 && s.n == SWEEP_BATCH);
+    pthread_rwlock_unlock(&hr->lock);
+    free(s.stale);
+    if (rc < 0)
+        log_error("cannot clear the state of removed rules", "err=\"%s\"", err);
+    else if (s.deleted)
+        log_info("state of removed or changed rules cleared", "records=%llu",
+                 (unsigned long long)s.deleted);
+}
+
+int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store)
+{
+    struct rules_set *next = NULL;
+    struct rules_errors errs;
+    if (!path || !path[0]) {
+        if (!hr->set)
+            return 0;
+        hr->path[0] = '\0';
+    } else {
+        snprintf(hr->path, sizeof(hr->path), "%s", path);
+        int rc = load(hr, path, &next, &errs);
+        remember_file(hr);
+        if (rc < 0) {
+            atomic_fetch_add(&hr->stats.reload_failures, 1);
+            log_errors(&errs);
+            log_error("rules reload failed; the previous rules keep running",
+                      "file=%s errors=%u", path, errs.count);
+            /* hub/errors gets the first error (they are all in the log) */
+            const char *text = errs.text ? errs.text : "cannot load";
+            const char *nl = strchr(text, '\n');
+            char first[RULES_ERR_LEN + 64];
+            snprintf(first, sizeof(first), "%.*s%s", (int)(nl ? nl - text : (long)strlen(text)),
+                     text, errs.count > 1 ? " (and more: see the hub's log)" : "");
+            if (hr->report)
+                report_reject(hr->report, REPORT_RULES, path, strlen(path), first);
+            rules_errors_free(&errs);
+            return rc;
+        }
+        rules_errors_free(&errs);
+    }
+    pthread_rwlock_wrlock(&hr->lock);
+    struct rules_set *old = hr->set;
+    hr->set = next;
+    pthread_rwlock_unlock(&hr->lock);
+    rules_set_free(old);
+    atomic_fetch_add(&hr->stats.reloads, 1);
+    log_info("rules reloaded", "file=%s rules=%u", path ? path : "",
+             next ? rules_set_count(next) : 0);
+    if (next)
+        sweep(hr, store);
+    return 0;
+}
+
+void hub_rules_poll(struct hub_rules *hr, struct twin_store *store)
+{
+    struct stat st;
+    if (!hr->path[0])
+        return;
+    bool have = stat(hr->path, &st) == 0;
+    if (have == hr->have_st &&
+        (!have || (st.st_mtim.tv_sec == hr->st.st_mtim.tv_sec &&
+                   st.st_mtim.tv_nsec == hr->st.st_mtim.tv_nsec && st.st_size == hr->st.st_size &&
+                   st.st_ino == hr->st.st_ino)))
+        return;
+    char path[sizeof(hr->path)];
+    memcpy(path, hr->path, sizeof(path));
+    log_info("rules file changed on disk; reloading", "file=%s", path);
+    hub_rules_reload(hr, path, store);
+}
+
+void hub_rules_close(struct hub_rules *hr)
+{
+    rules_set_free(hr->set);
+    hr->set = NULL;
+    pthread_rwlock_destroy(&hr->lock);
+}

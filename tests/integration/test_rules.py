@@ -1,0 +1,324 @@
+#!/usr/bin/python3
+"""test_rules: the rules engine in a running hub, over MQTT against a real Mosquitto.
+
+    /usr/bin/python3 test_rules.py CASE      (TWINHUB_BIN, TWINCTL_BIN, MOSQUITTO in the env)
+
+A device crosses a threshold and the hub answers in one commit: a command at the device, an
+event on the twin's topic, desired state changed; a restart in the middle of a `for` still fires
+on time; an absence rule fires with no message arriving; a reload keeps the state of unchanged
+rules, and a bad reload keeps the old rules running and says why on hub/errors.
+"""
+
+import json
+import os
+import sys
+import time
+
+from harness import (Broker, Checks, Hub, MqttClient, check, check_eq, now_ms, pack, run_case,
+                     twin_get, twinctl, unpack, wait_until)
+
+RULES = """
+rules:
+  - name: tachycardia
+    match: "ecg-*"
+    when: reported.heart_rate > 120 and reported.spo2 < 94
+    for: {for_}
+    cooldown: 5s
+    on_fire:
+      - command: {{cmd: alert, args: {{level: high}}}}
+      - desired: {{sample_hz: 250}}
+      - event: {{severity: high}}
+    on_resolve:
+      - desired: {{sample_hz: 50}}
+  - name: alarm_follower
+    when: desired.sample_hz == 250
+    on_fire: [{{event: {{note: follows}}}}]
+  - name: lead_off
+    match: "ecg-*"
+    when: age(reported.ecg) > 1500ms
+    on_fire: [{{event: {{severity: warning}}}}]
+"""
+
+
+def write_rules(fx, text, name="rules.yaml"):
+    path = fx.path(name)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+class Device:
+    def __init__(self, fx, broker, dev_id):
+        self.id = dev_id
+        self.seq = 0
+        self.c = MqttClient(fx, broker, dev_id, subscribe=[f"devices/{dev_id}/commands",
+                                                           f"devices/{dev_id}/desired"])
+
+    def send(self, **fields):
+        self.seq += 1
+        body = {"seq": self.seq}
+        body.update(fields)
+        self.c.publish(f"devices/{self.id}/telemetry", pack(body))
+
+    def online(self):
+        self.c.publish(f"devices/{self.id}/status", b"online", retain=True)
+
+    def commands(self, start=0):
+        return [unpack(m.payload) for m in self.c.messages(f"devices/{self.id}/commands", start)]
+
+
+def events(watch, dev_id, rule=None, start=0):
+    out = []
+    for m in watch.messages(f"twins/{dev_id}/events", start):
+        e = unpack(m.payload)
+        if e.get("type") == "rule" and (rule is None or e.get("rule") == rule):
+            out.append(e)
+    return out
+
+
+def wait_event(watch, dev_id, rule, state, timeout, start=0):
+    def seen():
+        return any(e["state"] == state for e in events(watch, dev_id, rule, start))
+    wait_until(seen, timeout, f"{rule} {state} on twins/{dev_id}/events")
+    return [e for e in events(watch, dev_id, rule, start) if e["state"] == state][-1]
+
+
+def rule_state(db, dev_id, rule, rules_file=None):
+    """The record of `rule` for the twin from `twinctl rules state` (None: no record); with
+    rules_file, twinctl judges whether it is current against that file."""
+    env = {"TWINHUB_RULES_FILE": rules_file} if rules_file else None
+    rc, out, err = twinctl(db, "rules", "state", dev_id, env=env)
+    check_eq(rc, 0, f"twinctl rules state {dev_id} (stderr {err.strip()!r})")
+    st = json.loads(out)
+    for r in st["rules"]:
+        if r["rule"] == rule:
+            return r
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------
+
+def case_fire(fx):
+    """Threshold crossed -> pending, then firing: command at the device, event with the values
+    that decided it, desired changed (and a rule reading desired fires in the same commit);
+    back below -> resolved and on_resolve's desired."""
+    b = Broker(fx)
+    rules = write_rules(fx, RULES.format(for_="1s"))
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events", "twins/+/state"])
+    dev = Device(fx, b, "ecg-fire")
+    dev.online()
+    c = Checks()
+    dev.send(heart_rate=80, spo2=97, ecg=[1, 2])
+    dev.send(heart_rate=130, spo2=92, ecg=[1, 2])
+    t_cross = time.monotonic()
+    p = wait_event(w, dev.id, "tachycardia", "pending", 10)
+    c.eq(p["values"], {"reported.heart_rate": 130, "reported.spo2": 92}, "pending values")
+    f = wait_event(w, dev.id, "tachycardia", "firing", 10)
+    c.check(time.monotonic() - t_cross >= 0.9, "fired before its `for` of 1s")
+    c.eq(f.get("severity"), "high", "the event action's field")
+    c.eq(f.get("from"), "pending", "from")
+    cmd = dev.c.wait_for(lambda m: m.topic == f"devices/{dev.id}/commands", 10,
+                         "the alert command at the device")
+    body = unpack(cmd.payload)
+    c.eq((body.get("cmd"), body.get("args")), ("alert", {"level": "high"}), "command")
+    doc = twin_get(hub.db, dev.id)
+    c.eq(doc["desired"].get("sample_hz"), 250, "desired set by on_fire")
+    c.eq(doc.get("delta", {}).get("sample_hz"), 250, "delta")
+    fol = wait_event(w, dev.id, "alarm_follower", "firing", 5)
+    c.eq(fol["values"], {"desired.sample_hz": 250}, "follower read what the leader wrote")
+    c.eq(fol["ts"], f["ts"], "the follower fired in the same commit as the leader")
+    desired = dev.c.wait_for(lambda m: m.topic == f"devices/{dev.id}/desired" and m.payload and
+                             unpack(m.payload)["delta"].get("sample_hz") == 250, 10,
+                             "the new delta at the device")
+    c.check(desired is not None, "delta")
+    st = rule_state(hub.db, dev.id, "tachycardia", rules)
+    c.eq(st and st["state"], "firing", "twinctl rules state")
+    c.eq(st and st.get("current"), True, "record current against the configured file")
+    # Still high: no second firing, no second command.
+    n_cmds = len(dev.commands())
+    dev.send(heart_rate=135, spo2=91)
+    time.sleep(0.5)
+    c.eq(len([e for e in events(w, dev.id, "tachycardia") if e["state"] == "firing"]), 1,
+         "firing events while it stays high")
+    c.eq(len(dev.commands()), n_cmds, "commands while it stays high")
+    # Back to normal: resolved, desired back to 50.
+    dev.send(heart_rate=90, spo2=97)
+    r = wait_event(w, dev.id, "tachycardia", "resolved", 10)
+    c.eq(r["values"].get("reported.heart_rate"), 90, "resolved values")
+    wait_until(lambda: twin_get(hub.db, dev.id)["desired"].get("sample_hz") == 50, 10,
+               "desired back to 50 by on_resolve")
+    wait_event(w, dev.id, "alarm_follower", "resolved", 5)
+    # A device the match does not admit never fires.
+    other = Device(fx, b, "pump-1")
+    other.send(heart_rate=150, spo2=80)
+    time.sleep(1.5)
+    c.eq(events(w, other.id, "tachycardia"), [], "events for a twin outside match")
+    c.done("fire checks")
+    hub.stop()
+
+
+def case_restart(fx):
+    """A hub restart during `for` still fires on time, from the stored deadline, with no new
+    message; a firing rule is not fired again after a restart."""
+    b = Broker(fx)
+    rules = write_rules(fx, RULES.format(for_="4s"))
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events"])
+    dev = Device(fx, b, "ecg-restart")
+    c = Checks()
+    dev.send(heart_rate=130, spo2=92, ecg=[1])
+    p = wait_event(w, dev.id, "tachycardia", "pending", 10)
+    hub.kill9()
+    time.sleep(1.0)
+    hub.start()
+    f = wait_event(w, dev.id, "tachycardia", "firing", 15)
+    late = f["ts"] - (p["ts"] + 4000)
+    c.check(0 <= late < 1500, f"fired {late} ms after its deadline (pending at {p['ts']})")
+    mark = w.count()
+    hub.stop()
+    hub.start()
+    time.sleep(2.0)
+    c.eq([e for e in events(w, dev.id, "tachycardia", mark) if e["state"] == "firing"], [],
+         "firing again after a restart")
+    c.eq(rule_state(hub.db, dev.id, "tachycardia")["state"], "firing", "state after restart")
+    c.done("restart checks")
+    hub.stop()
+
+
+def case_absence(fx):
+    """age(reported.ecg) > 1500ms fires for a device that went silent, with nothing arriving,
+    and resolves with its next strip."""
+    b = Broker(fx)
+    rules = write_rules(fx, RULES.format(for_="1s"))
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events"])
+    dev = Device(fx, b, "ecg-silent")
+    c = Checks()
+    t0 = now_ms()
+    dev.send(heart_rate=70, spo2=98, ecg=[1, 2, 3], ts=t0)
+    f = wait_event(w, dev.id, "lead_off", "firing", 10)
+    c.check(f["ts"] - t0 >= 1500, f"fired {f['ts'] - t0} ms after the last strip")
+    c.check(f["ts"] - t0 < 3000, f"fired late: {f['ts'] - t0} ms after the last strip")
+    c.check(f["values"].get("age(reported.ecg)", 0) > 1500, f"values {f['values']}")
+    c.eq(f.get("severity"), "warning", "severity")
+    dev.send(heart_rate=70, spo2=98, ecg=[4])
+    wait_event(w, dev.id, "lead_off", "resolved", 10)
+    c.done("absence checks")
+    hub.stop()
+
+
+def case_reload(fx):
+    """A reload (file changed on disk, and SIGHUP) keeps the state of every unchanged rule: a
+    firing rule neither fires again nor resolves; a changed rule starts over; a removed rule's
+    state is cleared."""
+    b = Broker(fx)
+    rules = write_rules(fx, RULES.format(for_="1s"))
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events"])
+    dev = Device(fx, b, "ecg-reload")
+    c = Checks()
+    dev.send(heart_rate=130, spo2=92, ecg=[1])
+    wait_event(w, dev.id, "tachycardia", "firing", 10)
+    wait_event(w, dev.id, "alarm_follower", "firing", 10)
+    mark, logpos = w.count(), len(hub.log_text())
+    # Only the actions of tachycardia change (same definition); alarm_follower is removed.
+    text = RULES.format(for_="1s").replace("level: high", "level: urgent")
+    text = text.replace("  - name: alarm_follower\n    when: desired.sample_hz == 250\n"
+                        "    on_fire: [{event: {note: follows}}]\n", "")
+    check("alarm_follower" not in text, "test setup: follower not removed")
+    write_rules(fx, text)
+    hub.wait_log("rules reloaded", 10, logpos)
+    c.eq(rule_state(hub.db, dev.id, "tachycardia")["state"], "firing",
+         "tachycardia after the reload")
+    c.eq(rule_state(hub.db, dev.id, "alarm_follower"), None, "the removed rule's state")
+    dev.send(heart_rate=132, spo2=92)
+    time.sleep(1.0)
+    c.eq([e["state"] for e in events(w, dev.id, "tachycardia", mark)], [],
+         "tachycardia events after a reload that kept it")
+    # The condition changes: the rule starts over (pending again, then firing).
+    logpos = len(hub.log_text())
+    write_rules(fx, text.replace("reported.heart_rate > 120", "reported.heart_rate > 125"))
+    hub.sighup()
+    hub.wait_log("rules reloaded", 10, logpos)
+    dev.send(heart_rate=133, spo2=92)
+    wait_event(w, dev.id, "tachycardia", "pending", 10, mark)
+    wait_event(w, dev.id, "tachycardia", "firing", 10, mark)
+    c.done("reload checks")
+    hub.stop()
+
+
+def case_bad_reload(fx):
+    """A bad file keeps the old rules running, logs every error and reports on hub/errors."""
+    b = Broker(fx)
+    rules = write_rules(fx, RULES.format(for_="1s"))
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events", "hub/errors"])
+    c = Checks()
+    logpos = len(hub.log_text())
+    write_rules(fx, "rules:\n  - name: x\n    when: avgg(reported.hr, 5s) > 1\n"
+                    "    cooldwn: 5m\n")
+    hub.sighup()
+    hub.wait_log("rules reload failed", 10, logpos)
+    log = hub.log_text()[logpos:]
+    c.check("unknown function 'avgg'; did you mean 'avg'?" in log, "the expression error logged")
+    c.check("unknown key 'cooldwn'; did you mean 'cooldown'?" in log, "the key error logged")
+    m = w.wait_for(lambda m: m.topic == "hub/errors", 10, "a report on hub/errors")
+    rep = unpack(m.payload)
+    c.eq(rep.get("kind"), "rules", "report kind")
+    c.eq(rep.get("topic"), rules, "report names the file")
+    c.check("rules.yaml:" in rep.get("reason", ""), f"reason has file:line:col: {rep!r}")
+    # The old rules still run.
+    dev = Device(fx, b, "ecg-after-bad")
+    dev.send(heart_rate=130, spo2=92, ecg=[1])
+    wait_event(w, dev.id, "tachycardia", "firing", 10)
+    # A hub does not start with a bad file.
+    hub.stop()
+    hub.proc = None
+    bad = Hub(fx, b, sets={"rules.file": rules}, db=fx.path("db2"), start=False)
+    bad.start(wait=False)
+    rc = bad.proc.wait(20)
+    c.check(rc != 0, "a hub started with a bad rules file exited 0")
+    c.done("bad reload checks")
+
+
+def case_check(fx):
+    """twinctl rules check: 0 valid, 1 invalid with every error listed, 2 usage."""
+    c = Checks()
+    good = write_rules(fx, RULES.format(for_="1s"))
+    rc, out, err = twinctl(None, "rules", "check", good)
+    c.eq(rc, 0, f"check of a valid file (stderr {err!r})")
+    c.check("3 rules" in out, f"summary: {out!r}")
+    bad = write_rules(fx, "rules:\n"
+                          "  - name: a\n"
+                          "    when: reported.x >\n"
+                          "  - name: b\n"
+                          "    when: reported.y > 1\n"
+                          "    for: soon\n", "bad.yaml")
+    rc, out, err = twinctl(None, "rules", "check", bad)
+    c.eq(rc, 1, "check of an invalid file")
+    c.check(f"{bad}:3:23: when: expected a value, found the end" in err, f"stderr: {err!r}")
+    c.check(f"{bad}:6:10: for: expected a duration" in err, f"stderr: {err!r}")
+    rc, out, err = twinctl(None, "rules", "check", fx.path("missing.yaml"))
+    c.eq(rc, 1, "check of a missing file")
+    rc, out, err = twinctl(None, "rules", "frobnicate", good)
+    c.eq(rc, 2, "unknown subcommand")
+    rc, out, err = twinctl(None, "rules", "check")
+    c.eq(rc, 2, "missing argument")
+    c.done("check checks")
+
+
+CASES = {
+    "fire": case_fire,
+    "restart": case_restart,
+    "absence": case_absence,
+    "reload": case_reload,
+    "bad_reload": case_bad_reload,
+    "check": case_check,
+}
+
+if __name__ == "__main__":
+    sys.exit(run_case(CASES))

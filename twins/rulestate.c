@@ -1,0 +1,309 @@
+/* rulestate: the records the rules engine keeps per (twin, rule), opaque bytes here, and each
+ * twin's wake time with the index the hub's timer reads. What a record means is rules/'s
+ * business; this file only stores it, in the caller's transaction, so that a rule's state
+ * commits with the change that caused it.
+ *
+ * Layout (store.c opens the databases):
+ *   "rulestate"  id "\0" rule -> record (1..TWIN_RULE_STATE_MAX bytes)
+ *                id "\0"      -> be64(wake): the twin's wake time (no rule name)
+ *   "wakes"      be64(wake) id -> empty: the twins in the order they are due */
+#include "twins_int.h"
+
+#include <errno.h>
+#include <limits.h>
+
+#define KEY_MAX (TWIN_ID_MAX + 1 + TWIN_RULE_NAME_MAX)
+#define DUE_MAX 256
+
+static void be64_put(unsigned char *b, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+static uint64_t be64_get(const unsigned char *b)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+/* Sign-flipped so that negative times sort first in the big-endian key. */
+static uint64_t time_key(int64_t t)
+{
+    return (uint64_t)t ^ (1ull << 63);
+}
+
+static int key_build(unsigned char *k, const char *id, size_t id_len, const char *rule,
+                     size_t rule_len, size_t *n, char *err)
+{
+    if (!id || id_len == 0 || id_len > TWIN_ID_MAX || memchr(id, '\0', id_len) ||
+        rule_len > TWIN_RULE_NAME_MAX || (rule_len && memchr(rule, '\0', rule_len))) {
+        twins__errf(err, "rule state: bad twin id or rule name");
+        return -EINVAL;
+    }
+    memcpy(k, id, id_len);
+    k[id_len] = '\0';
+    if (rule_len)
+        memcpy(k + id_len + 1, rule, rule_len);
+    *n = id_len + 1 + rule_len;
+    return 0;
+}
+
+static int need_db(struct twin_txn *txn, char *err)
+{
+    if (!txn->s->has_rules) {
+        twins__errf(err, "store has no rule state yet (no writer of this version opened it)");
+        return -ENOENT;
+    }
+    return 0;
+}
+
+int twin_rule_state_get(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
+                        size_t rule_len, void *buf, size_t *len, char *err)
+{
+    unsigned char kb[KEY_MAX];
+    size_t kn;
+    int rc = key_build(kb, id, id_len, rule, rule_len, &kn, err);
+    if (rc || (rc = need_db(txn, err)))
+        return rc;
+    if (rule_len == 0) {
+        twins__errf(err, "rule state: empty rule name");
+        return -EINVAL;
+    }
+    MDB_val k = {kn, kb}, v;
+    rc = mdb_get(txn->txn, txn->s->dbi_rulestate, &k, &v);
+    if (rc)
+        return store__mdb_error(txn, rc, "reading rule state", err);
+    if (v.mv_size == 0 || v.mv_size > TWIN_RULE_STATE_MAX) {
+        twins__errf(err, "rule state of '%.*s' / '%.*s' has %zu bytes", (int)id_len, id,
+                    (int)rule_len, rule, v.mv_size);
+        return -EBADMSG;
+    }
+    memcpy(buf, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+    return 0;
+}
+
+int twin_rule_state_put(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
+                        size_t rule_len, const void *buf, size_t len, char *err)
+{
+    unsigned char kb[KEY_MAX];
+    size_t kn;
+    int rc = store__need_write(txn, "twin_rule_state_put", err);
+    if (rc || (rc = key_build(kb, id, id_len, rule, rule_len, &kn, err)))
+        return rc;
+    if (rule_len == 0 || len == 0 || len > TWIN_RULE_STATE_MAX) {
+        twins__errf(err, "rule state: empty rule name or record of %zu bytes", len);
+        return -EINVAL;
+    }
+    MDB_val k = {kn, kb}, v = {len, (void *)buf};
+    rc = mdb_put(txn->txn, txn->s->dbi_rulestate, &k, &v, 0);
+    return rc ? store__mdb_error(txn, rc, "writing rule state", err) : 0;
+}
+
+int twin_rule_state_del(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
+                        size_t rule_len, char *err)
+{
+    unsigned char kb[KEY_MAX];
+    size_t kn;
+    int rc = store__need_write(txn, "twin_rule_state_del", err);
+    if (rc || (rc = key_build(kb, id, id_len, rule, rule_len, &kn, err)))
+        return rc;
+    if (rule_len == 0) {
+        twins__errf(err, "rule state: empty rule name");
+        return -EINVAL;
+    }
+    MDB_val k = {kn, kb};
+    rc = mdb_del(txn->txn, txn->s->dbi_rulestate, &k, NULL);
+    return rc ? store__mdb_error(txn, rc, "deleting rule state", err) : 0;
+}
+
+int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len,
+                         twin_rule_state_cb cb, void *ctx, char *err)
+{
+    unsigned char kb[KEY_MAX];
+    size_t kn = 0;
+    int rc = need_db(txn, err);
+    if (rc)
+        return rc == -ENOENT ? 0 : rc;
+    if (id && (rc = key_build(kb, id, id_len, NULL, 0, &kn, err)))
+        return rc;
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn->txn, txn->s->dbi_rulestate, &c)))
+        return store__mdb_error(txn, rc, "opening a rule state cursor", err);
+    MDB_val k = {kn, kb}, v;
+    rc = mdb_cursor_get(c, &k, &v, kn ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0) {
+        if (kn && (k.mv_size < kn || memcmp(k.mv_data, kb, kn) != 0))
+            break;
+        const char *key = k.mv_data;
+        const char *nul = memchr(key, '\0', k.mv_size);
+        if (nul && (size_t)(nul - key) + 1 < k.mv_size) { /* not the wake entry */
+            size_t il = (size_t)(nul - key);
+            int r = cb(ctx, key, il, nul + 1, k.mv_size - il - 1, v.mv_data, v.mv_size);
+            if (r) {
+                mdb_cursor_close(c);
+                return r;
+            }
+        }
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND || rc == 0 ? 0 : store__mdb_error(txn, rc, "listing rule state", err);
+}
+
+int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int64_t *at,
+                       char *err)
+{
+    unsigned char kb[KEY_MAX];
+    size_t kn;
+    int rc = key_build(kb, id, id_len, NULL, 0, &kn, err);
+    *at = INT64_MAX;
+    if (rc)
+        return rc;
+    if (need_db(txn, err))
+        return 0;
+    MDB_val k = {kn, kb}, v;
+    rc = mdb_get(txn->txn, txn->s->dbi_rulestate, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return store__mdb_error(txn, rc, "reading a wake time", err);
+    if (v.mv_size != 8) {
+        twins__errf(err, "wake time of '%.*s' has %zu bytes", (int)id_len, id, v.mv_size);
+        return -EBADMSG;
+    }
+    *at = (int64_t)(be64_get(v.mv_data) ^ (1ull << 63));
+    return 0;
+}
+
+int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
+                       char *err)
+{
+    unsigned char kb[KEY_MAX], wk[8 + TWIN_ID_MAX], tb[8];
+    size_t kn;
+    int64_t old;
+    int rc = store__need_write(txn, "twin_rule_wake_set", err);
+    if (rc || (rc = twin_rule_wake_get(txn, id, id_len, &old, err)))
+        return rc;
+    if (old == at)
+        return 0;
+    key_build(kb, id, id_len, NULL, 0, &kn, err);
+    memcpy(wk + 8, id, id_len);
+    MDB_val k = {kn, kb}, w = {8 + id_len, wk}, v = {8, tb};
+    if (old != INT64_MAX) {
+        be64_put(wk, time_key(old));
+        rc = mdb_del(txn->txn, txn->s->dbi_wakes, &w, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return store__mdb_error(txn, rc, "deleting a wake", err);
+    }
+    if (at == INT64_MAX) {
+        rc = mdb_del(txn->txn, txn->s->dbi_rulestate, &k, NULL);
+        return rc && rc != MDB_NOTFOUND ? store__mdb_error(txn, rc, "deleting a wake time", err)
+                                        : 0;
+    }
+    be64_put(tb, time_key(at));
+    be64_put(wk, time_key(at));
+    MDB_val empty = {0, ""};
+    if ((rc = mdb_put(txn->txn, txn->s->dbi_rulestate, &k, &v, 0)) ||
+        (rc = mdb_put(txn->txn, txn->s->dbi_wakes, &w, &empty, 0)))
+        return store__mdb_error(txn, rc, "writing a wake", err);
+    return 0;
+}
+
+int twin_rule_wake_due(struct twin_txn *txn, int64_t now, unsigned max, twin_rule_wake_cb cb,
+                       void *ctx, char *err)
+{
+    struct {
+        char id[TWIN_ID_MAX];
+        size_t len;
+        int64_t at;
+    } *due;
+    unsigned n = 0;
+    int rc = need_db(txn, err);
+    if (rc)
+        return rc == -ENOENT ? 0 : rc;
+    if (max > DUE_MAX)
+        max = DUE_MAX;
+    due = malloc(sizeof(*due) * (max ? max : 1));
+    if (!due)
+        return -ENOMEM;
+    /* collect first: cb writes to the store, which must not happen under our cursor */
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn->txn, txn->s->dbi_wakes, &c))) {
+        free(due);
+        return store__mdb_error(txn, rc, "opening the wake cursor", err);
+    }
+    MDB_val k, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    while (rc == 0 && n < max) {
+        if (k.mv_size <= 8 || k.mv_size > 8 + TWIN_ID_MAX) {
+            rc = -EBADMSG;
+            break;
+        }
+        int64_t at = (int64_t)(be64_get(k.mv_data) ^ (1ull << 63));
+        if (at > now)
+            break;
+        due[n].len = k.mv_size - 8;
+        memcpy(due[n].id, (const char *)k.mv_data + 8, due[n].len);
+        due[n].at = at;
+        n++;
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    if (rc == -EBADMSG)
+        twins__errf(err, "a wake entry has a key of %zu bytes", k.mv_size);
+    else if (rc && rc != MDB_NOTFOUND)
+        rc = store__mdb_error(txn, rc, "reading the wakes", err);
+    else
+        rc = 0;
+    for (unsigned i = 0; i < n && rc == 0; i++)
+        rc = cb(ctx, due[i].id, due[i].len, due[i].at);
+    free(due);
+    return rc;
+}
+
+int twin_rule_wake_next(struct twin_txn *txn, int64_t *at, char *err)
+{
+    int rc = need_db(txn, err);
+    if (rc)
+        return rc;
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn->txn, txn->s->dbi_wakes, &c)))
+        return store__mdb_error(txn, rc, "opening the wake cursor", err);
+    MDB_val k, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    mdb_cursor_close(c);
+    if (rc)
+        return store__mdb_error(txn, rc, "reading the wakes", err);
+    if (k.mv_size < 8)
+        return twins__errf(err, "a wake entry has a key of %zu bytes", k.mv_size), -EBADMSG;
+    *at = (int64_t)(be64_get(k.mv_data) ^ (1ull << 63));
+    return 0;
+}
+
+/* Deletes every record and the wake of twin `id` (twin_delete). */
+int rulestate__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err)
+{
+    unsigned char kb[KEY_MAX];
+    size_t kn;
+    if (!txn->s->has_rules)
+        return 0;
+    int rc = twin_rule_wake_set(txn, id, id_len, INT64_MAX, err);
+    if (rc || (rc = key_build(kb, id, id_len, NULL, 0, &kn, err)))
+        return rc;
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn->txn, txn->s->dbi_rulestate, &c)))
+        return store__mdb_error(txn, rc, "opening a rule state cursor", err);
+    for (;;) {
+        MDB_val k = {kn, kb}, v;
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (rc || k.mv_size < kn || memcmp(k.mv_data, kb, kn) != 0 || (rc = mdb_cursor_del(c, 0)))
+            break;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND || rc == 0 ? 0
+                                         : store__mdb_error(txn, rc, "deleting rule state", err);
+}
