@@ -568,6 +568,7 @@ static const char every_key[] = "broker:\n"
                                 "  burst: 7\n"
                                 "rules:\n"
                                 "  file: rules.yaml\n"
+                                "  tick: 250ms\n"
                                 "log:\n"
                                 "  level: warn\n";
 
