@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, builds, starts a private mosquitto on a free loopback
-# port, twinhub with deploy/twinhub.yaml, and twinsim with 50 simulated ECG monitors, then
-# shows the fleet's twins changing live until Ctrl-C (or --seconds N). Everything it started
+# port, twinhub with deploy/twinhub.yaml and the alarm rules of deploy/rules/ecg.yaml, and
+# twinsim with 50 simulated ECG monitors, then shows the fleet's twins and the alarms firing and
+# resolving live until Ctrl-C (or --seconds N). Everything it started
 # is stopped on exit. With --tls, all of it runs over mutual TLS with a fresh development PKI
 # (certs/make-pki.sh into deploy/run/pki) and the ACLs of deploy/mosquitto.acl.
 #   ./deploy/demo.sh [--tls] [--seconds N] [--devices N] [--rate HZ]
@@ -40,6 +41,13 @@ cleanup() {
     done
     echo
     echo "stopped. database: $run/twinhub.db   logs: $run/{mosquitto,twinhub,twinsim,operator}.log"
+    # the hub logs every rule transition: msg="rule" rule=NAME id=ID state=firing|resolved|...
+    local fired resolved
+    fired=$(grep -c 'msg="rule".* state=firing' "$run/twinhub.log" 2>/dev/null || true)
+    resolved=$(grep -c 'msg="rule".* state=resolved' "$run/twinhub.log" 2>/dev/null || true)
+    echo "alarms (deploy/rules/ecg.yaml): ${fired:-0} fired, ${resolved:-0} resolved; by rule:"
+    grep -o 'msg="rule" rule=[^ ]* id=[^ ]* state=firing' "$run/twinhub.log" 2>/dev/null |
+        awk '{print $2}' | sort | uniq -c | sed 's/rule=/  /' || true
     [ $tls -eq 0 ] || echo "certificates: $run/pki   broker configuration: $run/mosquitto.conf"
     echo "look around: build/hub/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
 }
@@ -80,7 +88,7 @@ for _ in $(seq 50); do
 done
 
 build/hub/twinhub -c deploy/twinhub.yaml --broker "$url" "${hub_tls[@]}" \
-    --db "$run/twinhub.db" >"$run/twinhub.log" 2>&1 &
+    --db "$run/twinhub.db" --rules deploy/rules/ecg.yaml >"$run/twinhub.log" 2>&1 &
 pids+=($!)
 build/hub/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$rate" \
     >"$run/twinsim.log" 2>&1 &

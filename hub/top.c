@@ -1,6 +1,6 @@
 /* top: `twinctl top`, a live table of the fleet's twins read straight from LMDB (id, chosen
- * fields, version, how long ago each device was last seen), redrawn every interval. It reads
- * only; the hub may or may not be running. */
+ * fields, the rules firing for it, version, how long ago each device was last seen), redrawn
+ * every interval. It reads only; the hub may or may not be running. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -11,15 +11,44 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rules.h"
 #include "top.h"
 #include "twins.h"
 
 struct frame {
     const struct top_options *o;
+    struct twin_txn *txn;
     int64_t now;
     unsigned rows, shown;
-    uint64_t twins, versions;
+    uint64_t twins, versions, firing;
 };
+
+#define ALARMS_WIDTH 24
+
+/* The names of the rules firing for one twin, comma-separated, cut at ALARMS_WIDTH. */
+struct alarms {
+    char text[ALARMS_WIDTH + 1];
+    size_t len;
+    unsigned n;
+};
+
+static int alarm_one(void *ctx, const char *id, size_t id_len, const char *rule, size_t rule_len,
+                     const void *buf, size_t len)
+{
+    struct alarms *a = ctx;
+    struct rules_record r;
+    (void)id;
+    (void)id_len;
+    if (rules_record_decode(buf, len, &r) < 0 || r.state != RULES_FIRING)
+        return 0;
+    int n = snprintf(a->text + a->len, sizeof(a->text) - a->len, "%s%.*s", a->n ? "," : "",
+                     (int)rule_len, rule);
+    a->len += n > 0 ? (size_t)n : 0;
+    if (a->len >= sizeof(a->text))
+        a->len = sizeof(a->text) - 1;
+    a->n++;
+    return 0;
+}
 
 static volatile sig_atomic_t stop;
 
@@ -90,6 +119,10 @@ static int row(void *ctx, const char *id, size_t id_len, const void *buf, size_t
     }
     uint64_t version = uint_at(&doc, "version");
     f->versions += version;
+    struct alarms al = {.len = 0};
+    char err[TWIN_ERR_LEN];
+    twin_rule_state_list(f->txn, id, id_len, alarm_one, &al, err);
+    f->firing += al.n;
     if (f->shown < f->rows) {
         f->shown++;
         printf("%-16.*s", (int)id_len, id);
@@ -97,6 +130,7 @@ static int row(void *ctx, const char *id, size_t id_len, const void *buf, size_t
             const char *p = f->o->fields[i].path;
             print_value(twin_value_path(&doc, p, strlen(p)));
         }
+        printf(" %-*s", ALARMS_WIDTH, al.n ? al.text : "-");
         const msgpack_object *seen = twin_value_get(&doc, "last_seen", 9);
         double age = -1;
         if (seen && seen->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
@@ -166,12 +200,15 @@ int top_run(const struct top_options *o)
         printf("%-16s", "id");
         for (unsigned i = 0; i < o->n_fields; i++)
             printf(" %8s", o->fields[i].label);
-        printf(" %9s %13s\n", "version", "last seen");
+        printf(" %-*s %9s %13s\n", ALARMS_WIDTH, "alarms", "version", "last seen");
+        f.txn = txn;
         rc = twin_list(txn, o->prefix, strlen(o->prefix), row, &f, err);
         twin_store_read_end(txn);
         double dt = (double)(f.now - last) / 1000.0;
-        printf("-- %llu twins, %.0f updates/s%s%s\n", (unsigned long long)f.twins,
+        printf("-- %llu twins, %.0f updates/s, %llu alarm%s firing%s%s\n",
+               (unsigned long long)f.twins,
                dt > 0 && last_versions ? (double)(f.versions - last_versions) / dt : 0.0,
+               (unsigned long long)f.firing, f.firing == 1 ? "" : "s",
                f.shown < f.twins ? " (more below)" : "", tty ? "; Ctrl-C to stop" : "");
         fflush(stdout);
         last = f.now;

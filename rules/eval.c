@@ -114,7 +114,7 @@ static bool meta_ts(const msgpack_object *o, unsigned depth, int64_t *ts)
         return false;
     bool any = false;
     for (uint32_t i = 0; i < o->via.map.size; i++) {
-        int64_t t;
+        int64_t t = 0;
         if (meta_ts(&o->via.map.ptr[i].val, depth + 1, &t) && (!any || t > *ts)) {
             *ts = t;
             any = true;
@@ -382,7 +382,7 @@ int rules__eval(const struct rules_expr *e, const struct rules_twin *tw, struct 
             break;
         case OP_AGE:
         case OP_AGE_CMP: {
-            int64_t at;
+            int64_t at = 0;
             struct rules_value age = {.type = RULES_NIL};
             if (written_at(tw->doc, &e->paths[in->arg], &at))
                 set_num(&age, tw->now > at ? (double)(tw->now - at) : 0);

@@ -183,14 +183,15 @@ int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int6
                        char *err)
 {
     unsigned char kb[KEY_MAX], wk[8 + TWIN_ID_MAX], tb[8];
-    size_t kn;
+    size_t kn = 0;
     int64_t old;
     int rc = store__need_write(txn, "twin_rule_wake_set", err);
     if (rc || (rc = twin_rule_wake_get(txn, id, id_len, &old, err)))
         return rc;
     if (old == at)
         return 0;
-    key_build(kb, id, id_len, NULL, 0, &kn, err);
+    if ((rc = key_build(kb, id, id_len, NULL, 0, &kn, err)))
+        return rc;
     memcpy(wk + 8, id, id_len);
     MDB_val k = {kn, kb}, w = {8 + id_len, wk}, v = {8, tb};
     if (old != INT64_MAX) {
