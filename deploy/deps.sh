@@ -22,7 +22,7 @@ ensure_packages() {
 BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev liblmdb-dev
                 libyaml-dev mosquitto openssl)
 # What the tests need on top.
-TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack)
+TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn)
 
 # A free TCP port on 127.0.0.1 (Mosquitto 2 reads port 0 as a unix socket, so pick one).
 free_port() {

@@ -32,6 +32,7 @@
 
 #include "bridge.h"
 #include "config.h"
+#include "ctl_model.h"
 #include "ctl_rules.h"
 #include "top.h"
 #include "twins.h"
@@ -109,6 +110,7 @@ static int cmd_help(struct ctl *ctl);
 static int cmd_set_desired(struct ctl *ctl);
 static int cmd_send(struct ctl *ctl);
 static int cmd_commands(struct ctl *ctl);
+static int cmd_model(struct ctl *ctl);
 static int cmd_rules(struct ctl *ctl);
 
 static const struct command commands[] = {
@@ -128,6 +130,9 @@ static const struct command commands[] = {
      "queue a command for the device over MQTT; print the reply", 2, 3, OPT_EXPIRES | OPT_MQTT,
      false, cmd_send},
     {"commands", "ID", "print the twin's commands, oldest first", 1, 1, 0, true, cmd_commands},
+    {"model", "info FILE | predict FILE [--proba]",
+     "describe a .twm model (JSON), or predict CSV rows read from stdin", 2, 3, 0, false,
+     cmd_model},
     {"rules", "check FILE | state ID",
      "validate a rules file without a hub (exit 0 valid, 1 invalid), or print each rule's "
      "state for a twin",
@@ -1148,8 +1153,16 @@ static int cmd_rules(struct ctl *ctl)
     return ctl_rules_state(ctl->txn, ctl->args[1], ctl->cfg.rules_path, stdout);
 }
 
+/* `model` is ctl_model.c's: it needs no store, and its --proba must not meet getopt. */
+static int cmd_model(struct ctl *ctl)
+{
+    return ctl_model_main(ctl->nargs, ctl->args);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "model") == 0)
+        return ctl_model_main(argc - 2, argv + 2);
     struct ctl ctl = {0};
     int code = EXIT_ERROR;
 
