@@ -138,12 +138,13 @@ static const char *ack_parse(struct ack *a, const msgpack_object *o)
     return NULL;
 }
 
-void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
+int commands_ack_handle(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
 {
     struct ack a = {.t = t, .now = hub_now_ms(), .ol = &in->out};
+    outlist_reset(&in->out);
     if (m->retained) {
         atomic_fetch_add(&in->stats.retained, 1); /* a replay; applied when it was live */
-        return;
+        return 1;
     }
     atomic_fetch_add(&in->stats.acks, 1);
     struct twin_limits lim = ingest_limits(in);
@@ -158,6 +159,7 @@ void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct
     const char *why = ack_parse(&a, &obj);
     if (why) {
         report_reject(in->report, REPORT_INVALID, m->topic, m->topic_len, why);
+        rc = -EINVAL;
         goto out;
     }
     char err[TWIN_ERR_LEN] = "";
@@ -175,9 +177,15 @@ void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct
     }
     if (rc < 0)
         ingest_fatal(t, "command ack", rc, err[0] ? err : a.err);
-    ingest_flush(in);
 out:
     msgpack_zone_clear(&in->zone);
+    return rc;
+}
+
+void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
+{
+    if (commands_ack_handle(in, m, t) == 0)
+        ingest_flush(in);
 }
 
 /* ---------------------------------------------------------------------------------------------

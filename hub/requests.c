@@ -24,13 +24,17 @@
  *   the patch), and of delete the deleted twin's last version; get's is the document with
  *   `token` added when the request had one.
  * - A response topic must be publishable and must not lie in the hub's own scheme (under the
- *   devices or hub prefix, or any twins/ topic the hub reads or writes): a request could
- *   otherwise make the hub talk to a device or to itself. Such a request is refused (400) on
- *   `<request topic>/rejected` and changes nothing.
+ *   devices or hub prefix, or any twins/ topic the hub reads or writes, its reply topics
+ *   twins/{id}/<request>/accepted and /rejected included): a request could otherwise make the
+ *   hub talk to a device or to itself, or forge a reply to another twin's request.
+ *   Such a request is refused (400) on `<request topic>/rejected` and changes nothing.
  * - A retained request is a replay by the broker (at every subscribe of the hub): ignored.
  * - A storage failure exits the hub before the request is acknowledged, as for telemetry, so
  *   the broker redelivers it; a version conflict or a refused change is a reply, not an error.
  *   Bad requests (400, 413) are also counted and reported on hub/errors like bad telemetry.
+ *
+ * requests_handle does the request and leaves its reply in in->out; requests_on_message then
+ * hands that and the twin's publication to the publisher (a fuzz target calls the former).
  *
  * Threads: Paho's receive thread (requests_on_message), like the rest of ingest. */
 #include <errno.h>
@@ -65,6 +69,7 @@ struct request {
 
     /* the outcome, filled by the transaction */
     bool delta_changed;
+    unsigned rule_flags; /* PUB_* the rules' actions need */
     char err[TWIN_ERR_LEN];
 };
 
@@ -114,7 +119,8 @@ static const char *reason_of(int code)
     }
 }
 
-/* Replies {code, message, token} at once (nothing was committed) and counts a bad request. */
+/* Leaves the reply {code, message, token} in in->out (nothing was committed) and counts a bad
+ * request. */
 static void reject(struct request *rq, int code, enum report_kind kind, const char *message)
 {
     struct ingest *in = rq->in;
@@ -129,7 +135,6 @@ static void reject(struct request *rq, int code, enum report_kind kind, const ch
     if (reply_end(rq, false) < 0)
         log_warn("cannot build a reply", "what=%s id=%.*s reason=\"no memory\"", rq->what,
                  (int)rq->t->id_len, rq->t->id);
-    ingest_flush(in);
     char q[TWIN_ERR_LEN + 16];
     log_debug("request rejected", "what=%s id=%.*s code=%d message=%s", rq->what,
               (int)rq->t->id_len, rq->t->id, code,
@@ -177,16 +182,6 @@ static void failed(struct request *rq, int rc, const char *store_err)
     reject(rq, code, report_kind_of(rc), rq->err[0] ? rq->err : reason_of(code));
 }
 
-/* Logs and queues what a committed request publishes. */
-static void committed(struct request *rq, unsigned flags)
-{
-    struct ingest *in = rq->in;
-    if (flags && publisher_twin(in->pub, rq->t->id, rq->t->id_len, flags) < 0)
-        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
-                 (int)rq->t->id_len, rq->t->id);
-    ingest_flush(in);
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Where the reply goes
  * ------------------------------------------------------------------------------------------ */
@@ -195,6 +190,19 @@ static bool starts_with(const char *s, size_t n, const char *prefix)
 {
     size_t pl = strlen(prefix);
     return n >= pl && memcmp(s, prefix, pl) == 0;
+}
+
+/* True for a topic the hub replies on: one of its own topics plus /accepted or /rejected. */
+static bool is_reply_topic(const struct bridge_topics *tp, const char *s, size_t n)
+{
+    static const char *const ends[] = {"/accepted", "/rejected"};
+    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
+        size_t el = strlen(ends[i]);
+        if (n > el && memcmp(s + n - el, ends[i], el) == 0 &&
+            bridge_topic_parse(tp, s, n - el, NULL, NULL) == 0)
+            return true;
+    }
+    return false;
 }
 
 /* Sets rq->topic. Returns 0, or -EINVAL with rq->topic set to the request topic when the
@@ -217,7 +225,7 @@ static int destination(struct request *rq)
     else if (rt[0] == '$')
         why = "response topic starts with '$'";
     else if (starts_with(rt, n, tp->devices) || starts_with(rt, n, tp->hub) ||
-             bridge_topic_parse(tp, rt, n, NULL, NULL) == 0)
+             bridge_topic_parse(tp, rt, n, NULL, NULL) == 0 || is_reply_topic(tp, rt, n))
         why = "response topic lies in the hub's own topics";
     if (why) {
         snprintf(rq->err, sizeof(rq->err), "%s", why);
@@ -341,15 +349,27 @@ static int set_fn(struct twin_txn *txn, void *ctx)
     outlist_reset(&rq->in->out);
     int rc = twin_desired_apply(txn, rq->t->id, rq->t->id_len, rq->desired, rq->version, rq->now,
                                 &res, rq->err);
-    if (rc == 0)
-        rc = twin_get(txn, rq->t->id, rq->t->id_len, &doc, rq->err);
     if (rc < 0)
+        return rc;
+    /* the rules run in this transaction; the reply then names what is committed, their
+     * changes included */
+    struct ingest *in = rq->in;
+    rq->rule_flags = 0;
+    if (in->rules) {
+        rules_changes_reset(&in->run.changes);
+        rules_changes_add_patch(&in->run.changes, "desired", rq->desired);
+        rules_changes_add(&in->run.changes, "delta", 5);
+        if ((rc = hub_rules_on_change(in->rules, &in->run, txn, rq->t->id, rq->t->id_len, rq->now,
+                                      &in->out, &rq->rule_flags, rq->err)) < 0)
+            return rc;
+    }
+    if ((rc = twin_get(txn, rq->t->id, rq->t->id_len, &doc, rq->err)) < 0)
         return rc;
     rq->delta_changed = res.delta_changed;
     msgpack_packer *pk = outlist_begin(&rq->in->out);
     msgpack_pack_map(pk, 3);
     pack_key(pk, "version");
-    msgpack_pack_uint64(pk, res.version);
+    msgpack_pack_uint64(pk, doc.version);
     pack_token(rq, pk);
     pack_key(pk, "desired");
     if (doc.desired.type == MSGPACK_OBJECT_MAP)
@@ -445,11 +465,8 @@ static void get(struct request *rq)
         ingest_fatal(rq->t, rq->what, rc, "out of memory");
     if (rc == -ENOENT)
         snprintf(rq->err, sizeof(rq->err), "no twin '%.*s'", (int)rq->t->id_len, rq->t->id);
-    if (rc < 0) {
+    if (rc < 0)
         failed(rq, rc, "");
-        return;
-    }
-    committed(rq, 0);
 }
 
 static const char *name_of(enum bridge_topic_kind k)
@@ -466,9 +483,10 @@ static const char *name_of(enum bridge_topic_kind k)
     }
 }
 
-void requests_on_message(struct ingest *in, const struct bridge_msg *m,
+unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
                          const struct bridge_topic *t)
 {
+    unsigned flags = 0;
     struct request rq = {
         .in = in,
         .m = m,
@@ -477,14 +495,15 @@ void requests_on_message(struct ingest *in, const struct bridge_msg *m,
         .version = TWIN_VERSION_ANY,
         .now = hub_now_ms(),
     };
+    outlist_reset(&in->out);
     if (m->retained) {
         atomic_fetch_add(&in->stats.retained, 1);
-        return;
+        return 0;
     }
     atomic_fetch_add(&in->stats.requests, 1);
     if (destination(&rq) < 0) {
         reject(&rq, 400, REPORT_INVALID, rq.err);
-        return;
+        return 0;
     }
 
     /* get and delete may come without a payload */
@@ -527,11 +546,20 @@ void requests_on_message(struct ingest *in, const struct bridge_msg *m,
     }
     log_debug("request applied", "what=%s id=%.*s", rq.what, (int)t->id_len, t->id);
     if (t->kind == BRIDGE_T_DESIRED_SET)
-        committed(&rq, PUB_STATE | (rq.delta_changed ? PUB_DESIRED : 0));
+        flags = PUB_STATE | rq.rule_flags | (rq.delta_changed ? PUB_DESIRED : 0);
     else if (t->kind == BRIDGE_T_DELETE)
-        committed(&rq, PUB_STATE | PUB_DESIRED); /* both cleared: empty retained messages */
-    else
-        committed(&rq, 0);
+        flags = PUB_STATE | PUB_DESIRED; /* both cleared: empty retained messages */
 out:
     msgpack_zone_clear(&in->zone);
+    return flags;
+}
+
+void requests_on_message(struct ingest *in, const struct bridge_msg *m,
+                         const struct bridge_topic *t)
+{
+    unsigned flags = requests_handle(in, m, t);
+    if (flags && publisher_twin(in->pub, t->id, t->id_len, flags) < 0)
+        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+                 (int)t->id_len, t->id);
+    ingest_flush(in);
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # tests/fuzz/run.sh: builds the libFuzzer targets of tests/fuzz/ with clang (ASan + UBSan,
-# coverage over the whole of twins/, bridge/ and hub/'s config) in build-fuzz/, runs each for a
-# bounded time from the committed seeds (tests/fuzz/corpus/<target>/) plus the public msgpack
-# test suite, and prints per target: executions, exec/s, coverage (libFuzzer's cov: and ft:),
-# corpus size. Exits non-zero on any crash, leak, timeout or out-of-memory, leaving the input
-# that caused it as tests/data/fuzz/<target>/{crash,leak,timeout,oom}-<sha1>, which the normal
-# ctest run (label unit) then replays until it is fixed.
+# coverage over the whole of twins/, bridge/ and hub/'s config and message handling) in
+# build-fuzz/, runs each for a bounded time from the committed seeds
+# (tests/fuzz/corpus/<target>/) plus the public msgpack test suite, and prints per target:
+# executions, exec/s, coverage (libFuzzer's cov: and ft:), corpus size. Exits non-zero on any
+# crash, leak, timeout or out-of-memory, leaving the input that caused it as
+# tests/data/fuzz/<target>/{crash,leak,timeout,oom}-<sha1>, which the normal ctest run (label
+# unit) then replays until it is fixed.
 #
 # Before fuzzing, every input already saved under tests/data/fuzz/<target>/ is replayed with the
 # clang build (clang's UBSan checks more than gcc's, which the ctest replay uses): one that still
@@ -21,7 +22,8 @@
 #     --keep-going    fuzz a target even when one of its saved inputs still fails
 # Environment: FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT_S per input (default 10),
 # FUZZ_MAX_LEN (default 4096), FUZZ_OFFLINE=1 skips the npm download, FUZZ_UBSAN_SUPP=FILE
-# UBSan suppressions to explore past a finding already reported (never in CI).
+# UBSan suppressions to explore past a finding already reported (never in CI), FUZZ_BUILD=DIR
+# builds and keeps logs and corpora there instead of build-fuzz/ (two runs side by side).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -29,7 +31,7 @@ root=$PWD
 ensure_packages "${BUILD_PACKAGES[@]}" python3
 ensure_packages clang libclang-rt-14-dev
 
-all=(fuzz_telemetry fuzz_topic fuzz_json fuzz_config fuzz_merge)
+all=(fuzz_telemetry fuzz_topic fuzz_json fuzz_config fuzz_merge fuzz_request)
 seconds=60 jobs=1 keep=0 keep_going=0 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs=$2; shift 2 ;;
     --keep-corpus) keep=1; shift ;;
     --keep-going) keep_going=1; shift ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,7 +51,7 @@ done
 [[ "$seconds" =~ ^[0-9]+$ && "$seconds" -gt 0 ]] || { echo "run.sh: bad --seconds" >&2; exit 2; }
 [[ "$jobs" =~ ^[0-9]+$ && "$jobs" -gt 0 ]] || { echo "run.sh: bad --jobs" >&2; exit 2; }
 
-build=build-fuzz
+build=${FUZZ_BUILD:-build-fuzz}
 work=$build/fuzz
 CC=clang cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DTWINHUB_FUZZ=ON >/dev/null

@@ -5,7 +5,8 @@ each fuzz_<name>.c).
   seeds.py corpus [DIR]           (re)writes the committed seeds into DIR (tests/fuzz/corpus)
   seeds.py suite JSON OUTDIR      turns the public msgpack test suite (msgpack-test-suite on
                                   npm, dist/msgpack-test-suite.json) into seeds for the targets
-                                  that read msgpack: OUTDIR/fuzz_telemetry, OUTDIR/fuzz_merge
+                                  that read msgpack: OUTDIR/fuzz_telemetry, OUTDIR/fuzz_merge,
+                                  OUTDIR/fuzz_request
 
 Standard library only (a small msgpack encoder below), so it runs before any package is
 installed.
@@ -192,6 +193,8 @@ log: {level: debug}
     write(c, "lines", b"store.sync commit\nlimits.max_depth 40\nTWINHUB_STORE_SYNC=os\n250ms\n64MiB\n")
     write(c, "errors", b"broker:\n  url: tcp://x:1\nbroker:\n  url: tcp://y:1\n---\nstore: {}\n")
 
+    request_seeds(os.path.join(root, "fuzz_request"))
+
     p = os.path.join(root, "fuzz_topic")
     for name, topic in (("telemetry", b"devices/ecg-0001/telemetry"),
                         ("cmd-ack", b"devices/pump.7:a_b-c/commands/ack"),
@@ -203,6 +206,115 @@ log: {level: debug}
         write(p, name, topic)
     write(p, "prefixes", b"Pfleet/dev\x00fleet/twin/\x00fleet/hub\x00fleet/dev/x/telemetry")
     write(p, "bad-prefixes", b"P$SYS/\x00a//b\x00hub/\x00hub/status")
+
+
+# fuzz_request's control byte: device in bits 0-1, what the message is in bits 2-4, retained
+# bit 5, a response topic (length byte + topic before the payload) bit 6, correlation bit 7
+SET, SEND, GET, DEL, ACK, TEL, STATUS, TIMER = (k << 2 for k in range(8))
+RETAINED, RESP, CORR = 0x20, 0x40, 0x80
+JSON_OUT = 8  # fuzz_request's flags: replies as JSON
+
+
+def resp(topic, payload):
+    t = topic.encode()
+    return bytes([len(t)]) + t + payload
+
+
+def cid(n):
+    return "%016x" % n
+
+
+def request_seeds(r):
+    write(r, "lifecycle", msgs(
+        (SET | 0, pack({"desired": {"rate": 250, "alarm": {"hr_max": 120}}, "token": "t1"})),
+        (GET | 0, pack({"token": "g1"})),
+        (SEND | 0, pack({"cmd": "reboot", "args": {"delay": 5}, "expires_in_ms": 60000,
+                         "token": "c1"})),
+        (STATUS | 0, b"online"),
+        (ACK | 0, pack({"id": cid(1), "status": "delivered"})),
+        (ACK | 0, pack({"id": cid(1), "status": "succeeded", "result": {"ok": True}})),
+        (SEND | 0, pack({"cmd": "calibrate"})),  # connected: sent at once
+        (GET | 0, b""),
+        (DEL | 0, pack({"version": 2, "token": "d1"})),
+        (GET | 0, b""),  # 404
+        (SET | 0, pack({"desired": {"rate": 50}})),  # continues the deleted twin's version
+    ))
+    write(r, "json", msgs(
+        (SET | 1, b'{"desired": {"rate": 250, "mode": "fast"}, "version": 0, "token": "j1"}'),
+        (TEL | 1, b'{"seq": 1, "rate": 100, "hr": 72.5}'),
+        (SEND | 1, b'{"cmd": "beep", "args": [1, 2], "expires_in_ms": null, "token": "j2"}'),
+        (GET | 1, b'{"token": "j3"}'),
+        (ACK | 1, b'{"id": "0000000000000001", "status": "failed", "result": "jammed"}'),
+        (DEL | 1, b'{"version": null}'),
+        flags=JSON_OUT))
+    write(r, "json-out-msgpack-in", msgs(
+        (SET | 2, pack({"desired": {"a": {"b": [1, 2.5, None, "x", b"\x00\xff"]}}})),
+        (GET | 2, b""), (SEND | 2, pack({"cmd": "go", "args": None})),
+        (STATUS | 2, pack("online")), (STATUS | 2, pack("offline")), flags=JSON_OUT))
+    write(r, "versions", msgs(
+        (SET | 0, pack({"desired": {"x": 1}, "version": 0})),  # create only
+        (SET | 0, pack({"desired": {"x": 2}, "version": 0})),  # 409
+        (SET | 0, pack({"desired": {"x": 3}, "version": 1})),
+        (SET | 0, pack({"desired": {"x": None}, "version": 7})),  # 409
+        (DEL | 0, pack({"version": 9})),  # 409
+        (DEL | 0, pack({"version": 2})),
+        (DEL | 0, b""),  # 404
+        (SET | 0, pack({"desired": {"y": 1}, "version": 0})),
+        (GET | 3, b""), (DEL | 3, b""), (SEND | 3, pack({"cmd": "x"}))))  # no twin
+    write(r, "bad-requests", msgs(
+        (SET | 0, pack({"desired": {"x": 1}, "versoin": 1})),
+        (SET | 0, pack({"desired": {"x": 1}, "token": "t" * 65})),
+        (SET | 0, pack({"desired": {"x": 1}, "token": 5})),
+        (SET | 0, pack({"desired": [1]})), (SET | 0, pack({"token": "only"})),
+        (SET | 0, pack({"desired": {"x": 1}, "version": -1})),
+        (SET | 0, pack({"desired": {"x": 1}, "version": "1"})),
+        (SET | 0, pack({"desired": {"a.b": 1}})), (SET | 0, pack({"desired": {"": 1}})),
+        (SET | 0, pack([1, 2])), (SET | 0, b"\x82\xa7desired"), (SET | 0, b"{\"desired\": {"),
+        (SET | 0, b""), (SET | 0, b"\xdf\xff\xff\xff\xff"),
+        (SET | 0, pack({"desired": {"x": 1}})),
+        (SEND | 0, pack({"args": 1})), (SEND | 0, pack({"cmd": ""})),
+        (SEND | 0, pack({"cmd": "a\nb"})), (SEND | 0, pack({"cmd": "c" * 65})),
+        (SEND | 0, pack({"cmd": "x", "expires_in_ms": 0})),
+        (SEND | 0, pack({"cmd": "x", "expires_in_ms": 2**64 - 1})),
+        (SEND | 0, pack({"cmd": 7})), (SEND | 0, pack({"cmd": "x", "version": 1})),
+        (GET | 0, pack({"version": 1})), (GET | 0, pack("token")), (GET | 0, b"\xc0"),
+        (DEL | 0, pack({"desired": {}})), (DEL | 0, pack({1: 2})),
+        (ACK | 0, pack({"id": cid(1)})), (ACK | 0, pack({"status": "delivered"})),
+        (ACK | 0, pack({"id": cid(1), "status": "queued"})), (ACK | 0, pack({"id": 1,
+                                                                            "status": "failed"})),
+        (ACK | 0, pack({"id": "1", "status": "failed"})), (ACK | 0, b"\x91\x01"),
+        (ACK | 0, pack({"id": cid(99), "status": "failed"}))))
+    write(r, "response-topics", msgs(
+        (SET | 0 | RESP | CORR, resp("svc/replies/7", pack({"desired": {"x": 1}, "token": "r"}))),
+        (GET | 0 | RESP | CORR, resp("svc/replies/7", b"")),
+        (GET | 0 | RESP, resp("devices/ecg-0001/commands", b"")),
+        (GET | 0 | RESP | CORR, resp("$SYS/x", b"")),
+        (GET | 0 | RESP, resp("a/+/b", b"")),
+        (GET | 0 | RESP, resp("hub/status", b"")),
+        (GET | 0 | RESP, resp("twins/ecg-0001/state", b"")),
+        (GET | 0 | RESP, resp("twins/ecg-0001/get/accepted", pack({"token": "z"}))),
+        (SEND | 0 | CORR, pack({"cmd": "x"})),
+        (DEL | 0 | RESP | CORR, resp("", b"")),
+        (ACK | 0 | RESP | CORR, resp("svc/r", pack({"id": cid(1), "status": "delivered"})))))
+    write(r, "command-queue", msgs(
+        (TEL | 1, pack({"seq": 1, "hr": 70})),
+        (SEND | 1, pack({"cmd": "a"})), (SEND | 1, pack({"cmd": "b", "args": {"k": [1]}})),
+        (SEND | 1, pack({"cmd": "c", "expires_in_ms": 1})),
+        (SEND | 1, pack({"cmd": "d"})), (SEND | 1, pack({"cmd": "e"})),  # over the cap of 4
+        (ACK | 1, pack({"id": cid(2), "status": "failed", "result": {"err": "x"}})),
+        (ACK | 1, pack({"id": cid(2), "status": "delivered"})),  # out of a final state
+        (ACK | 1, pack({"id": cid(4), "status": "succeeded"})),
+        (ACK | 1, pack({"id": cid(4), "status": "succeeded"})),  # repeated
+        (ACK | 1 | RETAINED, pack({"id": cid(5), "status": "delivered"})),
+        (SET | 1 | RETAINED, pack({"desired": {"x": 1}})),
+        (TIMER, b"\x05"), (STATUS | 1, b"online"), (TIMER | RETAINED, b"\x00"),
+        (ACK | 0, pack({"id": cid(5), "status": "delivered"}))))  # another device's command
+    write(r, "presence-and-timer", msgs(
+        (STATUS | 3, b"online"), (SEND | 3, pack({"cmd": "ping", "expires_in_ms": 1})),
+        (STATUS | 3, b"offline"), (SEND | 3, pack({"cmd": "ping2", "expires_in_ms": 1000})),
+        (STATUS | 3 | RETAINED, b"online"), (TIMER, b"\x03"),
+        (STATUS | 3, b"\xa7offline"), (STATUS | 2, b"offline"), (TEL | 2 | RETAINED, pack({"a": 1})),
+        (TIMER | RETAINED, b"\x00")))
 
 
 def suite(path, out):
@@ -217,6 +329,7 @@ def suite(path, out):
                 samples.append(bytes.fromhex(hx.replace("-", "")))
     tel = os.path.join(out, "fuzz_telemetry")
     mer = os.path.join(out, "fuzz_merge")
+    req = os.path.join(out, "fuzz_request")
 
     def put(d, b):
         write(d, hashlib.sha1(b).hexdigest(), b)
@@ -228,6 +341,8 @@ def suite(path, out):
         nxt = samples[(i + 1) % len(samples)]
         put(mer, s + SEP + nxt)
         put(mer, wrapped + SEP + b"\x81\xa1v" + nxt)
+        put(req, msgs((SET, b"\x81\xa7desired\x81\xa1v" + s), (SEND, b"\x82\xa3cmd\xa1c\xa4args" + s),
+                      (ACK, b"\x83\xa2id\xb0" + cid(1).encode() + b"\xa6status\xa6failed\xa6result" + s)))
     return len(samples)
 
 

@@ -285,6 +285,27 @@ def case_bad_reload(fx):
     c.done("bad reload checks")
 
 
+def case_desired_set(fx):
+    """A service's desired/set is a committed change too: the rules reading desired run in its
+    transaction, and the reply names the version with their changes."""
+    b = Broker(fx)
+    rules = write_rules(fx, RULES.format(for_="1s"))
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events", "twins/+/desired/set/+"])
+    dev = Device(fx, b, "ecg-svc")
+    dev.send(heart_rate=70, spo2=98, ecg=[1])
+    c = Checks()
+    w.publish(f"twins/{dev.id}/desired/set", pack({"desired": {"sample_hz": 250}, "token": "t1"}))
+    m = w.wait_for(lambda m: m.topic == f"twins/{dev.id}/desired/set/accepted", 10, "the reply")
+    reply = unpack(m.payload)
+    f = wait_event(w, dev.id, "alarm_follower", "firing", 10)
+    c.eq(f["values"], {"desired.sample_hz": 250}, "follower values")
+    doc = twin_get(hub.db, dev.id)
+    c.eq(reply.get("version"), doc["version"], "reply version is the committed one")
+    c.done("desired/set checks")
+    hub.stop()
+
+
 def case_check(fx):
     """twinctl rules check: 0 valid, 1 invalid with every error listed, 2 usage."""
     c = Checks()
@@ -318,6 +339,7 @@ CASES = {
     "reload": case_reload,
     "bad_reload": case_bad_reload,
     "check": case_check,
+    "desired_set": case_desired_set,
 }
 
 if __name__ == "__main__":
