@@ -24,6 +24,7 @@
 #define EXPR_TEXT_MAX 4096
 #define NEST_MAX 48 /* parser recursion */
 #define ARGS_MAX 8
+#define WINDOW_MAX_MS (365.0 * 86400000)
 
 enum ty { TY_ANY, TY_NUM, TY_BOOL, TY_STR, TY_NIL };
 
@@ -408,9 +409,10 @@ static int parse_call(struct pc *c, unsigned *out)
         if (d->kind != N_CONST || !d->is_dur)
             return fail_at(c, d->off, "%s needs a duration as its second argument, such as 60s",
                            fname);
-        n->dur = (int64_t)c->consts[d->cst].n;
-        if (n->dur <= 0)
-            return fail_at(c, d->off, "the window must be longer than 0");
+        double ms = c->consts[d->cst].n;
+        if (!(ms >= 1) || ms > WINDOW_MAX_MS)
+            return fail_at(c, d->off, "a window is 1ms to 365d long");
+        n->dur = (int64_t)ms;
     }
     if (is_now)
         c->time_dependent = true;

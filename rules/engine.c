@@ -369,7 +369,8 @@ static int scratch_fit(struct rules_scratch *sc, unsigned nrules)
         sc->marks = m;
         sc->nwords = words;
     }
-    memset(sc->marks, 0, sc->nwords * sizeof(*sc->marks));
+    if (sc->nwords) /* memset of NULL is undefined even for 0 bytes */
+        memset(sc->marks, 0, sc->nwords * sizeof(*sc->marks));
     return 0;
 }
 

@@ -82,6 +82,10 @@ static void add_error(struct loader *L, size_t line, size_t col, const char *fmt
     if (e->count == L->o->max_errors)
         snprintf(msg, sizeof(msg), "%s: too many errors; stopping here", L->name);
     size_t len = strlen(msg);
+    /* one error per line: text quoted from the file may hold newlines or other controls */
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)msg[i] < 0x20 || msg[i] == 0x7f)
+            msg[i] = '?';
     if (e->len + len + 2 > e->cap) {
         size_t cap = e->cap ? e->cap * 2 : 1024;
         while (cap < e->len + len + 2)

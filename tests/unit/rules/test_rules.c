@@ -319,6 +319,8 @@ static void test_compile_errors(void)
         {"avg(1, 5s)", "5: avg takes a path as its first argument, such as reported.heart_rate"},
         {"age(connected) > 1s", "5: age needs a path under reported or desired"},
         {"abs(1, 2)", "1: abs takes 1 argument, not 2"},
+        {"avg(reported.hr, 366d) > 1", "18: a window is 1ms to 365d long"},
+        {"avg(reported.hr, 0s) > 1", "18: a window is 1ms to 365d long"},
         {"clamp(1)", "1: clamp takes 3 arguments, not 1"},
         {"reported.x > 5kg", "15: unknown unit 'kg' (durations take ms, s, m, h or d)"},
         {"reported.x > nil", "12: > with nil is always false; test presence with == nil or != nil"},
