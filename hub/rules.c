@@ -231,12 +231,13 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
     rr->tw.history_ctx = &h;
     rr->host = &h;
     pthread_rwlock_rdlock(&hr->lock);
-    rc = hr->set ? (timer ? rules_run_timer(hr->set, rr->sc, &rr->tw, &x, &res)
-                          : rules_run_change(hr->set, rr->sc, &rr->tw, &x, &res))
-                 : 0;
+    bool any = hr->set != NULL;
+    rc = !any ? 0
+         : timer ? rules_run_timer(hr->set, rr->sc, &rr->tw, &x, &res)
+                 : rules_run_change(hr->set, rr->sc, &rr->tw, &x, &res);
     pthread_rwlock_unlock(&hr->lock);
     rr->host = NULL;
-    if (rc < 0 || !hr->set)
+    if (rc < 0 || !any)
         return rc;
     atomic_fetch_add(&hr->stats.evaluated, res.evaluated);
     atomic_fetch_add(&hr->stats.transitions, res.transitions);
@@ -256,7 +257,8 @@ int hub_rules_on_change(struct hub_rules *hr, struct rules_run *rr, struct twin_
                         const char *id, size_t id_len, int64_t now, struct outlist *ol,
                         unsigned *flags, char *err)
 {
-    if (!hr || !hr->set)
+    /* a cheap look before the twin is read; run_twin looks again under the lock */
+    if (!hr || !__atomic_load_n(&hr->set, __ATOMIC_ACQUIRE))
         return 0;
     return run_twin(hr, rr, txn, id, id_len, now, false, ol, flags, err);
 }
@@ -494,7 +496,7 @@ int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *
     }
     pthread_rwlock_wrlock(&hr->lock);
     struct rules_set *old = hr->set;
-    hr->set = next;
+    __atomic_store_n(&hr->set, next, __ATOMIC_RELEASE);
     pthread_rwlock_unlock(&hr->lock);
     rules_set_free(old);
     atomic_fetch_add(&hr->stats.reloads, 1);
