@@ -167,6 +167,13 @@ int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool c
 /* An event {type: "command", id, cmd, state, ts} for command `c` (ts: its last change).
  * Returns 0 or ol->err. */
 int out_event_command(struct outlist *ol, const struct twin_command *c);
+/* A prediction as a map: {model (when not NULL), value, proba (classifiers that have it), ts,
+ * twin_version, model_version}. */
+void out_pack_prediction(msgpack_packer *pk, const char *model, const struct rules_prediction *p,
+                         int64_t ts, uint64_t twin_version);
+/* twins/{id}/predictions {model, value, proba?, ts, twin_version, model_version} */
+int out_prediction(struct outlist *ol, const char *id, size_t id_len, const char *model,
+                   const struct rules_prediction *p, int64_t ts, uint64_t twin_version);
 /* twins/{id}/events {type: rule, rule, state, from, ts, values, <the event action's fields>} */
 int out_event_rule(struct outlist *ol, const char *id, size_t id_len, const struct rules_fire *f);
 /* The message devices/{id}/commands {id, cmd, args, ts, expires} for command `c` (ts: when it
@@ -220,6 +227,7 @@ void report_cleanup(struct report *r);
 
 struct hub_rules_stats {
     _Atomic uint64_t evaluated, transitions, actions, action_errors, reloads, reload_failures;
+    _Atomic uint64_t predictions, predictions_skipped; /* skipped: inputs missing */
 };
 
 struct hub_rules {

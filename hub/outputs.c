@@ -226,6 +226,70 @@ int out_event_rule(struct outlist *ol, const char *id, size_t id_len, const stru
     return end_event(ol, id, id_len);
 }
 
+/* The value of a prediction: a regressor's number (an array for several outputs), a
+ * classifier's label (its number or its name). */
+static void pack_prediction_value(msgpack_packer *pk, const struct rules_prediction *p)
+{
+    const struct twin_model_info *in = p->info;
+    if (in->classifier) {
+        if (in->classes_are_strings)
+            out_pack_str(pk, in->class_names[p->label], strlen(in->class_names[p->label]));
+        else
+            msgpack_pack_double(pk, in->class_numbers[p->label]);
+    } else if (in->n_outputs == 1) {
+        msgpack_pack_double(pk, p->values[0]);
+    } else {
+        msgpack_pack_array(pk, (uint32_t)in->n_outputs);
+        for (size_t i = 0; i < in->n_outputs; i++)
+            msgpack_pack_double(pk, p->values[i]);
+    }
+}
+
+void out_pack_prediction(msgpack_packer *pk, const char *model, const struct rules_prediction *p,
+                         int64_t ts, uint64_t twin_version)
+{
+    const struct twin_model_info *in = p->info;
+    bool proba = in->classifier && p->proba;
+    msgpack_pack_map(pk, (model ? 5 : 4) + (proba ? 1 : 0));
+    if (model) {
+        pack_key(pk, "model");
+        pack_key(pk, model);
+    }
+    pack_key(pk, "value");
+    pack_prediction_value(pk, p);
+    if (proba) {
+        /* {label: probability}; numeric labels as their text, so the keys stay strings */
+        pack_key(pk, "proba");
+        msgpack_pack_map(pk, (uint32_t)in->n_classes);
+        for (size_t c = 0; c < in->n_classes; c++) {
+            char num[32];
+            const char *k = in->classes_are_strings ? in->class_names[c] : num;
+            if (!in->classes_are_strings)
+                snprintf(num, sizeof(num), "%.17g", in->class_numbers[c]);
+            pack_key(pk, k);
+            msgpack_pack_double(pk, p->proba[c]);
+        }
+    }
+    pack_key(pk, "ts");
+    pack_int(pk, ts);
+    pack_key(pk, "twin_version");
+    msgpack_pack_uint64(pk, twin_version);
+    pack_key(pk, "model_version");
+    pack_key(pk, in->version);
+}
+
+int out_prediction(struct outlist *ol, const char *id, size_t id_len, const char *model,
+                   const struct rules_prediction *p, int64_t ts, uint64_t twin_version)
+{
+    char topic[BRIDGE_TOPIC_MAX];
+    out_pack_prediction(outlist_begin(ol), model, p, ts, twin_version);
+    if (bridge_topic_build(ol->topics, BRIDGE_T_PREDICTIONS, id, id_len, topic, sizeof(topic)) < 0) {
+        ol->tmp.size = 0;
+        return ol->err = -EINVAL;
+    }
+    return outlist_end(ol, PUB_CLASS_REPLY, topic, true, 1, NULL, 0);
+}
+
 int out_event_command(struct outlist *ol, const struct twin_command *c)
 {
     msgpack_packer *pk = outlist_begin(ol);

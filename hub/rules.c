@@ -27,6 +27,7 @@
 
 struct host {
     struct hub_rules *hr;
+    const struct rules_set *set; /* the set this run holds */
     struct rules_run *rr;
     struct twin_txn *txn;
     const char *id;
@@ -138,11 +139,55 @@ static int act_command(struct host *h, const struct rules_fire *f, const struct 
     return 0;
 }
 
+/* Runs the model, stores predicted.<model> in the twin (a change of its own: version +1) and
+ * publishes twins/{id}/predictions after the commit. Inputs that are missing skip it. */
 static int act_predict(struct host *h, const struct rules_fire *f, const struct rules_action *a)
 {
-    (void)a;
-    refused(h, f, "predict", "the model runtime is not wired in yet");
-    return 0;
+    struct rules_prediction p;
+    const char *name = rules_set_model_name(h->set, a->model);
+    int rc = rules_model_predict(h->set, a->model, &h->rr->tw, &p);
+    if (rc == -ENODATA) {
+        atomic_fetch_add(&h->hr->stats.predictions_skipped, 1);
+        log_debug("prediction skipped: an input is missing", "rule=%s id=%.*s model=%s", f->rule,
+                  (int)h->id_len, h->id, name);
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    /* the stored value: the prediction's map, decoded into the transaction's zone */
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    uint64_t from = h->doc.version;
+    out_pack_prediction(&pk, NULL, &p, h->now, from);
+    msgpack_zone *z = twin_txn_zone(h->txn);
+    char *bytes = sb.size ? msgpack_zone_malloc(z, sb.size) : NULL;
+    msgpack_object value;
+    size_t off = 0;
+    if (!bytes) {
+        msgpack_sbuffer_destroy(&sb);
+        return -ENOMEM;
+    }
+    memcpy(bytes, sb.data, sb.size);
+    rc = msgpack_unpack(bytes, sb.size, &off, z, &value) == MSGPACK_UNPACK_SUCCESS ? 0 : -ENOMEM;
+    msgpack_sbuffer_destroy(&sb);
+    if (rc == 0)
+        rc = twin_predicted_set(h->txn, h->id, h->id_len, name, strlen(name), &value, NULL, h->err);
+    if (rc == -E2BIG || rc == -EINVAL) {
+        refused(h, f, "predict", h->err);
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    atomic_fetch_add(&h->hr->stats.predictions, 1);
+    h->flags |= PUB_STATE;
+    char path[RULES_NAME_MAX + 16];
+    int n = snprintf(path, sizeof(path), "predicted.%s", name);
+    rules_changes_add(h->rr->tw.changes, path, (size_t)n);
+    if ((rc = out_prediction(h->ol, h->id, h->id_len, name, &p, h->now, from)) < 0)
+        return rc;
+    return twin_get(h->txn, h->id, h->id_len, &h->doc, h->err);
 }
 
 static int h_action(void *ctx, const struct rules_fire *f, const struct rules_action *a)
@@ -225,6 +270,7 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
     if (rc < 0)
         return rc;
     x.ctx = &h;
+    h.set = NULL;
     rr->tw.doc = &h.doc;
     rr->tw.now = now;
     rr->tw.history = h_history;
@@ -232,6 +278,7 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
     rr->host = &h;
     pthread_rwlock_rdlock(&hr->lock);
     bool any = hr->set != NULL;
+    h.set = hr->set;
     rc = !any ? 0
          : timer ? rules_run_timer(hr->set, rr->sc, &rr->tw, &x, &res)
                  : rules_run_change(hr->set, rr->sc, &rr->tw, &x, &res);

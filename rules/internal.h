@@ -186,7 +186,15 @@ struct model_def {
     char *file;
     struct rules_expr **inputs;
     unsigned ninputs;
+    struct twin_model *model; /* loaded with the set (model.c) */
+    double *x, *values, *proba; /* its input and result buffers, sized at load */
+    double *tmp;                /* LSTM: one series while its window is put in order */
 };
+
+/* Loads the .twm of model m (file relative to base_dir), checks its inputs against it and
+ * sizes its buffers. Returns 0, or an error with the reason in err (RULES_ERR_LEN). */
+int rules__model_open(struct model_def *m, const char *base_dir, char *err);
+void rules__model_close(struct model_def *m);
 
 /* An index entry: a path key ("reported.hr", "reported", "*") -> rules reading it. */
 struct index_slot {

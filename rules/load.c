@@ -497,12 +497,20 @@ static void load_models(struct loader *L, const yaml_node_t *n)
             L->oom = true;
             return;
         }
+        unsigned before = L->errs->count;
         for (size_t i = 0; i < ni; i++) {
             struct rules_expr *e =
                 expression(L, node(L, inputs->data.sequence.items.start[i]), "input");
             if (e)
                 m->inputs[m->ninputs++] = e;
         }
+        if (L->errs->count != before && inputs->data.sequence.style == YAML_FLOW_SEQUENCE_STYLE)
+            ERR(L, inputs, "%s: in a [flow, list] every comma ends an item, also the one inside "
+                           "avg(x, 60s): write inputs as a block list (- avg(...)) or quote each",
+                where);
+        char err[RULES_ERR_LEN];
+        if (m->file && L->errs->count == before && rules__model_open(m, L->base_dir, err) < 0)
+            ERR(L, file, "%s: %s", where, err);
     }
 }
 
@@ -880,6 +888,7 @@ void rules_set_free(struct rules_set *rs)
         for (unsigned j = 0; j < rs->models[i].ninputs; j++)
             rules_expr_free(rs->models[i].inputs[j]);
         free(rs->models[i].inputs);
+        rules__model_close(&rs->models[i]);
     }
     free(rs->models);
     free(rs->rules);

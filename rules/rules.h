@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "models/model.h"
 #include "twins.h"
 
 #define RULES_ERR_LEN 512   /* one error message, "file:line:col: what" */
@@ -134,6 +135,29 @@ unsigned rules_set_count(const struct rules_set *rs);
 const char *rules_set_name(const struct rules_set *rs, unsigned i);
 /* Finds a rule by name; -1 when there is none. */
 int rules_set_find(const struct rules_set *rs, const char *name, size_t len);
+
+/* ---------------------------------------------------------------------------------------------
+ * Models (models: in the rules file; twins/models runs them)
+ * ------------------------------------------------------------------------------------------ */
+
+unsigned rules_set_model_count(const struct rules_set *rs);
+const char *rules_set_model_name(const struct rules_set *rs, unsigned i);
+
+/* One prediction; the arrays belong to the set and hold until its next prediction. */
+struct rules_prediction {
+    const struct twin_model_info *info;
+    const double *values; /* info->n_outputs */
+    const double *proba;  /* info->n_classes when info->has_proba, else NULL */
+    size_t label;         /* classifiers */
+};
+
+/* Runs model i of the set on twin tw: evaluates its inputs (for an LSTM, each input is a
+ * reported path and gives its last `window` history points, oldest first) and predicts.
+ * Returns 0; -ENODATA when an input is missing or not a number, or there is too little history
+ * (nothing predicted); or a history error. Uses the model's own buffers: one thread at a time
+ * per set (the hub predicts only inside its single write transaction). */
+int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rules_twin *tw,
+                        struct rules_prediction *out);
 
 /* ---------------------------------------------------------------------------------------------
  * Rule state, transitions and actions

@@ -558,6 +558,15 @@ typedef int (*twin_history_cb)(void *ctx, int64_t ts, double value);
 int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                       size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err);
 
+/* Sets predicted.<model> of existing twin `id` to `value` (any msgpack value; borrowed for the
+ * call), replacing an earlier one, as a committed change: version +1, stored, outbox. *version
+ * (may be NULL) receives the new version. Returns 0, -ENOENT (no such twin), -EINVAL (bad model
+ * name: 1..TWIN_KEY_MAX bytes, no '.'), -E2BIG (the twin would grow past max_doc_bytes),
+ * -EBADMSG, -ENOMEM, -ENOSPC, -EIO. Errors leave the transaction untouched. */
+int twin_predicted_set(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
+                       size_t model_len, const msgpack_object *value, uint64_t *version,
+                       char *err);
+
 /* ---------------------------------------------------------------------------------------------
  * Rule state: the rules engine's records per (twin, rule), opaque here, and each twin's wake
  * time (when its rules must run again with no message arriving). Written in the transaction

@@ -11,6 +11,7 @@ rules, and a bad reload keeps the old rules running and says why on hub/errors.
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -306,6 +307,77 @@ def case_desired_set(fx):
     hub.stop()
 
 
+# A block list: in a [flow, list] the comma inside avg(x, 60s) would end the item.
+FORECAST_INPUTS = """
+      - reported.heart_rate
+      - avg(reported.heart_rate, 60s)
+      - min(reported.heart_rate, 60s)
+      - max(reported.heart_rate, 60s)
+      - stddev(reported.heart_rate, 60s)
+      - delta(reported.heart_rate, 60s)
+      - reported.spo2
+      - avg(reported.spo2, 60s)"""
+
+
+def case_predict(fx):
+    """The predict action runs the demo's SVR in the commit: predicted.hr_forecast in the twin,
+    twins/{id}/predictions, a rule on predicted.* firing in the same commit; the value equals
+    `twinctl model predict` on the same features (the model runtime's own parity is
+    tests/unit/models)."""
+    model = os.path.join(os.environ["TWINHUB_REPO"], "deploy/models/hr_forecast.twm")
+    rules = write_rules(fx, f"""
+models:
+  hr_forecast:
+    file: {model}
+    inputs: {FORECAST_INPUTS}
+rules:
+  - name: tachy
+    when: reported.heart_rate > 120
+    on_fire: [{{predict: hr_forecast}}]
+  - name: forecast_high
+    when: predicted.hr_forecast.value > 0
+    on_fire: [{{event: {{severity: high}}}}]
+""")
+    b = Broker(fx)
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/events", "twins/+/predictions"])
+    dev = Device(fx, b, "ecg-pred")
+    c = Checks()
+    t = now_ms() - 5000
+    sent = []
+    for i, (hr, spo2) in enumerate([(80, 97.5), (84, 97.0), (90, 96.5), (101, 96.0), (131, 95.0)]):
+        ts = t + 1000 * i
+        sent.append((hr, spo2))
+        dev.send(heart_rate=hr, spo2=spo2, ts=ts)
+    m = w.wait_for(lambda m: m.topic == f"twins/{dev.id}/predictions", 10, "a prediction")
+    pred = unpack(m.payload)
+    c.eq(pred.get("model"), "hr_forecast", "model")
+    c.check(str(pred.get("model_version", "")).startswith("fnv1a64:"), f"model_version {pred!r}")
+    doc = twin_get(hub.db, dev.id)
+    stored = doc.get("predicted", {}).get("hr_forecast", {})
+    c.eq(stored.get("value"), pred.get("value"), "predicted.hr_forecast.value in the twin")
+    c.eq(stored.get("twin_version"), pred.get("twin_version"), "twin_version")
+    c.check(doc["version"] > pred["twin_version"], "the prediction is a later version")
+    f = wait_event(w, dev.id, "forecast_high", "firing", 10)
+    tachy = wait_event(w, dev.id, "tachy", "firing", 10)
+    c.eq(f["ts"], tachy["ts"], "the rule on predicted.* fired in the same commit")
+    # The same features by hand, through twinctl model predict.
+    hrs = [h for h, _ in sent]
+    sps = [s for _, s in sent]
+    mean = sum(hrs) / len(hrs)
+    sd = (sum((h - mean) ** 2 for h in hrs) / len(hrs)) ** 0.5
+    row = [hrs[-1], mean, min(hrs), max(hrs), sd, hrs[-1] - hrs[0], sps[-1], sum(sps) / len(sps)]
+    p = subprocess.run([os.environ["TWINCTL_BIN"], "model", "predict", model],
+                       input=",".join(repr(float(v)) for v in row) + "\n",
+                       capture_output=True, text=True, timeout=30)
+    c.eq(p.returncode, 0, f"twinctl model predict ({p.stderr.strip()!r})")
+    want = float(p.stdout.strip())
+    c.check(abs(pred["value"] - want) <= 1e-9 * max(1.0, abs(want)),
+            f"hub predicted {pred['value']!r}, twinctl {want!r}")
+    c.done("predict checks")
+    hub.stop()
+
+
 def case_check(fx):
     """twinctl rules check: 0 valid, 1 invalid with every error listed, 2 usage."""
     c = Checks()
@@ -340,6 +412,7 @@ CASES = {
     "bad_reload": case_bad_reload,
     "check": case_check,
     "desired_set": case_desired_set,
+    "predict": case_predict,
 }
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #include "models_int.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -402,6 +403,13 @@ int twin_model_load_file(const char *path, struct twin_model **out, char *err)
         rc = errno == ENOENT ? -ENOENT : -EIO;
         model__errf(err, "%s: %s", path, strerror(errno));
         return rc;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
+        /* a device or a pipe could feed the reader forever */
+        model__errf(err, "%s: not a regular file", path);
+        fclose(f);
+        return -EINVAL;
     }
     do {
         if (len == cap) {

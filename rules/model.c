@@ -1,0 +1,140 @@
+/* model: the models of a rules file: loading each .twm with the set (twins/models does the
+ * arithmetic), checking that its inputs fit it, and running it on a twin: evaluating the input
+ * expressions (or, for an LSTM, reading a window of history per input) into the model's input
+ * vector. */
+#include "internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An LSTM input must be a plain reported path: its history is the sequence. */
+static const struct path *plain_path(const struct rules_expr *e)
+{
+    if (e->npaths != 1 || e->ncode < 1 || e->code[0].op != OP_PATH)
+        return NULL;
+    for (unsigned i = 1; i < e->ncode; i++)
+        if (e->code[i].op != OP_RECORD)
+            return NULL;
+    return e->paths[0].root == ROOT_REPORTED && e->paths[0].sub_len ? &e->paths[0] : NULL;
+}
+
+int rules__model_open(struct model_def *m, const char *base_dir, char *err)
+{
+    char path[4096], merr[TWIN_MODEL_ERR_LEN];
+    if (m->file[0] == '/' || !base_dir)
+        snprintf(path, sizeof(path), "%s", m->file);
+    else
+        snprintf(path, sizeof(path), "%s/%s", base_dir, m->file);
+    int rc = twin_model_load_file(path, &m->model, merr);
+    if (rc < 0) {
+        snprintf(err, RULES_ERR_LEN, "%.200s: %.280s", path, merr);
+        return rc;
+    }
+    const struct twin_model_info *in = twin_model_info_get(m->model);
+    if (in->n_features != m->ninputs) {
+        snprintf(err, RULES_ERR_LEN, "%.300s takes %zu feature%s%s; inputs lists %u", path,
+                 in->n_features, in->n_features == 1 ? "" : "s", in->window ? " per step" : "",
+                 m->ninputs);
+        return -EINVAL;
+    }
+    for (unsigned i = 0; in->window && i < m->ninputs; i++)
+        if (!plain_path(m->inputs[i])) {
+            snprintf(err, RULES_ERR_LEN,
+                     "%.300s is an LSTM over %zu steps of history: input %u must be a path such as "
+                     "reported.heart_rate",
+                     path, in->window, i + 1);
+            return -EINVAL;
+        }
+    m->x = calloc(in->n_inputs ? in->n_inputs : 1, sizeof(double));
+    m->values = calloc(in->n_outputs ? in->n_outputs : 1, sizeof(double));
+    m->proba = calloc(in->n_classes ? in->n_classes : 1, sizeof(double));
+    m->tmp = calloc(in->window ? in->window : 1, sizeof(double));
+    if (!m->x || !m->values || !m->proba || !m->tmp)
+        return -ENOMEM;
+    return 0;
+}
+
+void rules__model_close(struct model_def *m)
+{
+    twin_model_free(m->model);
+    free(m->x);
+    free(m->values);
+    free(m->proba);
+    free(m->tmp);
+    m->model = NULL;
+    m->x = m->values = m->proba = m->tmp = NULL;
+}
+
+unsigned rules_set_model_count(const struct rules_set *rs)
+{
+    return rs->nmodels;
+}
+
+const char *rules_set_model_name(const struct rules_set *rs, unsigned i)
+{
+    return i < rs->nmodels ? rs->models[i].name : NULL;
+}
+
+/* The last `window` points of one series, oldest first, into x[k * stride]. */
+struct series {
+    double *x;
+    size_t stride, window, n;
+};
+
+static int series_point(void *ctx, int64_t ts, double v)
+{
+    struct series *s = ctx;
+    (void)ts;
+    /* a ring over the window: keep the latest `window` points */
+    s->x[(s->n % s->window) * s->stride] = v;
+    s->n++;
+    return 0;
+}
+
+int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rules_twin *tw,
+                        struct rules_prediction *out)
+{
+    if (i >= rs->nmodels || !rs->models[i].model)
+        return -EINVAL;
+    struct model_def *m = &rs->models[i];
+    const struct twin_model_info *in = twin_model_info_get(m->model);
+    int rc;
+    if (!in->window) {
+        for (unsigned k = 0; k < m->ninputs; k++) {
+            struct rules_value v;
+            if ((rc = rules_expr_eval(m->inputs[k], tw, &v, NULL)) < 0)
+                return rc;
+            if (v.type != RULES_NUM || !isfinite(v.n))
+                return -ENODATA;
+            m->x[k] = v.n;
+        }
+    } else {
+        if (!tw->history)
+            return -ENODATA;
+        for (unsigned k = 0; k < m->ninputs; k++) {
+            const struct path *p = plain_path(m->inputs[k]);
+            struct series s = {m->x + k, m->ninputs, in->window, 0};
+            if ((rc = tw->history(tw->history_ctx, p->sub, p->sub_len, INT64_MIN, series_point,
+                                  &s)) < 0)
+                return rc;
+            if (s.n < in->window)
+                return -ENODATA;
+            /* rotate the ring so that the oldest point of the window comes first */
+            size_t start = s.n % in->window;
+            for (size_t j = 0; start && j < in->window; j++)
+                m->tmp[j] = m->x[((start + j) % in->window) * m->ninputs + k];
+            for (size_t j = 0; start && j < in->window; j++)
+                m->x[j * m->ninputs + k] = m->tmp[j];
+        }
+    }
+    struct twin_model_out o = {.values = m->values, .proba = in->has_proba ? m->proba : NULL};
+    if ((rc = twin_model_predict(m->model, m->x, &o)) < 0)
+        return rc == -EDOM ? -ENODATA : rc;
+    out->info = in;
+    out->values = m->values;
+    out->proba = in->has_proba ? m->proba : NULL;
+    out->label = o.label;
+    return 0;
+}
