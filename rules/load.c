@@ -483,6 +483,9 @@ static void load_models(struct loader *L, const yaml_node_t *n)
         if (!check_keys(L, v, where, model_keys))
             continue;
         yaml_node_t *file = get(L, v, "file"), *inputs = get(L, v, "inputs");
+        yaml_node_t *learn = get(L, v, "learn");
+        if (learn) /* refused rather than ignored until the hub learns online */
+            ERR(L, learn, "%s: learn: online learning is not supported by this hub yet", where);
         if (!file)
             ERR(L, v, "%s: 'file' is missing", where);
         else if ((name = scalar(L, file, "file", &len)) != NULL)
