@@ -52,8 +52,8 @@ struct rules_changes {
 
 void rules_changes_reset(struct rules_changes *c);
 void rules_changes_add(struct rules_changes *c, const char *path, size_t len);
-/* Adds "reported.<k>" for every key of map `patch` (and "reported" for nil deletes below)...:
- * every leaf path the patch writes, below `section`. */
+/* Adds every leaf path that merge patch `patch` writes (a nil, which deletes, included), below
+ * `section`: {"a": {"b": 1}} under "desired" adds "desired.a.b". */
 void rules_changes_add_patch(struct rules_changes *c, const char *section,
                              const msgpack_object *patch);
 /* Whether a change wrote `path` or something above or below it. */
