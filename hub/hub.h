@@ -246,7 +246,6 @@ struct rules_run {
     struct rules_scratch *sc;
     struct rules_changes changes; /* what the change being run wrote */
     struct rules_twin tw;
-    void *host; /* the run in progress (rules.c) */
 };
 int rules_run_init(struct rules_run *rr);
 void rules_run_cleanup(struct rules_run *rr);

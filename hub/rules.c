@@ -275,7 +275,6 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
     rr->tw.now = now;
     rr->tw.history = h_history;
     rr->tw.history_ctx = &h;
-    rr->host = &h;
     pthread_rwlock_rdlock(&hr->lock);
     bool any = hr->set != NULL;
     h.set = hr->set;
@@ -283,7 +282,6 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
          : timer ? rules_run_timer(hr->set, rr->sc, &rr->tw, &x, &res)
                  : rules_run_change(hr->set, rr->sc, &rr->tw, &x, &res);
     pthread_rwlock_unlock(&hr->lock);
-    rr->host = NULL;
     if (rc < 0 || !any)
         return rc;
     atomic_fetch_add(&hr->stats.evaluated, res.evaluated);
