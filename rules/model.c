@@ -29,7 +29,7 @@ int rules__model_open(struct model_def *m, const char *base_dir, char *err)
         snprintf(path, sizeof(path), "%s/%s", base_dir, m->file);
     int rc = twin_model_load_file(path, &m->model, merr);
     if (rc < 0) {
-        snprintf(err, RULES_ERR_LEN, "%.200s: %.280s", path, merr);
+        snprintf(err, RULES_ERR_LEN, "%s", merr); /* it names the file */
         return rc;
     }
     const struct twin_model_info *in = twin_model_info_get(m->model);

@@ -425,6 +425,19 @@ static void test_load_errors(void)
          "rules.yaml:7:17: event: 'rule' is set by the hub; choose another field name\n"
          "rules.yaml:8:18: command: 'cmd' is missing\n"},
         {"rulez: []\n", "rules.yaml:1:1: top level: unknown key 'rulez'; did you mean 'rules'?\n"},
+        {"models:\n"
+         "  m:\n"
+         "    file: x.twm\n"
+         "    inputs: [avg(reported.a, 60s)]\n"
+         "    learn: {target: reported.y, rate: 0.1}\n",
+         "rules.yaml:5:12: model 'm': learn: online learning is not supported by this hub yet\n"
+         "rules.yaml:4:28: input: expected ')' to close the arguments, found the end\n"
+         "rules.yaml:4:33: input: unexpected ')' after the expression\n"
+         "rules.yaml:4:13: model 'm': in a [flow, list] every comma ends an item, also the one "
+         "inside avg(x, 60s): write inputs as a block list (- avg(...)) or quote each\n"},
+        {"models:\n  m:\n    file: /nonexistent.twm\n    inputs: [reported.a]\n",
+         "rules.yaml:3:11: model 'm': /nonexistent.twm: No such file or "
+         "directory\n"},
         {"rules: {a: 1}\n", "rules.yaml:1:8: rules: expected a list of rules, got a map\n"},
         {"rules:\n  - name: [x]\n    when: true\n",
          "rules.yaml:2:11: name: expected a value, got a list\n"},
