@@ -120,4 +120,4 @@ else
     echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
 fi
 build/hub/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
-    --fields reported.heart_rate=HR,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online
+    --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online
