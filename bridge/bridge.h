@@ -71,6 +71,13 @@ struct bridge_topic {
     size_t id_len;
 };
 
+/* Whether `topic` lies in the hub's own scheme, whatever its id: anything under the devices or
+ * hub prefix, or a twins topic the hub reads or writes (state, events, predictions, desired/set,
+ * ...), with or without /accepted or /rejected after it, even with an id that is not valid.
+ * A response topic the hub is asked to publish on must not be one (a bad id would otherwise
+ * let a request forge an event for every twins/+/events subscriber). */
+bool bridge_topic_reserved(const struct bridge_topics *t, const char *topic, size_t len);
+
 /* Parses a received topic. On success the id has been validated. Returns 0, or -EINVAL with a
  * reason ("bad device id", "unknown topic") when the topic is not one of ours or its id is
  * invalid; *out is then BRIDGE_T_UNKNOWN. Never reads past len. */

@@ -174,20 +174,31 @@ static enum bridge_topic_kind suffix_match(enum scope s, const char *rest, size_
 
 /* Parses "{prefix}{id}/{suffix}" for one id-carrying scope. Returns 1 when the topic is this
  * scope's (out filled), 0 when it is not, -EINVAL when it is but the id is bad. */
-static int parse_scoped(const struct bridge_topics *t, enum scope s, const char *topic, size_t len,
-                        struct bridge_topic *out)
+/* The kind of `topic` in scope s by its shape alone: prefix, one level, a known suffix; the
+ * level (the id) is not checked. BRIDGE_T_UNKNOWN when it has not that shape. */
+static enum bridge_topic_kind shape_of(const struct bridge_topics *t, enum scope s,
+                                       const char *topic, size_t len, const char **id,
+                                       size_t *id_len)
 {
     const char *prefix = prefix_of(t, s);
     size_t pl = strlen(prefix);
     if (len <= pl || memcmp(topic, prefix, pl) != 0)
-        return 0;
-    const char *id = topic + pl;
-    const char *slash = memchr(id, '/', len - pl);
+        return BRIDGE_T_UNKNOWN;
+    *id = topic + pl;
+    const char *slash = memchr(*id, '/', len - pl);
     if (!slash)
-        return 0;
-    size_t id_len = (size_t)(slash - id);
+        return BRIDGE_T_UNKNOWN;
+    *id_len = (size_t)(slash - *id);
     const char *rest = slash + 1;
-    enum bridge_topic_kind k = suffix_match(s, rest, (size_t)(topic + len - rest));
+    return suffix_match(s, rest, (size_t)(topic + len - rest));
+}
+
+static int parse_scoped(const struct bridge_topics *t, enum scope s, const char *topic, size_t len,
+                        struct bridge_topic *out)
+{
+    const char *id;
+    size_t id_len;
+    enum bridge_topic_kind k = shape_of(t, s, topic, len, &id, &id_len);
     if (k == BRIDGE_T_UNKNOWN)
         return 0;
     if (!bridge_id_valid(id, id_len))
@@ -196,6 +207,23 @@ static int parse_scoped(const struct bridge_topics *t, enum scope s, const char 
     out->id = id;
     out->id_len = id_len;
     return 1;
+}
+
+bool bridge_topic_reserved(const struct bridge_topics *t, const char *topic, size_t len)
+{
+    static const char *const replies[] = {"/accepted", "/rejected"};
+    const char *id;
+    size_t id_len;
+    if ((len >= strlen(t->devices) && memcmp(topic, t->devices, strlen(t->devices)) == 0) ||
+        (len >= strlen(t->hub) && memcmp(topic, t->hub, strlen(t->hub)) == 0))
+        return true;
+    for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
+        size_t rl = strlen(replies[i]);
+        if (len > rl && memcmp(topic + len - rl, replies[i], rl) == 0 &&
+            shape_of(t, SCOPE_TWINS, topic, len - rl, &id, &id_len) != BRIDGE_T_UNKNOWN)
+            return true;
+    }
+    return shape_of(t, SCOPE_TWINS, topic, len, &id, &id_len) != BRIDGE_T_UNKNOWN;
 }
 
 int bridge_topic_parse(const struct bridge_topics *t, const char *topic, size_t len,

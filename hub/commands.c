@@ -99,13 +99,6 @@ static int ack_fn(struct twin_txn *txn, void *ctx)
                                a->result, a->now, NULL, commands_on_event, a->ol, a->err);
 }
 
-static bool key_is(const msgpack_object *k, const char *s)
-{
-    size_t n = strlen(s);
-    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-           memcmp(k->via.str.ptr, s, n) == 0;
-}
-
 /* {id, status, result?}; other keys are ignored (a newer device may say more). */
 static const char *ack_parse(struct ack *a, const msgpack_object *o)
 {
@@ -115,17 +108,17 @@ static const char *ack_parse(struct ack *a, const msgpack_object *o)
     size_t status_len = 0;
     for (uint32_t i = 0; i < o->via.map.size; i++) {
         const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
-        if (key_is(k, "id")) {
+        if (hub_key_is(k, "id")) {
             if (v->type != MSGPACK_OBJECT_STR)
                 return "ack 'id' must be a string";
             a->cmd_id = v->via.str.ptr;
             a->cmd_id_len = v->via.str.size;
-        } else if (key_is(k, "status")) {
+        } else if (hub_key_is(k, "status")) {
             if (v->type != MSGPACK_OBJECT_STR)
                 return "ack 'status' must be a string";
             status = v->via.str.ptr;
             status_len = v->via.str.size;
-        } else if (key_is(k, "result")) {
+        } else if (hub_key_is(k, "result")) {
             a->result = v->type == MSGPACK_OBJECT_NIL ? NULL : v;
         }
     }
@@ -222,9 +215,7 @@ int commands_expire(struct twin_store *store, struct publisher *pub, struct outl
             return rc;
         }
         *expired += x.res.expired;
-        unsigned dropped = outlist_flush(ol, pub);
-        if (dropped)
-            log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
+        outlist_flush(ol, pub);
     } while (x.res.more);
     return 0;
 }
@@ -325,11 +316,9 @@ int commands_resend_connected(struct twin_store *store, struct publisher *pub, s
                 snprintf(err, TWIN_ERR_LEN, "%s", r.err);
             break;
         }
-        unsigned dropped = outlist_flush(ol, pub);
-        if (dropped)
-            log_warn("commands not queued: the publisher's queue is full; they are sent when "
-                     "the device next comes online",
-                     "id=%s dropped=%u", ids.v[i], dropped);
+        if (outlist_flush(ol, pub))
+            log_info("the device's dropped commands are sent when it next comes online",
+                     "id=%s", ids.v[i]);
         (*devices)++;
     }
     free(ids.v);

@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "ctl_json.h"
 #include "rules.h"
 
 int ctl_rules_check(const char *path)
@@ -32,21 +33,6 @@ int ctl_rules_check(const char *path)
     return 0;
 }
 
-static void json_str(FILE *out, const char *s, size_t n)
-{
-    fputc('"', out);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
-}
-
 static void json_time(FILE *out, const char *key, int64_t t)
 {
     fprintf(out, ", \"%s\": ", key);
@@ -70,7 +56,7 @@ static int print_record(void *ctx, const char *id, size_t id_len, const char *ru
     (void)id;
     (void)id_len;
     fputs(w->n++ ? ",\n    {\"rule\": " : "\n    {\"rule\": ", w->out);
-    json_str(w->out, rule, rule_len);
+    ctl_json_str(w->out, rule, rule_len);
     if (rules_record_decode(buf, len, &r) < 0) {
         fputs(", \"state\": \"damaged\"}", w->out);
         return 0;
@@ -114,7 +100,7 @@ int ctl_rules_state(struct twin_txn *txn, const char *id, const char *rules_path
         return 2;
     }
     fputs("{\"id\": ", out);
-    json_str(out, id, strlen(id));
+    ctl_json_str(out, id, strlen(id));
     json_time(out, "wake", wake);
     fputs(", \"rules\": [", out);
     struct walk w = {out, rs, 0};

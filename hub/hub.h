@@ -11,9 +11,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "bridge.h"
+#include "clock.h"
 #include "config.h"
 #include "rules.h"
 #include "twins.h"
@@ -130,7 +132,6 @@ void publisher_free(struct publisher *p);
 struct outmsg {
     enum pub_class cls;
     int qos;
-    bool retained;
     size_t topic, topic_len, payload, len, corr, corr_len; /* offsets into outlist.data */
     bool has_corr;
 };
@@ -157,7 +158,8 @@ msgpack_packer *outlist_begin(struct outlist *ol);
  * JSON when ol->json) or to devices (msgpack). Returns 0 or ol->err. */
 int outlist_end(struct outlist *ol, enum pub_class cls, const char *topic, bool service, int qos,
                 const void *corr, size_t corr_len);
-/* Queues every message in the publisher and resets. Returns how many were dropped. */
+/* Queues every message in the publisher (after the commit they report) and resets; logs what
+ * the publisher dropped and returns how many. */
 unsigned outlist_flush(struct outlist *ol, struct publisher *pub);
 
 /* An event {type: "presence", connected, ts} for twin `id`. Returns 0 or ol->err. */
@@ -183,6 +185,15 @@ int out_command(struct outlist *ol, const struct twin_command *c);
 
 /* Packs a string key or value. */
 void out_pack_str(msgpack_packer *pk, const char *s, size_t n);
+/* The same for a NUL-terminated key. */
+void out_pack_key(msgpack_packer *pk, const char *k);
+/* Whether map key k is the string s. */
+static inline bool hub_key_is(const msgpack_object *k, const char *s)
+{
+    size_t n = strlen(s);
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           memcmp(k->via.str.ptr, s, n) == 0;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * report.c: rejected input. Every rejection is counted and logged at debug; a token bucket
@@ -261,15 +272,18 @@ void hub_rules_close(struct hub_rules *hr);
 int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store);
 /* Reloads when the file's mtime, size or inode changed since it was loaded. Main thread. */
 void hub_rules_poll(struct hub_rules *hr, struct twin_store *store);
+/* Whether rules are loaded (a cheap look, any thread; NULL hr: no). */
+bool hub_rules_active(struct hub_rules *hr);
 /* The changed paths of a telemetry map: reported.<key> for each key but seq and ts. */
 void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *telemetry);
 /* In a write transaction, after a change of twin `id` described by rr->changes: runs the rules
  * it touches, carries out their actions in txn, queues their events and commands in ol, and
- * ORs into *flags the PUB_* the twin needs. Returns 0 or a store error (abort the
- * transaction). hr NULL or without rules: nothing. */
+ * ORs into *flags the PUB_* the twin needs. `doc` is the twin as the change stored it, when
+ * the caller has it (telemetry does); NULL: read from txn. Returns 0 or a store error (abort
+ * the transaction). hr NULL or without rules: nothing. */
 int hub_rules_on_change(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
-                        const char *id, size_t id_len, int64_t now, struct outlist *ol,
-                        unsigned *flags, char *err);
+                        const char *id, size_t id_len, const struct twin_doc *doc, int64_t now,
+                        struct outlist *ol, unsigned *flags, char *err);
 /* The timer pass: runs the rules of every twin whose wake time is <= now, in transactions of a
  * bounded size, and publishes what they did after each commit. Main thread. */
 int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_store *store,
@@ -374,10 +388,5 @@ int commands_next_due(struct twin_store *store, int64_t *at, char *err);
  * had some. Returns 0 or a store error. Main thread, before the bridge starts. */
 int commands_resend_connected(struct twin_store *store, struct publisher *pub, struct outlist *ol,
                               uint64_t *devices, char *err);
-
-/* Wall clock (ms since epoch), for timestamps that leave the process. */
-int64_t hub_now_ms(void);
-/* Monotonic clock (ms), for intervals and rate limits: immune to clock steps. */
-int64_t hub_mono_ms(void);
 
 #endif

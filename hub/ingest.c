@@ -31,11 +31,11 @@ static int apply_fn(struct twin_txn *txn, void *ctx)
     a->flags = 0;
     int rc = twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res,
                                   a->err);
-    if (rc < 0 || a->res.outcome != TWIN_APPLIED || !in->rules)
+    if (rc < 0 || a->res.outcome != TWIN_APPLIED || !hub_rules_active(in->rules))
         return rc;
     hub_rules_changes_telemetry(&in->run.changes, a->telemetry);
-    return hub_rules_on_change(in->rules, &in->run, txn, a->t->id, a->t->id_len, a->now, &in->out,
-                               &a->flags, a->err);
+    return hub_rules_on_change(in->rules, &in->run, txn, a->t->id, a->t->id_len, &a->res.doc,
+                               a->now, &in->out, &a->flags, a->err);
 }
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
@@ -92,9 +92,7 @@ void ingest_fatal(const struct bridge_topic *t, const char *what, int rc, const 
 
 void ingest_flush(struct ingest *in)
 {
-    unsigned dropped = outlist_flush(&in->out, in->pub);
-    if (dropped)
-        log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
+    outlist_flush(&in->out, in->pub);
 }
 
 static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
@@ -149,6 +147,7 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         break;
     }
 out:
+    outlist_reset(&in->out); /* a rejected message's aborted rule outputs (flushed ones are gone) */
     msgpack_zone_clear(&in->zone);
 }
 

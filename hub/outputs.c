@@ -128,7 +128,6 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
             .payload = ol->data.data + o->payload,
             .len = o->len,
             .qos = o->qos,
-            .retained = o->retained,
             .correlation = o->has_corr ? ol->data.data + o->corr : NULL,
             .correlation_len = o->corr_len,
         };
@@ -136,6 +135,8 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
             dropped++;
     }
     outlist_reset(ol);
+    if (dropped)
+        log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
     return dropped;
 }
 
@@ -145,7 +146,7 @@ void out_pack_str(msgpack_packer *pk, const char *s, size_t n)
     msgpack_pack_str_body(pk, s, n);
 }
 
-static void pack_key(msgpack_packer *pk, const char *k)
+void out_pack_key(msgpack_packer *pk, const char *k)
 {
     out_pack_str(pk, k, strlen(k));
 }
@@ -174,14 +175,14 @@ int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool c
 {
     msgpack_packer *pk = outlist_begin(ol);
     msgpack_pack_map(pk, 3);
-    pack_key(pk, "type");
-    pack_key(pk, "presence");
-    pack_key(pk, "connected");
+    out_pack_key(pk, "type");
+    out_pack_key(pk, "presence");
+    out_pack_key(pk, "connected");
     if (connected)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    pack_key(pk, "ts");
+    out_pack_key(pk, "ts");
     pack_int(pk, ts);
     return end_event(ol, id, id_len);
 }
@@ -191,18 +192,18 @@ int out_event_rule(struct outlist *ol, const char *id, size_t id_len, const stru
     msgpack_packer *pk = outlist_begin(ol);
     uint32_t extra = f->fields ? f->fields->via.map.size : 0;
     msgpack_pack_map(pk, 6 + extra);
-    pack_key(pk, "type");
-    pack_key(pk, "rule");
-    pack_key(pk, "rule");
-    pack_key(pk, f->rule);
-    pack_key(pk, "state");
-    pack_key(pk, f->event);
-    pack_key(pk, "from");
-    pack_key(pk, rules_state_name(f->from));
-    pack_key(pk, "ts");
+    out_pack_key(pk, "type");
+    out_pack_key(pk, "rule");
+    out_pack_key(pk, "rule");
+    out_pack_key(pk, f->rule);
+    out_pack_key(pk, "state");
+    out_pack_key(pk, f->event);
+    out_pack_key(pk, "from");
+    out_pack_key(pk, rules_state_name(f->from));
+    out_pack_key(pk, "ts");
     pack_int(pk, f->ts);
     /* what decided it: {"reported.hr": 131, "avg(reported.hr, 60s)": 118.5} */
-    pack_key(pk, "values");
+    out_pack_key(pk, "values");
     msgpack_pack_map(pk, f->n_values);
     for (unsigned i = 0; i < f->n_values; i++) {
         const struct rules_value *v = &f->values[i].v;
@@ -252,30 +253,30 @@ void out_pack_prediction(msgpack_packer *pk, const char *model, const struct rul
     bool proba = in->classifier && p->proba;
     msgpack_pack_map(pk, (model ? 5 : 4) + (proba ? 1 : 0));
     if (model) {
-        pack_key(pk, "model");
-        pack_key(pk, model);
+        out_pack_key(pk, "model");
+        out_pack_key(pk, model);
     }
-    pack_key(pk, "value");
+    out_pack_key(pk, "value");
     pack_prediction_value(pk, p);
     if (proba) {
         /* {label: probability}; numeric labels as their text, so the keys stay strings */
-        pack_key(pk, "proba");
+        out_pack_key(pk, "proba");
         msgpack_pack_map(pk, (uint32_t)in->n_classes);
         for (size_t c = 0; c < in->n_classes; c++) {
             char num[32];
             const char *k = in->classes_are_strings ? in->class_names[c] : num;
             if (!in->classes_are_strings)
                 snprintf(num, sizeof(num), "%.17g", in->class_numbers[c]);
-            pack_key(pk, k);
+            out_pack_key(pk, k);
             msgpack_pack_double(pk, p->proba[c]);
         }
     }
-    pack_key(pk, "ts");
+    out_pack_key(pk, "ts");
     pack_int(pk, ts);
-    pack_key(pk, "twin_version");
+    out_pack_key(pk, "twin_version");
     msgpack_pack_uint64(pk, twin_version);
-    pack_key(pk, "model_version");
-    pack_key(pk, in->version);
+    out_pack_key(pk, "model_version");
+    out_pack_key(pk, in->version);
 }
 
 int out_prediction(struct outlist *ol, const char *id, size_t id_len, const char *model,
@@ -295,15 +296,15 @@ int out_event_command(struct outlist *ol, const struct twin_command *c)
     msgpack_packer *pk = outlist_begin(ol);
     const char *st = twin_command_state_name(c->state);
     msgpack_pack_map(pk, 5);
-    pack_key(pk, "type");
-    pack_key(pk, "command");
-    pack_key(pk, "id");
+    out_pack_key(pk, "type");
+    out_pack_key(pk, "command");
+    out_pack_key(pk, "id");
     out_pack_str(pk, c->id, strlen(c->id));
-    pack_key(pk, "cmd");
+    out_pack_key(pk, "cmd");
     out_pack_str(pk, c->cmd, c->cmd_len);
-    pack_key(pk, "state");
+    out_pack_key(pk, "state");
     out_pack_str(pk, st, strlen(st));
-    pack_key(pk, "ts");
+    out_pack_key(pk, "ts");
     pack_int(pk, c->updated);
     return end_event(ol, c->twin_id, c->twin_id_len);
 }
@@ -316,15 +317,15 @@ int out_command(struct outlist *ol, const struct twin_command *c)
         return ol->err = -EINVAL;
     msgpack_packer *pk = outlist_begin(ol);
     msgpack_pack_map(pk, 5);
-    pack_key(pk, "id");
+    out_pack_key(pk, "id");
     out_pack_str(pk, c->id, strlen(c->id));
-    pack_key(pk, "cmd");
+    out_pack_key(pk, "cmd");
     out_pack_str(pk, c->cmd, c->cmd_len);
-    pack_key(pk, "args");
+    out_pack_key(pk, "args");
     msgpack_pack_object(pk, c->args);
-    pack_key(pk, "ts");
+    out_pack_key(pk, "ts");
     pack_int(pk, c->created);
-    pack_key(pk, "expires");
+    out_pack_key(pk, "expires");
     if (c->expires > 0)
         pack_int(pk, c->expires);
     else

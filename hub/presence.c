@@ -63,6 +63,7 @@ static int presence_fn(struct twin_txn *txn, void *ctx)
     const struct bridge_topic *t = a->t;
     outlist_reset(a->out);
     a->skipped = false;
+    a->flags = 0;
     if (a->retained) {
         struct twin_doc doc;
         int rc = twin_get(txn, t->id, t->id_len, &doc, a->err);
@@ -86,13 +87,12 @@ static int presence_fn(struct twin_txn *txn, void *ctx)
         return 0;
     if ((rc = out_event_presence(a->out, t->id, t->id_len, a->online, a->now)) < 0)
         return rc;
-    a->flags = 0;
     if (!a->in->rules)
         return 0;
     rules_changes_reset(&a->in->run.changes);
     rules_changes_add(&a->in->run.changes, "connected", 9);
-    return hub_rules_on_change(a->in->rules, &a->in->run, txn, t->id, t->id_len, a->now, a->out,
-                               &a->flags, a->err);
+    return hub_rules_on_change(a->in->rules, &a->in->run, txn, t->id, t->id_len, NULL, a->now,
+                               a->out, &a->flags, a->err);
 }
 
 void presence_on_status(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)

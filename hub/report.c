@@ -13,20 +13,6 @@
 static const char *const kind_names[REPORT_KINDS] = {"topic",   "size",    "depth",
                                                      "malformed", "invalid", "rules"};
 
-int64_t hub_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t hub_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
                  unsigned burst)
 {
@@ -63,20 +49,10 @@ void report_set_rate(struct report *r, double rate, unsigned burst)
     pthread_mutex_unlock(&r->lock);
 }
 
-static void pack_str(msgpack_packer *pk, const char *s, size_t n)
-{
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
 void report_reject(struct report *r, enum report_kind kind, const char *topic, size_t topic_len,
                    const char *reason)
 {
     atomic_fetch_add(&r->count[kind], 1);
-    char qtopic[160], qreason[320];
-    log_quote(qtopic, sizeof(qtopic), topic, topic_len);
-    log_quote(qreason, sizeof(qreason), reason, strlen(reason));
-
     int64_t now = hub_now_ms(), mono = hub_mono_ms();
     uint64_t suppressed = 0;
     bool send = false;
@@ -95,6 +71,12 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     }
     pthread_mutex_unlock(&r->lock);
 
+    /* a flood of bad input is mostly suppressed: quote only what a log line will show */
+    if (!send && log_get_level() < LOG_DEBUG)
+        return;
+    char qtopic[160], qreason[320];
+    log_quote(qtopic, sizeof(qtopic), topic, topic_len);
+    log_quote(qreason, sizeof(qreason), reason, strlen(reason));
     if (!send) {
         log_debug("input rejected", "kind=%s topic=%s reason=%s", kind_names[kind], qtopic,
                   qreason);
@@ -112,15 +94,15 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     msgpack_sbuffer_init(&buf);
     msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 5);
-    pack_str(&pk, "topic", 5);
-    pack_str(&pk, topic, topic_len < 256 ? topic_len : 256);
-    pack_str(&pk, "reason", 6);
-    pack_str(&pk, reason, strlen(reason));
-    pack_str(&pk, "kind", 4);
-    pack_str(&pk, kind_names[kind], strlen(kind_names[kind]));
-    pack_str(&pk, "ts", 2);
+    out_pack_str(&pk, "topic", 5);
+    out_pack_str(&pk, topic, topic_len < 256 ? topic_len : 256);
+    out_pack_str(&pk, "reason", 6);
+    out_pack_str(&pk, reason, strlen(reason));
+    out_pack_str(&pk, "kind", 4);
+    out_pack_str(&pk, kind_names[kind], strlen(kind_names[kind]));
+    out_pack_str(&pk, "ts", 2);
     msgpack_pack_int64(&pk, now);
-    pack_str(&pk, "suppressed", 10);
+    out_pack_str(&pk, "suppressed", 10);
     msgpack_pack_uint64(&pk, suppressed);
     if (r->json) {
         msgpack_zone zone;

@@ -77,14 +77,9 @@ struct request {
  * Replies
  * ------------------------------------------------------------------------------------------ */
 
-static void pack_key(msgpack_packer *pk, const char *k)
-{
-    out_pack_str(pk, k, strlen(k));
-}
-
 static void pack_token(struct request *rq, msgpack_packer *pk)
 {
-    pack_key(pk, "token");
+    out_pack_key(pk, "token");
     if (rq->has_token)
         out_pack_str(pk, rq->token, rq->token_len);
     else
@@ -127,9 +122,9 @@ static void reject(struct request *rq, int code, enum report_kind kind, const ch
     outlist_reset(&in->out);
     msgpack_packer *pk = outlist_begin(&in->out);
     msgpack_pack_map(pk, 3);
-    pack_key(pk, "code");
+    out_pack_key(pk, "code");
     msgpack_pack_int(pk, code);
-    pack_key(pk, "message");
+    out_pack_key(pk, "message");
     out_pack_str(pk, message, strlen(message));
     pack_token(rq, pk);
     if (reply_end(rq, false) < 0)
@@ -186,25 +181,6 @@ static void failed(struct request *rq, int rc, const char *store_err)
  * Where the reply goes
  * ------------------------------------------------------------------------------------------ */
 
-static bool starts_with(const char *s, size_t n, const char *prefix)
-{
-    size_t pl = strlen(prefix);
-    return n >= pl && memcmp(s, prefix, pl) == 0;
-}
-
-/* True for a topic the hub replies on: one of its own topics plus /accepted or /rejected. */
-static bool is_reply_topic(const struct bridge_topics *tp, const char *s, size_t n)
-{
-    static const char *const ends[] = {"/accepted", "/rejected"};
-    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
-        size_t el = strlen(ends[i]);
-        if (n > el && memcmp(s + n - el, ends[i], el) == 0 &&
-            bridge_topic_parse(tp, s, n - el, NULL, NULL) == 0)
-            return true;
-    }
-    return false;
-}
-
 /* Sets rq->topic. Returns 0, or -EINVAL with rq->topic set to the request topic when the
  * response topic may not be used (the reason in rq->err). */
 static int destination(struct request *rq)
@@ -219,13 +195,12 @@ static int destination(struct request *rq)
     const char *rt = m->response_topic;
     size_t n = m->response_topic_len;
     const char *why = NULL;
-    if (!bridge_topic_publishable(rt, n) || n > BRIDGE_TOPIC_MAX)
+    if (!bridge_topic_publishable(rt, n))
         why = "response topic is not publishable (empty, too long, wildcards or control "
               "characters)";
     else if (rt[0] == '$')
         why = "response topic starts with '$'";
-    else if (starts_with(rt, n, tp->devices) || starts_with(rt, n, tp->hub) ||
-             bridge_topic_parse(tp, rt, n, NULL, NULL) == 0 || is_reply_topic(tp, rt, n))
+    else if (bridge_topic_reserved(tp, rt, n))
         why = "response topic lies in the hub's own topics";
     if (why) {
         snprintf(rq->err, sizeof(rq->err), "%s", why);
@@ -240,13 +215,6 @@ static int destination(struct request *rq)
 /* ---------------------------------------------------------------------------------------------
  * Parsing
  * ------------------------------------------------------------------------------------------ */
-
-static bool key_is(const msgpack_object *k, const char *s)
-{
-    size_t n = strlen(s);
-    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-           memcmp(k->via.str.ptr, s, n) == 0;
-}
 
 static int bad(struct request *rq, const char *why)
 {
@@ -279,7 +247,7 @@ static int parse(struct request *rq, const msgpack_object *o)
     const msgpack_object_map *map = &o->via.map;
     for (uint32_t i = 0; i < map->size; i++) {
         const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-        if (!key_is(k, "token"))
+        if (!hub_key_is(k, "token"))
             continue;
         if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > TOKEN_MAX) {
             snprintf(rq->err, sizeof(rq->err), "'token' must be a string of at most %d bytes",
@@ -294,25 +262,25 @@ static int parse(struct request *rq, const msgpack_object *o)
         const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
         bool present;
         int rc = 0;
-        if (key_is(k, "token"))
+        if (hub_key_is(k, "token"))
             continue;
-        if (key_is(k, "version") && (kind == BRIDGE_T_DESIRED_SET || kind == BRIDGE_T_DELETE)) {
+        if (hub_key_is(k, "version") && (kind == BRIDGE_T_DESIRED_SET || kind == BRIDGE_T_DELETE)) {
             uint64_t ver = 0;
             rc = get_uint(rq, v, "version", TWIN_VERSION_ANY - 1, &ver, &present);
             if (present)
                 rq->version = ver;
-        } else if (key_is(k, "desired") && kind == BRIDGE_T_DESIRED_SET) {
+        } else if (hub_key_is(k, "desired") && kind == BRIDGE_T_DESIRED_SET) {
             if (v->type != MSGPACK_OBJECT_MAP)
                 return bad(rq, "'desired' must be a map");
             rq->desired = v;
-        } else if (key_is(k, "cmd") && kind == BRIDGE_T_CMD_SEND) {
+        } else if (hub_key_is(k, "cmd") && kind == BRIDGE_T_CMD_SEND) {
             if (v->type != MSGPACK_OBJECT_STR)
                 return bad(rq, "'cmd' must be a string");
             rq->cmd = v->via.str.ptr;
             rq->cmd_len = v->via.str.size;
-        } else if (key_is(k, "args") && kind == BRIDGE_T_CMD_SEND) {
+        } else if (hub_key_is(k, "args") && kind == BRIDGE_T_CMD_SEND) {
             rq->args = v->type == MSGPACK_OBJECT_NIL ? NULL : v;
-        } else if (key_is(k, "expires_in_ms") && kind == BRIDGE_T_CMD_SEND) {
+        } else if (hub_key_is(k, "expires_in_ms") && kind == BRIDGE_T_CMD_SEND) {
             uint64_t ms = 0;
             rc = get_uint(rq, v, "expires_in_ms", EXPIRES_MAX_MS, &ms, &present);
             if (rc == 0 && present && ms == 0)
@@ -359,8 +327,8 @@ static int set_fn(struct twin_txn *txn, void *ctx)
         rules_changes_reset(&in->run.changes);
         rules_changes_add_patch(&in->run.changes, "desired", rq->desired);
         rules_changes_add(&in->run.changes, "delta", 5);
-        if ((rc = hub_rules_on_change(in->rules, &in->run, txn, rq->t->id, rq->t->id_len, rq->now,
-                                      &in->out, &rq->rule_flags, rq->err)) < 0)
+        if ((rc = hub_rules_on_change(in->rules, &in->run, txn, rq->t->id, rq->t->id_len, NULL,
+                                      rq->now, &in->out, &rq->rule_flags, rq->err)) < 0)
             return rc;
     }
     if ((rc = twin_get(txn, rq->t->id, rq->t->id_len, &doc, rq->err)) < 0)
@@ -368,10 +336,10 @@ static int set_fn(struct twin_txn *txn, void *ctx)
     rq->delta_changed = res.delta_changed;
     msgpack_packer *pk = outlist_begin(&rq->in->out);
     msgpack_pack_map(pk, 3);
-    pack_key(pk, "version");
+    out_pack_key(pk, "version");
     msgpack_pack_uint64(pk, doc.version);
     pack_token(rq, pk);
-    pack_key(pk, "desired");
+    out_pack_key(pk, "desired");
     if (doc.desired.type == MSGPACK_OBJECT_MAP)
         msgpack_pack_object(pk, doc.desired);
     else
@@ -389,7 +357,7 @@ static int delete_fn(struct twin_txn *txn, void *ctx)
         return rc;
     msgpack_packer *pk = outlist_begin(&rq->in->out);
     msgpack_pack_map(pk, 2);
-    pack_key(pk, "version");
+    out_pack_key(pk, "version");
     msgpack_pack_uint64(pk, res.version);
     pack_token(rq, pk);
     return reply_end(rq, true);
@@ -415,7 +383,7 @@ static int send_fn(struct twin_txn *txn, void *ctx)
         return rc;
     msgpack_packer *pk = outlist_begin(&rq->in->out);
     msgpack_pack_map(pk, 2);
-    pack_key(pk, "id");
+    out_pack_key(pk, "id");
     out_pack_str(pk, c.id, strlen(c.id));
     pack_token(rq, pk);
     return reply_end(rq, true);

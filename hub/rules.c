@@ -257,55 +257,59 @@ void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *
 
 /* Runs (change or timer) for twin `id` with the set held shared; sets the wake time. */
 static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
-                    const char *id, size_t id_len, int64_t now, bool timer, struct outlist *ol,
-                    unsigned *flags, char *err)
+                    const char *id, size_t id_len, const struct twin_doc *doc, int64_t now,
+                    bool timer, struct outlist *ol, unsigned *flags, char *err)
 {
     struct host h = {.hr = hr, .rr = rr, .txn = txn, .id = id, .id_len = id_len, .now = now,
                      .ol = ol, .err = err};
     struct rules_host x = host_cbs;
     struct rules_run_result res;
-    int rc = twin_get(txn, id, id_len, &h.doc, err);
+    int rc = 0;
+    if (doc)
+        h.doc = *doc;
+    else
+        rc = twin_get(txn, id, id_len, &h.doc, err);
     if (rc == -ENOENT)
         return timer ? twin_rule_wake_set(txn, id, id_len, INT64_MAX, err) : 0;
     if (rc < 0)
         return rc;
     x.ctx = &h;
-    h.set = NULL;
     rr->tw.doc = &h.doc;
     rr->tw.now = now;
     rr->tw.history = h_history;
     rr->tw.history_ctx = &h;
     pthread_rwlock_rdlock(&hr->lock);
-    bool any = hr->set != NULL;
     h.set = hr->set;
-    rc = !any ? 0
-         : timer ? rules_run_timer(hr->set, rr->sc, &rr->tw, &x, &res)
-                 : rules_run_change(hr->set, rr->sc, &rr->tw, &x, &res);
+    rc = !h.set  ? 0
+         : timer ? rules_run_timer(h.set, rr->sc, &rr->tw, &x, &res)
+                 : rules_run_change(h.set, rr->sc, &rr->tw, &x, &res);
     pthread_rwlock_unlock(&hr->lock);
-    if (rc < 0 || !any)
+    if (rc < 0 || !h.set)
         return rc;
     atomic_fetch_add(&hr->stats.evaluated, res.evaluated);
     atomic_fetch_add(&hr->stats.transitions, res.transitions);
     *flags |= h.flags;
-    int64_t cur;
-    if ((rc = twin_rule_wake_get(txn, id, id_len, &cur, err)) < 0)
-        return rc;
-    /* a change only knows the wakes of the rules it ran: keep an earlier one (a spare timer run
-     * costs little); the timer knows them all */
-    int64_t next = timer || res.wake < cur ? res.wake : cur;
-    if (timer && next <= now)
-        next = now + 1; /* never spin on one twin within a millisecond */
-    return next == cur ? 0 : twin_rule_wake_set(txn, id, id_len, next, err);
+    /* a change only knows the wakes of the rules it ran: it keeps an earlier one (a spare
+     * timer run costs little); the timer knows them all */
+    if (!timer)
+        return res.wake == INT64_MAX ? 0 : twin_rule_wake_lower(txn, id, id_len, res.wake, err);
+    /* never spin on one twin within a millisecond */
+    return twin_rule_wake_set(txn, id, id_len, res.wake <= now ? now + 1 : res.wake, err);
+}
+
+bool hub_rules_active(struct hub_rules *hr)
+{
+    /* run_twin looks again under the lock */
+    return hr && __atomic_load_n(&hr->set, __ATOMIC_ACQUIRE);
 }
 
 int hub_rules_on_change(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
-                        const char *id, size_t id_len, int64_t now, struct outlist *ol,
-                        unsigned *flags, char *err)
+                        const char *id, size_t id_len, const struct twin_doc *doc, int64_t now,
+                        struct outlist *ol, unsigned *flags, char *err)
 {
-    /* a cheap look before the twin is read; run_twin looks again under the lock */
-    if (!hr || !__atomic_load_n(&hr->set, __ATOMIC_ACQUIRE))
+    if (!hub_rules_active(hr))
         return 0;
-    return run_twin(hr, rr, txn, id, id_len, now, false, ol, flags, err);
+    return run_twin(hr, rr, txn, id, id_len, doc, now, false, ol, flags, err);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -338,7 +342,7 @@ static int timer_one(void *ctx, const char *id, size_t id_len, int64_t at)
     d->len = id_len;
     d->flags = 0;
     rules_changes_reset(&t->rr->changes);
-    return run_twin(t->hr, t->rr, t->txn, id, id_len, t->now, true, t->ol, &d->flags, t->err);
+    return run_twin(t->hr, t->rr, t->txn, id, id_len, NULL, t->now, true, t->ol, &d->flags, t->err);
 }
 
 static int timer_fn(struct twin_txn *txn, void *ctx)
@@ -350,6 +354,14 @@ static int timer_fn(struct twin_txn *txn, void *ctx)
     return twin_rule_wake_due(txn, t->now, TIMER_BATCH, timer_one, t, t->err);
 }
 
+/* Clears the wake of the twin the pass stopped at (t->due[t->n - 1]). */
+static int unwake_fn(struct twin_txn *txn, void *ctx)
+{
+    struct timer_pass *t = ctx;
+    const struct due_twin *d = &t->due[t->n - 1];
+    return twin_rule_wake_set(txn, d->id, d->len, INT64_MAX, t->err);
+}
+
 int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_store *store,
                     struct publisher *pub, struct outlist *ol, int64_t now, char *err)
 {
@@ -359,11 +371,23 @@ int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_stor
     *t = (struct timer_pass){.hr = hr, .rr = rr, .ol = ol, .now = now, .err = err};
     int rc;
     do {
-        if ((rc = twin_store_write(store, timer_fn, t, err)) < 0)
+        rc = twin_store_write(store, timer_fn, t, err);
+        if (rc == -EBADMSG && t->n) {
+            /* a damaged twin would stop every timer behind it, pass after pass: its rules
+             * lose their timer (they run again at its next change); the others go on */
+            const struct due_twin *d = &t->due[t->n - 1];
+            log_error("stored twin unreadable; its rule timer is dropped", "id=%.*s err=\"%s\"",
+                      (int)d->len, d->id, err);
+            if ((rc = twin_store_write(store, unwake_fn, t, err)) < 0)
+                break;
+            t->n = TIMER_BATCH; /* go round again */
+            continue;
+        }
+        if (rc < 0) {
+            outlist_reset(ol); /* the aborted transaction's events */
             break;
-        unsigned dropped = outlist_flush(ol, pub);
-        if (dropped)
-            log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
+        }
+        outlist_flush(ol, pub);
         for (unsigned i = 0; i < t->n; i++)
             if (t->due[i].flags && publisher_twin(pub, t->due[i].id, t->due[i].len,
                                                   t->due[i].flags) < 0)

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "rules.h"
 #include "top.h"
 #include "twins.h"
@@ -58,12 +59,6 @@ static void on_signal(int sig)
     stop = 1;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void print_value(const msgpack_object *v)
 {
@@ -159,10 +154,10 @@ static int open_store(const char *path, uint64_t wait_ms, struct twin_store **s,
     struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
     so.path = path;
     so.read_only = true;
-    int64_t until = now_ms() + (int64_t)wait_ms;
+    int64_t until = hub_now_ms() + (int64_t)wait_ms;
     for (;;) {
         int rc = twin_store_open(s, &so, err);
-        if (rc != -ENOENT || now_ms() >= until || stop)
+        if (rc != -ENOENT || hub_now_ms() >= until || stop)
             return rc;
         usleep(100 * 1000);
     }
@@ -182,10 +177,10 @@ int top_run(const struct top_options *o)
         return 2;
     }
     bool tty = isatty(STDOUT_FILENO);
-    int64_t start = now_ms(), last = start;
+    int64_t start = hub_now_ms(), last = start;
     uint64_t last_versions = 0;
     while (!stop) {
-        struct frame f = {.o = o, .now = now_ms()};
+        struct frame f = {.o = o, .now = hub_now_ms()};
         f.rows = o->limit ? o->limit : (tty ? screen_rows() : 0);
         if (!f.rows)
             f.rows = 50;
@@ -217,7 +212,7 @@ int top_run(const struct top_options *o)
             fprintf(stderr, "twinctl: %s\n", err);
             break;
         }
-        if (o->seconds && now_ms() - start >= (int64_t)o->seconds * 1000)
+        if (o->seconds && hub_now_ms() - start >= (int64_t)o->seconds * 1000)
             break;
         for (uint64_t slept = 0; slept < o->interval_ms && !stop; slept += 50)
             usleep(50 * 1000);

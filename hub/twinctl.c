@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "bridge.h"
+#include "clock.h"
 #include "config.h"
 #include "ctl_model.h"
 #include "ctl_rules.h"
@@ -205,12 +206,6 @@ static const char *iso_time(char *buf, size_t size, int64_t ms)
     return buf;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static msgpack_object str_obj(const char *s)
 {
@@ -524,7 +519,7 @@ static int cmd_history(struct ctl *ctl)
         if (config_parse_duration_ms(ctl->opt[O_SINCE], 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
             return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
                         ctl->opt[O_SINCE]);
-        since = now_ms() - (int64_t)ms;
+        since = hub_now_ms() - (int64_t)ms;
     }
 
     int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
@@ -758,12 +753,12 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
 
     uint32_t rnd;
     if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-        rnd = (uint32_t)now_ms() ^ (uint32_t)getpid() << 16;
+        rnd = (uint32_t)hub_now_ms() ^ (uint32_t)getpid() << 16;
     snprintf(client_id, sizeof client_id, "twinctl-%ld-%08x", (long)getpid(), (unsigned)rnd);
 
     struct waiter w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
     w.token_len =
-        (size_t)snprintf(w.token, sizeof w.token, "%s-%lld", client_id, (long long)now_ms());
+        (size_t)snprintf(w.token, sizeof w.token, "%s-%lld", client_id, (long long)hub_now_ms());
 
     /* the private topic, unless the hub would read it as one of its own */
     snprintf(reply_topic, sizeof reply_topic, "%s_replies/%s", tp.twins, client_id);
@@ -804,7 +799,7 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     o.ctx = &w;
 
     struct bridge_client *c = NULL;
-    int64_t deadline = now_ms() + (int64_t)timeout_ms;
+    int64_t deadline = hub_now_ms() + (int64_t)timeout_ms;
     if (bridge_client_new(&c, &o, err) < 0 || bridge_client_start(c, err) < 0) {
         code = fail(EXIT_ERROR, "cannot connect to %s: %s", o.url, err);
         goto out;

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "bridge.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 
@@ -340,12 +341,6 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
 }
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / NS_PER_MS;
-}
 
 static uint64_t splitmix64(uint64_t *x)
 {
@@ -604,7 +599,7 @@ static void dev_pack(struct dev *d, uint64_t seq)
     msgpack_pack_str_with_body(pk, "seq", 3);
     msgpack_pack_uint64(pk, seq);
     msgpack_pack_str_with_body(pk, "ts", 2);
-    msgpack_pack_int64(pk, wall_ms());
+    msgpack_pack_int64(pk, hub_now_ms());
     msgpack_pack_str_with_body(pk, "heart_rate", 10);
     msgpack_pack_int64(pk, lround(d->hr));
     msgpack_pack_str_with_body(pk, "spo2", 4);
@@ -1198,7 +1193,7 @@ static void run_command(struct dev *d, const msgpack_object *root, int64_t start
         seen = sc;
     }
     msgpack_sbuffer_destroy(&idb);
-    if (obj_number(expires, &v, &is_int) == 0 && v > 0 && v < (double)wall_ms()) {
+    if (obj_number(expires, &v, &is_int) == 0 && v > 0 && v < (double)hub_now_ms()) {
         fail_ack(seen, d, id, "error", "expired", 0, false);
         return;
     }
@@ -1654,7 +1649,7 @@ static int devs_create(void)
 {
     uint64_t seed = sim.o.seed;
     if (!sim.o.seed_set)
-        seed = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32);
+        seed = (uint64_t)hub_now_ms() ^ ((uint64_t)getpid() << 32);
     for (unsigned i = 0; i < sim.n_devs; i++) {
         struct dev *d = &sim.devs[i];
         int n = snprintf(d->id, sizeof d->id, "%s%04u", sim.o.id_prefix, i + 1);
@@ -1751,7 +1746,7 @@ int main(int argc, char **argv)
     msgpack_sbuffer_init(&sim.abuf);
     msgpack_packer_init(&sim.apk, &sim.abuf, msgpack_sbuffer_write);
     atomic_init(&sim.inbox_pending, false);
-    sim.flaky_rng = (uint64_t)wall_ms() * 0x9e3779b97f4a7c15ULL | 1;
+    sim.flaky_rng = (uint64_t)hub_now_ms() * 0x9e3779b97f4a7c15ULL | 1;
 
     sim.devs = calloc(sim.n_devs, sizeof *sim.devs);
     sim.conns = calloc(sim.n_conns, sizeof *sim.conns);

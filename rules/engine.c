@@ -546,12 +546,12 @@ static int run_marked(const struct rules_set *rs, struct rules_scratch *sc, stru
             if (rc < 0)
                 return rc;
             /* actions wrote something: the rules after this one that read it run too (the
-             * load order guarantees they come later) */
+             * load order guarantees they come later); the words before w are done, and in w
+             * the bits up to this rank are cleared, so no rule runs twice */
             if (tw->changes && (tw->changes->n != seen || tw->changes->all)) {
                 mark_changes(rs, sc, tw->changes, seen);
                 seen = tw->changes->n;
-                for (unsigned k = 0; k <= rank; k++) /* never run one twice */
-                    sc->marks[k / 64] &= ~(1ull << (k % 64));
+                sc->marks[w] &= bit == 63 ? 0 : ~0ull << (bit + 1);
             }
         }
     }

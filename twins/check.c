@@ -124,6 +124,13 @@ static int check_key(const msgpack_object *k, const struct vpath *p, char *err)
     return 0;
 }
 
+/* Whether check_value can fail on o or descend into it: the path is built only for those. */
+static bool needs_check(const msgpack_object *o)
+{
+    return o->type == MSGPACK_OBJECT_EXT || o->type == MSGPACK_OBJECT_MAP ||
+           o->type == MSGPACK_OBJECT_ARRAY;
+}
+
 static int check_value(const msgpack_object *o, struct vpath *p, unsigned depth, char *err)
 {
     if (o->type == MSGPACK_OBJECT_EXT) {
@@ -139,6 +146,8 @@ static int check_value(const msgpack_object *o, struct vpath *p, unsigned depth,
     }
     if (o->type == MSGPACK_OBJECT_ARRAY) {
         for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if (!needs_check(&o->via.array.ptr[i]))
+                continue;
             size_t saved = vpath_index(p, i);
             int rc = check_value(&o->via.array.ptr[i], p, depth + 1, err);
 
@@ -155,6 +164,8 @@ static int check_value(const msgpack_object *o, struct vpath *p, unsigned depth,
 
         if (rc)
             return rc;
+        if (!needs_check(&kv->val))
+            continue;
         saved = vpath_key(p, &kv->key);
         rc = check_value(&kv->val, p, depth + 1, err);
         p->len = saved;

@@ -74,26 +74,11 @@ static int64_t due_of(enum twin_command_state st, int64_t expires, int64_t drop)
  * Keys and ids
  * ------------------------------------------------------------------------------------------ */
 
-static void be64_put(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[7 - i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t be64_get(const unsigned char *b)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | b[i];
-    return v;
-}
-
 static void ckey(unsigned char *buf, const char *id, size_t id_len, uint64_t n, MDB_val *k)
 {
     memcpy(buf, id, id_len);
     buf[id_len] = '\0';
-    be64_put(buf + id_len + 1, n);
+    store__be64_put(buf + id_len + 1, n);
     k->mv_size = id_len + 1 + 8;
     k->mv_data = buf;
 }
@@ -101,9 +86,9 @@ static void ckey(unsigned char *buf, const char *id, size_t id_len, uint64_t n, 
 static void dkey(unsigned char *buf, int64_t due, const char *id, size_t id_len, uint64_t n,
                  MDB_val *k)
 {
-    be64_put(buf, (uint64_t)due);
+    store__be64_put(buf, (uint64_t)due);
     memcpy(buf + 8, id, id_len);
-    be64_put(buf + 8 + id_len, n);
+    store__be64_put(buf + 8 + id_len, n);
     k->mv_size = 8 + id_len + 8;
     k->mv_data = buf;
 }
@@ -494,7 +479,7 @@ static int seek(MDB_cursor *cur, const char *id, size_t id_len, uint64_t from, M
     if (k->mv_size != id_len + 1 + 8 || memcmp(k->mv_data, id, id_len) != 0 ||
         ((const char *)k->mv_data)[id_len] != '\0')
         return MDB_NOTFOUND;
-    *n = be64_get((const unsigned char *)k->mv_data + id_len + 1);
+    *n = store__be64_get((const unsigned char *)k->mv_data + id_len + 1);
     return 0;
 }
 
@@ -552,8 +537,21 @@ static int make_room(struct twin_txn *txn, MDB_cursor *cur, const char *id, size
         enum twin_command_state from;
 
         rc = rec_decode(txn, id, id_len, n, v.mv_data, v.mv_size, &c, err);
+        if (rc == -EBADMSG) {
+            /* rec_peek took it, rec_decode does not: dropped like the first pass's unreadable
+             * ones, so that one damaged record cannot block the device's queue */
+            struct peek pk;
+            int64_t due = rec_peek(v.mv_data, v.mv_size, &pk) ? due_of(pk.state, pk.expires,
+                                                                       pk.drop)
+                                                              : 0;
+            rc = cmd_drop(txn, id, id_len, n, due, err);
+            if (rc)
+                return rc;
+            excess--;
+            continue;
+        }
         if (rc)
-            return rc; /* the first pass dropped what cannot be read */
+            return rc;
         from = c.state;
         rc = cmd_drop(txn, id, id_len, n, c.expires, err);
         if (rc)
@@ -914,7 +912,7 @@ int twin_command_expire(struct twin_txn *txn, int64_t now_ms, unsigned max, twin
                 break;
             continue;
         }
-        due = (int64_t)be64_get(k.mv_data);
+        due = (int64_t)store__be64_get(k.mv_data);
         if (due > now_ms)
             break;
         if (max && done >= max) {
@@ -923,7 +921,7 @@ int twin_command_expire(struct twin_txn *txn, int64_t now_ms, unsigned max, twin
         }
         id_len = k.mv_size - 16;
         memcpy(id, (const char *)k.mv_data + 8, id_len);
-        n = be64_get((const unsigned char *)k.mv_data + 8 + id_len);
+        n = store__be64_get((const unsigned char *)k.mv_data + 8 + id_len);
         /* this entry goes whatever the record says: a stale one must not stall the pass */
         rc = mdb_cursor_del(cur, 0);
         if (rc)
@@ -993,7 +991,7 @@ int twin_command_next_deadline(struct twin_txn *txn, int64_t *at_ms, char *err)
         twins__errf(err, "deadline entry of %zu bytes", k.mv_size);
         return -EBADMSG;
     }
-    *at_ms = (int64_t)be64_get(k.mv_data);
+    *at_ms = (int64_t)store__be64_get(k.mv_data);
     return 0;
 }
 

@@ -70,9 +70,7 @@ int twin_desired_apply(struct twin_txn *txn, const char *id, size_t id_len,
     doc.id = id;
     doc.id_len = id_len;
     doc.version++;
-    rc = twin_put(txn, &doc, err); /* -E2BIG writes nothing */
-    if (!rc && created)
-        rc = store__tomb_clear(txn, id, id_len, err);
+    rc = store__twin_save(txn, &doc, created, err); /* -E2BIG writes nothing */
     if (rc)
         return rc;
     res->version = doc.version;

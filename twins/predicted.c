@@ -24,14 +24,15 @@ int twin_predicted_set(struct twin_txn *txn, const char *id, size_t id_len, cons
     uint32_t n = old->type == MSGPACK_OBJECT_MAP ? old->via.map.size : 0;
     msgpack_zone *z = twin_txn_zone(txn);
     msgpack_object_kv *kv = msgpack_zone_malloc(z, sizeof(*kv) * (n + 1));
-    if (!kv)
+    if (!kv) {
+        twins__errf(err, "out of memory setting predicted.%.*s", (int)model_len, model);
         return -ENOMEM;
+    }
     uint32_t m = 0;
     bool replaced = false;
     for (uint32_t i = 0; i < n; i++) {
         kv[m] = old->via.map.ptr[i];
-        if (kv[m].key.type == MSGPACK_OBJECT_STR && kv[m].key.via.str.size == model_len &&
-            memcmp(kv[m].key.via.str.ptr, model, model_len) == 0) {
+        if (twins__key_is(&kv[m].key, model, model_len)) {
             kv[m].val = *value;
             replaced = true;
         }

@@ -36,9 +36,7 @@ int twin_presence_apply(struct twin_txn *txn, const char *id, size_t id_len, boo
     doc.connected = online;
     doc.last_seen = now_ms;
     doc.version++;
-    rc = twin_put(txn, &doc, err);
-    if (!rc && created)
-        rc = store__tomb_clear(txn, id, id_len, err);
+    rc = store__twin_save(txn, &doc, created, err); /* -E2BIG writes nothing */
     if (rc)
         return rc;
     res->version = doc.version;

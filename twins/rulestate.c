@@ -15,20 +15,6 @@
 #define KEY_MAX (TWIN_ID_MAX + 1 + TWIN_RULE_NAME_MAX)
 #define DUE_MAX 256
 
-static void be64_put(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (56 - 8 * i));
-}
-
-static uint64_t be64_get(const unsigned char *b)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | b[i];
-    return v;
-}
-
 /* Sign-flipped so that negative times sort first in the big-endian key. */
 static uint64_t time_key(int64_t t)
 {
@@ -175,27 +161,23 @@ int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int6
         twins__errf(err, "wake time of '%.*s' has %zu bytes", (int)id_len, id, v.mv_size);
         return -EBADMSG;
     }
-    *at = (int64_t)(be64_get(v.mv_data) ^ (1ull << 63));
+    *at = (int64_t)(store__be64_get(v.mv_data) ^ (1ull << 63));
     return 0;
 }
 
-int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
-                       char *err)
+/* Moves twin id's wake from `old` to `at` (INT64_MAX: none) in both databases. */
+static int wake_move(struct twin_txn *txn, const char *id, size_t id_len, int64_t old, int64_t at,
+                     char *err)
 {
     unsigned char kb[KEY_MAX], wk[8 + TWIN_ID_MAX], tb[8];
     size_t kn = 0;
-    int64_t old;
-    int rc = store__need_write(txn, "twin_rule_wake_set", err);
-    if (rc || (rc = twin_rule_wake_get(txn, id, id_len, &old, err)))
-        return rc;
-    if (old == at)
-        return 0;
-    if ((rc = key_build(kb, id, id_len, NULL, 0, &kn, err)))
+    int rc = key_build(kb, id, id_len, NULL, 0, &kn, err);
+    if (rc)
         return rc;
     memcpy(wk + 8, id, id_len);
     MDB_val k = {kn, kb}, w = {8 + id_len, wk}, v = {8, tb};
     if (old != INT64_MAX) {
-        be64_put(wk, time_key(old));
+        store__be64_put(wk, time_key(old));
         rc = mdb_del(txn->txn, txn->s->dbi_wakes, &w, NULL);
         if (rc && rc != MDB_NOTFOUND)
             return store__mdb_error(txn, rc, "deleting a wake", err);
@@ -205,13 +187,33 @@ int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int6
         return rc && rc != MDB_NOTFOUND ? store__mdb_error(txn, rc, "deleting a wake time", err)
                                         : 0;
     }
-    be64_put(tb, time_key(at));
-    be64_put(wk, time_key(at));
+    store__be64_put(tb, time_key(at));
+    store__be64_put(wk, time_key(at));
     MDB_val empty = {0, ""};
     if ((rc = mdb_put(txn->txn, txn->s->dbi_rulestate, &k, &v, 0)) ||
         (rc = mdb_put(txn->txn, txn->s->dbi_wakes, &w, &empty, 0)))
         return store__mdb_error(txn, rc, "writing a wake", err);
     return 0;
+}
+
+int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
+                       char *err)
+{
+    int64_t old;
+    int rc = store__need_write(txn, "twin_rule_wake_set", err);
+    if (rc || (rc = twin_rule_wake_get(txn, id, id_len, &old, err)))
+        return rc;
+    return old == at ? 0 : wake_move(txn, id, id_len, old, at, err);
+}
+
+int twin_rule_wake_lower(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
+                         char *err)
+{
+    int64_t old;
+    int rc = store__need_write(txn, "twin_rule_wake_lower", err);
+    if (rc || (rc = twin_rule_wake_get(txn, id, id_len, &old, err)))
+        return rc;
+    return at >= old ? 0 : wake_move(txn, id, id_len, old, at, err);
 }
 
 int twin_rule_wake_due(struct twin_txn *txn, int64_t now, unsigned max, twin_rule_wake_cb cb,
@@ -244,7 +246,7 @@ int twin_rule_wake_due(struct twin_txn *txn, int64_t now, unsigned max, twin_rul
             rc = -EBADMSG;
             break;
         }
-        int64_t at = (int64_t)(be64_get(k.mv_data) ^ (1ull << 63));
+        int64_t at = (int64_t)(store__be64_get(k.mv_data) ^ (1ull << 63));
         if (at > now)
             break;
         due[n].len = k.mv_size - 8;
@@ -281,7 +283,7 @@ int twin_rule_wake_next(struct twin_txn *txn, int64_t *at, char *err)
         return store__mdb_error(txn, rc, "reading the wakes", err);
     if (k.mv_size < 8)
         return twins__errf(err, "a wake entry has a key of %zu bytes", k.mv_size), -EBADMSG;
-    *at = (int64_t)(be64_get(k.mv_data) ^ (1ull << 63));
+    *at = (int64_t)(store__be64_get(k.mv_data) ^ (1ull << 63));
     return 0;
 }
 

@@ -277,9 +277,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         doc.seq = seq;
         doc.has_seq = true;
     }
-    rc = twin_put(txn, &doc, err); /* -E2BIG writes nothing */
-    if (!rc && created)
-        rc = store__tomb_clear(txn, id, id_len, err);
+    rc = store__twin_save(txn, &doc, created, err); /* -E2BIG writes nothing */
     if (rc)
         return rc;
 
@@ -294,5 +292,6 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     }
     res->outcome = TWIN_APPLIED;
     res->version = doc.version;
+    res->doc = doc;
     return 0;
 }

@@ -265,6 +265,8 @@ struct twin_apply_result {
     uint64_t version;   /* the twin's version after the call */
     bool created;       /* the twin did not exist before */
     bool delta_changed; /* doc.delta differs from what it was (see twin_desired_apply) */
+    struct twin_doc doc; /* TWIN_APPLIED: the twin as stored; points into the transaction's
+                            zone and the caller's id: valid until the transaction ends */
 };
 
 /* Applies one telemetry map from device `id` (already validated) in a write transaction:
@@ -599,6 +601,9 @@ int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int6
 /* Sets it (INT64_MAX: none), keeping the index in order. Write transactions. */
 int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
                        char *err);
+/* Sets it to `at` only when that is earlier than the current one. Write transactions. */
+int twin_rule_wake_lower(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
+                         char *err);
 /* Calls cb for the twins whose wake time is <= now, earliest first, at most `max` (capped at
  * 256); cb may write to the store (it should set a new wake time for the twin, or the next call
  * reports it again). Returns 0, cb's non-zero return, or an error. */

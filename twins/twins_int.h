@@ -243,9 +243,33 @@ int store__twin_load(struct twin_txn *txn, const char *id, size_t id_len, int64_
 
 /* Removes the tombstone of `id` (a twin created again); none is not an error. Returns 0 or
  * -EIO. */
+int store__tomb_clear(struct twin_txn *txn, const char *id, size_t id_len, char *err);
+
+/* twin_put, and for a twin that store__twin_load had to create, the removal of its tombstone.
+ * Returns as twin_put, or -EIO. */
+static inline int store__twin_save(struct twin_txn *txn, const struct twin_doc *doc, bool created,
+                                   char *err)
+{
+    int rc = twin_put(txn, doc, err);
+    return !rc && created ? store__tomb_clear(txn, doc->id, doc->id_len, err) : rc;
+}
+
+/* Big-endian 64-bit keys (command.c, rulestate.c): they sort as numbers. */
+static inline void store__be64_put(unsigned char *b, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        b[7 - i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint64_t store__be64_get(const unsigned char *b)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
 /* Deletes every rule record and the wake of twin `id` (rulestate.c). */
 int rulestate__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err);
-
-int store__tomb_clear(struct twin_txn *txn, const char *id, size_t id_len, char *err);
 
 #endif

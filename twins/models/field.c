@@ -10,17 +10,7 @@
 
 const msgpack_object *model__field(const msgpack_object *map, const char *key)
 {
-    size_t klen = strlen(key);
-
-    if (map->type != MSGPACK_OBJECT_MAP)
-        return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *k = &map->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
-            return &map->via.map.ptr[i].val;
-    }
-    return NULL;
+    return twin_value_get(map, key, strlen(key));
 }
 
 static const msgpack_object *need(const msgpack_object *map, const char *ctx, const char *key,

@@ -176,14 +176,12 @@ static int apply_fn(struct twin_txn *txn, void *arg)
     if (rc < 0 || !m->rs)
         return rc;
     struct host h = {.txn = txn, .id = m->id, .id_len = m->id_len};
-    struct twin_doc doc;
-    if ((rc = twin_get(txn, m->id, m->id_len, &doc, err)) < 0)
-        return rc;
     rules_changes_reset(&m->changes);
     rules_changes_add(&m->changes, "reported.heart_rate", 19);
     rules_changes_add(&m->changes, "reported.spo2", 13);
     rules_changes_add(&m->changes, "reported.temperature", 20);
-    struct rules_twin tw = {.doc = &doc, .now = now, .changes = &m->changes,
+    /* as the hub does: the document the apply stored, and the wake only ever lowered */
+    struct rules_twin tw = {.doc = &res.doc, .now = now, .changes = &m->changes,
                             .history = h_history, .history_ctx = &h};
     struct rules_host host = {.ctx = &h, .state_get = h_get, .state_put = h_put,
                               .state_del = h_del, .state_list = h_list, .action = h_action,
@@ -192,7 +190,7 @@ static int apply_fn(struct twin_txn *txn, void *arg)
     rc = rules_run_change(m->rs, m->sc, &tw, &host, &rr);
     m->evaluated += rr.evaluated;
     if (rc == 0 && rr.wake != INT64_MAX)
-        rc = twin_rule_wake_set(txn, m->id, m->id_len, rr.wake, h.err);
+        rc = twin_rule_wake_lower(txn, m->id, m->id_len, rr.wake, h.err);
     return rc;
 }
 
