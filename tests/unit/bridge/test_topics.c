@@ -469,6 +469,31 @@ static void test_publishable(void)
     CHECK(!bridge_topic_publishable("\xc3\xa9", 1), "cut character");
 }
 
+/* Topics a request may not name as its response topic: the hub's scheme, whatever the id. */
+static void test_reserved(void)
+{
+    static const struct {
+        const char *topic;
+        bool reserved;
+    } cases[] = {
+        {"devices/d1/telemetry", true},     {"devices/anything", true},
+        {"hub/status", true},               {"hub/whatever", true},
+        {"twins/d1/events", true},          {"twins/a b/events", true}, /* bad id */
+        {"twins/.x/state", true},           {"twins/d1/predictions", true},
+        {"twins/d1/desired/set", true},     {"twins/d1/desired/set/accepted", true},
+        {"twins/a b/get/rejected", true},   {"twins/_replies/twinctl-1", false},
+        {"twins/d1/mine", false},           {"twins/d1/events/x", false},
+        {"replies/svc-1", false},           {"devicesX/d1/telemetry", false},
+    };
+    struct bridge_topics t;
+    char err[BRIDGE_ERR_LEN];
+    CHECK(bridge_topics_init(&t, NULL, NULL, NULL, err) == 0, "defaults");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        CHECK(bridge_topic_reserved(&t, cases[i].topic, strlen(cases[i].topic)) ==
+                  cases[i].reserved,
+              "reserved %s", cases[i].topic);
+}
+
 int main(void)
 {
     test_ids();
@@ -476,6 +501,7 @@ int main(void)
     test_kinds();
     test_rejects();
     test_publishable();
+    test_reserved();
     if (failures) {
         fprintf(stderr, "test_topics: %d check(s) failed\n", failures);
         return 1;
