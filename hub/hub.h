@@ -170,9 +170,16 @@ int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool c
  * Returns 0 or ol->err. */
 int out_event_command(struct outlist *ol, const struct twin_command *c);
 /* A prediction as a map: {model (when not NULL), value, proba (classifiers that have it), ts,
- * twin_version, model_version}. */
+ * twin_version, model_version, and, when the model has a target, its score (out_pack_score)}. */
 void out_pack_prediction(msgpack_packer *pk, const char *model, const struct rules_prediction *p,
                          int64_t ts, uint64_t twin_version);
+/* The keys of a model's score, for predicted.<model>: scored, then mae and rmse (regressors) or
+ * accuracy (classifiers) once one is scored, and learned (steps taken) when the model learns.
+ * out_score_keys says how many out_pack_score packs; both leave the map header to the caller.
+ * out_is_score_key says whether a key is one of them. */
+unsigned out_score_keys(const struct rules_model_score *s);
+void out_pack_score(msgpack_packer *pk, const struct rules_model_score *s);
+bool out_is_score_key(const msgpack_object *key);
 /* twins/{id}/predictions {model, value, proba?, ts, twin_version, model_version} */
 int out_prediction(struct outlist *ol, const char *id, size_t id_len, const char *model,
                    const struct rules_prediction *p, int64_t ts, uint64_t twin_version);
@@ -239,6 +246,7 @@ void report_cleanup(struct report *r);
 struct hub_rules_stats {
     _Atomic uint64_t evaluated, transitions, actions, action_errors, reloads, reload_failures;
     _Atomic uint64_t predictions, predictions_skipped; /* skipped: inputs missing */
+    _Atomic uint64_t scored, learn_steps; /* predictions compared with their target; LMS steps */
 };
 
 struct hub_rules {
@@ -257,17 +265,21 @@ struct rules_run {
     struct rules_scratch *sc;
     struct rules_changes changes; /* what the change being run wrote */
     struct rules_twin tw;
+    struct rules_model_record rec; /* a model's record of the twin being run (its buffer:
+                                      RULES_MODEL_STATE_MAX bytes) */
 };
 int rules_run_init(struct rules_run *rr);
 void rules_run_cleanup(struct rules_run *rr);
 
-/* Loads the rules file `path` ("" or NULL: no rules). On error logs every problem and returns
- * it (the hub does not start with a bad file). tick_ms: rules.tick. Main thread, before the
- * other threads start. */
-int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, int64_t tick_ms);
+/* Loads the rules file `path` ("" or NULL: no rules) and clears the state of rules and models
+ * that are gone or changed since the store last ran (as a reload does). On error logs every
+ * problem and returns it (the hub does not start with a bad file). tick_ms: rules.tick. Main
+ * thread, before the other threads start. */
+int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, int64_t tick_ms,
+                   struct twin_store *store);
 void hub_rules_close(struct hub_rules *hr);
 /* Loads `path` again (SIGHUP, or the file changed): on success swaps it in and clears the
- * state of rules that are gone or changed; on failure keeps the running rules, logs every error
+ * state of rules and models that are gone or changed; on failure keeps the running rules, logs every error
  * and reports the first on hub/errors. Main thread. */
 int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store);
 /* Reloads when the file's mtime, size or inode changed since it was loaded. Main thread. */

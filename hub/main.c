@@ -250,6 +250,23 @@ static void log_stats(struct hub *h)
              (unsigned long long)(ps.sent[PUB_CLASS_REPLY] + ps.sent[PUB_CLASS_COMMAND]),
              (unsigned long long)ps.dropped[PUB_CLASS_REPLY],
              (unsigned long long)ps.dropped[PUB_CLASS_COMMAND]);
+    if (!hub_rules_active(&h->rules))
+        return;
+    struct hub_rules_stats *rs = &h->rules.stats;
+    log_info("rules stats",
+             "evaluated=%llu transitions=%llu actions=%llu action_errors=%llu predictions=%llu "
+             "predictions_skipped=%llu scored=%llu learn_steps=%llu reloads=%llu "
+             "reload_failures=%llu",
+             (unsigned long long)atomic_load(&rs->evaluated),
+             (unsigned long long)atomic_load(&rs->transitions),
+             (unsigned long long)atomic_load(&rs->actions),
+             (unsigned long long)atomic_load(&rs->action_errors),
+             (unsigned long long)atomic_load(&rs->predictions),
+             (unsigned long long)atomic_load(&rs->predictions_skipped),
+             (unsigned long long)atomic_load(&rs->scored),
+             (unsigned long long)atomic_load(&rs->learn_steps),
+             (unsigned long long)atomic_load(&rs->reloads),
+             (unsigned long long)atomic_load(&rs->reload_failures));
 }
 
 /* When the command timer runs next (hub clock); INT64_MAX: nothing is due. Main thread. */
@@ -415,7 +432,8 @@ static int hub_open(struct hub *h)
         return rc;
     }
 
-    if ((rc = hub_rules_open(&h->rules, c->rules_path, &h->rep, c->rules_tick_ms)) < 0) {
+    if ((rc = hub_rules_open(&h->rules, c->rules_path, &h->rep, c->rules_tick_ms,
+                             h->store)) < 0) {
         log_error("cannot load the rules file; fix it or unset rules.file", "file=%s",
                   c->rules_path);
         goto fail_rules;

@@ -7,6 +7,7 @@
  * Threads: an outlist belongs to the thread that uses it (ingest's to Paho's receive thread,
  * the main loop's to the main thread); nothing here takes a lock but the publisher's. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -251,7 +252,8 @@ void out_pack_prediction(msgpack_packer *pk, const char *model, const struct rul
 {
     const struct twin_model_info *in = p->info;
     bool proba = in->classifier && p->proba;
-    msgpack_pack_map(pk, (model ? 5 : 4) + (proba ? 1 : 0));
+    msgpack_pack_map(pk, (model ? 5 : 4) + (proba ? 1 : 0) +
+                             (p->score ? out_score_keys(p->score) : 0));
     if (model) {
         out_pack_key(pk, "model");
         out_pack_key(pk, model);
@@ -277,6 +279,42 @@ void out_pack_prediction(msgpack_packer *pk, const char *model, const struct rul
     msgpack_pack_uint64(pk, twin_version);
     out_pack_key(pk, "model_version");
     out_pack_key(pk, in->version);
+    if (p->score)
+        out_pack_score(pk, p->score);
+}
+
+static const char *const score_keys[] = {"scored", "mae", "rmse", "accuracy", "learned"};
+
+unsigned out_score_keys(const struct rules_model_score *s)
+{
+    return 1 + (s->scored ? (s->classifier ? 1 : 2) : 0) + (s->learns ? 1 : 0);
+}
+
+void out_pack_score(msgpack_packer *pk, const struct rules_model_score *s)
+{
+    out_pack_key(pk, "scored");
+    msgpack_pack_uint64(pk, s->scored);
+    if (s->scored && s->classifier) {
+        out_pack_key(pk, "accuracy");
+        msgpack_pack_double(pk, (double)s->correct / (double)s->scored);
+    } else if (s->scored) {
+        out_pack_key(pk, "mae");
+        msgpack_pack_double(pk, s->sum_abs / (double)s->scored);
+        out_pack_key(pk, "rmse");
+        msgpack_pack_double(pk, sqrt(s->sum_sq / (double)s->scored));
+    }
+    if (s->learns) {
+        out_pack_key(pk, "learned");
+        msgpack_pack_uint64(pk, s->updates);
+    }
+}
+
+bool out_is_score_key(const msgpack_object *key)
+{
+    for (size_t i = 0; i < sizeof(score_keys) / sizeof(score_keys[0]); i++)
+        if (hub_key_is(key, score_keys[i]))
+            return true;
+    return false;
 }
 
 int out_prediction(struct outlist *ol, const char *id, size_t id_len, const char *model,

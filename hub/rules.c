@@ -139,41 +139,79 @@ static int act_command(struct host *h, const struct rules_fire *f, const struct 
     return 0;
 }
 
+/* The twin's record of model i into h->rr->rec (len 0: none, or the model has no target). */
+static int record_get(struct host *h, unsigned i)
+{
+    struct rules_model_record *rec = &h->rr->rec;
+    const char *name = rules_set_model_name(h->set, i);
+    size_t dummy;
+    rec->len = 0;
+    rec->changed = false;
+    if (!rules_set_model_target(h->set, i, &dummy))
+        return 0;
+    int rc = twin_model_state_get(h->txn, h->id, h->id_len, name, strlen(name), rec->buf,
+                                  RULES_MODEL_STATE_MAX, &rec->len, h->err);
+    if (rc == -ENOENT || rc == -EBADMSG) { /* a damaged record starts over */
+        rec->len = 0;
+        return 0;
+    }
+    return rc;
+}
+
+static int record_put(struct host *h, unsigned i)
+{
+    const struct rules_model_record *rec = &h->rr->rec;
+    const char *name = rules_set_model_name(h->set, i);
+    if (!rec->changed)
+        return 0;
+    return twin_model_state_put(h->txn, h->id, h->id_len, name, strlen(name), rec->buf, rec->len,
+                                h->err);
+}
+
+/* Stores the map packed in sb as predicted.<name> (a change of its own: version +1), then
+ * reads the twin again for the rules after this. -E2BIG / -EINVAL: the store refused it. */
+static int predicted_put(struct host *h, const char *name, const msgpack_sbuffer *sb)
+{
+    msgpack_zone *z = twin_txn_zone(h->txn);
+    char *bytes = sb->size ? msgpack_zone_malloc(z, sb->size) : NULL;
+    msgpack_object value;
+    size_t off = 0;
+    if (!bytes)
+        return -ENOMEM;
+    memcpy(bytes, sb->data, sb->size);
+    if (msgpack_unpack(bytes, sb->size, &off, z, &value) != MSGPACK_UNPACK_SUCCESS)
+        return -ENOMEM;
+    int rc = twin_predicted_set(h->txn, h->id, h->id_len, name, strlen(name), &value, NULL, h->err);
+    return rc < 0 ? rc : twin_get(h->txn, h->id, h->id_len, &h->doc, h->err);
+}
+
 /* Runs the model, stores predicted.<model> in the twin (a change of its own: version +1) and
- * publishes twins/{id}/predictions after the commit. Inputs that are missing skip it. */
+ * publishes twins/{id}/predictions after the commit. Inputs that are missing skip it. A model
+ * with a target keeps the prediction in the twin's record until the target's value comes. */
 static int act_predict(struct host *h, const struct rules_fire *f, const struct rules_action *a)
 {
     struct rules_prediction p;
     const char *name = rules_set_model_name(h->set, a->model);
-    int rc = rules_model_predict(h->set, a->model, &h->rr->tw, &p);
+    int rc = record_get(h, a->model);
+    if (rc < 0)
+        return rc;
+    rc = rules_model_predict(h->set, a->model, &h->rr->tw, &h->rr->rec, &p);
     if (rc == -ENODATA) {
         atomic_fetch_add(&h->hr->stats.predictions_skipped, 1);
         log_debug("prediction skipped: an input is missing", "rule=%s id=%.*s model=%s", f->rule,
                   (int)h->id_len, h->id, name);
         return 0;
     }
-    if (rc < 0)
+    if (rc < 0 || (rc = record_put(h, a->model)) < 0)
         return rc;
-    /* the stored value: the prediction's map, decoded into the transaction's zone */
     msgpack_sbuffer sb;
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     uint64_t from = h->doc.version;
     out_pack_prediction(&pk, NULL, &p, h->now, from);
-    msgpack_zone *z = twin_txn_zone(h->txn);
-    char *bytes = sb.size ? msgpack_zone_malloc(z, sb.size) : NULL;
-    msgpack_object value;
-    size_t off = 0;
-    if (!bytes) {
-        msgpack_sbuffer_destroy(&sb);
-        return -ENOMEM;
-    }
-    memcpy(bytes, sb.data, sb.size);
-    rc = msgpack_unpack(bytes, sb.size, &off, z, &value) == MSGPACK_UNPACK_SUCCESS ? 0 : -ENOMEM;
+    rc = predicted_put(h, name, &sb);
     msgpack_sbuffer_destroy(&sb);
-    if (rc == 0)
-        rc = twin_predicted_set(h->txn, h->id, h->id_len, name, strlen(name), &value, NULL, h->err);
     if (rc == -E2BIG || rc == -EINVAL) {
         refused(h, f, "predict", h->err);
         return 0;
@@ -185,9 +223,75 @@ static int act_predict(struct host *h, const struct rules_fire *f, const struct 
     char path[RULES_NAME_MAX + 16];
     int n = snprintf(path, sizeof(path), "predicted.%s", name);
     rules_changes_add(h->rr->tw.changes, path, (size_t)n);
-    if ((rc = out_prediction(h->ol, h->id, h->id_len, name, &p, h->now, from)) < 0)
+    return out_prediction(h->ol, h->id, h->id_len, name, &p, h->now, from);
+}
+
+/* predicted.<model> with its score keys replaced by s's; the rules reading them run. */
+static int store_score(struct host *h, unsigned i, const struct rules_model_score *s)
+{
+    const char *name = rules_set_model_name(h->set, i);
+    const msgpack_object *old = NULL;
+    if (h->doc.predicted.type == MSGPACK_OBJECT_MAP)
+        for (uint32_t k = 0; k < h->doc.predicted.via.map.size; k++)
+            if (hub_key_is(&h->doc.predicted.via.map.ptr[k].key, name))
+                old = &h->doc.predicted.via.map.ptr[k].val;
+    if (!old || old->type != MSGPACK_OBJECT_MAP)
+        return 0; /* nothing to show the score in */
+    uint32_t keep = 0;
+    for (uint32_t k = 0; k < old->via.map.size; k++)
+        keep += !out_is_score_key(&old->via.map.ptr[k].key);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, keep + out_score_keys(s));
+    for (uint32_t k = 0; k < old->via.map.size; k++)
+        if (!out_is_score_key(&old->via.map.ptr[k].key)) {
+            msgpack_pack_object(&pk, old->via.map.ptr[k].key);
+            msgpack_pack_object(&pk, old->via.map.ptr[k].val);
+        }
+    out_pack_score(&pk, s);
+    int rc = predicted_put(h, name, &sb);
+    msgpack_sbuffer_destroy(&sb);
+    if (rc < 0)
         return rc;
-    return twin_get(h->txn, h->id, h->id_len, &h->doc, h->err);
+    h->flags |= PUB_STATE;
+    static const char *const keys[] = {"scored", "mae", "rmse", "accuracy", "learned"};
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        char path[RULES_NAME_MAX + 32];
+        int n = snprintf(path, sizeof(path), "predicted.%s.%s", name, keys[k]);
+        rules_changes_add(h->rr->tw.changes, path, (size_t)n);
+    }
+    return 0;
+}
+
+/* Before the rules of a change: each model whose target the change wrote scores the twin's
+ * predictions that were waiting for it (and learns from them). */
+static int score_targets(struct host *h)
+{
+    unsigned n = rules_set_model_count(h->set);
+    for (unsigned i = 0; i < n; i++) {
+        size_t len;
+        const char *target = rules_set_model_target(h->set, i, &len);
+        if (!target || !rules_changes_touch(h->rr->tw.changes, target, len))
+            continue;
+        struct rules_model_score before, s;
+        int rc = record_get(h, i);
+        if (rc < 0)
+            return rc;
+        if (!h->rr->rec.len || rules_model_record_score(h->rr->rec.buf, h->rr->rec.len, &before))
+            continue; /* nothing waits (a damaged record starts over at the next prediction) */
+        if ((rc = rules_model_score(h->set, i, &h->rr->tw, &h->rr->rec, &s)) < 0)
+            return rc;
+        if (!h->rr->rec.changed)
+            continue;
+        /* a changed record was current, so `before` is its score */
+        atomic_fetch_add(&h->hr->stats.scored, s.scored - before.scored);
+        atomic_fetch_add(&h->hr->stats.learn_steps, s.updates - before.updates);
+        if ((rc = record_put(h, i)) < 0 || (rc = store_score(h, i, &s)) < 0)
+            return rc;
+    }
+    return 0;
 }
 
 static int h_action(void *ctx, const struct rules_fire *f, const struct rules_action *a)
@@ -227,13 +331,20 @@ int rules_run_init(struct rules_run *rr)
     memset(rr, 0, sizeof(*rr));
     rr->sc = rules_scratch_new();
     rr->tw.changes = &rr->changes;
-    return rr->sc ? 0 : -ENOMEM;
+    rr->rec.buf = malloc(RULES_MODEL_STATE_MAX);
+    if (!rr->sc || !rr->rec.buf) {
+        rules_run_cleanup(rr);
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 void rules_run_cleanup(struct rules_run *rr)
 {
     rules_scratch_free(rr->sc);
+    free(rr->rec.buf);
     rr->sc = NULL;
+    rr->rec.buf = NULL;
 }
 
 void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *telemetry)
@@ -280,9 +391,12 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
     rr->tw.history_ctx = &h;
     pthread_rwlock_rdlock(&hr->lock);
     h.set = hr->set;
-    rc = !h.set  ? 0
-         : timer ? rules_run_timer(h.set, rr->sc, &rr->tw, &x, &res)
-                 : rules_run_change(h.set, rr->sc, &rr->tw, &x, &res);
+    if (!h.set)
+        rc = 0;
+    else if (timer)
+        rc = rules_run_timer(h.set, rr->sc, &rr->tw, &x, &res);
+    else if ((rc = score_targets(&h)) == 0)
+        rc = rules_run_change(h.set, rr->sc, &rr->tw, &x, &res);
     pthread_rwlock_unlock(&hr->lock);
     if (rc < 0 || !h.set)
         return rc;
@@ -443,7 +557,91 @@ static void remember_file(struct hub_rules *hr)
         hr->st = st;
 }
 
-int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, int64_t tick_ms)
+struct sweep_kind {
+    const char *what;
+    int (*list)(struct twin_txn *, const char *, size_t, twin_records_cb, void *, char *);
+    int (*del)(struct twin_txn *, const char *, size_t, const char *, size_t, char *);
+    bool (*current)(const struct rules_set *, const char *, size_t, const void *, size_t);
+};
+
+static const struct sweep_kind sweep_kinds[] = {
+    {"rules", twin_rule_state_list, twin_rule_state_del, rules_record_current},
+    {"models", twin_model_state_list, twin_model_state_del, rules_model_record_current},
+};
+
+struct sweep {
+    struct hub_rules *hr;
+    const struct sweep_kind *kind;
+    struct {
+        char id[TWIN_ID_MAX];
+        size_t id_len;
+        char name[RULES_NAME_MAX];
+        size_t name_len;
+    } *stale;
+    unsigned n;
+    uint64_t deleted;
+    char *err;
+};
+
+static int sweep_one(void *ctx, const char *id, size_t id_len, const char *name, size_t name_len,
+                     const void *buf, size_t len)
+{
+    struct sweep *s = ctx;
+    if (name_len > RULES_NAME_MAX || s->kind->current(s->hr->set, name, name_len, buf, len))
+        return 0;
+    memcpy(s->stale[s->n].id, id, id_len);
+    s->stale[s->n].id_len = id_len;
+    memcpy(s->stale[s->n].name, name, name_len);
+    s->stale[s->n].name_len = name_len;
+    return ++s->n == SWEEP_BATCH ? 1 : 0;
+}
+
+static int sweep_fn(struct twin_txn *txn, void *ctx)
+{
+    struct sweep *s = ctx;
+    s->n = 0;
+    int rc = s->kind->list(txn, NULL, 0, sweep_one, s, s->err);
+    if (rc < 0)
+        return rc;
+    for (unsigned i = 0; i < s->n; i++)
+        if ((rc = s->kind->del(txn, s->stale[i].id, s->stale[i].id_len, s->stale[i].name,
+                               s->stale[i].name_len, s->err)) < 0 &&
+            rc != -ENOENT)
+            return rc;
+    s->deleted += s->n;
+    return 0;
+}
+
+/* Deletes the records of rules and models that are gone or were redefined, so they cannot
+ * come back (and twinctl stats does not count them). */
+static void sweep(struct hub_rules *hr, struct twin_store *store)
+{
+    char err[TWIN_ERR_LEN] = "";
+    struct sweep s = {.hr = hr, .err = err};
+    s.stale = malloc(sizeof(*s.stale) * SWEEP_BATCH);
+    if (!s.stale)
+        return;
+    pthread_rwlock_rdlock(&hr->lock);
+    for (size_t k = 0; k < sizeof(sweep_kinds) / sizeof(sweep_kinds[0]) && hr->set; k++) {
+        int rc;
+        s.kind = &sweep_kinds[k];
+        s.deleted = 0;
+        do
+            rc = twin_store_write(store, sweep_fn, &s, err);
+        while (rc == 0 && s.n == SWEEP_BATCH);
+        if (rc < 0)
+            log_error("cannot clear the state of removed rules or models", "of=%s err=\"%s\"",
+                      s.kind->what, err);
+        else if (s.deleted)
+            log_info("state of removed or changed rules or models cleared", "of=%s records=%llu",
+                     s.kind->what, (unsigned long long)s.deleted);
+    }
+    pthread_rwlock_unlock(&hr->lock);
+    free(s.stale);
+}
+
+int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, int64_t tick_ms,
+                   struct twin_store *store)
 {
     memset(hr, 0, sizeof(*hr));
     pthread_rwlockattr_t attr;
@@ -467,72 +665,12 @@ int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, i
         log_info("rules loaded", "file=%s rules=%u", path, rules_set_count(hr->set));
     rules_errors_free(&errs);
     remember_file(hr);
+    if (rc == 0)
+        sweep(hr, store);
     return rc;
 }
 
-struct sweep {
-    struct hub_rules *hr;
-    struct {
-        char id[TWIN_ID_MAX];
-        size_t id_len;
-        char rule[TWIN_RULE_NAME_MAX];
-        size_t rule_len;
-    } *stale;
-    unsigned n;
-    uint64_t deleted;
-    char *err;
-};
-
-static int sweep_one(void *ctx, const char *id, size_t id_len, const char *rule, size_t rule_len,
-                     const void *buf, size_t len)
-{
-    struct sweep *s = ctx;
-    if (rules_record_current(s->hr->set, rule, rule_len, buf, len))
-        return 0;
-    memcpy(s->stale[s->n].id, id, id_len);
-    s->stale[s->n].id_len = id_len;
-    memcpy(s->stale[s->n].rule, rule, rule_len);
-    s->stale[s->n].rule_len = rule_len;
-    return ++s->n == SWEEP_BATCH ? 1 : 0;
-}
-
-static int sweep_fn(struct twin_txn *txn, void *ctx)
-{
-    struct sweep *s = ctx;
-    s->n = 0;
-    int rc = twin_rule_state_list(txn, NULL, 0, sweep_one, s, s->err);
-    if (rc < 0)
-        return rc;
-    for (unsigned i = 0; i < s->n; i++)
-        if ((rc = twin_rule_state_del(txn, s->stale[i].id, s->stale[i].id_len, s->stale[i].rule,
-                                      s->stale[i].rule_len, s->err)) < 0 && rc != -ENOENT)
-            return rc;
-    s->deleted += s->n;
-    return 0;
-}
-
-/* Deletes the records of rules that are gone or were redefined, so they cannot come back. */
-static void sweep(struct hub_rules *hr, struct twin_store *store)
-{
-    char err[TWIN_ERR_LEN] = "";
-    struct sweep s = {.hr = hr, .err = err};
-    s.stale = malloc(sizeof(*s.stale) * SWEEP_BATCH);
-    if (!s.stale)
-        return;
-    int rc;
-    pthread_rwlock_rdlock(&hr->lock);
-    do
-        rc = twin_store_write(store, sweep_fn, &s, err);
-    while (rc == 0 && s.n == SWEEP_BATCH);
-    pthread_rwlock_unlock(&hr->lock);
-    free(s.stale);
-    if (rc < 0)
-        log_error("cannot clear the state of removed rules", "err=\"%s\"", err);
-    else if (s.deleted)
-        log_info("state of removed or changed rules cleared", "records=%llu",
-                 (unsigned long long)s.deleted);
-}
-
+/* The records a sweep walks: the rules' or the models'. */
 int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store)
 {
     struct rules_set *next = NULL;

@@ -546,6 +546,24 @@ static int cmd_history(struct ctl *ctl)
  * stats
  * ------------------------------------------------------------------------------------------ */
 
+/* One line per model for the table: "model NAME  key=value ..." */
+static void print_models(const msgpack_object *models)
+{
+    for (uint32_t i = 0; models->type == MSGPACK_OBJECT_MAP && i < models->via.map.size; i++) {
+        const msgpack_object_kv *m = &models->via.map.ptr[i];
+        printf("%-16s%.*s", "model", (int)m->key.via.str.size, m->key.via.str.ptr);
+        for (uint32_t k = 0; m->val.type == MSGPACK_OBJECT_MAP && k < m->val.via.map.size; k++) {
+            const msgpack_object_kv *f = &m->val.via.map.ptr[k];
+            printf(" %.*s=", (int)f->key.via.str.size, f->key.via.str.ptr);
+            if (f->val.type == MSGPACK_OBJECT_FLOAT64)
+                printf("%.4g", f->val.via.f64);
+            else
+                printf("%llu", (unsigned long long)f->val.via.u64);
+        }
+        putchar('\n');
+    }
+}
+
 static int cmd_stats(struct ctl *ctl)
 {
     char err[TWIN_ERR_LEN];
@@ -554,6 +572,24 @@ static int cmd_stats(struct ctl *ctl)
     int rc = twin_store_stats(ctl->txn, &st, err);
     if (rc < 0)
         return fail(EXIT_ERROR, "cannot read statistics of %s: %s", ctl->cfg.db_path, err);
+    /* the models' scores, summed over twins, as an object in ctl->zone (strings in sb) */
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_object models;
+    size_t off = 0;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    rc = ctl_models_pack(ctl->txn, &pk, err);
+    if (rc == 0 && msgpack_unpack(sb.data, sb.size, &off, &ctl->zone, &models) !=
+                       MSGPACK_UNPACK_SUCCESS) {
+        snprintf(err, sizeof(err), "out of memory");
+        rc = -ENOMEM;
+    }
+    if (rc < 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return fail(EXIT_ERROR, "cannot read the models' records of %s: %s", ctl->cfg.db_path,
+                    err);
+    }
 
     const struct {
         const char *name;
@@ -578,19 +614,25 @@ static int cmd_stats(struct ctl *ctl)
                 printf(" (%.1f MiB)", (double)rows[i].value / (1024.0 * 1024.0));
             putchar('\n');
         }
+        print_models(&models);
+        msgpack_sbuffer_destroy(&sb);
         return EXIT_FOUND;
     }
-    msgpack_object_kv kv[NROWS + 1];
+    msgpack_object_kv kv[NROWS + 2];
     kv[0].key = str_obj("path");
     kv[0].val = str_obj(ctl->cfg.db_path);
     for (size_t i = 0; i < NROWS; i++) {
         kv[i + 1].key = str_obj(rows[i].name);
         kv[i + 1].val = uint_obj(rows[i].value);
     }
+    kv[NROWS + 1].key = str_obj("models");
+    kv[NROWS + 1].val = models;
     msgpack_object o = {.type = MSGPACK_OBJECT_MAP};
-    o.via.map.size = NROWS + 1;
+    o.via.map.size = NROWS + 2;
     o.via.map.ptr = kv;
-    return emit_json(ctl, &o);
+    rc = emit_json(ctl, &o);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
 }
 
 /* A live table; the store is opened by top itself, which can wait for it to appear. */

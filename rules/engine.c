@@ -269,30 +269,16 @@ int rules_set_find(const struct rules_set *rs, const char *name, size_t len)
 
 #define RECORD_MAGIC 0x52 /* 'R', version 1 */
 
-static void put64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 void rules_record_encode(const struct rules_record *r, unsigned char *buf)
 {
     memset(buf, 0, RULES_STATE_LEN);
     buf[0] = RECORD_MAGIC;
     buf[1] = (unsigned char)r->state;
-    put64(buf + 8, r->def_hash);
-    put64(buf + 16, (uint64_t)r->since);
-    put64(buf + 24, (uint64_t)r->fire_at);
-    put64(buf + 32, (uint64_t)r->cooldown_until);
-    put64(buf + 40, (uint64_t)r->wake);
+    rules__put64(buf + 8, r->def_hash);
+    rules__put64(buf + 16, (uint64_t)r->since);
+    rules__put64(buf + 24, (uint64_t)r->fire_at);
+    rules__put64(buf + 32, (uint64_t)r->cooldown_until);
+    rules__put64(buf + 40, (uint64_t)r->wake);
 }
 
 int rules_record_decode(const void *buf, size_t len, struct rules_record *r)
@@ -301,11 +287,11 @@ int rules_record_decode(const void *buf, size_t len, struct rules_record *r)
     if (len != RULES_STATE_LEN || b[0] != RECORD_MAGIC || b[1] > RULES_FIRING)
         return -EBADMSG;
     r->state = (enum rules_state)b[1];
-    r->def_hash = get64(b + 8);
-    r->since = (int64_t)get64(b + 16);
-    r->fire_at = (int64_t)get64(b + 24);
-    r->cooldown_until = (int64_t)get64(b + 32);
-    r->wake = (int64_t)get64(b + 40);
+    r->def_hash = rules__get64(b + 8);
+    r->since = (int64_t)rules__get64(b + 16);
+    r->fire_at = (int64_t)rules__get64(b + 24);
+    r->cooldown_until = (int64_t)rules__get64(b + 32);
+    r->wake = (int64_t)rules__get64(b + 40);
     return 0;
 }
 

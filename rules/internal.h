@@ -186,15 +186,37 @@ struct model_def {
     char *file;
     struct rules_expr **inputs;
     unsigned ninputs;
-    struct twin_model *model; /* loaded with the set (model.c) */
+    struct rules_expr *target; /* a reported path; NULL: none */
+    int64_t horizon_ms;
+    double rate;               /* learn: > 0; 0 when the model does not learn */
+    uint64_t hash;             /* of the definition: file's bytes, inputs, target, horizon, rate */
+    struct twin_model *model;  /* loaded with the set (model.c) */
     double *x, *values, *proba; /* its input and result buffers, sized at load */
     double *tmp;                /* LSTM: one series while its window is put in order */
+    /* the record of the twin being run, decoded (learn.c) */
+    size_t n_theta, n_x;        /* learn: n_params and n_inputs; else 0 */
+    double *theta;              /* n_theta */
+    double *pend_x;             /* RULES_MODEL_PENDING_MAX * n_x */
+    int64_t pend_ts[RULES_MODEL_PENDING_MAX];
+    double pend_y[RULES_MODEL_PENDING_MAX]; /* the value, or a classifier's label index */
+    struct rules_model_score score;
 };
 
-/* Loads the .twm of model m (file relative to base_dir), checks its inputs against it and
- * sizes its buffers. Returns 0, or an error with the reason in err (RULES_ERR_LEN). */
+/* Loads the .twm of model m (file relative to base_dir), checks its inputs, target and learn
+ * settings against it and sizes its buffers. Returns 0, or an error with the reason in err
+ * (RULES_ERR_LEN). */
 int rules__model_open(struct model_def *m, const char *base_dir, char *err);
 void rules__model_close(struct model_def *m);
+/* An input or target that is a plain path under reported (the LSTM's inputs, targets). */
+const struct path *rules__reported_path(const struct rules_expr *e);
+
+/* learn.c: the twin's record of model m. Reads rec into m's buffers (a missing, damaged or
+ * other definition's record starts over from the file's weights). */
+void rules__record_load(struct model_def *m, const struct rules_model_record *rec);
+/* Writes m's buffers into rec and marks it changed. */
+void rules__record_store(const struct model_def *m, struct rules_model_record *rec);
+/* Adds the prediction just made (m->x, m->values or label) to the waiting list. */
+void rules__record_wait(struct model_def *m, int64_t now, double y);
 
 /* An index entry: a path key ("reported.hr", "reported", "*") -> rules reading it. */
 struct index_slot {
@@ -225,6 +247,21 @@ void rules__index_free(struct rules_set *rs);
 /* Calls cb for every rank indexed under a key that the change of `path` touches. */
 void rules__index_touched(const struct rules_set *rs, const char *path, size_t len,
                           void (*cb)(void *ctx, unsigned rank), void *ctx);
+
+/* Little-endian 64-bit fields of stored records. */
+static inline void rules__put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint64_t rules__get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
 
 /* FNV-1a, for definition hashes. */
 uint64_t rules__hash(uint64_t h, const void *p, size_t n);

@@ -22,6 +22,7 @@
 #include <yaml.h>
 
 #define ARG_NODES_MAX 4096 /* YAML nodes in one action's arguments (aliases count each time) */
+#define HORIZON_MAX_MS (365LL * 24 * 3600 * 1000)
 
 uint64_t rules__hash(uint64_t h, const void *p, size_t n)
 {
@@ -440,9 +441,66 @@ static bool good_name(const char *s, size_t len)
     return true;
 }
 
+/* target, horizon and learn: {target, rate, horizon} of model m (map n): the target and
+ * horizon may be written in learn: or beside it, once. The model file checks the rest. */
+static void model_target(struct loader *L, const yaml_node_t *n, struct model_def *m,
+                         const char *where)
+{
+    static const char *const learn_keys[] = {"target", "rate", "horizon", NULL};
+    const yaml_node_t *learn = get(L, n, "learn");
+    const yaml_node_t *target = get(L, n, "target"), *horizon = get(L, n, "horizon");
+    if (learn) {
+        if (learn->type != YAML_MAPPING_NODE) {
+            ERR(L, learn, "%s: learn: expected a map with target and rate, got %s", where,
+                kind_name(learn));
+            return;
+        }
+        if (!check_keys(L, learn, "learn", learn_keys))
+            return;
+        const yaml_node_t *t = get(L, learn, "target"), *h = get(L, learn, "horizon");
+        const yaml_node_t *rate = get(L, learn, "rate");
+        if ((t && target) || (h && horizon)) {
+            ERR(L, t && target ? t : h, "%s: learn: %s is given twice (in learn: and beside it)",
+                where, t && target ? "target" : "horizon");
+            return;
+        }
+        target = target ? target : t;
+        horizon = horizon ? horizon : h;
+        size_t len;
+        const char *r = rate ? scalar(L, rate, "rate", &len) : NULL;
+        char buf[64], *end = NULL;
+        if (r && len < sizeof(buf)) {
+            memcpy(buf, r, len);
+            buf[len] = '\0';
+            m->rate = strtod(buf, &end);
+        }
+        if (!rate)
+            ERR(L, learn, "%s: learn: 'rate' is missing (the step size, such as 0.01)", where);
+        else if (r && (len >= sizeof(buf) || end == buf || *end || !isfinite(m->rate) ||
+                       !(m->rate > 0))) {
+            ERR(L, rate, "learn: rate: expected a number above 0 such as 0.01, got '%.*s'",
+                (int)(len > 40 ? 40 : len), r);
+            m->rate = 0;
+        }
+        if (!target)
+            ERR(L, learn, "%s: learn: 'target' is missing (the reported path the model "
+                          "predicts)", where);
+    }
+    if (horizon && duration_node(L, horizon, "horizon", &m->horizon_ms) == 0 &&
+        m->horizon_ms > HORIZON_MAX_MS)
+        ERR(L, horizon, "horizon: at most 365d");
+    if (horizon && !target)
+        ERR(L, horizon, "%s: horizon: needs a target", where);
+    if (target && (m->target = expression(L, target, "target")) &&
+        !rules__reported_path(m->target))
+        ERR(L, target, "target: expected a reported path such as reported.heart_rate, got '%.*s'",
+            (int)(m->target->text_len > 60 ? 60 : m->target->text_len), m->target->text);
+}
+
 static void load_models(struct loader *L, const yaml_node_t *n)
 {
-    static const char *const model_keys[] = {"file", "inputs", "learn", NULL};
+    static const char *const model_keys[] = {"file", "inputs", "target", "horizon", "learn",
+                                             NULL};
     if (n->type != YAML_MAPPING_NODE) {
         ERR(L, n, "models: expected a map of model names, got %s", kind_name(n));
         return;
@@ -483,9 +541,8 @@ static void load_models(struct loader *L, const yaml_node_t *n)
         if (!check_keys(L, v, where, model_keys))
             continue;
         yaml_node_t *file = get(L, v, "file"), *inputs = get(L, v, "inputs");
-        yaml_node_t *learn = get(L, v, "learn");
-        if (learn) /* refused rather than ignored until the hub learns online */
-            ERR(L, learn, "%s: learn: online learning is not supported by this hub yet", where);
+        unsigned before = L->errs->count;
+        model_target(L, v, m, where);
         if (!file)
             ERR(L, v, "%s: 'file' is missing", where);
         else if ((name = scalar(L, file, "file", &len)) != NULL)
@@ -500,14 +557,15 @@ static void load_models(struct loader *L, const yaml_node_t *n)
             L->oom = true;
             return;
         }
-        unsigned before = L->errs->count;
+        unsigned before_inputs = L->errs->count;
         for (size_t i = 0; i < ni; i++) {
             struct rules_expr *e =
                 expression(L, node(L, inputs->data.sequence.items.start[i]), "input");
             if (e)
                 m->inputs[m->ninputs++] = e;
         }
-        if (L->errs->count != before && inputs->data.sequence.style == YAML_FLOW_SEQUENCE_STYLE)
+        if (L->errs->count != before_inputs &&
+            inputs->data.sequence.style == YAML_FLOW_SEQUENCE_STYLE)
             ERR(L, inputs, "%s: in a [flow, list] every comma ends an item, also the one inside "
                            "avg(x, 60s): write inputs as a block list (- avg(...)) or quote each",
                 where);
@@ -891,6 +949,7 @@ void rules_set_free(struct rules_set *rs)
         for (unsigned j = 0; j < rs->models[i].ninputs; j++)
             rules_expr_free(rs->models[i].inputs[j]);
         free(rs->models[i].inputs);
+        rules_expr_free(rs->models[i].target);
         rules__model_close(&rs->models[i]);
     }
     free(rs->models);

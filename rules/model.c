@@ -1,7 +1,7 @@
 /* model: the models of a rules file: loading each .twm with the set (twins/models does the
- * arithmetic), checking that its inputs fit it, and running it on a twin: evaluating the input
- * expressions (or, for an LSTM, reading a window of history per input) into the model's input
- * vector. */
+ * arithmetic), checking that its inputs, target and learning fit it, and running it on a twin:
+ * evaluating the input expressions (or, for an LSTM, reading a window of history per input)
+ * into the model's input vector. What a target does with a prediction is learn.c's. */
 #include "internal.h"
 
 #include <errno.h>
@@ -9,8 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* An LSTM input must be a plain reported path: its history is the sequence. */
-static const struct path *plain_path(const struct rules_expr *e)
+const struct path *rules__reported_path(const struct rules_expr *e)
 {
     if (e->npaths != 1 || e->ncode < 1 || e->code[0].op != OP_PATH)
         return NULL;
@@ -40,19 +39,48 @@ int rules__model_open(struct model_def *m, const char *base_dir, char *err)
         return -EINVAL;
     }
     for (unsigned i = 0; in->window && i < m->ninputs; i++)
-        if (!plain_path(m->inputs[i])) {
+        if (!rules__reported_path(m->inputs[i])) {
             snprintf(err, RULES_ERR_LEN,
                      "%.300s is an LSTM over %zu steps of history: input %u must be a path such as "
                      "reported.heart_rate",
                      path, in->window, i + 1);
             return -EINVAL;
         }
+    if (m->target && !in->classifier && in->n_outputs != 1) {
+        snprintf(err, RULES_ERR_LEN, "target: %.300s predicts %zu values; a target scores one",
+                 path, in->n_outputs);
+        return -EINVAL;
+    }
+    if (m->rate > 0 && !in->n_params) {
+        snprintf(err, RULES_ERR_LEN,
+                 "learn: %.300s is a %s (%s); only a single-output linear regressor learns "
+                 "online (give target: alone to track its error)",
+                 path, in->estimator[0] ? in->estimator : in->kind, in->kind);
+        return -EINVAL;
+    }
+    if (m->rate > 0 && in->n_inputs > RULES_LEARN_INPUTS_MAX) {
+        snprintf(err, RULES_ERR_LEN, "learn: %.300s takes %zu inputs; a model that learns takes "
+                 "at most %d", path, in->n_inputs, RULES_LEARN_INPUTS_MAX);
+        return -EINVAL;
+    }
+    m->n_theta = m->rate > 0 ? in->n_params : 0;
+    m->n_x = m->rate > 0 ? in->n_inputs : 0;
     m->x = calloc(in->n_inputs ? in->n_inputs : 1, sizeof(double));
     m->values = calloc(in->n_outputs ? in->n_outputs : 1, sizeof(double));
     m->proba = calloc(in->n_classes ? in->n_classes : 1, sizeof(double));
     m->tmp = calloc(in->window ? in->window : 1, sizeof(double));
-    if (!m->x || !m->values || !m->proba || !m->tmp)
+    m->theta = calloc(m->n_theta ? m->n_theta : 1, sizeof(double));
+    m->pend_x = calloc(m->n_x ? m->n_x * RULES_MODEL_PENDING_MAX : 1, sizeof(double));
+    if (!m->x || !m->values || !m->proba || !m->tmp || !m->theta || !m->pend_x)
         return -ENOMEM;
+    /* the definition a twin's record belongs to: change any of it and the record starts over */
+    uint64_t h = rules__hash(0, in->version, strlen(in->version) + 1);
+    for (unsigned i = 0; i < m->ninputs; i++)
+        h = rules__hash(h, m->inputs[i]->text, m->inputs[i]->text_len + 1);
+    if (m->target)
+        h = rules__hash(h, m->target->text, m->target->text_len + 1);
+    h = rules__hash(h, &m->horizon_ms, sizeof(m->horizon_ms));
+    m->hash = rules__hash(h, &m->rate, sizeof(m->rate));
     return 0;
 }
 
@@ -63,8 +91,10 @@ void rules__model_close(struct model_def *m)
     free(m->values);
     free(m->proba);
     free(m->tmp);
+    free(m->theta);
+    free(m->pend_x);
     m->model = NULL;
-    m->x = m->values = m->proba = m->tmp = NULL;
+    m->x = m->values = m->proba = m->tmp = m->theta = m->pend_x = NULL;
 }
 
 unsigned rules_set_model_count(const struct rules_set *rs)
@@ -94,7 +124,7 @@ static int series_point(void *ctx, int64_t ts, double v)
 }
 
 int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rules_twin *tw,
-                        struct rules_prediction *out)
+                        struct rules_model_record *rec, struct rules_prediction *out)
 {
     if (i >= rs->nmodels || !rs->models[i].model)
         return -EINVAL;
@@ -114,7 +144,7 @@ int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rul
         if (!tw->history)
             return -ENODATA;
         for (unsigned k = 0; k < m->ninputs; k++) {
-            const struct path *p = plain_path(m->inputs[k]);
+            const struct path *p = rules__reported_path(m->inputs[k]);
             struct series s = {m->x + k, m->ninputs, in->window, 0};
             if ((rc = tw->history(tw->history_ctx, p->sub, p->sub_len, INT64_MIN, series_point,
                                   &s)) < 0)
@@ -129,12 +159,25 @@ int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rul
                 m->x[j * m->ninputs + k] = m->tmp[j];
         }
     }
+    bool track = rec && m->target;
+    if (rec)
+        rec->changed = false;
+    if (track)
+        rules__record_load(m, rec);
     struct twin_model_out o = {.values = m->values, .proba = in->has_proba ? m->proba : NULL};
-    if ((rc = twin_model_predict(m->model, m->x, &o)) < 0)
+    rc = track && m->n_theta ? twin_model_predict_params(m->model, m->theta, m->x, m->values)
+                             : twin_model_predict(m->model, m->x, &o);
+    if (rc < 0)
         return rc == -EDOM ? -ENODATA : rc;
     out->info = in;
     out->values = m->values;
     out->proba = in->has_proba ? m->proba : NULL;
     out->label = o.label;
+    out->score = NULL;
+    if (track) {
+        rules__record_wait(m, tw->now, in->classifier ? (double)o.label : m->values[0]);
+        rules__record_store(m, rec);
+        out->score = &m->score;
+    }
     return 0;
 }

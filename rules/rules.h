@@ -143,21 +143,76 @@ int rules_set_find(const struct rules_set *rs, const char *name, size_t len);
 unsigned rules_set_model_count(const struct rules_set *rs);
 const char *rules_set_model_name(const struct rules_set *rs, unsigned i);
 
+/* How well a model has done for one twin since its definition last changed: its predictions
+ * compared with the target values that came after them (`target:` in the rules file). */
+struct rules_model_score {
+    bool classifier;        /* accuracy = correct / scored; else MAE and RMSE of sum_abs/sum_sq */
+    bool learns;            /* `learn:`: the twin has weights of its own */
+    uint64_t scored;        /* predictions compared with their target */
+    uint64_t correct;       /* classifiers: those whose label was the target */
+    double sum_abs, sum_sq; /* regressors: sums of |error| and error^2 */
+    uint64_t updates;       /* learning steps taken */
+    uint64_t missed;        /* predictions never scored: their target came more than a horizon
+                               late, or RULES_MODEL_PENDING_MAX were already waiting */
+    unsigned pending;       /* predictions waiting for their target */
+};
+
 /* One prediction; the arrays belong to the set and hold until its next prediction. */
 struct rules_prediction {
     const struct twin_model_info *info;
     const double *values; /* info->n_outputs */
     const double *proba;  /* info->n_classes when info->has_proba, else NULL */
     size_t label;         /* classifiers */
+    const struct rules_model_score *score; /* the twin's, with this prediction waiting; NULL
+                                              when the model has no target */
+};
+
+/* A model's record for one twin, which the host keeps (twin_model_state_*): the twin's weights
+ * when the model learns, its predictions waiting for their target, its score. The host reads
+ * it into buf (RULES_MODEL_STATE_MAX bytes; len 0: it has none), and after a call stores
+ * buf[0..len) when `changed`. A record that is damaged or was made by another definition of the
+ * model (file, inputs, target, horizon, rate) starts over. */
+#define RULES_MODEL_STATE_MAX TWIN_MODEL_STATE_MAX
+#define RULES_MODEL_PENDING_MAX 8    /* predictions of one (twin, model) waiting for a target */
+#define RULES_LEARN_INPUTS_MAX 256   /* inputs of a model that learns */
+struct rules_model_record {
+    unsigned char *buf;
+    size_t len;
+    bool changed;
 };
 
 /* Runs model i of the set on twin tw: evaluates its inputs (for an LSTM, each input is a
- * reported path and gives its last `window` history points, oldest first) and predicts.
+ * reported path and gives its last `window` history points, oldest first) and predicts, with
+ * the twin's own weights when the model learns. When the model has a target and rec is given,
+ * the prediction joins rec's waiting list (rec->changed). rec may be NULL: the file's weights,
+ * nothing tracked.
  * Returns 0; -ENODATA when an input is missing or not a number, or there is too little history
- * (nothing predicted); or a history error. Uses the model's own buffers: one thread at a time
- * per set (the hub predicts only inside its single write transaction). */
+ * (nothing predicted, rec unchanged); or a history error. Uses the model's own buffers: one
+ * thread at a time per set (the hub predicts only inside its single write transaction). */
 int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rules_twin *tw,
-                        struct rules_prediction *out);
+                        struct rules_model_record *rec, struct rules_prediction *out);
+
+/* The target of model i ("reported.heart_rate"), or NULL when it has none. */
+const char *rules_set_model_target(const struct rules_set *rs, unsigned i, size_t *len);
+
+/* Scores the predictions of model i waiting in rec against the target's value in tw->doc, the
+ * twin after a change that wrote it: each prediction made at least `horizon` before tw->now is
+ * compared (regressors: error = target - value; classifiers: right or wrong), and, when the
+ * model learns, the twin's weights take one least-mean-squares step towards the target with
+ * the inputs of that prediction. A prediction whose target came more than a horizon late is
+ * dropped (missed); one whose target is missing or of the wrong type waits. When anything
+ * changed, rec->changed is set and *score (may be NULL) is the new score. Returns 0. Model
+ * buffers as rules_model_predict. */
+int rules_model_score(const struct rules_set *rs, unsigned i, const struct rules_twin *tw,
+                      struct rules_model_record *rec, struct rules_model_score *score);
+
+/* Whether a stored record belongs to a loaded model with the same definition (reload
+ * sweeps). */
+bool rules_model_record_current(const struct rules_set *rs, const char *model, size_t len,
+                                const void *buf, size_t n);
+/* Reads the score of a stored record with no rules set at hand (twinctl). Returns 0 or
+ * -EBADMSG. */
+int rules_model_record_score(const void *buf, size_t n, struct rules_model_score *score);
 
 /* ---------------------------------------------------------------------------------------------
  * Rule state, transitions and actions

@@ -55,6 +55,8 @@ int twin_delete(struct twin_txn *txn, const char *id, size_t id_len, uint64_t ex
         rc = command__remove_twin(txn, id, id_len, &res->commands, err);
     if (!rc)
         rc = rulestate__remove_twin(txn, id, id_len, err);
+    if (!rc)
+        rc = modelstate__remove_twin(txn, id, id_len, err);
     if (rc)
         return rc;
     res->version = version;

@@ -21,20 +21,10 @@ static uint64_t time_key(int64_t t)
     return (uint64_t)t ^ (1ull << 63);
 }
 
-static int key_build(unsigned char *k, const char *id, size_t id_len, const char *rule,
-                     size_t rule_len, size_t *n, char *err)
+static struct records rules_db(const struct twin_txn *txn)
 {
-    if (!id || id_len == 0 || id_len > TWIN_ID_MAX || memchr(id, '\0', id_len) ||
-        rule_len > TWIN_RULE_NAME_MAX || (rule_len && memchr(rule, '\0', rule_len))) {
-        twins__errf(err, "rule state: bad twin id or rule name");
-        return -EINVAL;
-    }
-    memcpy(k, id, id_len);
-    k[id_len] = '\0';
-    if (rule_len)
-        memcpy(k + id_len + 1, rule, rule_len);
-    *n = id_len + 1 + rule_len;
-    return 0;
+    return (struct records){txn->s->dbi_rulestate, txn->s->has_rules, TWIN_RULE_STATE_MAX,
+                            "rule state"};
 }
 
 static int need_db(struct twin_txn *txn, char *err)
@@ -49,95 +39,29 @@ static int need_db(struct twin_txn *txn, char *err)
 int twin_rule_state_get(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
                         size_t rule_len, void *buf, size_t *len, char *err)
 {
-    unsigned char kb[KEY_MAX];
-    size_t kn;
-    int rc = key_build(kb, id, id_len, rule, rule_len, &kn, err);
-    if (rc || (rc = need_db(txn, err)))
-        return rc;
-    if (rule_len == 0) {
-        twins__errf(err, "rule state: empty rule name");
-        return -EINVAL;
-    }
-    MDB_val k = {kn, kb}, v;
-    rc = mdb_get(txn->txn, txn->s->dbi_rulestate, &k, &v);
-    if (rc)
-        return store__mdb_error(txn, rc, "reading rule state", err);
-    if (v.mv_size == 0 || v.mv_size > TWIN_RULE_STATE_MAX) {
-        twins__errf(err, "rule state of '%.*s' / '%.*s' has %zu bytes", (int)id_len, id,
-                    (int)rule_len, rule, v.mv_size);
-        return -EBADMSG;
-    }
-    memcpy(buf, v.mv_data, v.mv_size);
-    *len = v.mv_size;
-    return 0;
+    struct records r = rules_db(txn);
+    return records__get(txn, &r, id, id_len, rule, rule_len, buf, TWIN_RULE_STATE_MAX, len, err);
 }
 
 int twin_rule_state_put(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
                         size_t rule_len, const void *buf, size_t len, char *err)
 {
-    unsigned char kb[KEY_MAX];
-    size_t kn;
-    int rc = store__need_write(txn, "twin_rule_state_put", err);
-    if (rc || (rc = key_build(kb, id, id_len, rule, rule_len, &kn, err)))
-        return rc;
-    if (rule_len == 0 || len == 0 || len > TWIN_RULE_STATE_MAX) {
-        twins__errf(err, "rule state: empty rule name or record of %zu bytes", len);
-        return -EINVAL;
-    }
-    MDB_val k = {kn, kb}, v = {len, (void *)buf};
-    rc = mdb_put(txn->txn, txn->s->dbi_rulestate, &k, &v, 0);
-    return rc ? store__mdb_error(txn, rc, "writing rule state", err) : 0;
+    struct records r = rules_db(txn);
+    return records__put(txn, &r, id, id_len, rule, rule_len, buf, len, err);
 }
 
 int twin_rule_state_del(struct twin_txn *txn, const char *id, size_t id_len, const char *rule,
                         size_t rule_len, char *err)
 {
-    unsigned char kb[KEY_MAX];
-    size_t kn;
-    int rc = store__need_write(txn, "twin_rule_state_del", err);
-    if (rc || (rc = key_build(kb, id, id_len, rule, rule_len, &kn, err)))
-        return rc;
-    if (rule_len == 0) {
-        twins__errf(err, "rule state: empty rule name");
-        return -EINVAL;
-    }
-    MDB_val k = {kn, kb};
-    rc = mdb_del(txn->txn, txn->s->dbi_rulestate, &k, NULL);
-    return rc ? store__mdb_error(txn, rc, "deleting rule state", err) : 0;
+    struct records r = rules_db(txn);
+    return records__del(txn, &r, id, id_len, rule, rule_len, err);
 }
 
-int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len,
-                         twin_rule_state_cb cb, void *ctx, char *err)
+int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len, twin_records_cb cb,
+                         void *ctx, char *err)
 {
-    unsigned char kb[KEY_MAX];
-    size_t kn = 0;
-    int rc = need_db(txn, err);
-    if (rc)
-        return rc == -ENOENT ? 0 : rc;
-    if (id && (rc = key_build(kb, id, id_len, NULL, 0, &kn, err)))
-        return rc;
-    MDB_cursor *c;
-    if ((rc = mdb_cursor_open(txn->txn, txn->s->dbi_rulestate, &c)))
-        return store__mdb_error(txn, rc, "opening a rule state cursor", err);
-    MDB_val k = {kn, kb}, v;
-    rc = mdb_cursor_get(c, &k, &v, kn ? MDB_SET_RANGE : MDB_FIRST);
-    while (rc == 0) {
-        if (kn && (k.mv_size < kn || memcmp(k.mv_data, kb, kn) != 0))
-            break;
-        const char *key = k.mv_data;
-        const char *nul = memchr(key, '\0', k.mv_size);
-        if (nul && (size_t)(nul - key) + 1 < k.mv_size) { /* not the wake entry */
-            size_t il = (size_t)(nul - key);
-            int r = cb(ctx, key, il, nul + 1, k.mv_size - il - 1, v.mv_data, v.mv_size);
-            if (r) {
-                mdb_cursor_close(c);
-                return r;
-            }
-        }
-        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND || rc == 0 ? 0 : store__mdb_error(txn, rc, "listing rule state", err);
+    struct records r = rules_db(txn);
+    return records__list(txn, &r, id, id_len, cb, ctx, err);
 }
 
 int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int64_t *at,
@@ -145,7 +69,8 @@ int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int6
 {
     unsigned char kb[KEY_MAX];
     size_t kn;
-    int rc = key_build(kb, id, id_len, NULL, 0, &kn, err);
+    struct records r = rules_db(txn);
+    int rc = records__key(&r, kb, id, id_len, &kn, err);
     *at = INT64_MAX;
     if (rc)
         return rc;
@@ -171,7 +96,8 @@ static int wake_move(struct twin_txn *txn, const char *id, size_t id_len, int64_
 {
     unsigned char kb[KEY_MAX], wk[8 + TWIN_ID_MAX], tb[8];
     size_t kn = 0;
-    int rc = key_build(kb, id, id_len, NULL, 0, &kn, err);
+    struct records r = rules_db(txn);
+    int rc = records__key(&r, kb, id, id_len, &kn, err);
     if (rc)
         return rc;
     memcpy(wk + 8, id, id_len);
@@ -290,23 +216,9 @@ int twin_rule_wake_next(struct twin_txn *txn, int64_t *at, char *err)
 /* Deletes every record and the wake of twin `id` (twin_delete). */
 int rulestate__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err)
 {
-    unsigned char kb[KEY_MAX];
-    size_t kn;
+    struct records r = rules_db(txn);
     if (!txn->s->has_rules)
         return 0;
     int rc = twin_rule_wake_set(txn, id, id_len, INT64_MAX, err);
-    if (rc || (rc = key_build(kb, id, id_len, NULL, 0, &kn, err)))
-        return rc;
-    MDB_cursor *c;
-    if ((rc = mdb_cursor_open(txn->txn, txn->s->dbi_rulestate, &c)))
-        return store__mdb_error(txn, rc, "opening a rule state cursor", err);
-    for (;;) {
-        MDB_val k = {kn, kb}, v;
-        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-        if (rc || k.mv_size < kn || memcmp(k.mv_data, kb, kn) != 0 || (rc = mdb_cursor_del(c, 0)))
-            break;
-    }
-    mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND || rc == 0 ? 0
-                                         : store__mdb_error(txn, rc, "deleting rule state", err);
+    return rc ? rc : records__remove_twin(txn, &r, id, id_len, err);
 }

@@ -14,8 +14,9 @@
  *   "deadlines"   be64(time) id be64(number) -> empty: when each command is due (command.c)
  *   "rulestate"   id "\0" rule -> the rules engine's record; id "\0" -> wake (rulestate.c)
  *   "wakes"       be64(time) id -> empty: when each twin's rules run again (rulestate.c)
- * The last three came after schema 1 was first written; they only add records, so the schema
- * stays 1, and writers create them when missing.
+ *   "modelstate"  id "\0" model -> the models' record per twin (modelstate.c)
+ * The databases after "info" came after schema 1 was first written; they only add records, so
+ * the schema stays 1, and writers create them when missing.
  *
  * Threads and locks: every transaction holds s->lock shared for its whole life; growing the map
  * (mdb_env_set_mapsize, which needs no transaction active in the process) takes it exclusive.
@@ -288,6 +289,14 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
         rc = dbi_open(s, txn, path, "wakes", 0, &s->dbi_wakes, err);
     if (rc == -ENOENT && s->read_only) {
         s->has_rules = false;
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
+    s->has_models = true;
+    rc = dbi_open(s, txn, path, "modelstate", 0, &s->dbi_modelstate, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_models = false;
         rc = 0;
     }
     if (rc)

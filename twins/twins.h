@@ -591,10 +591,10 @@ int twin_rule_state_del(struct twin_txn *txn, const char *id, size_t id_len, con
                         size_t rule_len, char *err);
 /* Calls cb for every record of twin `id` (NULL: of every twin, in id order). A non-zero return
  * of cb stops the walk and is returned; cb must not write to the store. */
-typedef int (*twin_rule_state_cb)(void *ctx, const char *id, size_t id_len, const char *rule,
-                                  size_t rule_len, const void *buf, size_t len);
-int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len,
-                         twin_rule_state_cb cb, void *ctx, char *err);
+typedef int (*twin_records_cb)(void *ctx, const char *id, size_t id_len, const char *name,
+                               size_t name_len, const void *buf, size_t len);
+int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len, twin_records_cb cb,
+                         void *ctx, char *err);
 /* The wake time of twin `id` (hub ms); INT64_MAX when it has none. Returns 0 or an error. */
 int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int64_t *at,
                        char *err);
@@ -612,6 +612,32 @@ int twin_rule_wake_due(struct twin_txn *txn, int64_t now, unsigned max, twin_rul
                        void *ctx, char *err);
 /* The earliest wake time of any twin. Returns 0, -ENOENT (none), or an error. */
 int twin_rule_wake_next(struct twin_txn *txn, int64_t *at, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Model state: the hub's records per (twin, model) — a learning model's own weights, the
+ * predictions waiting for their target, the error so far — opaque here (rules/ owns their
+ * meaning). Written in the transaction of the change that caused them; twin_delete removes a
+ * twin's.
+ * ------------------------------------------------------------------------------------------ */
+
+#define TWIN_MODEL_NAME_MAX 64            /* bytes of a model name */
+#define TWIN_MODEL_STATE_MAX (32u << 10) /* bytes of one record */
+
+/* Reads the record of (id, model) into buf (cap bytes); *len its size. Returns 0, -ENOENT,
+ * -EINVAL (bad id or name), -EBADMSG (a record over cap or TWIN_MODEL_STATE_MAX), -EIO. */
+int twin_model_state_get(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
+                         size_t model_len, void *buf, size_t cap, size_t *len, char *err);
+/* Writes (replaces) it: 1..TWIN_MODEL_STATE_MAX bytes. Write transactions. Returns 0, -EINVAL,
+ * -EIO. */
+int twin_model_state_put(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
+                         size_t model_len, const void *buf, size_t len, char *err);
+/* Deletes it. Returns 0, -ENOENT, -EINVAL, -EIO. */
+int twin_model_state_del(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
+                         size_t model_len, char *err);
+/* Calls cb for every record of twin `id` (NULL: every twin's, in id order), as
+ * twin_rule_state_list. */
+int twin_model_state_list(struct twin_txn *txn, const char *id, size_t id_len,
+                          twin_records_cb cb, void *ctx, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Listing, outbox, statistics

@@ -182,11 +182,12 @@ struct twin_store {
     MDB_env *env;
     MDB_dbi dbi_twins, dbi_history, dbi_outbox, dbi_info;
     MDB_dbi dbi_commands, dbi_deadlines, dbi_tombstones;
-    MDB_dbi dbi_rulestate, dbi_wakes; /* rulestate.c; has_rules says whether they exist */
-    bool has_rules;
-    /* The last three were added after the first stores were made: a writer creates them, and a
-     * read-only opener of a store no writer of this build has opened sees them as empty. */
-    bool has_commands;
+    MDB_dbi dbi_rulestate, dbi_wakes; /* rulestate.c */
+    MDB_dbi dbi_modelstate;           /* modelstate.c */
+    /* Whether the databases added after the first stores were made exist: a writer creates
+     * them, and a read-only opener of a store no writer of this build has opened sees them as
+     * empty. */
+    bool has_commands, has_rules, has_models;
     bool read_only;
     /* Every transaction holds `lock` shared; a map resize takes it exclusive, because
      * mdb_env_set_mapsize needs no transaction active in the process. */
@@ -271,5 +272,31 @@ static inline uint64_t store__be64_get(const unsigned char *b)
 
 /* Deletes every rule record and the wake of twin `id` (rulestate.c). */
 int rulestate__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err);
+/* Deletes every model record of twin `id` (modelstate.c). */
+int modelstate__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err);
+
+/* One database of keyed records, id "\0" name -> 1..max opaque bytes (records.c), as the
+ * rule state and the model state keep them. `what` names them in errors. */
+struct records {
+    MDB_dbi dbi;
+    bool present; /* false: a read-only store no writer of this build has opened */
+    size_t max;
+    const char *what;
+};
+/* The prefix id "\0" of twin id's records into k (TWIN_ID_MAX + 65 bytes); *n its length. */
+int records__key(const struct records *r, unsigned char *k, const char *id, size_t id_len,
+                 size_t *n, char *err);
+/* As twin_rule_state_get and friends (twins.h), for any such database; records__get also
+ * refuses a record over `cap` bytes (-EBADMSG). */
+int records__get(struct twin_txn *txn, const struct records *r, const char *id, size_t id_len,
+                 const char *name, size_t name_len, void *buf, size_t cap, size_t *len, char *err);
+int records__put(struct twin_txn *txn, const struct records *r, const char *id, size_t id_len,
+                 const char *name, size_t name_len, const void *buf, size_t len, char *err);
+int records__del(struct twin_txn *txn, const struct records *r, const char *id, size_t id_len,
+                 const char *name, size_t name_len, char *err);
+int records__list(struct twin_txn *txn, const struct records *r, const char *id, size_t id_len,
+                  twin_records_cb cb, void *ctx, char *err);
+int records__remove_twin(struct twin_txn *txn, const struct records *r, const char *id,
+                         size_t id_len, char *err);
 
 #endif

@@ -430,7 +430,6 @@ static void test_load_errors(void)
          "    file: x.twm\n"
          "    inputs: [avg(reported.a, 60s)]\n"
          "    learn: {target: reported.y, rate: 0.1}\n",
-         "rules.yaml:5:12: model 'm': learn: online learning is not supported by this hub yet\n"
          "rules.yaml:4:28: input: expected ')' to close the arguments, found the end\n"
          "rules.yaml:4:33: input: unexpected ')' after the expression\n"
          "rules.yaml:4:13: model 'm': in a [flow, list] every comma ends an item, also the one "
@@ -888,6 +887,259 @@ static void test_changes(void)
     CHECK(rules_changes_touch(&c, "desired.anything", 16));
 }
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Models with a target: scoring, online learning, their records (learn.c), on the committed
+ * fixtures of tests/data/models (RULES_TEST_MODELS)
+ * ------------------------------------------------------------------------------------------ */
+
+#define MODEL(f) RULES_TEST_MODELS "/" f
+
+static void test_learn_errors(void)
+{
+    static const struct {
+        const char *text;
+        const char *errors;
+    } cases[] = {
+        {"models:\n  m:\n    file: " MODEL("svr.twm") "\n    inputs: [reported.a, reported.b, "
+         "reported.c]\n    learn: {target: reported.y, rate: 0.1}\n",
+         "rules.yaml:3:11: model 'm': learn: " MODEL("svr.twm") " is a SVR (svm); only a "
+         "single-output linear regressor learns online (give target: alone to track its "
+         "error)\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n    learn: {rate: 0.1}\n",
+         "rules.yaml:5:12: model 'm': learn: 'target' is missing (the reported path the model "
+         "predicts)\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n"
+         "    learn: {target: reported.y}\n",
+         "rules.yaml:5:12: model 'm': learn: 'rate' is missing (the step size, such as 0.01)\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n"
+         "    learn: {target: reported.y, rate: -1}\n",
+         "rules.yaml:5:39: learn: rate: expected a number above 0 such as 0.01, got '-1'\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n"
+         "    learn: {target: reported.y, rate: fast}\n",
+         "rules.yaml:5:39: learn: rate: expected a number above 0 such as 0.01, got 'fast'\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n"
+         "    target: avg(reported.y, 5s)\n",
+         "rules.yaml:5:13: target: expected a reported path such as reported.heart_rate, got "
+         "'avg(reported.y, 5s)'\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n    target: desired.y\n",
+         "rules.yaml:5:13: target: expected a reported path such as reported.heart_rate, got "
+         "'desired.y'\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n    horizon: 5s\n",
+         "rules.yaml:5:14: model 'm': horizon: needs a target\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n    target: reported.y\n"
+         "    horizon: 400d\n",
+         "rules.yaml:6:14: horizon: at most 365d\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n    target: reported.y\n"
+         "    learn: {target: reported.y, rate: 1}\n",
+         "rules.yaml:6:21: model 'm': learn: target is given twice (in learn: and beside it)\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n    learn: fast\n",
+         "rules.yaml:5:12: model 'm': learn: expected a map with target and rate, got a "
+         "value\n"},
+        {"models:\n  m:\n    file: x.twm\n    inputs: [reported.a]\n"
+         "    learn: {target: reported.y, rate: 1, step: 2}\n",
+         "rules.yaml:5:42: learn: unknown key 'step'\n"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct rules_errors errs;
+        struct rules_set *rs = parse(cases[i].text, &errs);
+        if (rs)
+            FAIL("case %zu loaded; expected errors", i);
+        else if (!errs.text || strcmp(errs.text, cases[i].errors) != 0)
+            FAIL("case %zu:\n   got: %s\n  want: %s", i, errs.text ? errs.text : "(none)",
+                 cases[i].errors);
+        rules_set_free(rs);
+        rules_errors_free(&errs);
+    }
+}
+
+static unsigned char recbuf[RULES_MODEL_STATE_MAX];
+
+static struct rules_twin twin_at(const struct twin_doc *doc, int64_t now)
+{
+    return (struct rules_twin){.doc = doc, .now = now};
+}
+
+/* A linear regressor (3 features, standard scaler) that learns reported.y 10 s ahead. */
+static void test_learn_regressor(void)
+{
+    struct rules_errors errs;
+    const char *text = "models:\n  lin:\n    file: " MODEL("linear.twm") "\n"
+                       "    inputs: [reported.a, reported.b, reported.c]\n"
+                       "    learn: {target: reported.y, rate: 0.05, horizon: 10s}\n";
+    struct rules_set *rs = parse(text, &errs);
+    if (!rs) {
+        FAIL("load: %s", errs.text);
+        rules_errors_free(&errs);
+        return;
+    }
+    rules_errors_free(&errs);
+    size_t tlen;
+    const char *target = rules_set_model_target(rs, 0, &tlen);
+    CHECK(target && tlen == 10 && memcmp(target, "reported.y", 10) == 0);
+
+    /* the same model outside the set, stepped by hand: what the hub must match exactly */
+    struct twin_model *ref;
+    char err[TWIN_MODEL_ERR_LEN];
+    CHECK_INT(twin_model_load_file(MODEL("linear.twm"), &ref, err), 0);
+    double theta[4], want;
+    CHECK_INT(twin_model_params_copy(ref, theta, 4), 0);
+
+    struct rules_model_record rec = {.buf = recbuf};
+    struct rules_prediction p;
+    struct twin_doc d1 = make_doc("{\"a\": 0.5, \"b\": 48, \"c\": 1.1}", "{}", "{}");
+    struct rules_twin tw = twin_at(&d1, 1000);
+    const double x1[3] = {0.5, 48, 1.1}, x2[3] = {-1, 55, 0.9};
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    CHECK_INT(twin_model_predict_params(ref, theta, x1, &want), 0);
+    CHECK(p.values[0] == want);
+    double y1 = p.values[0];
+    CHECK(rec.changed && p.score && p.score->pending == 1 && p.score->scored == 0 &&
+          p.score->learns && !p.score->classifier);
+
+    /* the target, too early (5 s of 10): it waits */
+    struct twin_doc d2 = make_doc("{\"a\": 0.5, \"b\": 48, \"c\": 1.1, \"y\": 20}", "{}", "{}");
+    struct rules_model_score sc;
+    tw = twin_at(&d2, 6000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(!rec.changed);
+    /* a target that is not a number: it waits too */
+    struct twin_doc dbad = make_doc("{\"y\": \"high\"}", "{}", "{}");
+    tw = twin_at(&dbad, 12000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(!rec.changed);
+    /* at 11 s: scored against 20, and one LMS step */
+    tw = twin_at(&d2, 11000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(rec.changed);
+    CHECK(sc.scored == 1 && sc.updates == 1 && sc.pending == 0 && sc.missed == 0);
+    CHECK(sc.sum_abs == fabs(20 - y1) && sc.sum_sq == (20 - y1) * (20 - y1));
+    CHECK_INT(twin_model_learn_step(ref, theta, x1, 20, 0.05, NULL), 0);
+
+    /* the next prediction uses the twin's new weights */
+    struct twin_doc d3 = make_doc("{\"a\": -1, \"b\": 55, \"c\": 0.9}", "{}", "{}");
+    tw = twin_at(&d3, 20000);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    CHECK_INT(twin_model_predict_params(ref, theta, x2, &want), 0);
+    CHECK(p.values[0] == want);
+    CHECK(p.score->scored == 1 && p.score->pending == 1);
+    struct rules_model_score back;
+    CHECK_INT(rules_model_record_score(rec.buf, rec.len, &back), 0);
+    CHECK(back.scored == 1 && back.updates == 1 && back.pending == 1);
+    CHECK(rules_model_record_current(rs, "lin", 3, rec.buf, rec.len));
+
+    /* its target comes more than a horizon late (21 s after): missed, not scored */
+    tw = twin_at(&d2, 41000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(rec.changed && sc.scored == 1 && sc.missed == 1 && sc.pending == 0);
+
+    /* eight wait at most; a ninth is missed */
+    for (int i = 0; i < RULES_MODEL_PENDING_MAX + 1; i++) {
+        tw = twin_at(&d3, 50000 + i);
+        CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    }
+    CHECK(p.score->pending == RULES_MODEL_PENDING_MAX && p.score->missed == 2);
+    /* one target scores all that are due: the first four (50.000 .. 50.003 s, due at 60.003) */
+    tw = twin_at(&d2, 60003);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(sc.scored == 5 && sc.updates == 5 && sc.pending == 4);
+
+    /* another definition (rate) does not take this record: the file's weights again */
+    struct rules_set *rs2 = parse("models:\n  lin:\n    file: " MODEL("linear.twm") "\n"
+                                  "    inputs: [reported.a, reported.b, reported.c]\n"
+                                  "    learn: {target: reported.y, rate: 0.01, horizon: 10s}\n",
+                                  &errs);
+    rules_errors_free(&errs);
+    CHECK(rs2 && !rules_model_record_current(rs2, "lin", 3, rec.buf, rec.len));
+    if (rs2) {
+        double file_theta[4];
+        twin_model_params_copy(ref, file_theta, 4);
+        tw = twin_at(&d3, 70000);
+        CHECK_INT(rules_model_predict(rs2, 0, &tw, &rec, &p), 0);
+        CHECK_INT(twin_model_predict_params(ref, file_theta, x2, &want), 0);
+        CHECK(p.values[0] == want && p.score->scored == 0 && p.score->pending == 1);
+    }
+    rules_set_free(rs2);
+
+    /* without a record (twinctl): the file's weights, nothing tracked */
+    CHECK_INT(rules_model_predict(rs, 0, &tw, NULL, &p), 0);
+    CHECK(p.score == NULL);
+
+    /* damaged records start over and never crash: every truncation, every byte flipped */
+    tw = twin_at(&d3, 80000);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    unsigned char good[RULES_MODEL_STATE_MAX];
+    size_t n = rec.len;
+    memcpy(good, rec.buf, n);
+    for (size_t cut = 0; cut < n; cut++) {
+        rec.len = cut;
+        CHECK(rules_model_record_score(rec.buf, cut, &back) < 0);
+        tw = twin_at(&d2, 95000);
+        CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+        memcpy(rec.buf, good, n);
+    }
+    for (size_t i = 0; i < n; i++)
+        for (unsigned bit = 0; bit < 8; bit++) {
+            memcpy(rec.buf, good, n);
+            rec.len = n;
+            rec.buf[i] ^= (unsigned char)(1u << bit);
+            tw = twin_at(&d2, 95000);
+            CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+            memcpy(rec.buf, good, n);
+            rec.buf[i] ^= (unsigned char)(1u << bit);
+            rec.len = n;
+            CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+            CHECK(isfinite(p.values[0]) && p.score->pending >= 1);
+        }
+    twin_model_free(ref);
+    rules_set_free(rs);
+}
+
+/* A classifier with string labels (low, mid, high) scored against reported.label. */
+static void test_learn_classifier(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("models:\n  cls:\n    file: " MODEL("logistic.twm") "\n"
+                                 "    inputs: [reported.a, reported.b, reported.c]\n"
+                                 "    target: reported.label\n",
+                                 &errs);
+    if (!rs) {
+        FAIL("load: %s", errs.text);
+        rules_errors_free(&errs);
+        return;
+    }
+    rules_errors_free(&errs);
+    struct rules_model_record rec = {.buf = recbuf};
+    struct rules_prediction p;
+    struct rules_model_score sc;
+    struct twin_doc d = make_doc("{\"a\": 1.5, \"b\": 50, \"c\": 1}", "{}", "{}");
+    struct rules_twin tw = twin_at(&d, 1000);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    CHECK(p.score && p.score->classifier && !p.score->learns);
+    const char *label = p.info->class_names[p.label];
+    char right[64], wrong[64];
+    snprintf(right, sizeof(right), "{\"label\": \"%s\"}", label);
+    snprintf(wrong, sizeof(wrong), "{\"label\": \"%s\"}", strcmp(label, "low") ? "low" : "mid");
+    /* a number can't be one of these labels: it waits */
+    struct twin_doc dn = make_doc("{\"label\": 2}", "{}", "{}");
+    tw = twin_at(&dn, 2000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(!rec.changed);
+    struct twin_doc dr = make_doc(right, "{}", "{}"), dw = make_doc(wrong, "{}", "{}");
+    tw = twin_at(&dr, 2000); /* horizon 0: the next value */
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(rec.changed && sc.scored == 1 && sc.correct == 1);
+    tw = twin_at(&d, 3000);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    tw = twin_at(&dw, 4000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(sc.scored == 2 && sc.correct == 1 && sc.missed == 0 && sc.pending == 0);
+    /* nothing waits: a target changes nothing */
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(!rec.changed);
+    rules_set_free(rs);
+}
+
 static const struct {
     const char *name;
     void (*fn)(void);
@@ -904,6 +1156,9 @@ static const struct {
     {"reload", test_reload},
     {"records", test_records},
     {"changes", test_changes},
+    {"learn_errors", test_learn_errors},
+    {"learn_regressor", test_learn_regressor},
+    {"learn_classifier", test_learn_classifier},
 };
 
 int main(int argc, char **argv)
