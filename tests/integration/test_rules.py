@@ -378,6 +378,141 @@ rules:
     hub.stop()
 
 
+def export_models(fx):
+    """Trains the learn case's two models with scikit-learn: a linear regressor fitted to
+    y = 2x (the devices' truth is y = 3x + 5) and a classifier of x > 0 (the truth: x > 1)."""
+    sys.path.insert(0, os.path.join(os.environ["TWINHUB_REPO"], "twins", "models"))
+    import export
+    import numpy as np
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    X = np.arange(-5.0, 6.0).reshape(-1, 1)
+    lin = LinearRegression().fit(X, 2.0 * X[:, 0])
+    cls = LogisticRegression().fit(X, np.where(X[:, 0] > 0, "pos", "neg"))
+    export.export(lin, fx.path("lin.twm"))
+    export.export(cls, fx.path("cls.twm"))
+    return [float(lin.coef_[0]), float(lin.intercept_)], cls
+
+
+LEARN_RULES = """
+models:
+  lin:
+    file: lin.twm
+    inputs: [reported.x]
+    learn: {{target: reported.y, rate: {rate}}}
+  cls:
+    file: cls.twm
+    inputs: [reported.x]
+    target: reported.label
+rules:
+  - name: ask
+    when: reported.ask == 1
+    on_fire: [{{predict: lin}}, {{predict: cls}}]
+"""
+
+
+def close(a, b):
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def case_learn(fx):
+    """Online learning and error tracking in a running hub: a device asks for a prediction
+    ({x, ask: 1}), then reports the truth ({y, label}); the hub scores each prediction, takes
+    one least-mean-squares step on the twin's own weights, and the next prediction uses them.
+    The hub's predictions, MAE, RMSE and accuracy equal a simulation of the same steps in
+    Python; the weights survive a restart; a changed definition starts over from the file;
+    twinctl stats sums the scores per model."""
+    theta0, cls = export_models(fx)
+    rate = 0.1
+    rules = write_rules(fx, LEARN_RULES.format(rate=rate))
+    b = Broker(fx)
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/predictions"])
+    dev = Device(fx, b, "lab-learn")
+    c = Checks()
+
+    def truth(x):
+        return 3.0 * x + 5.0, "pos" if x > 1 else "neg"
+
+    def predictions(model, start=0):
+        out = []
+        for m in w.messages(f"twins/{dev.id}/predictions", start):
+            p = unpack(m.payload)
+            if p.get("model") == model:
+                out.append(p)
+        return out
+
+    def ask(x, start=0, n=1):
+        dev.send(x=x, ask=1)
+        w.wait_for(lambda m: len(predictions("lin", start)) >= n and
+                   len(predictions("cls", start)) >= n, 10, f"prediction {n}")
+
+    xs = [-2.0 + 0.5 * ((7 * i) % 9) for i in range(24)]
+    theta = list(theta0)
+    want, errs, right = [], [], 0
+    for i, x in enumerate(xs):
+        ask(x, n=i + 1)
+        y, label = truth(x)
+        dev.send(y=y, label=label, ask=0)
+        y_hat = theta[0] * x + theta[1]
+        want.append(y_hat)
+        errs.append(y - y_hat)
+        theta = [theta[0] + rate * (y - y_hat) * x, theta[1] + rate * (y - y_hat)]
+        right += cls.predict([[x]])[0] == label
+    got = [p["value"] for p in predictions("lin")]
+    c.check(len(got) == len(want) and all(close(a, b) for a, b in zip(got, want)),
+            f"the hub's predictions follow the LMS steps:\n got {got}\nwant {want}")
+    first, last = sum(abs(e) for e in errs[:4]), sum(abs(e) for e in errs[-4:])
+    c.check(last < first / 4, f"learning: |error| of the first 4 {first}, of the last 4 {last}")
+
+    def scored_all():
+        doc = twin_get(hub.db, dev.id)
+        p = doc.get("predicted", {})
+        return (p.get("lin", {}).get("scored") == len(xs) and
+                p.get("cls", {}).get("scored") == len(xs))
+    wait_until(scored_all, 10, "every prediction scored")
+    pred = twin_get(hub.db, dev.id)["predicted"]
+    mae = sum(abs(e) for e in errs) / len(errs)
+    rmse = (sum(e * e for e in errs) / len(errs)) ** 0.5
+    c.check(close(pred["lin"]["mae"], mae), f"mae {pred['lin'].get('mae')} want {mae}")
+    c.check(close(pred["lin"]["rmse"], rmse), f"rmse {pred['lin'].get('rmse')} want {rmse}")
+    c.eq(pred["lin"].get("learned"), len(xs), "learning steps in predicted.lin")
+    c.check(close(pred["cls"]["accuracy"], right / len(xs)),
+            f"accuracy {pred['cls'].get('accuracy')} want {right}/{len(xs)}")
+    c.check(0 < right < len(xs), f"test setup: the classifier is right {right} times")
+
+    # The twin's weights are in the store: a restart predicts with them.
+    hub.stop()
+    hub.start()
+    mark = w.count()
+    ask(1.5, mark)
+    c.check(close(predictions("lin", mark)[0]["value"], theta[0] * 1.5 + theta[1]),
+            f"after a restart: {predictions('lin', mark)[0]['value']} want "
+            f"{theta[0] * 1.5 + theta[1]} (learned weights {theta})")
+    rc, out, err = twinctl(hub.db, "stats")
+    c.eq(rc, 0, f"twinctl stats ({err.strip()!r})")
+    models = json.loads(out).get("models", {})
+    lin, cl = models.get("lin", {}), models.get("cls", {})
+    c.eq((lin.get("twins"), lin.get("scored"), lin.get("learned"), lin.get("pending")),
+         (1, len(xs), len(xs), 1), f"twinctl stats lin {lin}")
+    c.check(close(lin.get("mae", -1), mae), f"twinctl stats lin mae {lin}")
+    c.check(close(cl.get("accuracy", -1), right / len(xs)), f"twinctl stats cls {cl}")
+
+    # Another rate is another definition: the twin starts over from the file's weights.
+    logpos = len(hub.log_text())
+    write_rules(fx, LEARN_RULES.format(rate=rate / 2))
+    hub.wait_log("rules reloaded", 10, logpos)
+    dev.send(y=9.5, ask=0)
+    mark = w.count()
+    ask(1.5, mark)
+    c.check(close(predictions("lin", mark)[0]["value"], theta0[0] * 1.5 + theta0[1]),
+            f"after a redefinition: {predictions('lin', mark)[0]['value']} want the file's "
+            f"{theta0[0] * 1.5 + theta0[1]}")
+    doc = twin_get(hub.db, dev.id)
+    c.eq(doc["predicted"]["lin"].get("scored"), 0, "the score starts over too")
+    c.done("learn checks")
+    hub.stop()
+
+
 def case_check(fx):
     """twinctl rules check: 0 valid, 1 invalid with every error listed, 2 usage."""
     c = Checks()
@@ -413,6 +548,7 @@ CASES = {
     "check": case_check,
     "desired_set": case_desired_set,
     "predict": case_predict,
+    "learn": case_learn,
 }
 
 if __name__ == "__main__":
