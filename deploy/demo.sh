@@ -48,6 +48,10 @@ cleanup() {
     echo "alarms (deploy/rules/ecg.yaml): ${fired:-0} fired, ${resolved:-0} resolved; by rule:"
     grep -o 'msg="rule" rule=[^ ]* id=[^ ]* state=firing' "$run/twinhub.log" 2>/dev/null |
         awk '{print $2}' | sort | uniq -c | sed 's/rule=/  /' || true
+    # each forecast is scored against the heart rate a minute later (target: and horizon:)
+    echo "the forecast's error, over every monitor (twinctl stats):"
+    build/hub/twinctl --db "$run/twinhub.db" stats --table 2>/dev/null | grep '^model' |
+        sed 's/^model */  /' || true
     [ $tls -eq 0 ] || echo "certificates: $run/pki   broker configuration: $run/mosquitto.conf"
     echo "look around: build/hub/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
 }
@@ -120,4 +124,4 @@ else
     echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
 fi
 build/hub/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
-    --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online
+    --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,predicted.hr_forecast.mae=MAE,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online
