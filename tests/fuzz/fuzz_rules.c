@@ -2,14 +2,20 @@
  *   even: the input (after that byte) is a rules file, loaded with rules_set_parse; a file that
  *         loads is then run, through an in-memory host, over a small twin for a few changes and
  *         timer passes;
- *   odd:  the input is one expression, compiled and, when it compiles, evaluated against a
- *         fixed twin with a fake history.
+ *   3:    the input (after that byte and a second one choosing the model) is a stored model
+ *         record (learn.c) of a fixed set's linear regressor that learns, or classifier with a
+ *         target (the committed fixtures of tests/data/models); its definition hash is patched
+ *         in so that the rest is reached. It is scored against a target and predicted with;
+ *   other odd: the input is one expression, compiled and, when it compiles, evaluated against
+ *         a fixed twin with a fake history.
  * Invariants:
  *   - a rejected file is -EINVAL with at least one error, every error line naming the file;
  *     a rejected expression is -EINVAL with "COL: reason", COL within the text (+1);
  *   - a loaded set finds every one of its rules by name, in order;
  *   - evaluation returns 0 and never yields a NaN number or an unknown type;
- *   - the engine's runs return 0 and report wake times after `now` (or none).
+ *   - the engine's runs return 0 and report wake times after `now` (or none);
+ *   - a model record, whatever its bytes, is scored and predicted with (0, finite values); a
+ *     record either call writes reads back, belongs to the set and has a sane score.
  */
 #include "fuzz.h"
 #include "rules.h"
@@ -228,12 +234,77 @@ static void run_expr(const char *text, size_t len)
     rules_expr_free(e);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Model records
+ * ------------------------------------------------------------------------------------------ */
+
+static struct rules_set *models;
+
+static void check_record(const struct rules_model_record *rec, const char *name)
+{
+    struct rules_model_score s;
+    FUZZ_CHECK(rec->len > 0 && rec->len <= RULES_MODEL_STATE_MAX, "record of %zu bytes",
+               rec->len);
+    FUZZ_CHECK(rules_model_record_score(rec->buf, rec->len, &s) == 0, "a written record is bad");
+    FUZZ_CHECK(rules_model_record_current(models, name, strlen(name), rec->buf, rec->len),
+               "a written record is not the set's");
+    FUZZ_CHECK(s.correct <= s.scored && s.pending <= RULES_MODEL_PENDING_MAX &&
+                   isfinite(s.sum_abs) && isfinite(s.sum_sq),
+               "score out of range");
+}
+
+static void run_record(const uint8_t *data, size_t size)
+{
+    static unsigned char buf[RULES_MODEL_STATE_MAX];
+    static unsigned char first[RULES_MODEL_STATE_MAX];
+    if (!models) {
+        static const char text[] =
+            "models:\n"
+            "  lin:\n    file: " FUZZ_MODELS "/linear.twm\n"
+            "    inputs: [reported.heart_rate, reported.spo2, reported.v.a]\n"
+            "    learn: {target: reported.heart_rate, rate: 0.01, horizon: 1s}\n"
+            "  cls:\n    file: " FUZZ_MODELS "/logistic.twm\n"
+            "    inputs: [reported.heart_rate, reported.spo2, reported.v.a]\n"
+            "    target: reported.mode\n";
+        struct rules_errors errs = {0};
+        int rc = rules_set_parse("fuzz.yaml", text, sizeof(text) - 1, NULL, NULL, &models, &errs);
+        FUZZ_CHECK(rc == 0, "the fixed models do not load: %s", errs.text ? errs.text : "");
+        rules_errors_free(&errs);
+    }
+    if (size < 1)
+        return;
+    unsigned i = data[0] & 1;
+    const char *name = rules_set_model_name(models, i);
+    struct rules_model_record rec = {.buf = buf, .len = size - 1};
+    if (rec.len > RULES_MODEL_STATE_MAX)
+        return;
+    memcpy(buf, data + 1, rec.len);
+    /* the definition hash, from a record the set writes itself */
+    struct rules_model_record fresh = {.buf = first};
+    struct rules_prediction p;
+    struct rules_twin tw = {.doc = &doc, .now = 5000};
+    FUZZ_CHECK(rules_model_predict(models, i, &tw, &fresh, &p) == 0, "predict failed");
+    if (rec.len >= 16)
+        memcpy(buf + 8, first + 8, 8);
+    for (int step = 0; step < 2; step++) {
+        tw.now = step ? 4000 : INT64_MAX - 5;
+        FUZZ_CHECK(rules_model_score(models, i, &tw, &rec, NULL) == 0, "score failed");
+        if (rec.changed)
+            check_record(&rec, name);
+    }
+    FUZZ_CHECK(rules_model_predict(models, i, &tw, &rec, &p) == 0, "predict failed");
+    FUZZ_CHECK(isfinite(p.values[0]) || p.info->classifier, "a prediction that is not finite");
+    check_record(&rec, name);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     setup();
     if (size == 0)
         return 0;
-    if (data[0] & 1)
+    if (data[0] == 3)
+        run_record(data + 1, size - 1);
+    else if (data[0] & 1)
         run_expr((const char *)data + 1, size - 1);
     else
         run_file((const char *)data + 1, size - 1);

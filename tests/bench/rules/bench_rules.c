@@ -9,6 +9,12 @@
  *    N different fields (reported.f0 .. f<N-1>) plus heart_rate for the first, so a message
  *    (heart_rate, spo2, temperature) evaluates a handful of them, not N. A last scenario makes
  *    all 1,000 read heart_rate, each matching one device id: the glob filter's cost.
+ * 3. What a model with a target adds, in a real LMDB store, one write transaction per step as
+ *    in the hub: a prediction that is kept in the twin's record (read, predict with the twin's
+ *    weights, write), the target arriving for it (read, score, one least-mean-squares step,
+ *    write), and the target arriving with nothing waiting (read only: the common case). The
+ *    model is tests/data/models/linear.twm (3 inputs, a scaler, learning); the arithmetic
+ *    alone is in bench_models.
  *
  *   bench_rules [-n messages] [-d devices] [-e evaluations] [-t dir]
  */
@@ -316,6 +322,117 @@ static void bench_messages(long n, long devices, const char *tmp)
     }
 }
 
+/* One step of section 3 for one twin, in the store's write transaction. */
+struct learn_ctx {
+    const struct rules_set *rs;
+    struct rules_twin tw;
+    struct rules_model_record rec;
+    const char *id;
+    int what; /* 0: write a record only; 1: predict; 2: target (score and learn) */
+};
+
+static int learn_fn(struct twin_txn *txn, void *arg)
+{
+    struct learn_ctx *l = arg;
+    char err[TWIN_ERR_LEN];
+    if (l->what == 0) /* the baseline: a record of the same size written, nothing computed */
+        return twin_model_state_put(txn, l->id, strlen(l->id), "base", 4, l->rec.buf, 200, err);
+    int rc = twin_model_state_get(txn, l->id, strlen(l->id), "lin", 3, l->rec.buf,
+                                  RULES_MODEL_STATE_MAX, &l->rec.len, err);
+    if (rc == -ENOENT)
+        l->rec.len = 0;
+    else if (rc < 0)
+        return rc;
+    struct rules_prediction p;
+    if (l->what == 1)
+        rc = rules_model_predict(l->rs, 0, &l->tw, &l->rec, &p);
+    else
+        rc = rules_model_score(l->rs, 0, &l->tw, &l->rec, NULL);
+    if (rc == 0 && l->rec.changed)
+        rc = twin_model_state_put(txn, l->id, strlen(l->id), "lin", 3, l->rec.buf, l->rec.len,
+                                  err);
+    return rc;
+}
+
+static void bench_learn(long n, long devices, const char *tmp)
+{
+    char dir[4096], err[TWIN_ERR_LEN];
+    snprintf(dir, sizeof(dir), "%s/bench_rules.XXXXXX", tmp);
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
+    so.path = dir;
+    struct twin_store *st;
+    if (twin_store_open(&st, &so, err) < 0) {
+        fprintf(stderr, "bench_rules: %s\n", err);
+        exit(1);
+    }
+    static const char text[] = "models:\n  lin:\n    file: " BENCH_MODELS "/linear.twm\n"
+                               "    inputs: [reported.heart_rate, reported.spo2, "
+                               "reported.temperature]\n"
+                               "    learn: {target: reported.y, rate: 0.001}\n";
+    struct rules_errors errs = {0};
+    struct rules_set *rs = NULL;
+    if (rules_set_parse("bench.yaml", text, sizeof(text) - 1, NULL, NULL, &rs, &errs) < 0) {
+        fprintf(stderr, "bench_rules: %s", errs.text ? errs.text : "cannot load the model\n");
+        exit(1);
+    }
+    rules_errors_free(&errs);
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 4096);
+    struct twin_limits lim = TWIN_LIMITS_DEFAULT;
+    static const char body[] = "{\"heart_rate\": 72, \"spo2\": 97.5, \"temperature\": 36.9, "
+                               "\"y\": 75}";
+    struct twin_doc doc = {.id = "ecg-0001", .id_len = 8};
+    if (twin_input_decode(body, sizeof(body) - 1, &lim, &zone, &doc.reported, err) < 0) {
+        fprintf(stderr, "bench_rules: %s\n", err);
+        exit(1);
+    }
+    doc.meta_reported.type = doc.desired.type = doc.meta_desired.type = MSGPACK_OBJECT_NIL;
+    doc.delta.type = doc.predicted.type = MSGPACK_OBJECT_NIL;
+    struct learn_ctx l = {.rs = rs, .tw = {.doc = &doc}};
+    l.rec.buf = calloc(1, RULES_MODEL_STATE_MAX);
+    char ids[64][16];
+    for (long d = 0; d < devices && d < 64; d++)
+        snprintf(ids[d], sizeof(ids[d]), "ecg-%04ld", d + 1);
+    /* time[0]: a transaction writing a record; [1] predict and [2] its target, alternating, so that
+     * each target scores one prediction; [3] a target with nothing waiting */
+    static const char *const names[] = {"write one record (baseline)",
+                                        "predict, kept for its target",
+                                        "target arrives: score + LMS step",
+                                        "target arrives, nothing waiting"};
+    static const int steps[3][2] = {{0, -1}, {1, 2}, {2, -1}};
+    static const int slot[3][2] = {{0, -1}, {1, 2}, {3, -1}};
+    double total[4] = {0};
+    for (int phase = 0; phase < 3; phase++)
+        for (long i = 0; i < n; i++)
+            for (int k = 0; k < 2 && steps[phase][k] >= 0; k++) {
+                l.id = ids[i % (devices < 64 ? devices : 64)];
+                l.what = steps[phase][k];
+                l.tw.now = 1000000 + 2 * i + k;
+                double t0 = now_s();
+                if (twin_store_write(st, learn_fn, &l, err) < 0) {
+                    fprintf(stderr, "bench_rules: %s\n", err);
+                    exit(1);
+                }
+                total[slot[phase][k]] += now_s() - t0;
+            }
+    for (int s = 0; s < 4; s++) {
+        double per = total[s] / (double)n * 1e6, base = total[0] / (double)n * 1e6;
+        printf("target %-45s %7.2f us/step", names[s], per);
+        if (s == 1 || s == 2)
+            printf("  (+%5.2f us over the baseline)", per - base);
+        putchar('\n');
+    }
+    free(l.rec.buf);
+    msgpack_zone_destroy(&zone);
+    rules_set_free(rs);
+    twin_store_close(st);
+    remove_dir(dir);
+}
+
 int main(int argc, char **argv)
 {
     long n = 50000, devices = 50, evals = 5000000;
@@ -339,5 +456,6 @@ int main(int argc, char **argv)
     }
     bench_eval(evals);
     bench_messages(n, devices, tmp);
+    bench_learn(n, devices, tmp);
     return 0;
 }
