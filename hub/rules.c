@@ -202,7 +202,7 @@ static int act_predict(struct host *h, const struct rules_fire *f, const struct 
                   (int)h->id_len, h->id, name);
         return 0;
     }
-    if (rc < 0 || (rc = record_put(h, a->model)) < 0)
+    if (rc < 0)
         return rc;
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -216,7 +216,8 @@ static int act_predict(struct host *h, const struct rules_fire *f, const struct 
         refused(h, f, "predict", h->err);
         return 0;
     }
-    if (rc < 0)
+    /* only a prediction the twin shows waits for its target */
+    if (rc < 0 || (rc = record_put(h, a->model)) < 0)
         return rc;
     atomic_fetch_add(&h->hr->stats.predictions, 1);
     h->flags |= PUB_STATE;
@@ -256,12 +257,9 @@ static int store_score(struct host *h, unsigned i, const struct rules_model_scor
     if (rc < 0)
         return rc;
     h->flags |= PUB_STATE;
-    static const char *const keys[] = {"scored", "mae", "rmse", "accuracy", "learned"};
-    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-        char path[RULES_NAME_MAX + 32];
-        int n = snprintf(path, sizeof(path), "predicted.%s.%s", name, keys[k]);
-        rules_changes_add(h->rr->tw.changes, path, (size_t)n);
-    }
+    char path[RULES_NAME_MAX + 16];
+    int n = snprintf(path, sizeof(path), "predicted.%s", name);
+    rules_changes_add(h->rr->tw.changes, path, (size_t)n);
     return 0;
 }
 
@@ -288,8 +286,16 @@ static int score_targets(struct host *h)
         /* a changed record was current, so `before` is its score */
         atomic_fetch_add(&h->hr->stats.scored, s.scored - before.scored);
         atomic_fetch_add(&h->hr->stats.learn_steps, s.updates - before.updates);
-        if ((rc = record_put(h, i)) < 0 || (rc = store_score(h, i, &s)) < 0)
+        if ((rc = record_put(h, i)) < 0)
             return rc;
+        rc = store_score(h, i, &s);
+        if (rc == -E2BIG || rc == -EINVAL) { /* the twin can't take it: the score is kept */
+            atomic_fetch_add(&h->hr->stats.action_errors, 1);
+            log_warn("model score not shown in the twin", "id=%.*s model=%s reason=\"%s\"",
+                     (int)h->id_len, h->id, rules_set_model_name(h->set, i), h->err);
+        } else if (rc < 0) {
+            return rc;
+        }
     }
     return 0;
 }
@@ -557,6 +563,7 @@ static void remember_file(struct hub_rules *hr)
         hr->st = st;
 }
 
+/* The records a sweep walks: the rules' or the models'. */
 struct sweep_kind {
     const char *what;
     int (*list)(struct twin_txn *, const char *, size_t, twin_records_cb, void *, char *);
@@ -670,7 +677,6 @@ int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, i
     return rc;
 }
 
-/* The records a sweep walks: the rules' or the models'. */
 int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store)
 {
     struct rules_set *next = NULL;

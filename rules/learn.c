@@ -202,6 +202,10 @@ static bool score_one(struct model_def *m, unsigned k, const struct rules_value 
         if (v->type != RULES_NUM || !isfinite(v->n))
             return false;
         double e = v->n - m->pend_y[k];
+        if (!isfinite(s->sum_abs + fabs(e)) || !isfinite(s->sum_sq + e * e)) {
+            s->missed++; /* an error past what a double holds can't be scored or learnt */
+            return true;
+        }
         s->scored++;
         s->sum_abs += fabs(e);
         s->sum_sq += e * e;
@@ -254,7 +258,10 @@ int rules_model_score(const struct rules_set *rs, unsigned i, const struct rules
     for (unsigned k = 0; k < n; k++) {
         int64_t age = elapsed(tw->now, m->pend_ts[k]);
         bool done = false;
-        if (age >= m->horizon_ms) {
+        if (age < 0) {
+            m->score.missed++; /* the clock went back past it: it could wait for hours */
+            done = true;
+        } else if (age >= m->horizon_ms) {
             /* a value more than a horizon late is not that horizon's truth */
             if (m->horizon_ms > 0 && age > 2 * m->horizon_ms) {
                 m->score.missed++;

@@ -169,6 +169,8 @@ int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rul
                              : twin_model_predict(m->model, m->x, &o);
     if (rc < 0)
         return rc == -EDOM ? -ENODATA : rc;
+    if (track && !in->classifier && !isfinite(m->values[0]))
+        return -ENODATA; /* weights learnt past what a double holds: nothing to keep */
     out->info = in;
     out->values = m->values;
     out->proba = in->has_proba ? m->proba : NULL;

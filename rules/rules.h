@@ -186,9 +186,10 @@ struct rules_model_record {
  * the twin's own weights when the model learns. When the model has a target and rec is given,
  * the prediction joins rec's waiting list (rec->changed). rec may be NULL: the file's weights,
  * nothing tracked.
- * Returns 0; -ENODATA when an input is missing or not a number, or there is too little history
- * (nothing predicted, rec unchanged); or a history error. Uses the model's own buffers: one
- * thread at a time per set (the hub predicts only inside its single write transaction). */
+ * Returns 0; -ENODATA when an input is missing or not a number, or there is too little history,
+ * or a learning model's value is not finite (nothing predicted, rec unchanged); or a history
+ * error. Uses the model's own buffers, as rules_model_score does: one thread at a time per set
+ * (the hub predicts and scores only inside its single write transaction). */
 int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rules_twin *tw,
                         struct rules_model_record *rec, struct rules_prediction *out);
 
@@ -199,7 +200,8 @@ const char *rules_set_model_target(const struct rules_set *rs, unsigned i, size_
  * twin after a change that wrote it: each prediction made at least `horizon` before tw->now is
  * compared (regressors: error = target - value; classifiers: right or wrong), and, when the
  * model learns, the twin's weights take one least-mean-squares step towards the target with
- * the inputs of that prediction. A prediction whose target came more than a horizon late is
+ * the inputs of that prediction. A prediction whose target came more than a horizon late, or
+ * that is dated after tw->now (the clock went back), or whose error a double can't sum, is
  * dropped (missed); one whose target is missing or of the wrong type waits. When anything
  * changed, rec->changed is set and *score (may be NULL) is the new score. Returns 0. Model
  * buffers as rules_model_predict. */

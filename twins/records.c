@@ -8,6 +8,8 @@
 
 #define NAME_MAX_ 64 /* TWIN_RULE_NAME_MAX and TWIN_MODEL_NAME_MAX */
 #define KEY_MAX (TWIN_ID_MAX + 1 + NAME_MAX_)
+_Static_assert(TWIN_RULE_NAME_MAX == NAME_MAX_ && TWIN_MODEL_NAME_MAX == NAME_MAX_,
+               "one key layout for both");
 
 /* id "\0" name (name_len 0: the twin's prefix, id "\0"). */
 static int key_build(const struct records *r, unsigned char *k, const char *id, size_t id_len,
@@ -119,8 +121,10 @@ int records__list(struct twin_txn *txn, const struct records *r, const char *id,
             break;
         const char *key = k.mv_data;
         const char *nul = memchr(key, '\0', k.mv_size);
-        if (nul && (size_t)(nul - key) + 1 < k.mv_size) { /* a name: not rulestate's wake */
-            size_t il = (size_t)(nul - key);
+        size_t il = nul ? (size_t)(nul - key) : 0;
+        /* a name (not rulestate's wake), and a key this file could have written */
+        if (nul && il + 1 < k.mv_size && il >= 1 && il <= TWIN_ID_MAX &&
+            k.mv_size - il - 1 <= NAME_MAX_) {
             int stop = cb(ctx, key, il, nul + 1, k.mv_size - il - 1, v.mv_data, v.mv_size);
             if (stop) {
                 mdb_cursor_close(c);

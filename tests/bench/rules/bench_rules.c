@@ -243,6 +243,25 @@ static void remove_dir(const char *dir)
     rmdir(dir);
 }
 
+/* A new store in a new folder under tmp (its name into dir, 4096 bytes); exits on error. */
+static struct twin_store *store_new(const char *tmp, char *dir)
+{
+    char err[TWIN_ERR_LEN];
+    snprintf(dir, 4096, "%s/bench_rules.XXXXXX", tmp);
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
+    so.path = dir;
+    struct twin_store *st;
+    if (twin_store_open(&st, &so, err) < 0) {
+        fprintf(stderr, "bench_rules: %s\n", err);
+        exit(1);
+    }
+    return st;
+}
+
 static void bench_messages(long n, long devices, const char *tmp)
 {
     struct {
@@ -254,20 +273,8 @@ static void bench_messages(long n, long devices, const char *tmp)
               {"1000 rules, all on heart_rate, one device each", 1000, true}};
     double base = 0;
     for (size_t s = 0; s < sizeof(sc) / sizeof(sc[0]); s++) {
-        char dir[4096];
-        snprintf(dir, sizeof(dir), "%s/bench_rules.XXXXXX", tmp);
-        if (!mkdtemp(dir)) {
-            perror("mkdtemp");
-            exit(1);
-        }
-        struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-        so.path = dir;
-        struct twin_store *st;
-        char err[TWIN_ERR_LEN];
-        if (twin_store_open(&st, &so, err) < 0) {
-            fprintf(stderr, "bench_rules: %s\n", err);
-            exit(1);
-        }
+        char dir[4096], err[TWIN_ERR_LEN];
+        struct twin_store *st = store_new(tmp, dir);
         struct msg_ctx m = {.rs = sc[s].rules ? make_rules(sc[s].rules, sc[s].same, devices) : NULL,
                             .sc = rules_scratch_new()};
         msgpack_sbuffer sb;
@@ -357,18 +364,7 @@ static int learn_fn(struct twin_txn *txn, void *arg)
 static void bench_learn(long n, long devices, const char *tmp)
 {
     char dir[4096], err[TWIN_ERR_LEN];
-    snprintf(dir, sizeof(dir), "%s/bench_rules.XXXXXX", tmp);
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-    so.path = dir;
-    struct twin_store *st;
-    if (twin_store_open(&st, &so, err) < 0) {
-        fprintf(stderr, "bench_rules: %s\n", err);
-        exit(1);
-    }
+    struct twin_store *st = store_new(tmp, dir);
     static const char text[] = "models:\n  lin:\n    file: " BENCH_MODELS "/linear.twm\n"
                                "    inputs: [reported.heart_rate, reported.spo2, "
                                "reported.temperature]\n"

@@ -381,12 +381,30 @@ static struct rules_set *parse(const char *text, struct rules_errors *errs)
     return rs;
 }
 
+/* A rules file and every error it must give, one per line, in order. */
+struct error_case {
+    const char *text;
+    const char *errors;
+};
+
+static void expect_errors(const struct error_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct rules_errors errs;
+        struct rules_set *rs = parse(cases[i].text, &errs);
+        if (rs)
+            FAIL("case %zu loaded; expected errors", i);
+        else if (!errs.text || strcmp(errs.text, cases[i].errors) != 0)
+            FAIL("case %zu:\n   got: %s\n  want: %s", i, errs.text ? errs.text : "(none)",
+                 cases[i].errors);
+        rules_set_free(rs);
+        rules_errors_free(&errs);
+    }
+}
+
 static void test_load_errors(void)
 {
-    static const struct {
-        const char *text;
-        const char *errors; /* every line, in order */
-    } cases[] = {
+    static const struct error_case cases[] = {
         {"rules:\n"
          "  - name: a\n"
          "    when: avgg(reported.hr, 5s) > 1\n",
@@ -458,17 +476,7 @@ static void test_load_errors(void)
          "rules.yaml:2:1: rules 'self' -> 'self' form a loop: each one's actions write what the "
          "next one reads\n"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct rules_errors errs;
-        struct rules_set *rs = parse(cases[i].text, &errs);
-        if (rs)
-            FAIL("case %zu loaded; expected errors", i);
-        else if (!errs.text || strcmp(errs.text, cases[i].errors) != 0)
-            FAIL("case %zu:\n   got: %s\n  want: %s", i, errs.text ? errs.text : "(none)",
-                 cases[i].errors);
-        rules_set_free(rs);
-        rules_errors_free(&errs);
-    }
+    expect_errors(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 /* Rules run after the rules that write what they read, whatever the file order. */
@@ -897,10 +905,7 @@ static void test_changes(void)
 
 static void test_learn_errors(void)
 {
-    static const struct {
-        const char *text;
-        const char *errors;
-    } cases[] = {
+    static const struct error_case cases[] = {
         {"models:\n  m:\n    file: " MODEL("svr.twm") "\n    inputs: [reported.a, reported.b, "
          "reported.c]\n    learn: {target: reported.y, rate: 0.1}\n",
          "rules.yaml:3:11: model 'm': learn: " MODEL("svr.twm") " is a SVR (svm); only a "
@@ -940,17 +945,7 @@ static void test_learn_errors(void)
          "    learn: {target: reported.y, rate: 1, step: 2}\n",
          "rules.yaml:5:42: learn: unknown key 'step'\n"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct rules_errors errs;
-        struct rules_set *rs = parse(cases[i].text, &errs);
-        if (rs)
-            FAIL("case %zu loaded; expected errors", i);
-        else if (!errs.text || strcmp(errs.text, cases[i].errors) != 0)
-            FAIL("case %zu:\n   got: %s\n  want: %s", i, errs.text ? errs.text : "(none)",
-                 cases[i].errors);
-        rules_set_free(rs);
-        rules_errors_free(&errs);
-    }
+    expect_errors(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 static unsigned char recbuf[RULES_MODEL_STATE_MAX];
@@ -1064,6 +1059,23 @@ static void test_learn_regressor(void)
     /* without a record (twinctl): the file's weights, nothing tracked */
     CHECK_INT(rules_model_predict(rs, 0, &tw, NULL, &p), 0);
     CHECK(p.score == NULL);
+
+    /* an error past what a double sums is missed, the record stays good; so is a prediction
+     * dated after now (the clock went back) */
+    struct twin_doc dhuge = make_doc("{\"y\": 1e300}", "{}", "{}");
+    tw = twin_at(&d3, 100000);
+    rec.len = 0;
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    tw = twin_at(&dhuge, 110000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(rec.changed && sc.missed == 2 && sc.scored == 0 && sc.pending == 0);
+    CHECK(isfinite(sc.sum_sq) && rules_model_record_score(rec.buf, rec.len, &back) == 0);
+    tw = twin_at(&d3, 200000);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    tw = twin_at(&d2, 150000);
+    CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
+    CHECK(rec.changed && sc.missed == 3 && sc.scored == 0 && sc.pending == 0);
 
     /* damaged records start over and never crash: every truncation, every byte flipped */
     tw = twin_at(&d3, 80000);
