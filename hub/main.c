@@ -282,19 +282,16 @@ static int64_t next_due(struct hub *h)
     return INT64_MAX;
 }
 
-/* When a rule's wake time or a command's deadline comes first. Main thread. */
-static int64_t next_timer(struct hub *h)
+/* When the rules' timer runs next: the earliest wake time; INT64_MAX: none. Main thread. */
+static int64_t next_wake(struct hub *h)
 {
-    int64_t c = next_due(h), r = h->rules.set ? hub_rules_next_due(h->store) : INT64_MAX;
-    return c < r ? c : r;
+    return h->rules.set ? hub_rules_next_due(h->store) : INT64_MAX;
 }
 
 /* The rules' timer: `for` deadlines, absence, windows. Main thread. */
 static void run_rule_timers(struct hub *h)
 {
     char err[TWIN_ERR_LEN] = "";
-    if (!h->rules.set || hub_rules_next_due(h->store) > hub_now_ms())
-        return;
     if (hub_rules_timer(&h->rules, &h->timer_run, h->store, h->pub, &h->timer_out, hub_now_ms(),
                         err) < 0)
         log_error("rule timer pass failed", "err=\"%s\"", err);
@@ -328,13 +325,19 @@ static void serve(const struct args *a, struct hub *h)
         unsigned tick = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
         if (tick > 1000)
             tick = 1000;
-        int64_t due = next_timer(h), wall = hub_now_ms();
-        if (due <= wall) {
-            expire_commands(h);
-            run_rule_timers(h);
-            due = next_timer(h);
+        /* each timer runs only when it is due; both deadlines are read once before and once
+         * after */
+        int64_t cmd = next_due(h), wake = next_wake(h), wall = hub_now_ms();
+        if (cmd <= wall || wake <= wall) {
+            if (cmd <= wall)
+                expire_commands(h);
+            if (wake <= wall)
+                run_rule_timers(h);
+            cmd = next_due(h);
+            wake = next_wake(h);
             wall = hub_now_ms();
         }
+        int64_t due = cmd < wake ? cmd : wake;
         if (due - wall < (int64_t)tick)
             tick = due - wall < COMMAND_TIMER_SLACK_MS ? COMMAND_TIMER_SLACK_MS
                                                        : (unsigned)(due - wall);

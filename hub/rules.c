@@ -116,8 +116,8 @@ static int act_desired(struct host *h, const struct rules_fire *f, const struct 
     h->flags |= PUB_STATE | (res.delta_changed ? PUB_DESIRED : 0);
     rules_changes_add_patch(h->rr->tw.changes, "desired", &a->args);
     rules_changes_add(h->rr->tw.changes, "delta", 5);
-    /* the rules after this one read the twin as it is now */
-    return twin_get(h->txn, h->id, h->id_len, &h->doc, h->err);
+    h->doc = res.doc; /* the rules after this one read the twin as it is now */
+    return 0;
 }
 
 static int act_command(struct host *h, const struct rules_fire *f, const struct rules_action *a)
@@ -168,8 +168,9 @@ static int record_put(struct host *h, unsigned i)
                                 h->err);
 }
 
-/* Stores the map packed in sb as predicted.<name> (a change of its own: version +1), then
- * reads the twin again for the rules after this. -E2BIG / -EINVAL: the store refused it. */
+/* Stores the map packed in sb as predicted.<name> (a change of its own: version +1); h->doc
+ * becomes the twin as stored, for the rules after this. -E2BIG / -EINVAL: the store refused
+ * it (h->doc unchanged). */
 static int predicted_put(struct host *h, const char *name, const msgpack_sbuffer *sb)
 {
     msgpack_zone *z = twin_txn_zone(h->txn);
@@ -181,8 +182,8 @@ static int predicted_put(struct host *h, const char *name, const msgpack_sbuffer
     memcpy(bytes, sb->data, sb->size);
     if (msgpack_unpack(bytes, sb->size, &off, z, &value) != MSGPACK_UNPACK_SUCCESS)
         return -ENOMEM;
-    int rc = twin_predicted_set(h->txn, h->id, h->id_len, name, strlen(name), &value, NULL, h->err);
-    return rc < 0 ? rc : twin_get(h->txn, h->id, h->id_len, &h->doc, h->err);
+    return twin_predicted_set(h->txn, h->id, h->id_len, name, strlen(name), &value, &h->doc,
+                              h->err);
 }
 
 /* Runs the model, stores predicted.<model> in the twin (a change of its own: version +1) and

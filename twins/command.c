@@ -119,15 +119,6 @@ static bool id_parse(const char *s, size_t len, uint64_t *n)
     return v != 0;
 }
 
-static int check_twin_id(const char *id, size_t id_len, const char *what, char *err)
-{
-    if (!id || id_len == 0 || id_len > TWIN_ID_MAX) {
-        twins__errf(err, "%s: twin id must be 1..%d bytes", what, TWIN_ID_MAX);
-        return -EINVAL;
-    }
-    return 0;
-}
-
 /* The command number behind cmd_id; an id that cannot be ours is a command we do not have. */
 static int cmd_number(const char *id, size_t id_len, const char *cmd_id, size_t cmd_id_len,
                       uint64_t *n, char *err)
@@ -658,7 +649,7 @@ int twin_command_add(struct twin_txn *txn, const char *id, size_t id_len, const 
 
     rc = store__need_write(txn, "twin_command_add", err);
     if (!rc)
-        rc = check_twin_id(id, id_len, "twin_command_add", err);
+        rc = twins__check_id(id, id_len, err);
     if (!rc)
         rc = check_name(cmd, cmd_len, err);
     if (!rc && args)
@@ -738,7 +729,7 @@ int twin_command_mark_sent(struct twin_txn *txn, const char *id, size_t id_len, 
 
     rc = store__need_write(txn, "twin_command_mark_sent", err);
     if (!rc)
-        rc = check_twin_id(id, id_len, "twin_command_mark_sent", err);
+        rc = twins__check_id(id, id_len, err);
     if (!rc)
         rc = check_now(now_ms, err);
     if (!rc)
@@ -775,7 +766,7 @@ int twin_command_update(struct twin_txn *txn, const char *id, size_t id_len, con
 
     rc = store__need_write(txn, "twin_command_update", err);
     if (!rc)
-        rc = check_twin_id(id, id_len, "twin_command_update", err);
+        rc = twins__check_id(id, id_len, err);
     if (!rc)
         rc = check_now(now_ms, err);
     if (rc)
@@ -822,7 +813,7 @@ int twin_command_get(struct twin_txn *txn, const char *id, size_t id_len, const 
 
     if (!txn || !out)
         return -EINVAL;
-    rc = check_twin_id(id, id_len, "twin_command_get", err);
+    rc = twins__check_id(id, id_len, err);
     if (!rc)
         rc = cmd_number(id, id_len, cmd_id, cmd_id_len, &n, err);
     if (rc)
@@ -841,7 +832,7 @@ int twin_command_list(struct twin_txn *txn, const char *id, size_t id_len, twin_
 
     if (!txn || !cb)
         return -EINVAL;
-    rc = check_twin_id(id, id_len, "twin_command_list", err);
+    rc = twins__check_id(id, id_len, err);
     if (rc)
         return rc;
     if (!txn->s->has_commands)
@@ -1005,7 +996,7 @@ int command__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, ui
 
     rc = store__need_write(txn, "command__remove_twin", err);
     if (!rc)
-        rc = check_twin_id(id, id_len, "command__remove_twin", err);
+        rc = twins__check_id(id, id_len, err);
     if (rc)
         return rc;
     rc = mdb_cursor_open(txn->txn, txn->s->dbi_commands, &cur);

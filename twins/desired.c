@@ -76,5 +76,6 @@ int twin_desired_apply(struct twin_txn *txn, const char *id, size_t id_len,
     res->version = doc.version;
     res->created = created;
     res->delta_changed = changed;
+    res->doc = doc;
     return 0;
 }

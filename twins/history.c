@@ -15,10 +15,8 @@
 static int hkey(const char *id, size_t id_len, const char *path, size_t path_len, char *buf,
                 MDB_val *k, char *err)
 {
-    if (!id || id_len == 0 || id_len > TWIN_ID_MAX) {
-        twins__errf(err, "twin id must be 1..%d bytes", TWIN_ID_MAX);
+    if (twins__check_id(id, id_len, err))
         return -EINVAL;
-    }
     if (!path || path_len == 0 || path_len > TWIN_PATH_MAX) {
         twins__errf(err, "history path must be 1..%d bytes", TWIN_PATH_MAX);
         return -EINVAL;
@@ -190,10 +188,8 @@ int history__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, ui
     rc = store__need_write(txn, "history__remove_twin", err);
     if (rc)
         return rc;
-    if (!id || id_len == 0 || id_len > TWIN_ID_MAX) {
-        twins__errf(err, "twin id must be 1..%d bytes", TWIN_ID_MAX);
-        return -EINVAL;
-    }
+    if ((rc = twins__check_id(id, id_len, err)))
+        return rc;
     rc = hist_cursor(txn, err);
     if (rc)
         return rc;

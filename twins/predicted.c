@@ -6,7 +6,7 @@
 #include <errno.h>
 
 int twin_predicted_set(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
-                       size_t model_len, const msgpack_object *value, uint64_t *version,
+                       size_t model_len, const msgpack_object *value, struct twin_doc *out,
                        char *err)
 {
     struct twin_doc doc;
@@ -51,7 +51,7 @@ int twin_predicted_set(struct twin_txn *txn, const char *id, size_t id_len, cons
     doc.version++;
     if ((rc = twin_put(txn, &doc, err)) < 0)
         return rc;
-    if (version)
-        *version = doc.version;
+    if (out)
+        *out = doc;
     return 0;
 }

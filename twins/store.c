@@ -697,7 +697,7 @@ msgpack_zone *twin_txn_zone(struct twin_txn *txn)
  * Documents
  * ------------------------------------------------------------------------------------------ */
 
-static int check_id(const char *id, size_t id_len, char *err)
+int twins__check_id(const char *id, size_t id_len, char *err)
 {
     if (!id || id_len == 0 || id_len > TWIN_ID_MAX) {
         twins__errf(err, "twin id must be 1..%d bytes", TWIN_ID_MAX);
@@ -714,7 +714,7 @@ int twin_get_raw(struct twin_txn *txn, const char *id, size_t id_len, const void
 
     if (!txn || !buf || !len)
         return -EINVAL;
-    rc = check_id(id, id_len, err);
+    rc = twins__check_id(id, id_len, err);
     if (rc)
         return rc;
     rc = mdb_get(txn->txn, txn->s->dbi_twins, &k, &v);
@@ -786,7 +786,7 @@ int twin_put(struct twin_txn *txn, const struct twin_doc *doc, char *err)
         return rc;
     if (!doc)
         return -EINVAL;
-    rc = check_id(doc->id, doc->id_len, err);
+    rc = twins__check_id(doc->id, doc->id_len, err);
     if (rc)
         return rc;
     msgpack_sbuffer_clear(&txn->sbuf);
@@ -827,7 +827,7 @@ int twin_tombstone_get(struct twin_txn *txn, const char *id, size_t id_len, uint
 
     if (!txn || !version)
         return -EINVAL;
-    rc = check_id(id, id_len, err);
+    rc = twins__check_id(id, id_len, err);
     if (rc)
         return rc;
     if (!txn->s->has_commands)
@@ -970,7 +970,7 @@ int twin_outbox_done(struct twin_txn *txn, const char *id, size_t id_len, uint64
 
     rc = store__need_write(txn, "twin_outbox_done", err);
     if (!rc)
-        rc = check_id(id, id_len, err);
+        rc = twins__check_id(id, id_len, err);
     if (rc)
         return rc;
     rc = mdb_get(txn->txn, txn->s->dbi_outbox, &k, &v);

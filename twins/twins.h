@@ -329,6 +329,8 @@ struct twin_desired_result {
     uint64_t version;   /* the twin's version after the call */
     bool created;       /* the twin did not exist before */
     bool delta_changed; /* publish devices/{id}/desired again */
+    struct twin_doc doc; /* the twin as stored; points into the transaction's zone and the
+                            caller's id: valid until the transaction ends */
 };
 
 /* Merges `patch` (a map, RFC 7396: maps merge, nil deletes, anything else replaces) into the
@@ -561,12 +563,12 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
                       size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err);
 
 /* Sets predicted.<model> of existing twin `id` to `value` (any msgpack value; borrowed for the
- * call), replacing an earlier one, as a committed change: version +1, stored, outbox. *version
- * (may be NULL) receives the new version. Returns 0, -ENOENT (no such twin), -EINVAL (bad model
+ * call), replacing an earlier one, as a committed change: version +1, stored, outbox. *out
+ * (may be NULL) receives the twin as stored, valid as twin_apply_result's doc. Returns 0, -ENOENT (no such twin), -EINVAL (bad model
  * name: 1..TWIN_KEY_MAX bytes, no '.'), -E2BIG (the twin would grow past max_doc_bytes),
  * -EBADMSG, -ENOMEM, -ENOSPC, -EIO. Errors leave the transaction untouched. */
 int twin_predicted_set(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
-                       size_t model_len, const msgpack_object *value, uint64_t *version,
+                       size_t model_len, const msgpack_object *value, struct twin_doc *out,
                        char *err);
 
 /* ---------------------------------------------------------------------------------------------

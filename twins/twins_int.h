@@ -217,6 +217,8 @@ int store__mdb_error(struct twin_txn *txn, int rc, const char *what, char *err);
 
 /* -EINVAL with a reason unless txn is a write transaction. */
 int store__need_write(const struct twin_txn *txn, const char *what, char *err);
+/* -EINVAL ("twin id must be 1..TWIN_ID_MAX bytes") unless id has 1..TWIN_ID_MAX bytes. */
+int twins__check_id(const char *id, size_t id_len, char *err);
 
 /* Little-endian uint64 of outbox entries, tombstones and the command counter. */
 static inline void store__le64_put(unsigned char *b, uint64_t v)
