@@ -30,7 +30,8 @@ cmake --build build -j "$(nproc)" >/dev/null
 
 run=$top/deploy/run
 mkdir -p "$run"
-rm -rf "$run/twinhub.db"
+# a fresh store, so a fresh broker state too: the old one queued telemetry for the old store
+rm -rf "$run/twinhub.db" "$run/mosquitto-data"
 port=$(free_port)
 pids=()
 cleanup() {
@@ -62,20 +63,25 @@ if [ $tls -eq 1 ]; then
     # A fresh PKI every run: the CA, the broker's and the hub's certificates, one per device.
     echo "making a development PKI in $run/pki..."
     certs/make-pki.sh "$run/pki" --devices "$devices" --force >/dev/null
-    deploy/mosquitto-conf.sh --pki "$run/pki" --port "$port" --out "$run/mosquitto.conf"
+    deploy/mosquitto-conf.sh --pki "$run/pki" --port "$port" --data "$run/mosquitto-data" \
+        --out "$run/mosquitto.conf"
     url="ssl://localhost:$port" # the host name the server certificate is checked against
     hub_tls=(--set "broker.tls.ca=$run/pki/ca.pem" --set "broker.tls.cert=$run/pki/hub.pem"
              --set "broker.tls.key=$run/pki/hub.key")
     sim_tls=(--ca "$run/pki/ca.pem" --cert-dir "$run/pki/devices")
     ctl_tls=(--ca "$run/pki/ca.pem" --cert "$run/pki/service.pem" --key "$run/pki/service.key")
 else
-    cat >"$run/mosquitto.conf" <<CONF
+    # the queue and persistence of the shipped configuration (deploy/mosquitto-durable.conf)
+    mkdir -p "$run/mosquitto-data"
+    [ "$(id -u)" -ne 0 ] || chown mosquitto "$run/mosquitto-data"
+    { cat <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
 set_tcp_nodelay true
-persistence false
 log_dest stderr
+persistence_location $run/mosquitto-data/
 CONF
+      cat deploy/mosquitto-durable.conf; } >"$run/mosquitto.conf"
     url="tcp://127.0.0.1:$port"
     hub_tls=() sim_tls=() ctl_tls=()
 fi

@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # mosquitto-conf.sh: renders deploy/mosquitto.conf.in into a Mosquitto configuration: the
 # mutual-TLS listener on 127.0.0.1:PORT with the certificates of a certs/make-pki.sh directory
-# and deploy/mosquitto.acl, and, with --admin-port, a plaintext listener on 127.0.0.1:A that
-# takes anyone with full access (no ACL: development and tests only, never in production).
+# and deploy/mosquitto.acl, the persistence and queue limits of deploy/mosquitto-durable.conf
+# with mosquitto.db in --data DIR (default: a directory mosquitto-data beside FILE, made if
+# missing), and, with --admin-port, a plaintext listener on 127.0.0.1:A that takes anyone with
+# full access (no ACL: development and tests only, never in production).
 #
-#   deploy/mosquitto-conf.sh --pki DIR --port P [--admin-port A] --out FILE
+#   deploy/mosquitto-conf.sh --pki DIR --port P [--admin-port A] [--data DIR] --out FILE
 #
 # Paths in the output are absolute, so the broker may run from any directory. Exit status 0,
 # 1 when the PKI directory lacks a file, 2 on a usage error.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { echo "usage: deploy/mosquitto-conf.sh --pki DIR --port P [--admin-port A] --out FILE"; }
+usage() {
+    echo "usage: deploy/mosquitto-conf.sh --pki DIR --port P [--admin-port A] [--data DIR] --out FILE"
+}
 port_ok() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; }
 
-pki="" port="" admin="" outf=""
+pki="" port="" admin="" data="" outf=""
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || case "$1" in -h|--help) ;; *) usage >&2; exit 2 ;; esac
     case "$1" in
     --pki) pki=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --admin-port) admin=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
     --out) outf=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mosquitto-conf.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
@@ -41,9 +46,12 @@ for f in ca.pem server.pem server.key crl.pem; do
         exit 1
     }
 done
+[ -n "$data" ] || data="$(dirname "$outf")/mosquitto-data"
+mkdir -p "$data" || { echo "mosquitto-conf.sh: --data: cannot make '$data'" >&2; exit 1; }
+data=$(cd "$data" && pwd)
 # Mosquitto takes the rest of the line as the value, spaces included, but a path with a
 # newline or an '@' would break the template.
-case "$pki$here" in *$'\n'* | *@*)
+case "$pki$here$data" in *$'\n'* | *@*)
     echo "mosquitto-conf.sh: paths with newlines or '@' are not supported" >&2; exit 1 ;;
 esac
 
@@ -57,6 +65,9 @@ case "$owner" in "" | *[!A-Za-z0-9._-]*)
     exit 1 ;;
 esac
 
+# The broker writes mosquitto.db as the user it runs as (see above).
+[ "$(id -u)" -ne 0 ] || chown "$owner" "$data"
+
 admin_lines=""
 if [ -n "$admin" ]; then
     admin_lines="# --- development only: plaintext, localhost, anyone, no ACL (full access) ---
@@ -67,7 +78,7 @@ fi
 tmp="$outf.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 awk -v pki="$pki" -v port="$port" -v user="$owner" -v acl="$here/mosquitto.acl" \
-    -v admin="$admin_lines" '
+    -v admin="$admin_lines" -v data="$data" -v durable="$here/mosquitto-durable.conf" '
     function subst(s, key, val,    i, r) {
         r = ""
         while ((i = index(s, key)) > 0) {
@@ -77,12 +88,18 @@ awk -v pki="$pki" -v port="$port" -v user="$owner" -v acl="$here/mosquitto.acl" 
         return r s
     }
     /^@ADMIN@$/ { if (admin != "") print admin; next }
+    /^@DURABLE@$/ {
+        while ((getline line < durable) > 0) print line
+        close(durable)
+        next
+    }
     /^[ \t]*#/ { print; next }    # comments describe the placeholders: left as they are
     {
         $0 = subst($0, "@PKI@", pki)
         $0 = subst($0, "@PORT@", port)
         $0 = subst($0, "@ACL@", acl)
         $0 = subst($0, "@USER@", user)
+        $0 = subst($0, "@DATA@", data)
         print
     }' "$here/mosquitto.conf.in" >"$tmp"
 if grep -n '^[^#]*@[A-Z]\+@' "$tmp" >&2; then

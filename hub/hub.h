@@ -203,9 +203,10 @@ static inline bool hub_key_is(const msgpack_object *k, const char *s)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * report.c: rejected input. Every rejection is counted and logged at debug; a token bucket
- * (errors.rate per second, errors.burst) decides which are logged at warn and published on
- * hub/errors as {topic, reason, ts, suppressed}.
+ * report.c: rejected input, and telemetry lost before it reached the hub (a gap in a device's
+ * seq). Every report is counted and logged at debug; a token bucket (errors.rate per second,
+ * errors.burst; one for rejections, one for gaps) decides which are logged at warn and published
+ * on hub/errors as {topic, reason, kind, ts, suppressed}.
  * ------------------------------------------------------------------------------------------ */
 
 enum report_kind {
@@ -215,24 +216,33 @@ enum report_kind {
     REPORT_MALFORMED, /* not msgpack / JSON */
     REPORT_INVALID,   /* wrong types, bad keys */
     REPORT_RULES,     /* a rules file that failed to (re)load */
+    REPORT_GAP,       /* not a rejection: telemetry that a gap in seq says was lost upstream */
     REPORT_KINDS
+};
+
+/* A token bucket of reports and what it suppressed since its last report. */
+struct report_bucket {
+    double tokens;
+    int64_t last_ms; /* monotonic */
+    uint64_t suppressed;
 };
 
 struct report {
     struct publisher *pub;
     char topic[BRIDGE_TOPIC_MAX];
     bool json;
-    pthread_mutex_t lock; /* guards the bucket */
-    double rate, burst, tokens;
-    int64_t last_ms; /* monotonic */
-    uint64_t suppressed;
+    pthread_mutex_t lock; /* guards the buckets */
+    double rate, burst;
+    /* rejections and gaps each have their own bucket, so that a fleet's gaps (many at once
+     * after a broker's drops) never crowd out the reports of bad input, nor those the gaps */
+    struct report_bucket bucket[2];
     _Atomic uint64_t count[REPORT_KINDS];
 };
 
 void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
                  unsigned burst);
 void report_set_rate(struct report *r, double rate, unsigned burst);
-/* Counts and maybe reports one rejection. Any thread. */
+/* Counts and maybe reports one rejection (or, with REPORT_GAP, one loss). Any thread. */
 void report_reject(struct report *r, enum report_kind kind, const char *topic, size_t topic_len,
                    const char *reason);
 /* The kind of a twins library error code (-E2BIG: size, -ELOOP: depth, ...). */
@@ -250,10 +260,10 @@ struct hub_rules_stats {
 };
 
 struct hub_rules {
-    pthread_rwlock_t lock;  /* guards set (see rules.c) */
-    struct rules_set *set;  /* NULL: no rules */
-    char path[256];         /* rules.file; "" for none */
-    struct stat st;         /* of the file when last loaded, to notice a change */
+    pthread_rwlock_t lock; /* guards set (see rules.c) */
+    struct rules_set *set; /* NULL: no rules */
+    char path[256];        /* rules.file; "" for none */
+    struct stat st;        /* of the file when last loaded, to notice a change */
     bool have_st;
     struct rules_options opt;
     struct report *report;
@@ -279,8 +289,8 @@ int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, i
                    struct twin_store *store);
 void hub_rules_close(struct hub_rules *hr);
 /* Loads `path` again (SIGHUP, or the file changed): on success swaps it in and clears the
- * state of rules and models that are gone or changed; on failure keeps the running rules, logs every error
- * and reports the first on hub/errors. Main thread. */
+ * state of rules and models that are gone or changed; on failure keeps the running rules, logs
+ * every error and reports the first on hub/errors. Main thread. */
 int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *store);
 /* Reloads when the file's mtime, size or inode changed since it was loaded. Main thread. */
 void hub_rules_poll(struct hub_rules *hr, struct twin_store *store);
@@ -311,6 +321,7 @@ int64_t hub_rules_next_due(struct twin_store *store);
 
 struct ingest_stats {
     _Atomic uint64_t received, applied, duplicate, stale, retained;
+    _Atomic uint64_t gaps, missed;      /* gaps in devices' seq, and the seq numbers they skipped */
     _Atomic uint64_t status;            /* device status messages that changed a twin */
     _Atomic uint64_t requests;          /* requests from services (not retained) */
     _Atomic uint64_t requests_rejected; /* of which replied to with `rejected` */

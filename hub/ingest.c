@@ -29,8 +29,8 @@ static int apply_fn(struct twin_txn *txn, void *ctx)
     struct ingest *in = a->in;
     outlist_reset(&in->out); /* the transaction may run again after the map grows */
     a->flags = 0;
-    int rc = twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res,
-                                  a->err);
+    int rc =
+        twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res, a->err);
     if (rc < 0 || a->res.outcome != TWIN_APPLIED || !hub_rules_active(in->rules))
         return rc;
     hub_rules_changes_telemetry(&in->run.changes, a->telemetry);
@@ -95,6 +95,19 @@ void ingest_flush(struct ingest *in)
     outlist_flush(&in->out, in->pub);
 }
 
+/* A gap in the device's seq: the broker (or the way to it) lost what it skipped. The twin
+ * already counts it (doc.gaps, committed); say it where an operator looks. */
+static void gap(struct ingest *in, const struct bridge_msg *m, const struct twin_apply_result *r)
+{
+    char why[160];
+    atomic_fetch_add(&in->stats.gaps, 1);
+    atomic_fetch_add(&in->stats.missed, r->gap);
+    snprintf(why, sizeof(why), "seq gap: %llu messages never arrived (seq %llu..%llu)",
+             (unsigned long long)r->gap, (unsigned long long)r->doc.gaps.from,
+             (unsigned long long)r->doc.gaps.to);
+    report_reject(in->report, REPORT_GAP, m->topic, m->topic_len, why);
+}
+
 static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
 {
     struct twin_limits lim = ingest_limits(in);
@@ -128,6 +141,8 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
     switch (a.res.outcome) {
     case TWIN_APPLIED:
         atomic_fetch_add(&in->stats.applied, 1);
+        if (a.res.gap)
+            gap(in, m, &a.res);
         ingest_flush(in); /* what the rules did: events, commands */
         /* devices/{id}/desired only when the delta changed: the hot path publishes once */
         if (publisher_twin(in->pub, t->id, t->id_len,

@@ -228,10 +228,11 @@ static void log_stats(struct hub *h)
     publisher_stats(h->pub, &ps);
     uint64_t rejected = 0;
     for (int k = 0; k < REPORT_KINDS; k++)
-        rejected += atomic_load(&rep->count[k]);
+        if (k != REPORT_GAP)
+            rejected += atomic_load(&rep->count[k]);
     log_info("stats",
-             "received=%llu applied=%llu duplicate=%llu stale=%llu retained=%llu rejected=%llu "
-             "published=%llu "
+             "received=%llu applied=%llu duplicate=%llu stale=%llu gaps=%llu missed=%llu "
+             "retained=%llu rejected=%llu published=%llu "
              "coalesced=%llu publish_failed=%llu queued=%llu inflight=%llu reports_dropped=%llu "
              "status=%llu requests=%llu requests_rejected=%llu acks=%llu messages_sent=%llu "
              "messages_dropped=%llu commands_dropped=%llu",
@@ -239,6 +240,8 @@ static void log_stats(struct hub *h)
              (unsigned long long)atomic_load(&in->stats.applied),
              (unsigned long long)atomic_load(&in->stats.duplicate),
              (unsigned long long)atomic_load(&in->stats.stale),
+             (unsigned long long)atomic_load(&in->stats.gaps),
+             (unsigned long long)atomic_load(&in->stats.missed),
              (unsigned long long)atomic_load(&in->stats.retained), (unsigned long long)rejected,
              (unsigned long long)ps.published, (unsigned long long)ps.coalesced,
              (unsigned long long)ps.failed, (unsigned long long)ps.queued,
@@ -435,8 +438,7 @@ static int hub_open(struct hub *h)
         return rc;
     }
 
-    if ((rc = hub_rules_open(&h->rules, c->rules_path, &h->rep, c->rules_tick_ms,
-                             h->store)) < 0) {
+    if ((rc = hub_rules_open(&h->rules, c->rules_path, &h->rep, c->rules_tick_ms, h->store)) < 0) {
         log_error("cannot load the rules file; fix it or unset rules.file", "file=%s",
                   c->rules_path);
         goto fail_rules;

@@ -1,5 +1,6 @@
-/* report: counts rejected input, logs it, and reports it on hub/errors under a token bucket so
- * a flood of bad messages cannot flood the log or the broker. It does not decide what is bad.
+/* report: counts rejected input (and telemetry lost upstream), logs it, and reports it on
+ * hub/errors under a token bucket so a flood of bad messages cannot flood the log or the broker.
+ * It does not decide what is bad.
  * Any thread may call report_reject (ingest runs it on Paho's receive thread); r->lock guards
  * the bucket. */
 #include <errno.h>
@@ -10,8 +11,8 @@
 #include "hub.h"
 #include "log.h"
 
-static const char *const kind_names[REPORT_KINDS] = {"topic",   "size",    "depth",
-                                                     "malformed", "invalid", "rules"};
+static const char *const kind_names[REPORT_KINDS] = {"topic",   "size",  "depth", "malformed",
+                                                     "invalid", "rules", "gap"};
 
 void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
                  unsigned burst)
@@ -22,7 +23,8 @@ void report_init(struct report *r, struct publisher *pub, const char *topic, boo
     r->json = json;
     pthread_mutex_init(&r->lock, NULL);
     report_set_rate(r, rate, burst);
-    r->tokens = r->burst;
+    for (int i = 0; i < 2; i++)
+        r->bucket[i].tokens = r->burst;
 }
 
 enum report_kind report_kind_of(int rc)
@@ -44,8 +46,9 @@ void report_set_rate(struct report *r, double rate, unsigned burst)
     pthread_mutex_lock(&r->lock);
     r->rate = rate;
     r->burst = burst;
-    if (r->tokens > r->burst)
-        r->tokens = r->burst;
+    for (int i = 0; i < 2; i++)
+        if (r->bucket[i].tokens > r->burst)
+            r->bucket[i].tokens = r->burst;
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -56,18 +59,19 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     int64_t now = hub_now_ms(), mono = hub_mono_ms();
     uint64_t suppressed = 0;
     bool send = false;
+    struct report_bucket *bk = &r->bucket[kind == REPORT_GAP];
     pthread_mutex_lock(&r->lock);
-    r->tokens += (double)(mono - r->last_ms) * r->rate / 1000.0;
-    if (r->tokens > r->burst)
-        r->tokens = r->burst;
-    r->last_ms = mono;
-    if (r->tokens >= 1.0) {
-        r->tokens -= 1.0;
+    bk->tokens += (double)(mono - bk->last_ms) * r->rate / 1000.0;
+    if (bk->tokens > r->burst)
+        bk->tokens = r->burst;
+    bk->last_ms = mono;
+    if (bk->tokens >= 1.0) {
+        bk->tokens -= 1.0;
         send = true;
-        suppressed = r->suppressed;
-        r->suppressed = 0;
+        suppressed = bk->suppressed;
+        bk->suppressed = 0;
     } else {
-        r->suppressed++;
+        bk->suppressed++;
     }
     pthread_mutex_unlock(&r->lock);
 
@@ -75,15 +79,15 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     if (!send && log_get_level() < LOG_DEBUG)
         return;
     char qtopic[160], qreason[320];
+    const char *what = kind == REPORT_GAP ? "telemetry lost upstream" : "input rejected";
     log_quote(qtopic, sizeof(qtopic), topic, topic_len);
     log_quote(qreason, sizeof(qreason), reason, strlen(reason));
     if (!send) {
-        log_debug("input rejected", "kind=%s topic=%s reason=%s", kind_names[kind], qtopic,
-                  qreason);
+        log_debug(what, "kind=%s topic=%s reason=%s", kind_names[kind], qtopic, qreason);
         return;
     }
-    log_warn("input rejected", "kind=%s topic=%s reason=%s suppressed=%llu", kind_names[kind],
-             qtopic, qreason, (unsigned long long)suppressed);
+    log_warn(what, "kind=%s topic=%s reason=%s suppressed=%llu", kind_names[kind], qtopic, qreason,
+             (unsigned long long)suppressed);
     if (!r->pub)
         return;
 
@@ -123,7 +127,7 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     if (!queued) {
         /* Not sent after all: it and what it carried count in the next report. */
         pthread_mutex_lock(&r->lock);
-        r->suppressed += 1 + suppressed;
+        bk->suppressed += 1 + suppressed;
         pthread_mutex_unlock(&r->lock);
     }
 }

@@ -1,7 +1,8 @@
 /* doc.c: the twin document's stored form. Encodes a struct twin_doc as the msgpack map
  * {id, version, reported, desired, delta?, predicted?, meta: {reported, desired}, connected,
- * last_seen, seq?, created}, decodes it back, and reads its version without decoding. It does not
- * know where documents are kept (store.c) or how they change (telemetry.c, merge.c). Any thread.
+ * last_seen, seq?, gaps?, created}, decodes it back, and reads its version without decoding. It
+ * does not know where documents are kept (store.c) or how they change (telemetry.c, merge.c). Any
+ * thread.
  */
 #include "twins_int.h"
 
@@ -57,7 +58,7 @@ int twin_doc_encode(const struct twin_doc *doc, msgpack_sbuffer *out)
         return -EINVAL;
     delta = nonempty_map(&doc->delta);
     predicted = nonempty_map(&doc->predicted);
-    n = 8 + (size_t)delta + (size_t)predicted + (size_t)doc->has_seq;
+    n = 8 + (size_t)delta + (size_t)predicted + (size_t)doc->has_seq + (doc->gaps.count > 0);
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     bad = msgpack_pack_map(&pk, n);
     bad = bad || pack_key(&pk, "id") || msgpack_pack_str(&pk, doc->id_len) ||
@@ -77,6 +78,15 @@ int twin_doc_encode(const struct twin_doc *doc, msgpack_sbuffer *out)
     bad = bad || pack_key(&pk, "last_seen") || pack_int(&pk, doc->last_seen);
     if (doc->has_seq)
         bad = bad || pack_key(&pk, "seq") || msgpack_pack_uint64(&pk, doc->seq);
+    if (doc->gaps.count > 0) {
+        const struct twin_gaps *g = &doc->gaps;
+        bad = bad || pack_key(&pk, "gaps") || msgpack_pack_map(&pk, 5);
+        bad = bad || pack_key(&pk, "count") || msgpack_pack_uint64(&pk, g->count);
+        bad = bad || pack_key(&pk, "missed") || msgpack_pack_uint64(&pk, g->missed);
+        bad = bad || pack_key(&pk, "from") || msgpack_pack_uint64(&pk, g->from);
+        bad = bad || pack_key(&pk, "to") || msgpack_pack_uint64(&pk, g->to);
+        bad = bad || pack_key(&pk, "ts") || pack_int(&pk, g->ts);
+    }
     bad = bad || pack_key(&pk, "created") || pack_int(&pk, doc->created);
     return bad ? -ENOMEM : 0;
 }
@@ -133,6 +143,38 @@ static int decode_meta(const msgpack_object *m, struct twin_doc *doc, char *err)
 }
 
 #define KEY(lit) twins__key_is(k, lit, sizeof lit - 1)
+
+static int get_uint(const msgpack_object *v, const char *key, uint64_t *out, char *err)
+{
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return bad_type(key, "an unsigned integer", err);
+    *out = v->via.u64;
+    return 0;
+}
+
+static int decode_gaps(const msgpack_object *m, struct twin_gaps *g, char *err)
+{
+    if (m->type != MSGPACK_OBJECT_MAP)
+        return bad_type("gaps", "a map", err);
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+        int rc = 0;
+
+        if (KEY("count"))
+            rc = get_uint(v, "gaps.count", &g->count, err);
+        else if (KEY("missed"))
+            rc = get_uint(v, "gaps.missed", &g->missed, err);
+        else if (KEY("from"))
+            rc = get_uint(v, "gaps.from", &g->from, err);
+        else if (KEY("to"))
+            rc = get_uint(v, "gaps.to", &g->to, err);
+        else if (KEY("ts"))
+            rc = get_int(v, "gaps.ts", &g->ts, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
 
 int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin_doc *doc,
                     char *err)
@@ -212,10 +254,10 @@ int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin
         } else if (KEY("created")) {
             rc = get_int(v, "created", &doc->created, err);
         } else if (KEY("seq")) {
-            if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return bad_type("seq", "an unsigned integer", err);
-            doc->seq = v->via.u64;
-            doc->has_seq = true;
+            rc = get_uint(v, "seq", &doc->seq, err);
+            doc->has_seq = rc == 0;
+        } else if (KEY("gaps")) {
+            rc = decode_gaps(v, &doc->gaps, err);
         }
         /* unknown keys are skipped: a newer hub may have added some */
         if (rc)

@@ -222,6 +222,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         return rc;
     res->created = created;
     res->delta_changed = false;
+    res->gap = 0;
     if (ts < 0) {
         /* only the hub clock can be negative; history would refuse it after the put */
         twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
@@ -274,6 +275,14 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     doc.version++;
     doc.last_seen = now_ms;
     if (seq_v) {
+        if (!created && doc.has_seq && seq - doc.seq > 1) {
+            res->gap = seq - doc.seq - 1;
+            doc.gaps.count++;
+            doc.gaps.missed += res->gap;
+            doc.gaps.from = doc.seq + 1;
+            doc.gaps.to = seq - 1;
+            doc.gaps.ts = now_ms;
+        }
         doc.seq = seq;
         doc.has_seq = true;
     }

@@ -103,10 +103,21 @@ int twin_merge(msgpack_zone *zone, const msgpack_object *target, const msgpack_o
  * The twin document
  * ------------------------------------------------------------------------------------------ */
 
+/* Gaps in a device's telemetry `seq`: messages the hub never received (lost upstream, at the
+ * broker or on the way; see twin_telemetry_apply). Stored as the map
+ * {count, missed, from, to, ts}, absent while count is 0. */
+struct twin_gaps {
+    uint64_t count;  /* gaps seen */
+    uint64_t missed; /* seq numbers missing in them, summed */
+    uint64_t from;   /* the last gap: first and last missing seq ... */
+    uint64_t to;
+    int64_t ts; /* ... and when it was seen (hub clock, ms since epoch) */
+};
+
 /* A twin, decoded. Every msgpack_object lives in the zone given to twin_doc_decode (or is
  * set by the caller). Absent maps are MSGPACK_OBJECT_NIL. Stored and published as the msgpack
  * map {id, version, reported, desired, delta?, predicted?, meta: {reported, desired},
- * connected, last_seen, seq, created}. */
+ * connected, last_seen, seq?, gaps?, created}. */
 struct twin_doc {
     const char *id;
     size_t id_len;
@@ -121,6 +132,7 @@ struct twin_doc {
     int64_t last_seen; /* hub clock, ms since epoch, of the last message from the device */
     uint64_t seq;      /* last applied telemetry seq; 0 = none yet */
     bool has_seq;
+    struct twin_gaps gaps;
     int64_t created; /* hub clock, ms since epoch */
 };
 
@@ -262,15 +274,21 @@ enum twin_apply_outcome {
 
 struct twin_apply_result {
     enum twin_apply_outcome outcome;
-    uint64_t version;   /* the twin's version after the call */
-    bool created;       /* the twin did not exist before */
-    bool delta_changed; /* doc.delta differs from what it was (see twin_desired_apply) */
+    uint64_t version;    /* the twin's version after the call */
+    bool created;        /* the twin did not exist before */
+    bool delta_changed;  /* doc.delta differs from what it was (see twin_desired_apply) */
+    uint64_t gap;        /* TWIN_APPLIED: seq numbers skipped by this message (doc.gaps.from
+                            ..to), 0 when it follows the last applied seq or there is none */
     struct twin_doc doc; /* TWIN_APPLIED: the twin as stored; points into the transaction's
                             zone and the caller's id: valid until the transaction ends */
 };
 
 /* Applies one telemetry map from device `id` (already validated) in a write transaction:
- * checks `seq` (uint; not above the last applied one -> DUPLICATE/STALE, nothing written),
+ * checks `seq` (uint; not above the last applied one -> DUPLICATE/STALE, nothing written; more
+ * than one above it -> a gap: res->gap and doc.gaps count the seq numbers skipped, which the
+ * hub never received. A device that counts by one shows every message lost upstream this way;
+ * one that counts otherwise shows gaps that mean nothing. A new twin, or one without a seq yet,
+ * has no gap),
  * takes `ts` (int ms since epoch, device clock; `now_ms` when absent), merges every other key
  * into reported (RFC 7396) with meta timestamps, appends numeric leaves to history, sets
  * last_seen = now_ms, recomputes the delta (only when desired is not empty; see
@@ -326,9 +344,9 @@ int twin_delta_get(struct twin_txn *txn, const char *id, size_t id_len, uint64_t
                    msgpack_object *delta, char *err);
 
 struct twin_desired_result {
-    uint64_t version;   /* the twin's version after the call */
-    bool created;       /* the twin did not exist before */
-    bool delta_changed; /* publish devices/{id}/desired again */
+    uint64_t version;    /* the twin's version after the call */
+    bool created;        /* the twin did not exist before */
+    bool delta_changed;  /* publish devices/{id}/desired again */
     struct twin_doc doc; /* the twin as stored; points into the transaction's zone and the
                             caller's id: valid until the transaction ends */
 };
@@ -564,9 +582,10 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
 
 /* Sets predicted.<model> of existing twin `id` to `value` (any msgpack value; borrowed for the
  * call), replacing an earlier one, as a committed change: version +1, stored, outbox. *out
- * (may be NULL) receives the twin as stored, valid as twin_apply_result's doc. Returns 0, -ENOENT (no such twin), -EINVAL (bad model
- * name: 1..TWIN_KEY_MAX bytes, no '.'), -E2BIG (the twin would grow past max_doc_bytes),
- * -EBADMSG, -ENOMEM, -ENOSPC, -EIO. Errors leave the transaction untouched. */
+ * (may be NULL) receives the twin as stored, valid as twin_apply_result's doc. Returns 0, -ENOENT
+ * (no such twin), -EINVAL (bad model name: 1..TWIN_KEY_MAX bytes, no '.'), -E2BIG (the twin would
+ * grow past max_doc_bytes), -EBADMSG, -ENOMEM, -ENOSPC, -EIO. Errors leave the transaction
+ * untouched. */
 int twin_predicted_set(struct twin_txn *txn, const char *id, size_t id_len, const char *model,
                        size_t model_len, const msgpack_object *value, struct twin_doc *out,
                        char *err);
@@ -598,11 +617,9 @@ typedef int (*twin_records_cb)(void *ctx, const char *id, size_t id_len, const c
 int twin_rule_state_list(struct twin_txn *txn, const char *id, size_t id_len, twin_records_cb cb,
                          void *ctx, char *err);
 /* The wake time of twin `id` (hub ms); INT64_MAX when it has none. Returns 0 or an error. */
-int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int64_t *at,
-                       char *err);
+int twin_rule_wake_get(struct twin_txn *txn, const char *id, size_t id_len, int64_t *at, char *err);
 /* Sets it (INT64_MAX: none), keeping the index in order. Write transactions. */
-int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
-                       char *err);
+int twin_rule_wake_set(struct twin_txn *txn, const char *id, size_t id_len, int64_t at, char *err);
 /* Sets it to `at` only when that is earlier than the current one. Write transactions. */
 int twin_rule_wake_lower(struct twin_txn *txn, const char *id, size_t id_len, int64_t at,
                          char *err);
@@ -622,7 +639,7 @@ int twin_rule_wake_next(struct twin_txn *txn, int64_t *at, char *err);
  * twin's.
  * ------------------------------------------------------------------------------------------ */
 
-#define TWIN_MODEL_NAME_MAX 64            /* bytes of a model name */
+#define TWIN_MODEL_NAME_MAX 64           /* bytes of a model name */
 #define TWIN_MODEL_STATE_MAX (32u << 10) /* bytes of one record */
 
 /* Reads the record of (id, model) into buf (cap bytes); *len its size. Returns 0, -ENOENT,
@@ -638,8 +655,8 @@ int twin_model_state_del(struct twin_txn *txn, const char *id, size_t id_len, co
                          size_t model_len, char *err);
 /* Calls cb for every record of twin `id` (NULL: every twin's, in id order), as
  * twin_rule_state_list. */
-int twin_model_state_list(struct twin_txn *txn, const char *id, size_t id_len,
-                          twin_records_cb cb, void *ctx, char *err);
+int twin_model_state_list(struct twin_txn *txn, const char *id, size_t id_len, twin_records_cb cb,
+                          void *ctx, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Listing, outbox, statistics

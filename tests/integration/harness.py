@@ -229,11 +229,26 @@ class Fixture:
 # Mosquitto
 # ---------------------------------------------------------------------------------------------
 
+DURABLE_CONF = os.path.join(REPO, "deploy", "mosquitto-durable.conf")
+
+
 class Broker:
-    def __init__(self, fx, acl=None):
+    """mosquitto on a free port with the queue and persistence of the shipped configuration
+    (deploy/mosquitto-durable.conf, mosquitto.db in the temp dir), or with Mosquitto's own
+    defaults (durable=False: no persistence, 1000 messages queued per client)."""
+
+    def __init__(self, fx, acl=None, durable=True):
         self.fx = fx
         self.proc = None
         self.port = None
+        self.durable = durable
+        self.data = fx.path("mosquitto-data")
+        if durable:
+            os.makedirs(self.data, exist_ok=True)
+            if os.geteuid() == 0:
+                # started as root, mosquitto writes mosquitto.db as user 'mosquitto'
+                os.chmod(fx.dir, 0o755)
+                shutil.chown(self.data, "mosquitto")
         self.acl = fx.path("mosquitto.acl") if acl is not None else None
         if acl is not None:
             # Started as root, mosquitto reads the ACL file as user 'mosquitto' (also at
@@ -252,21 +267,25 @@ class Broker:
     def url(self):
         return f"tcp://127.0.0.1:{self.port}"
 
-    def start(self):
+    def start(self, port=None):
+        """Starts mosquitto; on `port` (a restart), else on a free one. Mosquitto with
+        persistence reloads its mosquitto.db: sessions, their queues, retained messages."""
         # The port can be taken between free_port() and mosquitto's bind: try a few.
-        for _ in range(5):
-            self.port = free_port()
+        for _ in range(1 if port else 5):
+            self.port = port or free_port()
             conf = self.fx.path("mosquitto.conf")
             with open(conf, "w") as f:
                 f.write(f"listener {self.port} 127.0.0.1\n"
                         "allow_anonymous true\n"
-                        "persistence false\n"
-                        "max_queued_messages 100000\n"
                         "log_dest stderr\n"
                         "log_type error\nlog_type warning\nlog_type notice\n"
                         "log_type information\n"
                         "connection_messages true\n" +
                         (f"acl_file {self.acl}\n" if self.acl else ""))
+                if self.durable:
+                    f.write(f"persistence_location {self.data}/\n")
+                    with open(DURABLE_CONF) as d:
+                        f.write(d.read())
             self.proc = spawn([MOSQUITTO, "-c", conf], self.log, self.fx.dir)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -275,6 +294,11 @@ class Broker:
                 time.sleep(0.02)
             self.cleanup()
         raise TestFailure(f"mosquitto did not start; log:\n{tail(self.log)}")
+
+    def restart(self):
+        """A clean stop (SIGTERM: mosquitto saves its database) and a start on the same port."""
+        self.cleanup()
+        self.start(self.port)
 
     def write_acl(self, text):
         """Rules for anonymous clients (topic lines before any user line), e.g.

@@ -1266,6 +1266,7 @@ class Watcher(MqttClient):
 
     def __init__(self, fx, broker):
         self.reports = []
+        self.gaps = []
         self.states = {}    # id -> last version seen
         self.state_msgs = []  # (id, version, payload) of every twins/{id}/state
         self.finals = {}      # id -> reported.final of its last state
@@ -1276,7 +1277,12 @@ class Watcher(MqttClient):
         t = m.topic
         with self.lock:
             if t == "hub/errors":
-                self.reports.append(m.payload)
+                # a rejected message leaves a gap in its device's seq, reported apart
+                # (kind gap, a bucket of its own); this test counts rejections
+                if unpack_state(m.payload).get("kind") == "gap":
+                    self.gaps.append(m.payload)
+                else:
+                    self.reports.append(m.payload)
             elif t.startswith("twins/") and t.endswith("/state"):
                 try:
                     doc = unpack_state(m.payload)

@@ -1159,13 +1159,14 @@ static void test_doc(void)
     char err[TWIN_ERR_LEN];
     static const char *order_full[] = {"id",        "version",   "reported", "desired",
                                        "delta",     "predicted", "meta",     "connected",
-                                       "last_seen", "seq",       "created"};
+                                       "last_seen", "seq",       "gaps",     "created"};
     static const char *order_min[] = {"id",   "version",   "reported",  "desired",
                                       "meta", "connected", "last_seen", "created"};
 
     msgpack_zone_init(&z, 4096);
     msgpack_sbuffer_init(&sb);
     d = doc_sample(&z);
+    d.gaps = (struct twin_gaps){2, 30, 7, 16, 1700000000100};
     CHECK_INT(twin_doc_encode(&d, &sb), 0);
     CHECK_INT(twin_doc_version(sb.data, sb.size, &ver), 0);
     CHECK_INT(ver, 42);
@@ -1181,11 +1182,15 @@ static void test_doc(void)
     CHECK(back.connected);
     CHECK_INT(back.last_seen, 1700000000123);
     CHECK(back.has_seq && back.seq == 17);
+    CHECK(back.gaps.count == 2 && back.gaps.missed == 30 && back.gaps.from == 7 &&
+          back.gaps.to == 16 && back.gaps.ts == 1700000000100);
     CHECK_INT(back.created, -5);
     /* key order */
     CHECK(msgpack_unpack(sb.data, sb.size, &off, &z, &o) == MSGPACK_UNPACK_SUCCESS);
-    CHECK_INT(o.via.map.size, 11);
-    for (uint32_t i = 0; i < o.via.map.size && i < 11; i++) {
+    CHECK_INT(o.via.map.size, 12);
+    CHECK_STR(TJ(&o.via.map.ptr[10].val),
+              "{\"count\":2,\"missed\":30,\"from\":7,\"to\":16,\"ts\":1700000000100}");
+    for (uint32_t i = 0; i < o.via.map.size && i < 12; i++) {
         const msgpack_object *k = &o.via.map.ptr[i].key;
 
         CHECK(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(order_full[i]) &&
@@ -1253,6 +1258,11 @@ static void test_doc_decode_bad(void)
         {"{\"id\":\"a\",\"version\":3,\"last_seen\":1.5}", -EBADMSG, "'last_seen' must be"},
         {"{\"id\":\"a\",\"version\":3,\"created\":\"x\"}", -EBADMSG, "'created' must be"},
         {"{\"id\":\"a\",\"version\":3,\"seq\":-1}", -EBADMSG, "'seq' must be"},
+        {"{\"id\":\"a\",\"version\":3,\"gaps\":[]}", -EBADMSG, "'gaps' must be a map"},
+        {"{\"id\":\"a\",\"version\":3,\"gaps\":{\"missed\":-2}}", -EBADMSG,
+         "'gaps.missed' must be"},
+        {"{\"id\":\"a\",\"version\":3,\"gaps\":{\"ts\":\"x\"}}", -EBADMSG, "'gaps.ts' must be"},
+        {"{\"id\":\"a\",\"version\":3,\"gaps\":{\"count\":1,\"later\":1}}", 0, ""},
     };
     msgpack_zone z;
     struct twin_doc d;
@@ -1957,6 +1967,17 @@ static struct outbox_seen outbox_of(struct twin_store *s)
     return o;
 }
 
+static void check_gaps(const struct twin_doc *d, void *ctx)
+{
+    const struct twin_gaps *e = ctx;
+
+    CHECK_INT(d->gaps.count, e->count);
+    CHECK_INT(d->gaps.missed, e->missed);
+    CHECK_INT(d->gaps.from, e->from);
+    CHECK_INT(d->gaps.to, e->to);
+    CHECK_INT(d->gaps.ts, e->ts);
+}
+
 static void test_telemetry_apply(void)
 {
     char dir[64], err[TWIN_ERR_LEN];
@@ -2050,14 +2071,27 @@ static void test_telemetry_apply(void)
     ob = outbox_of(s);
     CHECK(ob.n == 1 && ob.versions[0] == 5);
 
-    /* seq above the last applied one after a gap */
+    /* seq above the last applied one after a gap: applied, and the gap counted (3..9) */
+    CHECK_INT(read_doc(s, "ecg-1", check_gaps, &(struct twin_gaps){0}), 0);
     CHECK_INT(apply(s, "ecg-1", "{\"seq\":10}", 9000, &res, err), 0);
     CHECK_INT(res.outcome, TWIN_APPLIED);
     CHECK_INT(res.version, 6);
+    CHECK_INT(res.gap, 7);
+    CHECK_INT(read_doc(s, "ecg-1", check_gaps, &(struct twin_gaps){1, 7, 3, 9, 9000}), 0);
+    /* the next one in order adds nothing; a second gap adds up and names itself */
+    CHECK_INT(apply(s, "ecg-1", "{\"seq\":11}", 9100, &res, err), 0);
+    CHECK_INT(res.gap, 0);
+    CHECK_INT(apply(s, "ecg-1", "{\"seq\":13}", 9200, &res, err), 0);
+    CHECK_INT(res.gap, 1);
+    CHECK_INT(read_doc(s, "ecg-1", check_gaps, &(struct twin_gaps){2, 8, 12, 12, 9200}), 0);
+    /* stale and duplicate are not gaps, and change nothing of them */
+    CHECK_INT(apply(s, "ecg-1", "{\"seq\":12}", 9300, &res, err), 0);
+    CHECK(res.outcome == TWIN_STALE && res.gap == 0);
+    CHECK_INT(read_doc(s, "ecg-1", check_gaps, &(struct twin_gaps){2, 8, 12, 12, 9200}), 0);
 
     /* a second twin, without seq */
     CHECK_INT(apply(s, "ecg-2", "{\"a\":{\"b\":{\"c\":-1.5}}}", 100, &res, err), 0);
-    CHECK(res.created && res.version == 1);
+    CHECK(res.created && res.version == 1 && res.gap == 0);
     e = (struct expect_doc){
         "{\"a\":{\"b\":{\"c\":-1.5}}}", "{\"a\":{\"b\":{\"c\":100}}}", 1, 0, false, 100, 100};
     CHECK_INT(read_doc(s, "ecg-2", check_expect, &e), 0);
