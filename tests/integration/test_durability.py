@@ -40,16 +40,22 @@ def dev_id(i):
 
 def publish_range(dev, first, last):
     """Every device publishes seq first..last (n = seq) at QoS 1, round robin; returns once
-    the broker acknowledged each one (paho keeps up to 200 in flight)."""
-    infos = []
+    the broker acknowledged each one (paho keeps up to 200 in flight, 1000 waiting here)."""
+    infos, n = [], 0
+
+    def acked(info):
+        info.wait_for_publish(30)
+        check(info.is_published(), "a device's message was not acknowledged by the broker")
     for seq in range(first, last + 1):
         for i in range(DEVICES):
             infos.append(dev.publish_nowait(f"devices/{dev_id(i)}/telemetry",
                                             pack({"seq": seq, "n": seq}), qos=1))
+            n += 1
+            if len(infos) >= 1000:
+                acked(infos.pop(0))
     for info in infos:
-        info.wait_for_publish(30)
-        check(info.is_published(), "a device's message was not acknowledged by the broker")
-    return len(infos)
+        acked(info)
+    return n
 
 
 def history_n(hub, tid):
