@@ -20,9 +20,11 @@ ensure_packages() {
 # What building and running twinhub needs.
 # (openssl: certs/make-pki.sh, for ./deploy/demo.sh --tls)
 BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev liblmdb-dev
-                libyaml-dev mosquitto openssl)
+                libyaml-dev libmicrohttpd-dev libsystemd-dev mosquitto openssl)
 # What the tests need on top.
-TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn)
+# (prometheus: promtool and a real server that scrapes the hub; systemd: systemd-analyze)
+TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn
+               prometheus systemd)
 
 # A free TCP port on 127.0.0.1 (Mosquitto 2 reads port 0 as a unix socket, so pick one).
 free_port() {

@@ -65,6 +65,7 @@ struct key {
 static int check_nonempty(const char *s, char *why, size_t size);
 static int check_url(const char *s, char *why, size_t size);
 static int check_prefix(const char *s, char *why, size_t size);
+static int check_listen(const char *s, char *why, size_t size);
 
 static const struct enum_val mqtt_versions[] = {{"5", 5}, {"4", 4}, {NULL, 0}};
 static const struct enum_val syncs[] = {{"os", 0}, {"commit", 1}, {NULL, 0}};
@@ -162,6 +163,15 @@ static const struct key keys[] = {
     DUR("rules.tick", rules_tick_ms, "1s", 1, 10, HOUR, K_RELOAD),
 
     ENUM("log.level", log_level, "info", levels, K_RELOAD),
+
+    STR("http.listen", http_listen, "127.0.0.1:9464", check_listen, 0),
+    STR("http.tls.cert", http_tls_cert, "", NULL, 0),
+    STR("http.tls.key", http_tls_key, "", NULL, 0),
+    STR("http.token_file", http_token_file, "", NULL, 0),
+    UINT("http.max_connections", http_max_connections, "32", 1, 100000, 0),
+    DUR("http.timeout", http_timeout_s, "10s", SEC, 1 * SEC, HOUR, 0),
+    SIZE("http.max_request", http_max_request, "16KiB", 4 * KIB, 1 * MIB, 0),
+    DUR("http.stall", http_stall_ms, "30s", 1, 1 * SEC, HOUR, 0),
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -696,6 +706,51 @@ static int check_url(const char *s, char *why, size_t size)
     }
     snprintf(why, size, "a broker URL (tcp://, ssl://, mqtt://, mqtts://, ws:// or wss://)");
     return -EINVAL;
+}
+
+int config_listen_split(const char *s, char *host, size_t host_size, unsigned *port, char *why,
+                        size_t why_size)
+{
+    const char *colon, *h = s, *he;
+    if (s[0] == '[') {
+        h = s + 1;
+        he = strchr(h, ']');
+        if (!he || he[1] != ':') {
+            snprintf(why, why_size, "[IPv6 address]:port");
+            return -EINVAL;
+        }
+        colon = he + 1;
+    } else {
+        colon = strrchr(s, ':');
+        he = colon;
+        if (!colon || memchr(s, ':', (size_t)(colon - s))) {
+            snprintf(why, why_size, "host:port (an IPv6 address in brackets: [::1]:9464)");
+            return -EINVAL;
+        }
+    }
+    char *end;
+    errno = 0;
+    unsigned long p = strtoul(colon + 1, &end, 10);
+    if (!colon[1] || *end || errno || p > 65535 || colon[1] == '-' || colon[1] == '+') {
+        snprintf(why, why_size, "a port of 0..65535 after the ':'");
+        return -EINVAL;
+    }
+    size_t n = (size_t)(he - h);
+    if (n == 0 || n >= host_size) {
+        snprintf(why, why_size, "a host of 1..%zu characters before the port", host_size - 1);
+        return -EINVAL;
+    }
+    memcpy(host, h, n);
+    host[n] = '\0';
+    *port = (unsigned)p;
+    return 0;
+}
+
+static int check_listen(const char *s, char *why, size_t size)
+{
+    char host[128];
+    unsigned port;
+    return s[0] ? config_listen_split(s, host, sizeof(host), &port, why, size) : 0;
 }
 
 /* Topic prefixes are joined to ids without a separator and must not let a subscription or a

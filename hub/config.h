@@ -70,16 +70,34 @@ struct config {
     unsigned errors_burst; /* errors.burst: 20 */
 
     /* rules (later issues) */
-    char rules_path[256];  /* rules.file: "" = no rules; reloaded on SIGHUP and on change */
+    char rules_path[256];   /* rules.file: "" = no rules; reloaded on SIGHUP and on change */
     unsigned rules_tick_ms; /* rules.tick: 1s, how soon a rule whose next change can't be
                                computed (now(), age() in arithmetic) is evaluated again */
 
     /* log (reloadable) */
     int log_level; /* log.level: info (enum log_level) */
 
+    /* http: /metrics, /healthz, /readyz */
+    char http_listen[128];         /* http.listen: 127.0.0.1:9464 (host:port, [v6]:port; port 0:
+                                      any free one, logged; "" turns the listener off) */
+    char http_tls_cert[256];       /* http.tls.cert: PEM; with http.tls.key, HTTPS */
+    char http_tls_key[256];        /* http.tls.key */
+    char http_token_file[256];     /* http.token_file: a bearer token every request must carry
+                                      (required when http.listen is not loopback) */
+    unsigned http_max_connections; /* http.max_connections: 32 */
+    unsigned http_timeout_s;       /* http.timeout: 10s, an idle connection is closed */
+    uint64_t http_max_request;     /* http.max_request: 16KiB of headers per request */
+    unsigned http_stall_ms;        /* http.stall: 30s, a message handled longer than this makes
+                                      /healthz fail and withholds the systemd watchdog */
+
     /* where each value came from, for error messages and --print-config */
     char source[256]; /* the file read, or "" */
 };
+
+/* Splits an http.listen value "host:port" or "[v6addr]:port" into host (brackets removed)
+ * and port. Returns 0, or -EINVAL with the reason in why. */
+int config_listen_split(const char *s, char *host, size_t host_size, unsigned *port, char *why,
+                        size_t why_size);
 
 /* Fills every field with its default. */
 void config_defaults(struct config *c);

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -19,6 +20,25 @@
 #include "config.h"
 #include "rules.h"
 #include "twins.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * metrics.c: histograms that the hot path fills with a few relaxed atomic adds, and the
+ * Prometheus text of everything the hub counts (metrics_write).
+ * ------------------------------------------------------------------------------------------ */
+
+#define HUB_HIST_BUCKETS 20
+
+/* Durations in Prometheus' histogram shape: counts per bucket (not cumulative here), their
+ * number and their sum. Any thread observes, any thread reads; no lock. */
+struct hub_hist {
+    _Atomic uint64_t bucket[HUB_HIST_BUCKETS + 1]; /* the last: above the highest bound */
+    _Atomic uint64_t count, sum_ns;
+};
+
+/* Counts one duration of `ns` nanoseconds. */
+void hub_hist_observe(struct hub_hist *h, int64_t ns);
+/* The monotonic clock in nanoseconds, for what hub_hist_observe measures. */
+int64_t hub_mono_ns(void);
 
 /* ---------------------------------------------------------------------------------------------
  * publisher.c: a thread that publishes with a bounded number of publishes in flight.
@@ -118,6 +138,9 @@ int publisher_flush_acked(struct publisher *p, char *err);
 void publisher_stats(struct publisher *p, struct publisher_stats *st);
 /* Stops the thread; what is queued stays in the outbox. Completions may still arrive. */
 void publisher_stop(struct publisher *p);
+/* From a twin's publication being asked for (after its commit) to the broker's
+ * acknowledgement of the state that carries it. Read by the metrics; any thread. */
+struct hub_hist *publisher_latency(struct publisher *p);
 /* Frees (stopping first). NULL allowed. Call after the bridge client is freed, so that no
  * completion can arrive any more. */
 void publisher_free(struct publisher *p);
@@ -245,6 +268,8 @@ void report_set_rate(struct report *r, double rate, unsigned burst);
 /* Counts and maybe reports one rejection (or, with REPORT_GAP, one loss). Any thread. */
 void report_reject(struct report *r, enum report_kind kind, const char *topic, size_t topic_len,
                    const char *reason);
+/* "topic", "size", ... as in the reports' `kind`. */
+const char *report_kind_name(enum report_kind k);
 /* The kind of a twins library error code (-E2BIG: size, -ELOOP: depth, ...). */
 enum report_kind report_kind_of(int rc);
 void report_cleanup(struct report *r);
@@ -338,8 +363,10 @@ struct ingest {
     msgpack_zone zone;  /* reused for every message; only the receive thread touches it */
     struct outlist out; /* the same: what one message's transaction publishes */
     struct ingest_stats stats;
-    struct hub_rules *rules; /* NULL: no rules run (set by the owner before messages flow) */
-    struct rules_run run;    /* the receive thread's rule runs */
+    struct hub_hist commit;     /* telemetry: arrival to commit, one message's transaction */
+    _Atomic int64_t busy_since; /* hub_mono_ms when the message being handled arrived; 0 idle */
+    struct hub_rules *rules;    /* NULL: no rules run (set by the owner before messages flow) */
+    struct rules_run run;       /* the receive thread's rule runs */
 };
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
@@ -411,5 +438,62 @@ int commands_next_due(struct twin_store *store, int64_t *at, char *err);
  * had some. Returns 0 or a store error. Main thread, before the bridge starts. */
 int commands_resend_connected(struct twin_store *store, struct publisher *pub, struct outlist *ol,
                               uint64_t *devices, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Health and metrics: what the main loop and the bridge's callbacks say about the hub, read
+ * by the HTTP thread (http.c) and the systemd watchdog (main.c).
+ * ------------------------------------------------------------------------------------------ */
+
+struct hub_health {
+    _Atomic int64_t main_beat; /* hub_mono_ms of the main loop's last turn */
+    _Atomic bool connected;    /* to the broker, subscriptions made */
+    _Atomic bool draining;     /* SIGTERM taken: stopping */
+    _Atomic uint64_t connects; /* connections made; reconnects are the ones after the first */
+    int64_t started_ms;        /* hub_now_ms at start */
+    unsigned stall_ms;         /* http.stall */
+};
+
+/* What the live and ready checks found. */
+struct hub_checks {
+    bool main_loop, ingest;           /* liveness: each made progress within http.stall */
+    bool store, broker, not_draining; /* readiness (with liveness) */
+};
+
+/* Runs the checks against `in` (its busy_since) at hub_mono_ms() `now`. Any thread. */
+void hub_health_check(const struct hub_health *h, const struct ingest *in, int64_t now,
+                      struct hub_checks *out);
+
+/* Everything /metrics reads. Borrowed; lives as long as the HTTP listener. */
+struct metrics_src {
+    struct ingest *in;
+    struct report *rep;
+    struct publisher *pub;
+    struct hub_rules *rules;
+    struct twin_store *store;
+    struct hub_health *health;
+};
+
+/* Writes every metric in the Prometheus text format (version 0.0.4) to `out`. Takes no lock
+ * longer than a copy of counters (the publisher's), and a read transaction of the store. Any
+ * thread. Returns 0 or -EIO (a write failed). */
+int metrics_write(const struct metrics_src *src, FILE *out);
+
+/* ---------------------------------------------------------------------------------------------
+ * http.c: the HTTP listener (libmicrohttpd, its own thread): GET /metrics, /healthz, /readyz;
+ * 404 for any other path, 405 for any other method.
+ * ------------------------------------------------------------------------------------------ */
+
+struct hub_http;
+
+/* Binds http.listen and starts serving; on error nothing is left and the reason is in err.
+ * Refuses a listener off loopback without http.token_file. Returns 0, -EINVAL (configuration:
+ * token or TLS files), -EADDRINUSE and other -errno of socket/bind/listen, -ENOMEM. Main
+ * thread. */
+int http_start(struct hub_http **out, const struct config *c, const struct metrics_src *src,
+               char *err, size_t err_size);
+/* The port it listens on (the one picked when http.listen asked for port 0). */
+unsigned http_port(const struct hub_http *h);
+/* Stops the thread and closes every connection. NULL is fine. Main thread. */
+void http_stop(struct hub_http *h);
 
 #endif

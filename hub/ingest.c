@@ -108,7 +108,8 @@ static void gap(struct ingest *in, const struct bridge_msg *m, const struct twin
     report_reject(in->report, REPORT_GAP, m->topic, m->topic_len, why);
 }
 
-static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
+static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t,
+                      int64_t t0)
 {
     struct twin_limits lim = ingest_limits(in);
 
@@ -124,6 +125,8 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
     struct apply a = {.in = in, .t = t, .telemetry = &obj, .now = hub_now_ms()};
     err[0] = '\0'; /* twin_store_write fills it for its own failures; fn's go to a.err */
     rc = twin_store_write(in->store, apply_fn, &a, err);
+    if (rc == 0)
+        hub_hist_observe(&in->commit, hub_mono_ns() - t0);
     if (rc == -EINVAL || rc == -E2BIG) {
         report_reject(in->report, report_kind_of(rc), m->topic, m->topic_len, a.err);
         goto out;
@@ -166,12 +169,11 @@ out:
     msgpack_zone_clear(&in->zone);
 }
 
-void ingest_on_message(void *ctx, const struct bridge_msg *m)
+/* One message, whatever its topic. */
+static void dispatch(struct ingest *in, const struct bridge_msg *m, int64_t t0)
 {
-    struct ingest *in = ctx;
     struct bridge_topic t;
     char err[BRIDGE_ERR_LEN];
-    atomic_fetch_add(&in->stats.received, 1);
     if (bridge_topic_parse(in->topics, m->topic, m->topic_len, &t, err) < 0) {
         report_reject(in->report, REPORT_TOPIC, m->topic, m->topic_len, err);
         return;
@@ -183,7 +185,7 @@ void ingest_on_message(void *ctx, const struct bridge_msg *m)
         if (m->retained)
             atomic_fetch_add(&in->stats.retained, 1);
         else
-            telemetry(in, m, &t);
+            telemetry(in, m, &t, t0);
         break;
     case BRIDGE_T_STATUS:
         presence_on_status(in, m, &t);
@@ -203,6 +205,18 @@ void ingest_on_message(void *ctx, const struct bridge_msg *m)
                       "topic not handled by this hub");
         break;
     }
+}
+
+void ingest_on_message(void *ctx, const struct bridge_msg *m)
+{
+    struct ingest *in = ctx;
+    int64_t t0 = hub_mono_ns();
+    /* liveness (/healthz, the systemd watchdog): a message handled for too long is a stall;
+     * +1 so that a clock at 0 ms still reads as busy */
+    atomic_store_explicit(&in->busy_since, t0 / 1000000 + 1, memory_order_relaxed);
+    atomic_fetch_add(&in->stats.received, 1);
+    dispatch(in, m, t0);
+    atomic_store_explicit(&in->busy_since, 0, memory_order_relaxed);
 }
 
 void ingest_cleanup(struct ingest *in)

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <systemd/sd-daemon.h>
 
 #include "hub.h"
 #include "log.h"
@@ -164,7 +165,16 @@ struct hub {
     struct outlist timer_out; /* the main loop's: events of expired commands, re-sends */
     struct hub_rules rules;
     struct rules_run timer_run; /* the main loop's rule runs */
+    struct hub_health health;
+    struct hub_http *http; /* NULL: http.listen "" */
 };
+
+/* systemd's notify protocol (sd_notify: nothing happens without $NOTIFY_SOCKET). Any thread.
+ */
+static void notify(const char *state)
+{
+    sd_notify(0, state);
+}
 
 static struct twin_limits limits_of(const struct config *c)
 {
@@ -180,16 +190,27 @@ static void on_bridge_log(void *ctx, enum bridge_log_level level, const char *ms
               log_quote(q, sizeof(q), msg, strlen(msg)));
 }
 
+/* Paho's thread: the connection came up (subscribed) or went down. */
 static void on_connection(void *ctx, bool up, const char *reason)
 {
     struct ingest *in = ctx;
-    char q[BRIDGE_ERR_LEN + 16];
+    struct hub *h = (struct hub *)(void *)((char *)in - offsetof(struct hub, in));
+    char q[BRIDGE_ERR_LEN + 16], status[sizeof(h->cfg.broker_url) + 64];
+    atomic_store(&h->health.connected, up);
     if (up) {
         log_info("connected to the broker", "subscribed=yes");
         publisher_wake(in->pub);
+        snprintf(status, sizeof(status), "STATUS=serving: connected to %s", h->cfg.broker_url);
+        notify(status);
+        /* ready once subscribed: telemetry flows from here */
+        if (atomic_fetch_add(&h->health.connects, 1) == 0)
+            notify("READY=1");
     } else {
         log_warn("disconnected from the broker", "reason=%s",
                  log_quote(q, sizeof(q), reason ? reason : "", reason ? strlen(reason) : 0));
+        snprintf(status, sizeof(status), "STATUS=disconnected from %s, reconnecting",
+                 h->cfg.broker_url);
+        notify(status);
     }
 }
 
@@ -314,9 +335,31 @@ static void expire_commands(struct hub *h)
 /* The main loop: returns when SIGTERM or SIGINT arrives. Commands expire within
  * COMMAND_TIMER_SLACK_MS of their deadline: the deadline is read again every round (a command
  * queued meanwhile may be due sooner), and a round lasts at most a second. */
+/* The systemd watchdog: WATCHDOG=1 every half period, but only while ingest makes progress
+ * (a message stuck in its callback longer than http.stall withholds it, and systemd restarts
+ * the hub). Main thread, every turn of the loop. */
+static void watchdog(struct hub *h, uint64_t period_us, int64_t *last)
+{
+    int64_t now = hub_mono_ms();
+    if (!period_us || now - *last < (int64_t)(period_us / 2000))
+        return;
+    struct hub_checks k;
+    hub_health_check(&h->health, &h->in, now, &k);
+    if (!k.ingest) {
+        log_error("ingest stalled; withholding the watchdog", "stall_ms=%u", h->health.stall_ms);
+        return;
+    }
+    notify("WATCHDOG=1");
+    *last = now;
+}
+
 static void serve(const struct args *a, struct hub *h)
 {
     const struct config *cfg = &h->cfg;
+    uint64_t wd_us = 0;
+    int64_t wd_last = 0;
+    if (sd_watchdog_enabled(0, &wd_us) <= 0)
+        wd_us = 0;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -325,6 +368,8 @@ static void serve(const struct args *a, struct hub *h)
     int64_t last_sync = hub_mono_ms(), last_stats = last_sync;
     char err[TWIN_ERR_LEN];
     for (;;) {
+        atomic_store(&h->health.main_beat, hub_mono_ms());
+        watchdog(h, wd_us, &wd_last);
         unsigned tick = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
         if (tick > 1000)
             tick = 1000;
@@ -348,12 +393,18 @@ static void serve(const struct args *a, struct hub *h)
         int sig = sigtimedwait(&set, NULL, &ts);
         if (sig == SIGTERM || sig == SIGINT) {
             log_info("stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+            atomic_store(&h->health.draining, true);
+            notify("STOPPING=1\nSTATUS=stopping: draining the publisher");
             return;
         }
-        if (sig == SIGHUP)
+        if (sig == SIGHUP) {
+            notify("RELOADING=1\nSTATUS=reloading the configuration and rules");
             reload(a, h);
-        else
+            notify(atomic_load(&h->health.connected) ? "READY=1\nSTATUS=serving: reloaded"
+                                                     : "READY=1\nSTATUS=reloaded, not connected");
+        } else {
             hub_rules_poll(&h->rules, h->store);
+        }
         int64_t now = hub_mono_ms();
         if (!cfg->sync_commit && now - last_sync >= (int64_t)cfg->sync_interval_ms) {
             if (twin_store_sync(h->store, err) < 0)
@@ -501,6 +552,21 @@ static int hub_open(struct hub *h)
         log_error("cannot start the publisher", "err=%d", rc);
         goto fail_start;
     }
+    h->health.stall_ms = c->http_stall_ms;
+    h->health.started_ms = hub_now_ms();
+    atomic_store(&h->health.main_beat, hub_mono_ms());
+    if (c->http_listen[0]) {
+        struct metrics_src ms = {&h->in, &h->rep, h->pub, &h->rules, h->store, &h->health};
+        char herr[512];
+        if ((rc = http_start(&h->http, c, &ms, herr, sizeof(herr))) < 0) {
+            log_error("cannot start the HTTP listener", "err=\"%s\"", herr);
+            goto fail_start;
+        }
+        log_info("http listening", "listen=\"%s\" port=%u tls=%s auth=%s", c->http_listen,
+                 http_port(h->http), c->http_tls_cert[0] ? "yes" : "no",
+                 c->http_token_file[0] ? "bearer" : "none");
+    }
+    notify("STATUS=connecting to the broker");
     if ((rc = bridge_client_start(h->client, berr)) < 0) {
         log_error("cannot start the MQTT client", "err=\"%s\"", berr);
         goto fail_start;
@@ -508,6 +574,8 @@ static int hub_open(struct hub *h)
     return 0;
 
 fail_start:
+    http_stop(h->http);
+    h->http = NULL;
     publisher_stop(h->pub);
     bridge_client_free(h->client);
     publisher_free(h->pub);
@@ -540,6 +608,8 @@ static void hub_close(struct hub *h)
     if (publisher_flush_acked(h->pub, err) < 0)
         log_error("cannot trim the outbox", "err=\"%s\"", err);
     log_stats(h);
+    http_stop(h->http); /* it reads the publisher, the store and the rest */
+    h->http = NULL;
     publisher_free(h->pub);
     outlist_cleanup(&h->timer_out);
     report_cleanup(&h->rep);

@@ -47,6 +47,8 @@ struct entry {
     bool failed;       /* one of them failed: the round does not trim the outbox */
     bool deleted;      /* the twin is gone: the round publishes its deletion */
     uint64_t version;  /* the version the round publishes */
+    int64_t asked_ns;  /* when `flags` went from none to some (hub_mono_ns) */
+    int64_t round_ns;  /* asked_ns of what the round in flight publishes */
     int rc;
     struct slot slot[SLOTS];
     size_t id_len;
@@ -95,7 +97,8 @@ struct publisher {
     size_t nacked, acked_cap;
 
     struct publisher_stats st;
-    msgpack_sbuffer batch; /* run() only: the payloads of the batch being sent */
+    struct hub_hist latency; /* asked to acknowledged, of twins/{id}/state */
+    msgpack_sbuffer batch;   /* run() only: the payloads of the batch being sent */
 };
 
 static uint64_t hash(const char *s, size_t n)
@@ -191,11 +194,14 @@ int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned 
     if (id_len > TWIN_ID_MAX || !flags)
         return -EINVAL;
     int rc = 0;
+    int64_t now = hub_mono_ns();
     pthread_mutex_lock(&p->lock);
     struct entry **s = slot_of(p, id, id_len);
     if (*s) {
         /* Already waiting (or in flight: it goes again when the round ends); the thread
          * reads the latest version when it sends. */
+        if (!(*s)->flags)
+            (*s)->asked_ns = now;
         (*s)->flags |= flags;
         p->st.coalesced++;
         goto out;
@@ -212,6 +218,7 @@ int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned 
     for (int i = 0; i < SLOTS; i++)
         e->slot[i].e = e;
     e->flags = flags;
+    e->asked_ns = now;
     e->id_len = id_len;
     memcpy(e->id, id, id_len);
     e->id[id_len] = '\0';
@@ -375,6 +382,8 @@ static void slot_done(struct publisher *p, struct slot *s, int status)
     e->pending--;
     if (status == 0) {
         p->st.published++;
+        if (s == &e->slot[SLOT_STATE])
+            hub_hist_observe(&p->latency, hub_mono_ns() - e->round_ns);
     } else if (status == -ECONNRESET || status == -ENOTCONN || status == -EAGAIN) {
         /* Lost with the connection, or not handed over: send again (at the latest version)
          * once it is back. */
@@ -743,6 +752,7 @@ static void *run(void *arg)
                     p->st.queued--;
                     e->inflight = true;
                     e->round = e->flags;
+                    e->round_ns = e->asked_ns;
                     e->flags = 0;
                     e->reserved = slots_of(e->round);
                     e->qnext = NULL;
@@ -816,6 +826,11 @@ void publisher_stats(struct publisher *p, struct publisher_stats *st)
     for (int c = 0; c < PUB_CLASSES; c++)
         st->waiting[c] = p->nmsg[c];
     pthread_mutex_unlock(&p->lock);
+}
+
+struct hub_hist *publisher_latency(struct publisher *p)
+{
+    return &p->latency;
 }
 
 void publisher_stop(struct publisher *p)

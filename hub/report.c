@@ -14,6 +14,11 @@
 static const char *const kind_names[REPORT_KINDS] = {"topic",   "size",  "depth", "malformed",
                                                      "invalid", "rules", "gap"};
 
+const char *report_kind_name(enum report_kind k)
+{
+    return k >= 0 && k < REPORT_KINDS ? kind_names[k] : "?";
+}
+
 void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
                  unsigned burst)
 {

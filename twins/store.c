@@ -990,12 +990,10 @@ int twin_outbox_done(struct twin_txn *txn, const char *id, size_t id_len, uint64
  * Statistics
  * ------------------------------------------------------------------------------------------ */
 
-int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err)
+int twin_store_usage(struct twin_txn *txn, struct twin_stats *st, char *err)
 {
     MDB_stat ms;
     MDB_envinfo info;
-    MDB_cursor *c;
-    MDB_val k, v;
     int rc;
 
     if (!txn || !st)
@@ -1023,6 +1021,25 @@ int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err)
     if (rc)
         return store__mdb_error(txn, rc, "mdb_stat", err);
     st->history_points = ms.ms_entries; /* counts every duplicate */
+    rc = mdb_env_stat(txn->s->env, &ms);
+    if (!rc)
+        rc = mdb_env_info(txn->s->env, &info);
+    if (rc)
+        return store__mdb_error(txn, rc, "mdb_env_info", err);
+    st->map_size = info.me_mapsize;
+    st->used_bytes = (info.me_last_pgno + 1) * (size_t)ms.ms_psize;
+    st->last_txn = info.me_last_txnid;
+    return 0;
+}
+
+int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = twin_store_usage(txn, st, err);
+
+    if (rc)
+        return rc;
     rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &c);
     if (rc)
         return store__mdb_error(txn, rc, "mdb_cursor_open", err);
@@ -1032,13 +1049,5 @@ int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err)
     mdb_cursor_close(c);
     if (rc != MDB_NOTFOUND)
         return store__mdb_error(txn, rc, "counting history series", err);
-    rc = mdb_env_stat(txn->s->env, &ms);
-    if (!rc)
-        rc = mdb_env_info(txn->s->env, &info);
-    if (rc)
-        return store__mdb_error(txn, rc, "mdb_env_info", err);
-    st->map_size = info.me_mapsize;
-    st->used_bytes = (info.me_last_pgno + 1) * (size_t)ms.ms_psize;
-    st->last_txn = info.me_last_txnid;
     return 0;
 }

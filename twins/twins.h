@@ -689,6 +689,11 @@ struct twin_stats {
     uint64_t commands;   /* stored, in any state */
     uint64_t tombstones; /* deleted twins not created again */
 };
+/* Every field of twin_stats; history_series takes a walk over every series (slow on a big
+ * store). Any transaction. Returns 0, -EINVAL, -EIO. */
 int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err);
+/* The same without history_series (left 0): a few constant-time reads, cheap enough for every
+ * scrape of the metrics. */
+int twin_store_usage(struct twin_txn *txn, struct twin_stats *st, char *err);
 
 #endif

@@ -12,8 +12,10 @@ the kill9 case, TWINHUB_IT_PERIOD the pause between a device's messages there (s
 """
 
 import atexit
+import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -500,7 +502,8 @@ class Hub:
                  env=None):
         self.fx = fx
         self.broker = broker
-        self.sets = dict(sets or {})
+        # every hub of a test run listens for HTTP on a port of its own (logged, http_port())
+        self.sets = {"http.listen": "127.0.0.1:0", **dict(sets or {})}
         self.config = config
         self.flags = flags
         self.db = db or fx.path("db")
@@ -549,6 +552,24 @@ class Hub:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def http_port(self, timeout=10):
+        """The port of this run's HTTP listener (from its 'http listening' log line)."""
+        def port():
+            self.check_alive("while waiting for its HTTP listener")
+            m = re.search(r'msg="http listening".* port=(\d+)', self.log_text())
+            return int(m.group(1)) if m else None
+        return wait_until(port, timeout, "the hub's 'http listening' log line")
+
+    def http(self, path, method="GET", headers=None, timeout=10):
+        """One HTTP request to this run's listener: (status, headers, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port(), timeout=timeout)
+        try:
+            conn.request(method, path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            conn.close()
 
     def check_alive(self, when=""):
         if self.proc is not None and self.proc.poll() is not None:

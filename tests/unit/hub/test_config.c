@@ -73,7 +73,18 @@ static const struct {
      "twinhub.yaml:2: unknown key 'store.snyc' (did you mean 'store.sync'?)"},
     {"unknown key, nothing close", "zzzzzzzz: 1\n",
      "twinhub.yaml:1: unknown key 'zzzzzzzz' (expected one of: broker, topics, store, limits, "
-     "history, commands, publish, errors, rules, log)"},
+     "history, commands, publish, errors, rules, log, http)"},
+    {"http.listen without a port", "http: {listen: localhost}\n",
+     "twinhub.yaml:1: http.listen: expected host:port (an IPv6 address in brackets: "
+     "[::1]:9464), got 'localhost'"},
+    {"http.listen port out of range", "http: {listen: \"127.0.0.1:70000\"}\n",
+     "twinhub.yaml:1: http.listen: expected a port of 0..65535 after the ':', got "
+     "'127.0.0.1:70000'"},
+    {"http.listen bare IPv6", "http: {listen: \"::1:9464\"}\n",
+     "twinhub.yaml:1: http.listen: expected host:port (an IPv6 address in brackets: "
+     "[::1]:9464), got '::1:9464'"},
+    {"http.listen IPv6 unclosed", "http: {listen: \"[::1:9464\"}\n",
+     "twinhub.yaml:1: http.listen: expected [IPv6 address]:port, got '[::1:9464'"},
     {"enum", "broker:\n  url: tcp://h:1883\nstore:\n  path: /var/lib/twinhub\n\n\n  sync: always\n",
      "twinhub.yaml:7: store.sync: expected 'os' or 'commit', got 'always'"},
     {"enum of four", "log: {level: verbose}\n",
@@ -570,7 +581,15 @@ static const char every_key[] = "broker:\n"
                                 "  file: rules.yaml\n"
                                 "  tick: 250ms\n"
                                 "log:\n"
-                                "  level: warn\n";
+                                "  level: warn\n"
+                                "http:\n"
+                                "  listen: \"[::1]:9999\"\n"
+                                "  tls: {cert: h.pem, key: h.key}\n"
+                                "  token_file: /etc/twinhub/token\n"
+                                "  max_connections: 4\n"
+                                "  timeout: 3s\n"
+                                "  max_request: 8KiB\n"
+                                "  stall: 5s\n";
 
 /* Lines that hold one key's value ("  name: value", or "  # password: ..."): every line but
  * the title comment and section headers. Cuts text into lines in place. */

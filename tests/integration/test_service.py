@@ -1,0 +1,268 @@
+#!/usr/bin/python3
+"""test_service: twinhub as a service (issue 11): the HTTP listener, /metrics checked by
+promtool and scraped by a real Prometheus, /healthz and /readyz, the systemd notify protocol
+and the unit file.
+
+    /usr/bin/python3 test_service.py CASE    (TWINHUB_BIN, TWINCTL_BIN, MOSQUITTO in the env)
+
+  metrics     /metrics passes `promtool check metrics`; its counters follow what was sent
+  prometheus  a Prometheus server (Debian's) scrapes the hub; its query API returns the hub's
+              applied-telemetry count
+  health      /readyz is 503 (broker: false) while the broker is down and 200 once it is back;
+              /healthz stays 200
+  http        404, 405, the bearer token (401 without it), a listener off loopback refused
+              without a token, bad requests that leave ingest undisturbed
+  notify      under a test-made NOTIFY_SOCKET: STATUS=, READY=1 once subscribed, WATCHDOG=1,
+              RELOADING=1 and READY=1 around SIGHUP, STOPPING=1 on SIGTERM, in that order
+  unit        `systemd-analyze verify` accepts deploy/twinhub.service without a warning
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from harness import (REPO, Broker, Hub, MqttClient, TWINHUB_BIN, check, check_eq, child_env, free_port,
+                     pack, run_case, run_hub_once, spawn, tail, wait_until)
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+UNIT = os.path.join(REPO, "deploy", "twinhub.service")
+
+
+def send_telemetry(fx, b, n, tid="svc-1"):
+    dev = MqttClient(fx, b, "dev")
+    for i in range(1, n + 1):
+        dev.publish(f"devices/{tid}/telemetry", pack({"seq": i, "hr": 60 + i}))
+    return dev
+
+
+def scrape(hub):
+    status, headers, body = hub.http("/metrics")
+    check_eq(status, 200, "GET /metrics")
+    check(headers.get("Content-Type", "").startswith("text/plain; version=0.0.4"),
+          f"/metrics content type: {headers.get('Content-Type')!r}")
+    return body.decode()
+
+
+def sample(text, name):
+    """The value of one sample line NAME (labels included in the name) or None."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def case_metrics(fx):
+    b = Broker(fx)
+    hub = Hub(fx, b)
+    dev = send_telemetry(fx, b, 5)
+    dev.publish("devices/svc-1/telemetry", pack({"seq": 9, "hr": 70}))  # a gap of 3 (6..8)
+    dev.publish("devices/svc-1/telemetry", b"\xc1")                     # malformed
+    wait_until(lambda: sample(scrape(hub), "twinhub_telemetry_applied_total") == 6, 10,
+               "6 applied in /metrics")
+    text = scrape(hub)
+    p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True,
+                       timeout=30)
+    check(p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(),
+          f"promtool check metrics: rc={p.returncode}\n{p.stdout.decode()}{p.stderr.decode()}")
+    for name, want in (("twinhub_messages_received_total", 7),
+                       ("twinhub_telemetry_gaps_total", 1),
+                       ("twinhub_telemetry_missed_total", 3),
+                       ('twinhub_messages_rejected_total{reason="malformed"}', 1),
+                       ("twinhub_twins", 1),
+                       ("twinhub_broker_connected", 1),
+                       ("twinhub_commit_duration_seconds_count", 6)):
+        check_eq(sample(text, name), want, name)
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                 "process_open_fds", "process_start_time_seconds", "twinhub_store_used_bytes",
+                 "twinhub_publish_latency_seconds_count", "twinhub_publisher_inflight"):
+        check(sample(text, name) is not None, f"{name} missing from /metrics")
+    start = sample(text, "process_start_time_seconds")
+    check(abs(start - time.time()) < 120, f"process_start_time_seconds {start} is not now")
+    check(sample(text, "process_resident_memory_bytes") > 1e6, "resident memory under 1 MB")
+    hub.stop()
+
+
+def case_prometheus(fx):
+    b = Broker(fx)
+    hub = Hub(fx, b)
+    send_telemetry(fx, b, 4)
+    port = free_port()
+    conf = fx.path("prometheus.yml")
+    with open(conf, "w") as f:
+        f.write("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                "scrape_configs:\n"
+                "  - job_name: twinhub\n"
+                f"    static_configs: [{{targets: ['127.0.0.1:{hub.http_port()}']}}]\n")
+    log = fx.path("prometheus.log")
+    fx.logs.append(("prometheus", log))
+    proc = spawn([PROMETHEUS, f"--config.file={conf}", f"--storage.tsdb.path={fx.path('tsdb')}",
+                  f"--web.listen-address=127.0.0.1:{port}"], log, fx.dir)
+
+    class Proc:
+        def __init__(self, p):
+            self.proc = p
+
+        def cleanup(self):
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+    fx.procs.append(Proc(proc))
+
+    def query():
+        check(proc.poll() is None, f"prometheus exited:\n{tail(log)}")
+        q = urllib.parse.urlencode({"query": 'twinhub_telemetry_applied_total{job="twinhub"}'})
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{q}",
+                                        timeout=5) as r:
+                res = json.load(r)
+        except OSError:
+            return None
+        v = res.get("data", {}).get("result", [])
+        return float(v[0]["value"][1]) if v else None
+    got = wait_until(lambda: query() == 4 and query(), 60,
+                     "Prometheus to scrape 4 applied messages from the hub", interval=0.5)
+    check_eq(got, 4.0, "twinhub_telemetry_applied_total through Prometheus' query API")
+    hub.stop()
+
+
+def case_health(fx):
+    b = Broker(fx)
+    hub = Hub(fx, b)
+    status, _, body = hub.http("/readyz")
+    check_eq((status, json.loads(body)["status"]), (200, "ok"), "/readyz with the broker up")
+    b.cleanup()  # the broker goes away
+
+    def ready():
+        s, _, bd = hub.http("/readyz")
+        return (s, json.loads(bd)["checks"]["broker"])
+    wait_until(lambda: ready() == (503, False), 20, "/readyz 503 (broker: false)")
+    status, _, body = hub.http("/healthz")
+    check_eq((status, json.loads(body)["status"]), (200, "ok"), "/healthz without a broker")
+    b.start(b.port)
+    wait_until(lambda: ready() == (200, True), 60, "/readyz 200 again after the broker is back")
+    hub.stop()
+
+
+def case_http(fx):
+    b = Broker(fx)
+    token = "s3cret-token-0123456789"
+    tf = fx.path("token")
+    with open(tf, "w") as f:
+        f.write(token + "\n")
+    hub = Hub(fx, b, sets={"http.token_file": tf})
+    auth = {"Authorization": f"Bearer {token}"}
+    check_eq(hub.http("/metrics")[0], 401, "/metrics without the token")
+    check_eq(hub.http("/metrics", headers={"Authorization": "Bearer wrong-token-0123456"})[0],
+             401, "/metrics with a wrong token")
+    check_eq(hub.http("/metrics", headers=auth)[0], 200, "/metrics with the token")
+    check_eq(hub.http("/nothing", headers=auth)[0], 404, "an unknown path")
+    check_eq(hub.http("/metrics", method="POST", headers=auth)[0], 405, "POST /metrics")
+    check_eq(hub.http("/healthz", method="HEAD", headers=auth)[0], 200, "HEAD /healthz")
+
+    # garbage, a header flood and a slow client: ingest goes on meanwhile
+    port = hub.http_port()
+    junk = [b"\x00\xff garbage\r\n\r\n", b"GET /metrics HTTP/1.1\r\n" + b"X: " + b"a" * 40000 +
+            b"\r\n\r\n", b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\nab"]
+    socks = []
+    for j in junk:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            s.sendall(j)
+        except OSError:
+            pass
+        socks.append(s)
+    send_telemetry(fx, b, 3, "svc-http")
+    wait_until(lambda: b'"seq":3' in subprocess.run(
+        [os.environ.get("TWINCTL_BIN", "twinctl"), "--db", hub.db, "get", "svc-http"],
+        capture_output=True, env=child_env()).stdout, 10, "telemetry applied during bad requests")
+    for s in socks:
+        s.close()
+    check_eq(hub.http("/healthz", headers=auth)[0], 200, "/healthz after the bad requests")
+    hub.stop()
+
+    # off loopback without a token: refused at start, with the reason
+    rc, _, err = run_hub_once(["--broker", b.url, "--db", fx.path("db2"),
+                               "--set", "http.listen=0.0.0.0:0"])
+    check(rc != 0 and "not a loopback address" in err and "http.token_file" in err,
+          f"a listener on 0.0.0.0 without a token: rc={rc} stderr={err[-500:]!r}")
+    rc, _, err = run_hub_once(["--broker", b.url, "--db", fx.path("db3"),
+                               "--set", "http.listen=localhost"])
+    check(rc == 2 and "http.listen" in err, f"http.listen without a port: rc={rc} {err!r}")
+
+
+def case_notify(fx):
+    b = Broker(fx)
+    path = fx.path("notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    msgs = []
+
+    def drain():
+        while True:
+            try:
+                msgs.extend(sock.recv(4096).decode().split("\n"))
+            except socket.timeout:
+                return
+
+    def wait_msg(pred, what, timeout=15):
+        def seen():
+            drain()
+            return any(pred(m) for m in msgs)
+        wait_until(seen, timeout, what)
+    hub = Hub(fx, b, start=False, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    hub.start()
+    wait_msg(lambda m: m == "READY=1", "READY=1")
+    wait_msg(lambda m: m == "WATCHDOG=1", "WATCHDOG=1 (WatchdogSec=2s)")
+    hub.sighup()
+    wait_msg(lambda m: m == "RELOADING=1", "RELOADING=1 after SIGHUP")
+    wait_until(lambda: drain() or msgs.count("READY=1") >= 2, 10, "READY=1 after the reload")
+    hub.stop()
+    drain()
+    sock.close()
+    seq = [m for m in msgs if m and m != "WATCHDOG=1"]
+    order = [m for m in seq if not m.startswith("STATUS=")]
+    check_eq(order, ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"],
+             f"notify messages in order (all: {seq})")
+    check(seq[0].startswith("STATUS=connecting"), f"first message: {seq[0]!r}")
+    check(any(m.startswith("STATUS=serving: connected to") for m in seq), f"STATUS lines: {seq}")
+    check(any(m.startswith("STATUS=stopping") for m in seq), f"STATUS lines: {seq}")
+    i_ready = seq.index("READY=1")
+    check(seq[i_ready - 1].startswith("STATUS=serving"), f"READY=1 before subscribed: {seq}")
+
+
+def case_unit(fx):
+    sa = shutil.which("systemd-analyze")
+    check(sa, "systemd-analyze is not installed")
+    # verify wants ExecStart to exist: the built binary stands in for /usr/bin/twinhub
+    with open(UNIT) as f:
+        text = f.read()
+    check("/usr/bin/twinhub " in text, "ExecStart is not /usr/bin/twinhub")
+    unit = fx.path("twinhub.service")
+    with open(unit, "w") as f:
+        f.write(text.replace("/usr/bin/twinhub ", TWINHUB_BIN + " "))
+    p = subprocess.run([sa, "verify", unit], capture_output=True, timeout=60)
+    out = (p.stdout + p.stderr).decode()
+    check(p.returncode == 0 and not out.strip(), f"systemd-analyze verify: rc={p.returncode}\n{out}")
+    for need in ("Type=notify", "NotifyAccess=main", "WatchdogSec=", "User=twinhub",
+                 "StateDirectory=twinhub", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                 "PrivateTmp=yes"):
+        check(need in text, f"{need} missing from deploy/twinhub.service")
+
+
+CASES = {"metrics": case_metrics, "prometheus": case_prometheus, "health": case_health,
+         "http": case_http, "notify": case_notify, "unit": case_unit}
+
+if __name__ == "__main__":
+    sys.exit(run_case(CASES))
