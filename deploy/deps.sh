@@ -20,7 +20,7 @@ ensure_packages() {
 # What building and running twinhub needs.
 # (openssl: certs/make-pki.sh, for ./deploy/demo.sh --tls)
 BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev liblmdb-dev
-                libyaml-dev libmicrohttpd-dev libsystemd-dev mosquitto openssl)
+                libyaml-dev libmicrohttpd-dev libsystemd-dev libssl-dev mosquitto openssl)
 # What the tests need on top.
 # (prometheus: promtool and a real server that scrapes the hub; systemd: systemd-analyze)
 TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn

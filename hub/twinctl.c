@@ -33,6 +33,7 @@
 #include "bridge.h"
 #include "clock.h"
 #include "config.h"
+#include "ctl_backup.h"
 #include "ctl_model.h"
 #include "ctl_rules.h"
 #include "top.h"
@@ -57,6 +58,7 @@ enum {
     O_CA,
     O_CERT,
     O_KEY,
+    O_QUIET,
     NOPT
 };
 #define OPT_PREFIX (1u << O_PREFIX)
@@ -70,6 +72,7 @@ enum {
 #define OPT_EXPIRES (1u << O_EXPIRES)
 #define OPT_TIMEOUT (1u << O_TIMEOUT)
 #define OPT_BROKER (1u << O_BROKER)
+#define OPT_QUIET (1u << O_QUIET)
 #define OPT_MQTT (OPT_TIMEOUT | OPT_BROKER)
 #define OPT_VAL 256 /* getopt_long's value for option O_x is OPT_VAL + O_x */
 
@@ -113,6 +116,8 @@ static int cmd_send(struct ctl *ctl);
 static int cmd_commands(struct ctl *ctl);
 static int cmd_model(struct ctl *ctl);
 static int cmd_rules(struct ctl *ctl);
+static int cmd_backup(struct ctl *ctl);
+static int cmd_restore(struct ctl *ctl);
 
 static const struct command commands[] = {
     {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
@@ -131,6 +136,12 @@ static const struct command commands[] = {
      "queue a command for the device over MQTT; print the reply", 2, 3, OPT_EXPIRES | OPT_MQTT,
      false, cmd_send},
     {"commands", "ID", "print the twin's commands, oldest first", 1, 1, 0, true, cmd_commands},
+    {"backup", "FILE [--quiet]",
+     "write a consistent, compacted copy of the store (while the hub runs) to a new FILE", 1, 1,
+     OPT_QUIET, false, cmd_backup},
+    {"restore", "FILE DIR [--quiet]",
+     "check a backup and restore it into the empty or new directory DIR", 2, 2, OPT_QUIET, false,
+     cmd_restore},
     {"model", "info FILE | predict FILE [--proba]",
      "describe a .twm model (JSON), or predict CSV rows read from stdin", 2, 3, 0, false,
      cmd_model},
@@ -1046,6 +1057,7 @@ static const struct option long_opts[] = {
     {"ca", required_argument, NULL, OPT_VAL + O_CA},
     {"cert", required_argument, NULL, OPT_VAL + O_CERT},
     {"key", required_argument, NULL, OPT_VAL + O_KEY},
+    {"quiet", no_argument, NULL, OPT_VAL + O_QUIET},
     {NULL, 0, NULL, 0},
 };
 
@@ -1113,7 +1125,7 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
                 /* --ca, --cert and --key are accepted wherever --broker is */
                 unsigned i = (unsigned)(o - OPT_VAL);
                 ctl->opt[i] = optarg;
-                ctl->opts_given |= i >= O_BROKER ? OPT_BROKER : 1u << i;
+                ctl->opts_given |= i >= O_BROKER && i <= O_KEY ? OPT_BROKER : 1u << i;
                 break;
             }
             if (optopt)
@@ -1191,6 +1203,16 @@ static int cmd_rules(struct ctl *ctl)
 }
 
 /* `model` is ctl_model.c's: it needs no store, and its --proba must not meet getopt. */
+static int cmd_backup(struct ctl *ctl)
+{
+    return ctl_backup_main(&ctl->cfg, ctl->args[0], ctl->opts_given & OPT_QUIET);
+}
+
+static int cmd_restore(struct ctl *ctl)
+{
+    return ctl_restore_main(&ctl->cfg, ctl->args[0], ctl->args[1], ctl->opts_given & OPT_QUIET);
+}
+
 static int cmd_model(struct ctl *ctl)
 {
     return ctl_model_main(ctl->nargs, ctl->args);

@@ -696,4 +696,34 @@ int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err);
  * scrape of the metrics. */
 int twin_store_usage(struct twin_txn *txn, struct twin_stats *st, char *err);
 
+/* ---------------------------------------------------------------------------------------------
+ * Backup and restore (backup.c): one file, a header (format, schema version, length, SHA-256)
+ * and a compacted copy of the store taken in one read transaction while writers go on.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Called as work proceeds: `done` of `total` bytes. */
+typedef void (*twin_progress_cb)(void *ctx, uint64_t done, uint64_t total);
+
+struct twin_backup_info {
+    uint32_t schema;
+    uint64_t bytes; /* of store data */
+    int64_t created_ms;
+    unsigned char sha256[32];
+};
+
+/* Writes a backup of `s` (open read-only or not) to `path`, which must not exist: the copy goes
+ * to path.partial and is renamed once complete and synced. `progress` (may be NULL) follows the
+ * checksum pass. *info (may be NULL) describes what was written. On error nothing is left at
+ * either name. Returns 0, -EEXIST, -ENOSPC, -EIO or another -errno (reason in err). */
+int twin_store_backup(struct twin_store *s, const char *path, int64_t now_ms,
+                      twin_progress_cb progress, void *pctx, struct twin_backup_info *info,
+                      char *err);
+
+/* Restores the backup at `path` into the directory `dir` (made if missing; it must be empty),
+ * checking the header, the length and the SHA-256 while it copies. On error `dir` is as it was
+ * (removed again if this call made it). Returns 0, -EBADMSG (not a backup, truncated, damaged),
+ * -EPROTO (a newer format or schema), -ENOTEMPTY, or another -errno (reason in err). */
+int twin_store_restore(const char *path, const char *dir, twin_progress_cb progress, void *pctx,
+                       struct twin_backup_info *info, char *err);
+
 #endif
