@@ -731,7 +731,7 @@ int config_listen_split(const char *s, char *host, size_t host_size, unsigned *p
     char *end;
     errno = 0;
     unsigned long p = strtoul(colon + 1, &end, 10);
-    if (!colon[1] || *end || errno || p > 65535 || colon[1] == '-' || colon[1] == '+') {
+    if (!isdigit((unsigned char)colon[1]) || *end || errno || p > 65535) {
         snprintf(why, why_size, "a port of 0..65535 after the ':'");
         return -EINVAL;
     }

@@ -157,6 +157,14 @@ static enum MHD_Result health(struct hub_http *h, struct MHD_Connection *c, bool
 {
     struct hub_checks k;
     hub_health_check(h->src.health, h->src.in, hub_mono_ms(), &k);
+    if (ready) {
+        /* the store answers a read */
+        struct twin_txn *txn;
+        char terr[TWIN_ERR_LEN];
+        k.store = twin_store_read_begin(h->src.store, &txn, terr) == 0;
+        if (k.store)
+            twin_store_read_end(txn);
+    }
     const struct {
         const char *name;
         bool ok, asked;
@@ -196,8 +204,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     static int started;
     (void)version;
     (void)upload_data;
-    /* The first call has only the headers; answer once the (ignored) body is read. */
+    /* The first call has only the headers: a request refused is answered there, before any
+     * body is read (libmicrohttpd then closes the connection); a good one is answered once
+     * its (ignored) body is read. */
     if (!*con_cls) {
+        if (!authorized(h, c))
+            return text(c, MHD_HTTP_UNAUTHORIZED, "a bearer token is needed (http.token_file)\n");
+        bool known =
+            !strcmp(url, "/metrics") || !strcmp(url, "/healthz") || !strcmp(url, "/readyz");
+        if (!known)
+            return text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz, /readyz\n");
+        if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
+            return text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         *con_cls = &started;
         return MHD_YES;
     }
@@ -205,13 +223,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
-    if (!authorized(h, c))
-        return text(c, MHD_HTTP_UNAUTHORIZED, "a bearer token is needed (http.token_file)\n");
-    bool known = !strcmp(url, "/metrics") || !strcmp(url, "/healthz") || !strcmp(url, "/readyz");
-    if (!known)
-        return text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz, /readyz\n");
-    if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
-        return text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     if (!strcmp(url, "/metrics"))
         return metrics(h, c);
     return health(h, c, !strcmp(url, "/readyz"));
@@ -329,9 +340,10 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
         rc = fd;
         goto fail;
     }
-    if (!loopback && !h->token) {
+    if (!loopback && (!h->token || !tls)) {
+        /* a token in clear text over the fleet's network protects nothing */
         snprintf(err, es,
-                 "http.listen %s is not a loopback address: set http.token_file (and http.tls)",
+                 "http.listen %s is not a loopback address: set http.token_file and http.tls",
                  c->http_listen);
         close(fd);
         rc = -EINVAL;
@@ -349,9 +361,9 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
                             tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->cert,
                             MHD_OPTION_HTTPS_MEM_KEY, h->key, MHD_OPTION_END);
     if (!h->d) {
+        /* libmicrohttpd has closed fd already, even when it fails */
         snprintf(err, es, "http.listen %s: libmicrohttpd did not start%s", c->http_listen,
                  tls ? " (check http.tls.cert and http.tls.key)" : "");
-        close(fd);
         rc = -EINVAL;
         goto fail;
     }

@@ -400,8 +400,14 @@ static void serve(const struct args *a, struct hub *h)
         if (sig == SIGHUP) {
             notify("RELOADING=1\nSTATUS=reloading the configuration and rules");
             reload(a, h);
-            notify(atomic_load(&h->health.connected) ? "READY=1\nSTATUS=serving: reloaded"
-                                                     : "READY=1\nSTATUS=reloaded, not connected");
+            /* READY=1 only once subscribed: a reload before the first connection keeps the
+             * unit activating */
+            if (atomic_load(&h->health.connects) == 0)
+                notify("STATUS=reloaded, not connected yet");
+            else
+                notify(atomic_load(&h->health.connected)
+                           ? "READY=1\nSTATUS=serving: reloaded"
+                           : "READY=1\nSTATUS=reloaded, disconnected");
         } else {
             hub_rules_poll(&h->rules, h->store);
         }

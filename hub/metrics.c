@@ -48,7 +48,7 @@ void hub_health_check(const struct hub_health *h, const struct ingest *in, int64
     int64_t busy = atomic_load(&in->busy_since);
     out->main_loop = now - beat <= (int64_t)h->stall_ms;
     out->ingest = busy == 0 || now - (busy - 1) <= (int64_t)h->stall_ms;
-    out->store = true; /* the store is open for as long as the listener runs */
+    out->store = true; /* /readyz checks it with a read (http.c) */
     out->broker = atomic_load(&h->connected);
     out->not_draining = !atomic_load(&h->draining);
 }

@@ -244,7 +244,7 @@ class Broker:
         self.proc = None
         self.port = None
         self.durable = durable
-        self.data = fx.path("mosquitto-data")
+        self.data = fx.path(fx.unique("mosquitto-data"))  # one per broker, kept across restarts
         if durable:
             os.makedirs(self.data, exist_ok=True)
             if os.geteuid() == 0:

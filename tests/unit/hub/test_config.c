@@ -83,6 +83,9 @@ static const struct {
     {"http.listen bare IPv6", "http: {listen: \"::1:9464\"}\n",
      "twinhub.yaml:1: http.listen: expected host:port (an IPv6 address in brackets: "
      "[::1]:9464), got '::1:9464'"},
+    {"http.listen signed port", "http: {listen: \"127.0.0.1: -0\"}\n",
+     "twinhub.yaml:1: http.listen: expected a port of 0..65535 after the ':', got "
+     "'127.0.0.1: -0'"},
     {"http.listen IPv6 unclosed", "http: {listen: \"[::1:9464\"}\n",
      "twinhub.yaml:1: http.listen: expected [IPv6 address]:port, got '[::1:9464'"},
     {"enum", "broker:\n  url: tcp://h:1883\nstore:\n  path: /var/lib/twinhub\n\n\n  sync: always\n",
