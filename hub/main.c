@@ -332,9 +332,6 @@ static void expire_commands(struct hub *h)
         log_debug("commands expired", "count=%llu", (unsigned long long)n);
 }
 
-/* The main loop: returns when SIGTERM or SIGINT arrives. Commands expire within
- * COMMAND_TIMER_SLACK_MS of their deadline: the deadline is read again every round (a command
- * queued meanwhile may be due sooner), and a round lasts at most a second. */
 /* The systemd watchdog: WATCHDOG=1 every half period, but only while ingest makes progress
  * (a message stuck in its callback longer than http.stall withholds it, and systemd restarts
  * the hub). Main thread, every turn of the loop. */
@@ -353,6 +350,9 @@ static void watchdog(struct hub *h, uint64_t period_us, int64_t *last)
     *last = now;
 }
 
+/* The main loop: returns when SIGTERM or SIGINT arrives. Commands expire within
+ * COMMAND_TIMER_SLACK_MS of their deadline: the deadline is read again every round (a command
+ * queued meanwhile may be due sooner), and a round lasts at most a second. */
 static void serve(const struct args *a, struct hub *h)
 {
     const struct config *cfg = &h->cfg;
@@ -398,11 +398,13 @@ static void serve(const struct args *a, struct hub *h)
             return;
         }
         if (sig == SIGHUP) {
-            notify("RELOADING=1\nSTATUS=reloading the configuration and rules");
+            /* RELOADING=1 and READY=1 only once ready (subscribed): a reload before the first
+             * connection keeps the unit activating */
+            bool ready = atomic_load(&h->health.connects) > 0;
+            notify(ready ? "RELOADING=1\nSTATUS=reloading the configuration and rules"
+                         : "STATUS=reloading the configuration and rules");
             reload(a, h);
-            /* READY=1 only once subscribed: a reload before the first connection keeps the
-             * unit activating */
-            if (atomic_load(&h->health.connects) == 0)
+            if (!ready)
                 notify("STATUS=reloaded, not connected yet");
             else
                 notify(atomic_load(&h->health.connected)
