@@ -8,5 +8,7 @@
 int64_t hub_now_ms(void);
 /* Monotonic clock, ms: intervals (sync, stats, flush). */
 int64_t hub_mono_ms(void);
+/* The same clock in ns: durations the metrics' histograms count. */
+int64_t hub_mono_ns(void);
 
 #endif

@@ -64,6 +64,18 @@ static void print_info(const char *key, const char *val, const struct twin_backu
     printf("}\n");
 }
 
+/* A read-only store at `path` with the configured map sizes. Returns 0 or -errno (err). */
+static int open_read_only(const struct config *cfg, const char *path, struct twin_store **s,
+                          char *err)
+{
+    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
+    so.path = path;
+    so.read_only = true;
+    so.map_size = cfg->map_size;
+    so.max_map_size = cfg->max_map_size;
+    return twin_store_open(s, &so, err);
+}
+
 static bool plain_path(const char *what, const char *p)
 {
     for (const char *c = p; *c; c++)
@@ -88,13 +100,8 @@ int ctl_backup_main(const struct config *cfg, const char *file, bool quiet)
                 cfg->db_path);
         return 2;
     }
-    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-    so.path = cfg->db_path;
-    so.read_only = true;
-    so.map_size = cfg->map_size;
-    so.max_map_size = cfg->max_map_size;
     struct twin_store *s;
-    if (twin_store_open(&s, &so, err) < 0) {
+    if (open_read_only(cfg, cfg->db_path, &s, err) < 0) {
         fprintf(stderr, "twinctl: cannot open %s: %s\n", cfg->db_path, err);
         return 2;
     }
@@ -127,15 +134,10 @@ int ctl_restore_main(const struct config *cfg, const char *file, const char *dir
         return rc == -EBADMSG || rc == -EPROTO ? 1 : 2;
     }
     /* what was restored opens as a store of this build, and holds what it counts */
-    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-    so.path = dir;
-    so.read_only = true;
-    so.map_size = cfg->map_size;
-    so.max_map_size = cfg->max_map_size;
     struct twin_store *s;
     struct twin_txn *txn;
     struct twin_stats st = {0};
-    if (twin_store_open(&s, &so, err) < 0) {
+    if (open_read_only(cfg, dir, &s, err) < 0) {
         fprintf(stderr, "twinctl: restored %s, but it does not open: %s\n", dir, err);
         return 1;
     }

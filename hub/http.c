@@ -157,12 +157,13 @@ static enum MHD_Result health(struct hub_http *h, struct MHD_Connection *c, bool
 {
     struct hub_checks k;
     hub_health_check(h->src.health, h->src.in, hub_mono_ms(), &k);
+    bool store = false;
     if (ready) {
         /* the store answers a read */
         struct twin_txn *txn;
         char terr[TWIN_ERR_LEN];
-        k.store = twin_store_read_begin(h->src.store, &txn, terr) == 0;
-        if (k.store)
+        store = twin_store_read_begin(h->src.store, &txn, terr) == 0;
+        if (store)
             twin_store_read_end(txn);
     }
     const struct {
@@ -171,7 +172,7 @@ static enum MHD_Result health(struct hub_http *h, struct MHD_Connection *c, bool
     } checks[] = {
         {"main_loop", k.main_loop, true},
         {"ingest", k.ingest, true},
-        {"store", k.store, ready},
+        {"store", store, ready},
         {"broker", k.broker, ready},
         {"not_draining", k.not_draining, ready},
     };

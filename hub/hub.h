@@ -35,10 +35,8 @@ struct hub_hist {
     _Atomic uint64_t count, sum_ns;
 };
 
-/* Counts one duration of `ns` nanoseconds. */
+/* Counts one duration of `ns` nanoseconds (hub_mono_ns differences). */
 void hub_hist_observe(struct hub_hist *h, int64_t ns);
-/* The monotonic clock in nanoseconds, for what hub_hist_observe measures. */
-int64_t hub_mono_ns(void);
 
 /* ---------------------------------------------------------------------------------------------
  * publisher.c: a thread that publishes with a bounded number of publishes in flight.
@@ -243,7 +241,9 @@ enum report_kind {
     REPORT_KINDS
 };
 
-/* A token bucket of reports and what it suppressed since its last report. */
+/* A token bucket of reports and what it suppressed since its last report: one for
+ * rejections, one for gaps (REPORT_GAP). */
+enum { REPORT_BUCKET_REJECT = 0, REPORT_BUCKET_GAP, REPORT_BUCKETS };
 struct report_bucket {
     double tokens;
     int64_t last_ms; /* monotonic */
@@ -258,7 +258,7 @@ struct report {
     double rate, burst;
     /* rejections and gaps each have their own bucket, so that a fleet's gaps (many at once
      * after a broker's drops) never crowd out the reports of bad input, nor those the gaps */
-    struct report_bucket bucket[2];
+    struct report_bucket bucket[REPORT_BUCKETS];
     _Atomic uint64_t count[REPORT_KINDS];
 };
 
@@ -449,14 +449,13 @@ struct hub_health {
     _Atomic bool connected;    /* to the broker, subscriptions made */
     _Atomic bool draining;     /* SIGTERM taken: stopping */
     _Atomic uint64_t connects; /* connections made; reconnects are the ones after the first */
-    int64_t started_ms;        /* hub_now_ms at start */
     unsigned stall_ms;         /* http.stall */
 };
 
 /* What the live and ready checks found. */
 struct hub_checks {
-    bool main_loop, ingest;           /* liveness: each made progress within http.stall */
-    bool store, broker, not_draining; /* readiness (with liveness) */
+    bool main_loop, ingest;    /* liveness: each made progress within http.stall */
+    bool broker, not_draining; /* readiness (with liveness, and a read of the store: http.c) */
 };
 
 /* Runs the checks against `in` (its busy_since) at hub_mono_ms() `now`. Any thread. */

@@ -561,7 +561,6 @@ static int hub_open(struct hub *h)
         goto fail_start;
     }
     h->health.stall_ms = c->http_stall_ms;
-    h->health.started_ms = hub_now_ms();
     atomic_store(&h->health.main_beat, hub_mono_ms());
     if (c->http_listen[0]) {
         struct metrics_src ms = {&h->in, &h->rep, h->pub, &h->rules, h->store, &h->health};

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "hub.h"
@@ -21,13 +20,6 @@ static const int64_t bounds_ns[HUB_HIST_BUCKETS] = {
     5000,      10000,     25000,      50000,      100000,     250000,     500000,
     1000000,   2500000,   5000000,    10000000,   25000000,   50000000,   100000000,
     250000000, 500000000, 1000000000, 2500000000, 5000000000, 10000000000};
-
-int64_t hub_mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 void hub_hist_observe(struct hub_hist *h, int64_t ns)
 {
@@ -48,7 +40,6 @@ void hub_health_check(const struct hub_health *h, const struct ingest *in, int64
     int64_t busy = atomic_load(&in->busy_since);
     out->main_loop = now - beat <= (int64_t)h->stall_ms;
     out->ingest = busy == 0 || now - (busy - 1) <= (int64_t)h->stall_ms;
-    out->store = true; /* /readyz checks it with a read (http.c) */
     out->broker = atomic_load(&h->connected);
     out->not_draining = !atomic_load(&h->draining);
 }

@@ -28,7 +28,7 @@ void report_init(struct report *r, struct publisher *pub, const char *topic, boo
     r->json = json;
     pthread_mutex_init(&r->lock, NULL);
     report_set_rate(r, rate, burst);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < REPORT_BUCKETS; i++)
         r->bucket[i].tokens = r->burst;
 }
 
@@ -51,7 +51,7 @@ void report_set_rate(struct report *r, double rate, unsigned burst)
     pthread_mutex_lock(&r->lock);
     r->rate = rate;
     r->burst = burst;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < REPORT_BUCKETS; i++)
         if (r->bucket[i].tokens > r->burst)
             r->bucket[i].tokens = r->burst;
     pthread_mutex_unlock(&r->lock);
@@ -64,7 +64,8 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     int64_t now = hub_now_ms(), mono = hub_mono_ms();
     uint64_t suppressed = 0;
     bool send = false;
-    struct report_bucket *bk = &r->bucket[kind == REPORT_GAP];
+    struct report_bucket *bk =
+        &r->bucket[kind == REPORT_GAP ? REPORT_BUCKET_GAP : REPORT_BUCKET_REJECT];
     pthread_mutex_lock(&r->lock);
     bk->tokens += (double)(mono - bk->last_ms) * r->rate / 1000.0;
     if (bk->tokens > r->burst)

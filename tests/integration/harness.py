@@ -321,13 +321,35 @@ class Broker:
         wait_until(reloaded, 10, "mosquitto to reload its configuration")
 
     def cleanup(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
+
+
+def terminate(proc, timeout=5):
+    """SIGTERM, then SIGKILL after `timeout` s; waits for the exit. None or exited is fine."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class Child:
+    """Another program a test runs (a Prometheus, say), logged and stopped with the Fixture."""
+
+    def __init__(self, fx, argv, label):
+        self.label = label
+        self.log = fx.path(f"{label}.log")
+        fx.logs.append((label, self.log))
+        self.proc = spawn(argv, self.log, fx.dir)
+        fx.procs.append(self)
+
+    def __repr__(self):
+        return f"{self.label}(pid={self.proc.pid})"
+
+    def cleanup(self):
+        terminate(self.proc, 10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ import time
 import urllib.parse
 import urllib.request
 
-from harness import (REPO, Broker, Hub, MqttClient, TWINHUB_BIN, check, check_eq, child_env, free_port,
-                     pack, run_case, run_hub_once, spawn, tail, wait_until)
+from harness import (REPO, TWINHUB_BIN, Broker, Child, Hub, MqttClient, check, check_eq,
+                     child_env, free_port, pack, run_case, run_hub_once, tail, wait_until)
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -100,24 +100,10 @@ def case_prometheus(fx):
                 "scrape_configs:\n"
                 "  - job_name: twinhub\n"
                 f"    static_configs: [{{targets: ['127.0.0.1:{hub.http_port()}']}}]\n")
-    log = fx.path("prometheus.log")
-    fx.logs.append(("prometheus", log))
-    proc = spawn([PROMETHEUS, f"--config.file={conf}", f"--storage.tsdb.path={fx.path('tsdb')}",
-                  f"--web.listen-address=127.0.0.1:{port}"], log, fx.dir)
-
-    class Proc:
-        def __init__(self, p):
-            self.proc = p
-
-        def cleanup(self):
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-    fx.procs.append(Proc(proc))
+    prom = Child(fx, [PROMETHEUS, f"--config.file={conf}",
+                      f"--storage.tsdb.path={fx.path('tsdb')}",
+                      f"--web.listen-address=127.0.0.1:{port}"], "prometheus")
+    proc, log = prom.proc, prom.log
 
     def query():
         check(proc.poll() is None, f"prometheus exited:\n{tail(log)}")
