@@ -167,10 +167,16 @@ int rules_model_predict(const struct rules_set *rs, unsigned i, const struct rul
     struct twin_model_out o = {.values = m->values, .proba = in->has_proba ? m->proba : NULL};
     rc = track && m->n_theta ? twin_model_predict_params(m->model, m->theta, m->x, m->values)
                              : twin_model_predict(m->model, m->x, &o);
+    if (rc == 0 && track && m->n_theta && !isfinite(m->values[0])) {
+        /* this twin's weights took it past what a double holds on these inputs: rather than
+         * predicting nothing from now on, it starts over from the file's weights */
+        twin_model_params_copy(m->model, m->theta, m->n_theta);
+        rc = twin_model_predict_params(m->model, m->theta, m->x, m->values);
+    }
     if (rc < 0)
         return rc == -EDOM ? -ENODATA : rc;
     if (track && !in->classifier && !isfinite(m->values[0]))
-        return -ENODATA; /* weights learnt past what a double holds: nothing to keep */
+        return -ENODATA; /* these inputs overflow the file's own weights: nothing to keep */
     out->info = in;
     out->values = m->values;
     out->proba = in->has_proba ? m->proba : NULL;

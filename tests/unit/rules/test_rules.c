@@ -1077,6 +1077,26 @@ static void test_learn_regressor(void)
     CHECK_INT(rules_model_score(rs, 0, &tw, &rec, &sc), 0);
     CHECK(rec.changed && sc.missed == 3 && sc.scored == 0 && sc.pending == 0);
 
+    /* weights that overflow on these inputs start over from the file's, not predict nothing:
+     * each weight 1e308 with the sign of its scaled feature, so that nothing cancels */
+    double file_w[4], unit[4], big[4];
+    for (int j = 0; j < 4; j++) {
+        memset(unit, 0, sizeof(unit));
+        unit[j] = 1;
+        CHECK_INT(twin_model_predict_params(ref, unit, x2, &want), 0);
+        big[j] = copysign(1e308, want);
+        memcpy(rec.buf + 64 + 8 * j, &big[j], 8); /* x86: the record's little-endian f64 */
+    }
+    CHECK_INT(twin_model_predict_params(ref, big, x2, &want), 0);
+    CHECK(isinf(want));
+    twin_model_params_copy(ref, file_w, 4);
+    CHECK_INT(twin_model_predict_params(ref, file_w, x2, &want), 0);
+    tw = twin_at(&d3, 210000);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    CHECK(p.values[0] == want && rec.changed);
+    CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
+    CHECK(p.values[0] == want);
+
     /* damaged records start over and never crash: every truncation, every byte flipped */
     tw = twin_at(&d3, 80000);
     CHECK_INT(rules_model_predict(rs, 0, &tw, &rec, &p), 0);
