@@ -51,10 +51,10 @@ cleanup() {
         awk '{print $2}' | sort | uniq -c | sed 's/rule=/  /' || true
     # each forecast is scored against the heart rate a minute later (target: and horizon:)
     echo "the forecast's error, over every monitor (twinctl stats):"
-    build/hub/twinctl --db "$run/twinhub.db" stats --table 2>/dev/null | grep '^model' |
+    build/ctl/twinctl --db "$run/twinhub.db" stats --table 2>/dev/null | grep '^model' |
         sed 's/^model */  /' || true
     [ $tls -eq 0 ] || echo "certificates: $run/pki   broker configuration: $run/mosquitto.conf"
-    echo "look around: build/hub/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
+    echo "look around: build/ctl/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
@@ -100,14 +100,14 @@ done
 build/hub/twinhub -c deploy/twinhub.yaml --broker "$url" "${hub_tls[@]}" \
     --db "$run/twinhub.db" --rules deploy/rules/ecg.yaml >"$run/twinhub.log" 2>&1 &
 pids+=($!)
-build/hub/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$rate" \
+build/sim/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$rate" \
     >"$run/twinsim.log" 2>&1 &
 pids+=($!)
 
 # An operator at work: every few seconds one monitor is told to go offline for 5 s and, while
 # it is away, gets a new sampling rate; it catches up (delta and commands) when it is back.
 operator() {
-    local ctl=(build/hub/twinctl --broker "$url" "${ctl_tls[@]}" --timeout 5s) id hz
+    local ctl=(build/ctl/twinctl --broker "$url" "${ctl_tls[@]}" --timeout 5s) id hz
     sleep 3
     while :; do
         id=$(printf 'ecg-%04d' $((RANDOM % devices + 1)))
@@ -129,5 +129,5 @@ if [ $tls -eq 1 ]; then
 else
     echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
 fi
-build/hub/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
+build/ctl/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
     --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,predicted.hr_forecast.mae=MAE,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online

@@ -3,7 +3,7 @@
 an RBF SVR (after a StandardScaler) that predicts an ECG monitor's heart rate one minute ahead
 from the last minute of its telemetry. The features, in order, are in README.md beside this file.
 
-The training data is what hub/twinsim sends: its vitals model (dev_model_init, dev_model_step and
+The training data is what sim/twinsim sends: its vitals model (dev_model_init, dev_model_step and
 the ECG strip's draws from the same generator) is reimplemented here bit for bit, so that
 `twinsim --seed S` device i and this script's device i produce the same heart_rate and spo2
 sequence at the default --rate 1 (one message per second) and --ecg-samples 25. Seeded: the same

@@ -35,7 +35,7 @@ usage() {
 usage: bench_pipeline.sh [options]
   --devices D           simulated devices (default $DEVICES)
   --messages N          messages in each throughput run, over all devices (default $MESSAGES)
-  --build DIR           build directory with hub/twinhub, hub/twinsim, tests/bench/*
+  --build DIR           build directory with hub/twinhub, sim/twinsim, tests/bench/*
                         (default $repo/build)
   --latency-rate R      total msg/s of the latency runs (default $LAT_RATE)
   --latency-seconds S   length of each latency run (default $LAT_SECONDS)
@@ -81,7 +81,7 @@ for q in $QOS_LIST; do
 done
 
 BUILD=$(cd "$BUILD" 2>/dev/null && pwd) || { echo "bench_pipeline: no build directory" >&2; exit 2; }
-SIM="$BUILD/hub/twinsim"
+SIM="$BUILD/sim/twinsim"
 HUB="$BUILD/hub/twinhub"
 SUB="$BUILD/tests/bench/bench_sub"
 RELAY="$BUILD/tests/bench/bench_relay"
