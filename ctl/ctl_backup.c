@@ -10,43 +10,8 @@
 
 #include "clock.h"
 #include "ctl_backup.h"
+#include "progress.h"
 #include "twins.h"
-
-struct progress {
-    const char *what;
-    int64_t start_ms, last_ms;
-    bool on;
-};
-
-/* A progress bar on stderr: bytes done, rate, ETA; at most ten redraws a second. */
-static void on_progress(void *ctx, uint64_t done, uint64_t total)
-{
-    struct progress *p = ctx;
-    int64_t now = hub_mono_ms();
-    if (!p->on || (done < total && now - p->last_ms < 100))
-        return;
-    p->last_ms = now;
-    double secs = (double)(now - p->start_ms) / 1000.0, mib = 1024.0 * 1024.0;
-    double rate = secs > 0 ? (double)done / secs : 0;
-    double eta = rate > 0 ? (double)(total - done) / rate : 0;
-    int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
-    char bar[21];
-    for (int i = 0; i < 20; i++)
-        bar[i] = i < pct / 5 ? '#' : '.';
-    bar[20] = '\0';
-    fprintf(stderr, "\r%-8s [%s] %3d%%  %.1f / %.1f MiB  %.1f MiB/s  ETA %.0fs ", p->what, bar, pct,
-            (double)done / mib, (double)total / mib, rate / mib, eta);
-    if (done >= total)
-        fputc('\n', stderr);
-}
-
-static void progress_init(struct progress *p, const char *what, bool quiet)
-{
-    p->what = what;
-    p->start_ms = p->last_ms = hub_mono_ms();
-    p->on = !quiet && isatty(STDERR_FILENO);
-    p->last_ms -= 1000;
-}
 
 static void print_info(const char *key, const char *val, const struct twin_backup_info *info,
                        long long twins)
@@ -106,11 +71,11 @@ int ctl_backup_main(const struct config *cfg, const char *file, bool quiet)
         return 2;
     }
     struct progress p;
-    progress_init(&p, "checksum", quiet);
+    progress_init(&p, "checksum", NULL, quiet);
     if (p.on)
         fprintf(stderr, "copying %s (compacted, one read transaction)...\n", cfg->db_path);
     struct twin_backup_info info;
-    int rc = twin_store_backup(s, file, hub_now_ms(), on_progress, &p, &info, err);
+    int rc = twin_store_backup(s, file, hub_now_ms(), progress_update, &p, &info, err);
     twin_store_close(s);
     if (rc < 0) {
         fprintf(stderr, "twinctl: backup of %s failed: %s\n", cfg->db_path, err);
@@ -126,9 +91,9 @@ int ctl_restore_main(const struct config *cfg, const char *file, const char *dir
     if (!plain_path("restore DIR", dir))
         return 2;
     struct progress p;
-    progress_init(&p, "restore", quiet);
+    progress_init(&p, "restore", NULL, quiet);
     struct twin_backup_info info;
-    int rc = twin_store_restore(file, dir, on_progress, &p, &info, err);
+    int rc = twin_store_restore(file, dir, progress_update, &p, &info, err);
     if (rc < 0) {
         fprintf(stderr, "twinctl: restore of %s failed: %s\n", file, err);
         return rc == -EBADMSG || rc == -EPROTO ? 1 : 2;

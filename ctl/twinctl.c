@@ -34,6 +34,7 @@
 #include "clock.h"
 #include "config.h"
 #include "ctl_backup.h"
+#include "ctl_export.h"
 #include "ctl_model.h"
 #include "ctl_rules.h"
 #include "top.h"
@@ -59,6 +60,7 @@ enum {
     O_CERT,
     O_KEY,
     O_QUIET,
+    O_HISTORY,
     NOPT
 };
 #define OPT_PREFIX (1u << O_PREFIX)
@@ -73,6 +75,7 @@ enum {
 #define OPT_TIMEOUT (1u << O_TIMEOUT)
 #define OPT_BROKER (1u << O_BROKER)
 #define OPT_QUIET (1u << O_QUIET)
+#define OPT_HISTORY (1u << O_HISTORY)
 #define OPT_MQTT (OPT_TIMEOUT | OPT_BROKER)
 #define OPT_VAL 256 /* getopt_long's value for option O_x is OPT_VAL + O_x */
 
@@ -118,6 +121,8 @@ static int cmd_model(struct ctl *ctl);
 static int cmd_rules(struct ctl *ctl);
 static int cmd_backup(struct ctl *ctl);
 static int cmd_restore(struct ctl *ctl);
+static int cmd_export(struct ctl *ctl);
+static int cmd_import(struct ctl *ctl);
 
 static const struct command commands[] = {
     {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
@@ -142,6 +147,13 @@ static const struct command commands[] = {
     {"restore", "FILE DIR [--quiet]",
      "check a backup and restore it into the empty or new directory DIR", 2, 2, OPT_QUIET, false,
      cmd_restore},
+    {"export", "[--prefix P] [--history] [--quiet]",
+     "write twins (with --history, their history too) as JSON Lines to stdout, in id order", 0,
+     0, OPT_PREFIX | OPT_HISTORY | OPT_QUIET, false, cmd_export},
+    {"import", "FILE [--quiet]",
+     "load an export into the store (offline: not while a hub runs on it); every line is "
+     "checked first, and a bad one changes nothing",
+     1, 1, OPT_QUIET, false, cmd_import},
     {"model", "info FILE | predict FILE [--proba]",
      "describe a .twm model (JSON), or predict CSV rows read from stdin", 2, 3, 0, false,
      cmd_model},
@@ -1058,6 +1070,7 @@ static const struct option long_opts[] = {
     {"cert", required_argument, NULL, OPT_VAL + O_CERT},
     {"key", required_argument, NULL, OPT_VAL + O_KEY},
     {"quiet", no_argument, NULL, OPT_VAL + O_QUIET},
+    {"history", no_argument, NULL, OPT_VAL + O_HISTORY},
     {NULL, 0, NULL, 0},
 };
 
@@ -1211,6 +1224,17 @@ static int cmd_backup(struct ctl *ctl)
 static int cmd_restore(struct ctl *ctl)
 {
     return ctl_restore_main(&ctl->cfg, ctl->args[0], ctl->args[1], ctl->opts_given & OPT_QUIET);
+}
+
+static int cmd_export(struct ctl *ctl)
+{
+    return ctl_export_main(&ctl->cfg, ctl->opt[O_PREFIX] ? ctl->opt[O_PREFIX] : "",
+                           ctl->opts_given & OPT_HISTORY, ctl->opts_given & OPT_QUIET);
+}
+
+static int cmd_import(struct ctl *ctl)
+{
+    return ctl_import_main(&ctl->cfg, ctl->args[0], ctl->opts_given & OPT_QUIET);
 }
 
 static int cmd_model(struct ctl *ctl)

@@ -215,3 +215,45 @@ int history__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, ui
         *count = n;
     return 0;
 }
+
+int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twin_series_cb cb,
+                        void *ctx, char *err)
+{
+    char kb[HKEY_MAX];
+    MDB_val k, d;
+    MDB_cursor *c;
+    int rc;
+
+    if (!txn || !cb)
+        return -EINVAL;
+    if ((rc = twins__check_id(id, id_len, err)))
+        return rc;
+    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &c);
+    if (rc)
+        return store__mdb_error(txn, rc, "mdb_cursor_open", err);
+    memcpy(kb, id, id_len);
+    kb[id_len] = '\0';
+    k.mv_size = id_len + 1;
+    k.mv_data = kb;
+    /* every key id "\0" path, in path order: the first at or after id "\0", then the next key */
+    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    while (rc == 0) {
+        size_t n = k.mv_size - (id_len + 1);
+
+        if (k.mv_size <= id_len + 1 || memcmp(k.mv_data, kb, id_len + 1) != 0 ||
+            n > TWIN_PATH_MAX)
+            break;
+        /* a copy: the callback may read (and a write transaction may move) the database */
+        memcpy(kb + id_len + 1, (const char *)k.mv_data + id_len + 1, n);
+        rc = cb(ctx, kb + id_len + 1, n);
+        if (rc) {
+            mdb_cursor_close(c);
+            return rc;
+        }
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP);
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND)
+        return store__mdb_error(txn, rc, "listing history", err);
+    return 0;
+}

@@ -41,6 +41,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -351,6 +352,44 @@ fail_txn:
     return rc;
 }
 
+/* One writing process per store: a writer holds flock(LOCK_EX) on <dir>/writer.lock for as
+ * long as the store is open (the kernel drops it when the process dies), so a second hub, or an
+ * import, on a store a hub is running on fails at once instead of writing behind its back.
+ * LMDB itself would let both write (its own locks only serialize the transactions). Readers
+ * take nothing. *fd is -1 for readers. */
+static int writer_lock(const struct twin_store_options *opt, int *fd, char *err)
+{
+    char path[4096];
+
+    *fd = -1;
+    if (opt->read_only)
+        return 0;
+    if ((size_t)snprintf(path, sizeof path, "%s/writer.lock", opt->path) >= sizeof path) {
+        twins__errf(err, "store path too long");
+        return -EINVAL;
+    }
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+    if (*fd < 0) {
+        int e = errno;
+
+        twins__errf(err, "cannot open %s: %s", path, strerror(e));
+        return e == EACCES || e == EROFS ? -e : -EIO;
+    }
+    if (flock(*fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    int e = errno;
+
+    close(*fd);
+    *fd = -1;
+    if (e == EWOULDBLOCK) {
+        twins__errf(err, "another process writes the store at %s (a running twinhub?): %s is locked",
+                    opt->path, path);
+        return -EBUSY;
+    }
+    twins__errf(err, "cannot lock %s: %s", path, strerror(e));
+    return -EIO;
+}
+
 int twin_store_open(struct twin_store **out, const struct twin_store_options *opt, char *err)
 {
     char data[4096];
@@ -358,7 +397,7 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     struct stat st;
     unsigned flags = MDB_NOTLS;
     bool exists;
-    int rc;
+    int writer_fd, rc;
 
     if (!out || !opt || !opt->path || !*opt->path) {
         twins__errf(err, "twin_store_open: no path");
@@ -376,6 +415,9 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
             return rc;
         }
     }
+    rc = writer_lock(opt, &writer_fd, err);
+    if (rc)
+        return rc;
     exists = stat(data, &st) == 0;
     if (opt->read_only && !exists) {
         int e = errno;
@@ -385,9 +427,12 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     }
     s = calloc(1, sizeof *s);
     if (!s) {
+        if (writer_fd >= 0)
+            close(writer_fd);
         twins__errf(err, "out of memory");
         return -ENOMEM;
     }
+    s->writer_fd = writer_fd;
     s->read_only = opt->read_only;
     s->writemap = opt->writemap && !opt->read_only;
     atomic_init(&s->history_max, opt->history_max_points);
@@ -485,6 +530,8 @@ fail_zone:
 fail_wlock:
     pthread_rwlock_destroy(&s->lock);
 fail_lock:
+    if (s->writer_fd >= 0)
+        close(s->writer_fd);
     free(s);
     return rc;
 }
@@ -501,6 +548,8 @@ void twin_store_close(struct twin_store *s)
     msgpack_zone_destroy(&s->wtxn.zone);
     pthread_mutex_destroy(&s->wlock);
     pthread_rwlock_destroy(&s->lock);
+    if (s->writer_fd >= 0)
+        close(s->writer_fd); /* releases the writer's lock */
     free(s);
 }
 

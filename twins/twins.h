@@ -198,9 +198,11 @@ struct twin_store;
 struct twin_txn;
 
 /* Opens (creating if needed) the store. Clears stale reader slots (mdb_reader_check).
+ * A writer (!read_only) holds an exclusive lock on <dir>/writer.lock until it closes: one
+ * writing process per store, any number of readers.
  * On success *out is set; caller closes with twin_store_close. Returns 0, -EINVAL (bad options,
- * foreign schema), -ENOENT (read_only and no store), -ENOSPC (writemap: the disk cannot hold the
- * map), -ENOMEM, -EIO. */
+ * foreign schema), -ENOENT (read_only and no store), -EBUSY (another process has it open for
+ * writing), -ENOSPC (writemap: the disk cannot hold the map), -ENOMEM, -EIO. */
 int twin_store_open(struct twin_store **out, const struct twin_store_options *opt, char *err);
 /* Closes; every transaction must have ended. NULL is allowed. After a failed map resize (see
  * twin_store_write) the LMDB environment is abandoned rather than closed: LMDB has already
@@ -580,6 +582,12 @@ typedef int (*twin_history_cb)(void *ctx, int64_t ts, double value);
 int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                       size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err);
 
+/* Calls cb for every history series of twin `id`, in path order (path valid during the call).
+ * A non-zero return from cb stops the walk and is returned. Any transaction. */
+typedef int (*twin_series_cb)(void *ctx, const char *path, size_t path_len);
+int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twin_series_cb cb,
+                        void *ctx, char *err);
+
 /* Sets predicted.<model> of existing twin `id` to `value` (any msgpack value; borrowed for the
  * call), replacing an earlier one, as a committed change: version +1, stored, outbox. *out
  * (may be NULL) receives the twin as stored, valid as twin_apply_result's doc. Returns 0, -ENOENT
@@ -695,6 +703,48 @@ int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err);
 /* The same without history_series (left 0): a few constant-time reads, cheap enough for every
  * scrape of the metrics. */
 int twin_store_usage(struct twin_txn *txn, struct twin_stats *st, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Export and import (export.c): a twin as one line of JSON, its stored document as
+ * `twinctl get` prints it, with its history as a last member when asked:
+ *   {"id":"ecg-0001","version":42,...,"created":1700000000000,
+ *    "history":{"heart_rate":[[1700000001000,72.0],...],"vitals.temp":[...]}}
+ * Export, import and export again give the same bytes.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Appends the line of twin `id`, whose stored document is doc[0..len) (from twin_list), and a
+ * '\n' to `out`; with `history`, every series of the twin, oldest point first. Decoding uses
+ * `zone`, which the caller may clear after each line. On error `out` is as it was.
+ * Any transaction. Returns 0, -EBADMSG (a damaged document), -ENOMEM, -EIO. */
+int twin_export_line(struct twin_txn *txn, const char *id, size_t id_len, const void *doc,
+                     size_t len, bool history, msgpack_zone *zone, msgpack_sbuffer *out,
+                     char *err);
+
+/* A line, parsed and checked; points into the line's zone. */
+struct twin_import {
+    struct twin_doc doc;
+    msgpack_object history; /* NIL, or a map of path -> [[ts, value], ...], checked */
+    uint64_t points;        /* history points in it */
+};
+
+/* Parses one line (without its '\n'): a JSON object of at most max_line bytes whose members
+ * are a document's (unknown ones are refused, as they would be lost) and "history"; the
+ * document decodes as a stored one, its reported and desired pass the checks telemetry and
+ * desired state pass. Touches no store. Returns 0, -EINVAL or -E2BIG (what and where in err:
+ * "history.heart_rate[3]: expected [ts, value]"), -ENOMEM. */
+int twin_import_parse(const char *line, size_t len, size_t max_line, msgpack_zone *zone,
+                      struct twin_import *out, char *err);
+
+/* Whether a parsed twin can go into the store as it is: -EEXIST if a twin with its id is
+ * there, or was deleted at its version or later (versions are never used twice); 0 if it can;
+ * -EIO. Any transaction. */
+int twin_import_check(struct twin_txn *txn, const struct twin_import *im, char *err);
+
+/* Stores a parsed twin: twin_import_check, then the document as it is (version, timestamps,
+ * meta; into the outbox, so a hub started on the store publishes it) and its history points
+ * in the order given (a series keeps the latest history_max_points). Write transactions only.
+ * Returns 0, -EEXIST, -E2BIG (max_doc_bytes), -ENOSPC, -ENOMEM, -EIO. */
+int twin_import_write(struct twin_txn *txn, const struct twin_import *im, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Backup and restore (backup.c): one file, a header (format, schema version, length, SHA-256)

@@ -189,6 +189,7 @@ struct twin_store {
      * empty. */
     bool has_commands, has_rules, has_models;
     bool read_only;
+    int writer_fd; /* a writer's flock on <dir>/writer.lock (-1 for readers) */
     /* Every transaction holds `lock` shared; a map resize takes it exclusive, because
      * mdb_env_set_mapsize needs no transaction active in the process. */
     pthread_rwlock_t lock;

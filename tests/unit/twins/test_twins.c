@@ -2849,6 +2849,298 @@ struct done_ctx {
     char err[TWIN_ERR_LEN];
 };
 
+/* ---------------------------------------------------------------------------------------------
+ * Export and import (export.c), and the one-writer lock
+ * ------------------------------------------------------------------------------------------ */
+
+struct export_ctx {
+    bool history;
+    msgpack_zone zone;
+    msgpack_sbuffer out;
+    int rc;
+    char err[TWIN_ERR_LEN];
+    struct twin_txn *txn;
+};
+
+static int export_cb(void *ctx, const char *id, size_t id_len, const void *doc, size_t len)
+{
+    struct export_ctx *e = ctx;
+
+    msgpack_zone_clear(&e->zone);
+    return twin_export_line(e->txn, id, id_len, doc, len, e->history, &e->zone, &e->out, e->err);
+}
+
+/* Every twin of s as export lines (caller frees). */
+static char *export_all(struct twin_store *s, bool history)
+{
+    struct export_ctx e = {.history = history};
+    char *text = NULL;
+
+    msgpack_zone_init(&e.zone, 4096);
+    msgpack_sbuffer_init(&e.out);
+    if (twin_store_read_begin(s, &e.txn, e.err) == 0) {
+        e.rc = twin_list(e.txn, "", 0, export_cb, &e, e.err);
+        twin_store_read_end(e.txn);
+    }
+    if (e.rc)
+        FAIL("export: %d %s", e.rc, e.err);
+    text = strndup(e.out.data ? e.out.data : "", e.out.size);
+    msgpack_sbuffer_destroy(&e.out);
+    msgpack_zone_destroy(&e.zone);
+    return text;
+}
+
+struct import_ctx {
+    const char *text;
+    int rc_line; /* 1-based line that failed */
+    char err[TWIN_ERR_LEN];
+};
+
+static int import_fn(struct twin_txn *txn, void *ctx)
+{
+    struct import_ctx *c = ctx;
+    msgpack_zone z;
+    int line = 0, rc = 0;
+
+    msgpack_zone_init(&z, 4096);
+    for (const char *p = c->text; *p && !rc;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        struct twin_import im;
+
+        line++;
+        msgpack_zone_clear(&z);
+        rc = twin_import_parse(p, n, 1u << 20, &z, &im, c->err);
+        if (!rc)
+            rc = twin_import_write(txn, &im, c->err);
+        if (rc)
+            c->rc_line = line;
+        p += n + (nl != NULL);
+    }
+    msgpack_zone_destroy(&z);
+    return rc;
+}
+
+static void test_export_import(void)
+{
+    char a[64], b[64], err[TWIN_ERR_LEN];
+    struct twin_store *s, *t = NULL;
+    struct twin_apply_result res;
+    char *one = NULL, *two = NULL, *bare = NULL;
+
+    tmp_make(a, sizeof a);
+    tmp_make(b, sizeof b);
+    s = store_open(a, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    /* floats that are whole, float32, big and negative ints, strings that need escaping, an
+     * array, nested maps, desired and delta, and history with several series */
+    CHECK_INT(apply(s, "ecg-1", "{\"seq\":1,\"hr\":72.0,\"n\":-3,\"big\":18446744073709551615,"
+                               "\"s\":\"a\\\"b\\\\c\\u0001\\u00e9\",\"arr\":[1,2.5,\"x\"],"
+                               "\"v\":{\"t\":36.6,\"u\":{\"w\":1}}}",
+                    1000, &res, err),
+              0);
+    CHECK_INT(apply(s, "ecg-1", "{\"seq\":2,\"hr\":0.1,\"v\":{\"t\":1e300}}", 2000, &res, err), 0);
+    CHECK_INT(apply(s, "ecg-2", "{\"x\":1}", 1500, &res, err), 0);
+    CHECK_INT(apply(s, "ecg-3", "{}", 1600, &res, err), 0);
+    CHECK_INT(hist_append(s, "ecg-2", "x", 1400, 0.30000000000000004), 0);
+    one = export_all(s, true);
+    bare = export_all(s, false);
+    CHECK_HAS(one, "\"hr\":[[1000,72.0],[2000,0.1]],\"n\":[[1000,-3.0]],\"v.t\":[[1000,36.6],"
+                   "[2000,1e+300]]");
+    CHECK_HAS(one, "[1400,0.30000000000000004]");
+    CHECK(strstr(bare, "history") == NULL);
+    CHECK(strstr(one, "{\"id\":\"ecg-3\"") != NULL && strstr(one, "\"history\":{}}\n"));
+
+    /* into an empty store, and out again: the same bytes */
+    t = store_open(b, 0, 0, 100, false);
+    if (!t)
+        goto out;
+    struct import_ctx ic = {.text = one};
+    CHECK_INT(twin_store_write(t, import_fn, &ic, err), 0);
+    two = export_all(t, true);
+    CHECK_STR(two, one);
+    /* the stored documents are the same bytes, and in the outbox to be published */
+    for (int i = 1; i <= 3; i++) {
+        char id[16];
+        size_t la = 0, lb = 0;
+        snprintf(id, sizeof id, "ecg-%d", i);
+        void *ra = raw_copy(s, id, &la), *rb = raw_copy(t, id, &lb);
+        CHECK(ra && rb && la == lb && memcmp(ra, rb, la) == 0);
+        free(ra);
+        free(rb);
+    }
+    CHECK_INT(outbox_of(t).n, 3);
+
+    /* again: every twin is there already */
+    ic = (struct import_ctx){.text = one};
+    CHECK_INT(twin_store_write(t, import_fn, &ic, err), -EEXIST);
+    CHECK_INT(ic.rc_line, 1);
+    CHECK_HAS(ic.err, "twin 'ecg-1' is already in the store (version 2)");
+
+out:
+    free(one);
+    free(two);
+    free(bare);
+    twin_store_close(s);
+    twin_store_close(t);
+    tmp_remove(a);
+    tmp_remove(b);
+}
+
+static void test_import_bad(void)
+{
+    static const struct {
+        const char *line;
+        int rc;
+        const char *why;
+    } cases[] = {
+        {"", -EINVAL, "expected a JSON object"},
+        {"[1,2]", -EINVAL, "expected a JSON object"},
+        {"\x92\x01\x02", -EINVAL, "expected a JSON object"}, /* msgpack is not a line */
+        {"{\"id\":\"a\"", -EINVAL, "unexpected end of input"},
+        {"{\"id\":\"a\"}", -EINVAL, "no 'version'"},
+        {"{\"version\":1}", -EINVAL, "no 'id'"},
+        {"{\"id\":\"a\",\"version\":0}", -EINVAL, "version 1 or more"},
+        {"{\"id\":\"a\",\"version\":-1}", -EINVAL, "'version' must be an unsigned integer"},
+        {"{\"id\":\"\",\"version\":1}", -EINVAL, "'id' must be a string of 1..128 bytes"},
+        {"{\"id\":\"a\",\"version\":1,\"what\":1}", -EINVAL, "unknown member 'what'"},
+        {"{\"id\":\"a\",\"version\":1,\"version\":2}", -EINVAL, "member 'version' appears twice"},
+        {"{\"id\":\"a\",\"version\":1,\"reported\":[]}", -EINVAL, "'reported' must be a map"},
+        {"{\"id\":\"a\",\"version\":1,\"reported\":{\"a.b\":1}}", -EINVAL,
+         "bad key \"a.b\" in reported: contains '.'"},
+        {"{\"id\":\"a\",\"version\":1,\"desired\":{\"\":1}}", -EINVAL, "in desired"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":[]}", -EINVAL, "history: expected an object"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"hr\":{}}}", -EINVAL,
+         "history.hr: expected an array of [ts, value], got map"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"hr\":[[1,2],[3]]}}", -EINVAL,
+         "history.hr[1]: expected [ts, value]"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"hr\":[[-1,2]]}}", -EINVAL,
+         "history.hr[0]: ts must be a whole number"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"hr\":[[1.5,2]]}}", -EINVAL,
+         "history.hr[0]: ts must be"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"hr\":[[1,\"x\"]]}}", -EINVAL,
+         "history.hr[0]: value must be a finite number"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"hr\":[[1,null]]}}", -EINVAL,
+         "value must be a finite number"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"\":[]}}", -EINVAL, "is not a path"},
+        {"{\"id\":\"a\",\"version\":1,\"history\":{\"x\":[],\"x\":[]}}", -EINVAL,
+         "series 'x' appears twice"},
+        {"{\"id\":\"a\",\"version\":1,\"connected\":1}", -EINVAL, "'connected' must be a boolean"},
+        {"{\"id\":\"a\",\"version\":1,\"reported\":{\"x\":1}} trailing", -EINVAL, ""},
+        /* good ones */
+        {"{\"id\":\"a\",\"version\":1}", 0, NULL},
+        {"  {\"id\":\"a\",\"version\":1,\"history\":{\"x\":[[0,1],[5,-2],[6,1e-300]]}}\r", 0,
+         NULL},
+    };
+    msgpack_zone z;
+
+    msgpack_zone_init(&z, 4096);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[TWIN_ERR_LEN] = "";
+        struct twin_import im;
+        int rc = twin_import_parse(cases[i].line, strlen(cases[i].line), 4096, &z, &im, err);
+
+        if (rc != cases[i].rc)
+            FAIL("case %zu %s: rc %d, expected %d (%s)", i, cases[i].line, rc, cases[i].rc, err);
+        else if (rc)
+            CHECK_HAS(err, cases[i].why);
+        msgpack_zone_clear(&z);
+    }
+    /* the line limit */
+    {
+        char err[TWIN_ERR_LEN];
+        struct twin_import im;
+        const char *l = "{\"id\":\"a\",\"version\":1}";
+        CHECK_INT(twin_import_parse(l, strlen(l), 10, &z, &im, err), -E2BIG);
+        CHECK_HAS(err, "line of 22 bytes, above the limit of 10");
+    }
+    msgpack_zone_destroy(&z);
+}
+
+static int delete_fn(struct twin_txn *txn, void *ctx)
+{
+    struct twin_delete_result res;
+    return twin_delete(txn, "gone", 4, TWIN_VERSION_ANY, &res, ctx);
+}
+
+static void test_import_tombstone(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_apply_result res;
+    struct import_ctx ic;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    for (int i = 1; i <= 4; i++)
+        CHECK_INT(apply(s, "gone", "{\"x\":1}", 1000 + i, &res, err), 0);
+    CHECK_INT(twin_store_write(s, delete_fn, err, err), 0); /* its tombstone: version 4 */
+    ic = (struct import_ctx){.text = "{\"id\":\"gone\",\"version\":4}"};
+    CHECK_INT(twin_store_write(s, import_fn, &ic, err), -EEXIST);
+    CHECK_HAS(ic.err, "twin 'gone' was deleted from this store at version 4; version 4 would be "
+                      "used twice");
+    ic = (struct import_ctx){.text = "{\"id\":\"gone\",\"version\":5}"};
+    CHECK_INT(twin_store_write(s, import_fn, &ic, err), 0);
+    CHECK_INT(stats_of(s).tombstones, 0);
+out:
+    twin_store_close(s);
+    tmp_remove(dir);
+}
+
+static void test_store_one_writer(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store_options o = TWIN_STORE_OPTIONS_DEFAULT;
+    struct twin_store *s, *t = NULL, *r = NULL;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    o.path = dir;
+    CHECK_INT(twin_store_open(&t, &o, err), -EBUSY);
+    CHECK_HAS(err, "another process writes the store at");
+    CHECK_HAS(err, "writer.lock is locked");
+    CHECK(t == NULL);
+    o.read_only = true; /* readers are never refused */
+    CHECK_INT(twin_store_open(&r, &o, err), 0);
+    twin_store_close(s);
+    s = NULL;
+    o.read_only = false;
+    CHECK_INT(twin_store_open(&t, &o, err), 0);
+    /* a writer that dies drops its lock: a child takes it and is killed */
+    twin_store_close(t);
+    t = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct twin_store *c = NULL;
+        char cerr[TWIN_ERR_LEN];
+        if (twin_store_open(&c, &o, cerr) != 0)
+            _exit(3);
+        for (;;)
+            pause();
+    }
+    for (int i = 0; i < 500; i++) { /* until the child holds it */
+        if (twin_store_open(&t, &o, err) == -EBUSY)
+            break;
+        twin_store_close(t);
+        t = NULL;
+        usleep(10000);
+    }
+    CHECK(t == NULL);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    CHECK_INT(twin_store_open(&t, &o, err), 0);
+out:
+    twin_store_close(s);
+    twin_store_close(t);
+    twin_store_close(r);
+    tmp_remove(dir);
+}
+
 static int done_fn(struct twin_txn *txn, void *ctx)
 {
     struct done_ctx *d = ctx;
@@ -4948,6 +5240,10 @@ static const struct {
     {"store_readonly_concurrent_writemap", test_store_readonly_concurrent_writemap},
     {"store_writemap", test_store_writemap},
     {"store_threads", test_store_threads},
+    {"store_one_writer", test_store_one_writer},
+    {"export_import", test_export_import},
+    {"import_bad", test_import_bad},
+    {"import_tombstone", test_import_tombstone},
     {"telemetry_apply", test_telemetry_apply},
     {"telemetry_bad", test_telemetry_bad},
     {"telemetry_doc_limit", test_telemetry_doc_limit},
