@@ -626,6 +626,7 @@ static int cmd_stats(struct ctl *ctl)
         {"map_size", st.map_size, true},
         {"used_bytes", st.used_bytes, true},
         {"last_txn", st.last_txn, false},
+        {"schema", st.schema, false},
     };
     enum { NROWS = sizeof rows / sizeof rows[0] };
 

@@ -6,7 +6,7 @@
  * A backup file is a header of BACKUP_HEADER bytes, then the compacted data.mdb:
  *   0   16  magic "TWINHUB-BACKUP\0\0"
  *   16   4  format version (1), little-endian like every field below
- *   20   4  the store's schema version (TWINS_SCHEMA of the writer)
+ *   20   4  the store's schema version (as the copied store has it)
  *   24   8  length of the data that follows, bytes
  *   32   8  when the backup was taken, ms since the epoch
  *   40  32  SHA-256 of the data
@@ -167,7 +167,7 @@ int twin_store_backup(struct twin_store *s, const char *path, int64_t now_ms,
         goto fail;
     memcpy(h, magic, sizeof(magic));
     put_le(h + 16, BACKUP_FORMAT, 4);
-    put_le(h + 20, TWINS_SCHEMA, 4);
+    put_le(h + 20, s->schema, 4); /* a reader of a store not migrated yet copies schema 1 */
     put_le(h + 24, len, 8);
     put_le(h + 32, (uint64_t)now_ms, 8);
     memcpy(h + 40, digest, 32);
@@ -184,7 +184,7 @@ int twin_store_backup(struct twin_store *s, const char *path, int64_t now_ms,
     dir_of(path, dir, sizeof(dir));
     fsync_dir(dir);
     if (info) {
-        info->schema = TWINS_SCHEMA;
+        info->schema = s->schema;
         info->bytes = len;
         info->created_ms = now_ms;
         memcpy(info->sha256, digest, 32);

@@ -1,10 +1,19 @@
-/* history.c: the bounded time series of numeric leaves, one per (twin, path), in the "history"
+/* history.c: the bounded time series of numeric leaves, one per (twin, path), in the "points"
  * database. It stores and reads points; what is historized is telemetry.c's decision (paths are
  * relative to `reported`: "vitals.hr"), and which series go when their leaf does.
  *
- * Key: id "\0" path. Data (MDB_DUPSORT | MDB_DUPFIXED): 16 bytes, the big-endian uint64 ts
- * (>= 0) then the double's 8 bytes in big-endian order, so LMDB keeps the duplicates in time
- * order and the oldest is the first.
+ * Key: id "\0" path. Data (MDB_DUPSORT | MDB_DUPFIXED): 16 bytes, big-endian: the ts in 6
+ * bytes (ms since 1970, 0 .. 2^48 - 1, the year 10889), then 2 bytes that number the points of
+ * one millisecond in the order they came (0, 1, ...), then the double's 8 bytes. So LMDB keeps
+ * the duplicates in time order, points of one millisecond in arrival order, and two equal
+ * readings as two points; the oldest is the first.
+ *
+ * Schema 1 stores kept points in "history" as ts (8 bytes) then value: points of one
+ * millisecond came back in value order and equal ones were stored once. A writer that opens
+ * such a store moves every series to "points" (history__migrate, in transactions of a bounded
+ * size, so a crash midway leaves each series whole in one database or the other), then drops
+ * "history" and writes schema 2. Until then a reader (a read-only opener) finds each series
+ * in one of the two and reads both formats.
  */
 #include "twins_int.h"
 
@@ -29,9 +38,12 @@ static int hkey(const char *id, size_t id_len, const char *path, size_t path_len
     return 0;
 }
 
-static void point_put(unsigned char *b, int64_t ts, double value)
+#define TS_LIMIT (1ll << 48) /* points' ts are below it */
+#define NTH_MAX 0xffff       /* points of one series in one millisecond: at most NTH_MAX + 1 */
+
+static void point_put(unsigned char *b, int64_t ts, unsigned nth, double value)
 {
-    uint64_t t = (uint64_t)ts, v;
+    uint64_t t = (uint64_t)ts << 16 | nth, v;
 
     memcpy(&v, &value, sizeof v);
     for (int i = 0; i < 8; i++) {
@@ -40,7 +52,8 @@ static void point_put(unsigned char *b, int64_t ts, double value)
     }
 }
 
-static void point_get(const unsigned char *b, int64_t *ts, double *value)
+/* A point of either format: `v1` for schema 1's "history" (ts in 8 bytes, no number). */
+static void point_get(const unsigned char *b, bool v1, int64_t *ts, unsigned *nth, double *value)
 {
     uint64_t t = 0, v = 0;
 
@@ -48,7 +61,9 @@ static void point_get(const unsigned char *b, int64_t *ts, double *value)
         t = t << 8 | b[i];
         v = v << 8 | b[8 + i];
     }
-    *ts = (int64_t)t;
+    *ts = v1 ? (int64_t)t : (int64_t)(t >> 16);
+    if (nth)
+        *nth = v1 ? 0 : (unsigned)(t & NTH_MAX);
     memcpy(value, &v, sizeof *value);
 }
 
@@ -60,7 +75,7 @@ static int hist_cursor(struct twin_txn *txn, char *err)
 
     if (txn->hist)
         return 0;
-    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &txn->hist);
+    rc = mdb_cursor_open(txn->txn, txn->s->dbi_points, &txn->hist);
     if (rc) {
         txn->hist = NULL;
         return store__mdb_error(txn, rc, "mdb_cursor_open", err);
@@ -73,9 +88,12 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
 {
     char kb[HKEY_MAX];
     unsigned char pt[16];
-    MDB_val k, d = {sizeof pt, pt};
-    unsigned max;
+    MDB_val k, d;
+    unsigned max, nth = 0, put = 0;
     size_t n;
+    int64_t last;
+    unsigned last_nth;
+    double ignored;
     int rc;
 
     rc = store__need_write(txn, "twin_history_append", err);
@@ -83,18 +101,61 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
         rc = hkey(id, id_len, path, path_len, kb, &k, err);
     if (rc)
         return rc;
-    if (ts < 0) {
-        twins__errf(err, "history timestamp %lld is negative", (long long)ts);
+    if (ts < 0 || ts >= TS_LIMIT) {
+        twins__errf(err, "history timestamp %lld is %s", (long long)ts,
+                    ts < 0 ? "negative" : "past 2^48 ms (the year 10889)");
         return -EINVAL;
     }
     max = atomic_load(&txn->s->history_max);
     if (max == 0)
         return 0; /* history is switched off */
-    point_put(pt, ts, value);
     rc = hist_cursor(txn, err);
     if (rc)
         return rc;
-    rc = mdb_cursor_put(txn->hist, &k, &d, 0);
+    /* the point's number within its millisecond: one more than the last point at ts */
+    rc = mdb_cursor_get(txn->hist, &k, &d, MDB_SET);
+    if (rc == 0)
+        rc = mdb_cursor_get(txn->hist, &k, &d, MDB_LAST_DUP);
+    if (rc == 0) {
+        point_get(d.mv_data, false, &last, &last_nth, &ignored);
+        if (last < ts) {
+            put = MDB_APPENDDUP; /* the usual case: a newer reading, at the end */
+        } else if (last == ts) {
+            nth = last_nth + 1;
+            put = MDB_APPENDDUP;
+        } else {
+            /* an older reading: the last point at or before ts is the one before the first
+             * point after ts (there is one: the last) */
+            unsigned char probe[16];
+
+            point_put(probe, ts + 1, 0, 0.0);
+            d = (MDB_val){sizeof probe, probe};
+            rc = mdb_cursor_get(txn->hist, &k, &d, MDB_GET_BOTH_RANGE);
+            if (rc == 0)
+                rc = mdb_cursor_get(txn->hist, &k, &d, MDB_PREV_DUP);
+            if (rc == 0) {
+                point_get(d.mv_data, false, &last, &last_nth, &ignored);
+                if (last == ts)
+                    nth = last_nth + 1;
+            }
+            if (rc == MDB_NOTFOUND)
+                rc = 0; /* nothing before it */
+        }
+    } else if (rc == MDB_NOTFOUND) {
+        rc = 0; /* a new series */
+    }
+    if (rc)
+        return store__mdb_error(txn, rc, "appending history", err);
+    if (nth > NTH_MAX) {
+        twins__errf(err, "history of %.*s: more than %d points in the millisecond %lld",
+                    (int)path_len, path, NTH_MAX + 1, (long long)ts);
+        return -E2BIG;
+    }
+    point_put(pt, ts, nth, value);
+    d = (MDB_val){sizeof pt, pt};
+    k.mv_size = id_len + 1 + path_len;
+    k.mv_data = kb;
+    rc = mdb_cursor_put(txn->hist, &k, &d, put);
     if (!rc)
         rc = mdb_cursor_count(txn->hist, &n);
     while (!rc && n > max) {
@@ -134,6 +195,20 @@ int history__remove(struct twin_txn *txn, const char *id, size_t id_len, const c
     return 0;
 }
 
+/* Where the series under key k is: "points", or, in a store not yet migrated, "history".
+ * Returns the database and sets *v1 for the old one. */
+static MDB_dbi series_db(struct twin_txn *txn, MDB_val *k, bool *v1)
+{
+    MDB_val d;
+
+    *v1 = false;
+    if (!txn->s->has_legacy ||
+        (txn->s->has_points && mdb_get(txn->txn, txn->s->dbi_points, k, &d) == 0))
+        return txn->s->dbi_points;
+    *v1 = true;
+    return txn->s->dbi_legacy;
+}
+
 int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                       size_t path_len, int64_t since_ms, twin_history_cb cb, void *ctx, char *err)
 {
@@ -141,6 +216,7 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
     unsigned char from[16];
     MDB_val k, d = {sizeof from, from};
     MDB_cursor *c;
+    bool v1;
     int rc;
 
     if (!txn || !cb)
@@ -148,9 +224,18 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
     rc = hkey(id, id_len, path, path_len, kb, &k, err);
     if (rc)
         return rc;
-    /* the smallest point at since_ms: ts, then the eight zero bytes of +0.0 */
-    point_put(from, since_ms > 0 ? since_ms : 0, 0.0);
-    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &c);
+    MDB_dbi dbi = series_db(txn, &k, &v1);
+    /* the smallest point at since_ms: ts, number 0 (or, schema 1, the zero bytes of +0.0) */
+    since_ms = since_ms < 0 ? 0 : since_ms;
+    if (v1) {
+        for (int i = 0; i < 16; i++)
+            from[i] = i < 8 ? (unsigned char)((uint64_t)since_ms >> (8 * (7 - i))) : 0;
+    } else if (since_ms >= TS_LIMIT) {
+        return 0;
+    } else {
+        point_put(from, since_ms, 0, 0.0);
+    }
+    rc = mdb_cursor_open(txn->txn, dbi, &c);
     if (rc)
         return store__mdb_error(txn, rc, "mdb_cursor_open", err);
     rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
@@ -163,7 +248,7 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
             twins__errf(err, "history point of %zu bytes, expected 16", d.mv_size);
             return -EBADMSG;
         }
-        point_get(d.mv_data, &ts, &v);
+        point_get(d.mv_data, v1, &ts, NULL, &v);
         rc = cb(ctx, ts, v);
         if (rc) {
             mdb_cursor_close(c);
@@ -216,26 +301,22 @@ int history__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, ui
     return 0;
 }
 
-int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twin_series_cb cb,
-                        void *ctx, char *err)
+/* Every series key of twin `id` in `dbi`, in path order, to cb. */
+static int series_walk(struct twin_txn *txn, MDB_dbi dbi, const char *id, size_t id_len,
+                       twin_series_cb cb, void *ctx, char *err)
 {
     char kb[HKEY_MAX];
     MDB_val k, d;
     MDB_cursor *c;
-    int rc;
+    int rc = mdb_cursor_open(txn->txn, dbi, &c);
 
-    if (!txn || !cb)
-        return -EINVAL;
-    if ((rc = twins__check_id(id, id_len, err)))
-        return rc;
-    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &c);
     if (rc)
         return store__mdb_error(txn, rc, "mdb_cursor_open", err);
     memcpy(kb, id, id_len);
     kb[id_len] = '\0';
     k.mv_size = id_len + 1;
     k.mv_data = kb;
-    /* every key id "\0" path, in path order: the first at or after id "\0", then the next key */
+    /* every key id "\0" path: the first at or after id "\0", then the next key */
     rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     while (rc == 0) {
         size_t n = k.mv_size - (id_len + 1);
@@ -256,4 +337,128 @@ int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twi
     if (rc && rc != MDB_NOTFOUND)
         return store__mdb_error(txn, rc, "listing history", err);
     return 0;
+}
+
+int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twin_series_cb cb,
+                        void *ctx, char *err)
+{
+    int rc;
+
+    if (!txn || !cb)
+        return -EINVAL;
+    if ((rc = twins__check_id(id, id_len, err)))
+        return rc;
+    rc = txn->s->has_points ? series_walk(txn, txn->s->dbi_points, id, id_len, cb, ctx, err) : 0;
+    if (!rc && txn->s->has_legacy) /* a store not yet migrated: the series not moved yet */
+        rc = series_walk(txn, txn->s->dbi_legacy, id, id_len, cb, ctx, err);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Schema 1 to 2
+ * ------------------------------------------------------------------------------------------ */
+
+#define MIGRATE_POINTS (1u << 18) /* points moved per transaction, about 8 MiB of pages */
+
+struct migrate {
+    uint64_t series, points, dropped;
+    bool done;
+    char *err;
+};
+
+/* Moves series from "history" to "points" until MIGRATE_POINTS have moved or none is left;
+ * twin_store_write runs it again from the start if the map had to grow. */
+static int migrate_batch(struct twin_txn *txn, void *ctx)
+{
+    struct migrate *m = ctx;
+    struct twin_store *s = txn->s;
+    MDB_cursor *from, *to;
+    MDB_val k, d;
+    uint64_t moved = 0, series = 0, dropped = 0;
+    int rc = mdb_cursor_open(txn->txn, s->dbi_legacy, &from);
+
+    if (rc)
+        return store__mdb_error(txn, rc, "mdb_cursor_open", m->err);
+    rc = mdb_cursor_open(txn->txn, s->dbi_points, &to);
+    if (rc) {
+        mdb_cursor_close(from);
+        return store__mdb_error(txn, rc, "mdb_cursor_open", m->err);
+    }
+    m->done = false;
+    while (moved < MIGRATE_POINTS && (rc = mdb_cursor_get(from, &k, &d, MDB_FIRST)) == 0) {
+        char kb[HKEY_MAX + 64];
+        MDB_val key = {k.mv_size < sizeof kb ? k.mv_size : sizeof kb, kb};
+        int64_t prev = -1;
+        unsigned nth = 0;
+
+        memcpy(kb, k.mv_data, key.mv_size);
+        for (; rc == 0; rc = mdb_cursor_get(from, &k, &d, MDB_NEXT_DUP)) {
+            unsigned char pt[16];
+            MDB_val pd = {sizeof pt, pt};
+            int64_t ts;
+            double v;
+
+            if (d.mv_size != 16) {
+                dropped++;
+                continue;
+            }
+            point_get(d.mv_data, true, &ts, NULL, &v);
+            nth = ts == prev ? nth + 1 : 0;
+            prev = ts;
+            if (ts < 0 || ts >= TS_LIMIT || nth > NTH_MAX) {
+                dropped++; /* beyond what schema 2 holds: none a device could have sent */
+                continue;
+            }
+            point_put(pt, ts, nth, v); /* in order: ts, then the old (value) order */
+            rc = mdb_cursor_put(to, &key, &pd, MDB_APPENDDUP);
+            if (rc)
+                break;
+            moved++;
+        }
+        if (rc != MDB_NOTFOUND)
+            break;
+        rc = mdb_cursor_get(from, &key, &d, MDB_SET);
+        if (rc == 0)
+            rc = mdb_cursor_del(from, MDB_NODUPDATA);
+        if (rc)
+            break;
+        series++;
+    }
+    mdb_cursor_close(from);
+    mdb_cursor_close(to);
+    if (rc == MDB_NOTFOUND) {
+        m->done = true;
+        rc = 0;
+    }
+    if (rc)
+        return store__mdb_error(txn, rc, "moving history to schema 2", m->err);
+    m->series += series;
+    m->points += moved;
+    m->dropped += dropped;
+    return 0;
+}
+
+static int migrate_finish(struct twin_txn *txn, void *ctx)
+{
+    struct migrate *m = ctx;
+    int rc = store__schema_put(txn, 2, m->err);
+
+    if (!rc && (rc = mdb_drop(txn->txn, txn->s->dbi_legacy, 1)))
+        rc = store__mdb_error(txn, rc, "dropping the schema 1 history", m->err);
+    return rc;
+}
+
+int history__migrate(struct twin_store *s, char *err)
+{
+    struct migrate m = {.err = err};
+    int rc;
+
+    do
+        rc = twin_store_write(s, migrate_batch, &m, err);
+    while (!rc && !m.done);
+    if (!rc)
+        rc = twin_store_write(s, migrate_finish, &m, err);
+    if (!rc)
+        s->has_legacy = false;
+    return rc;
 }

@@ -5,7 +5,7 @@
  *
  * Layout: one environment directory with the named databases
  *   "twins"       id -> encoded document
- *   "history"     id "\0" path -> 16-byte points (history.c), MDB_DUPSORT | MDB_DUPFIXED
+ *   "points"      id "\0" path -> 16-byte points (history.c), MDB_DUPSORT | MDB_DUPFIXED
  *   "outbox"      id -> uint64 version, little-endian: committed but not known to be published
  *   "info"        "schema" -> uint32 little-endian schema version (TWINS_SCHEMA);
  *                 "cmd_seq" -> uint64 little-endian, the last command number (command.c)
@@ -15,8 +15,10 @@
  *   "rulestate"   id "\0" rule -> the rules engine's record; id "\0" -> wake (rulestate.c)
  *   "wakes"       be64(time) id -> empty: when each twin's rules run again (rulestate.c)
  *   "modelstate"  id "\0" model -> the models' record per twin (modelstate.c)
- * The databases after "info" came after schema 1 was first written; they only add records, so
- * the schema stays 1, and writers create them when missing.
+ * The databases after "info" came after schema 1 was first written; they only add records, and
+ * writers create them when missing. Schema 2 changed the history points: schema 1 kept them in
+ * "history" (ts, value), which a writer moves to "points" at open (history.c); a reader of a
+ * store no writer has migrated yet reads both.
  *
  * Threads and locks: every transaction holds s->lock shared for its whole life; growing the map
  * (mdb_env_set_mapsize, which needs no transaction active in the process) takes it exclusive.
@@ -265,13 +267,26 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
         return rc;
     rc = dbi_open(s, txn, path, "twins", 0, &s->dbi_twins, err);
     if (!rc)
-        rc = dbi_open(s, txn, path, "history", MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_history, err);
-    if (!rc)
         rc = dbi_open(s, txn, path, "outbox", 0, &s->dbi_outbox, err);
     if (!rc)
         rc = dbi_open(s, txn, path, "info", 0, &s->dbi_info, err);
     if (rc)
         goto fail_txn;
+    /* history: "points", and schema 1's "history" if it is still there (never created) */
+    s->has_points = true;
+    rc = dbi_open(s, txn, path, "points", MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_points, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_points = false;
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
+    rc = mdb_dbi_open(txn, "history", MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_legacy);
+    s->has_legacy = rc == 0;
+    if (rc && rc != MDB_NOTFOUND) {
+        rc = store__mdb_error(NULL, rc, "opening the schema 1 history", err);
+        goto fail_txn;
+    }
     s->has_commands = true;
     rc = dbi_open(s, txn, path, "tombstones", 0, &s->dbi_tombstones, err);
     if (!rc)
@@ -304,6 +319,7 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
         goto fail_txn;
     rc = mdb_get(txn, s->dbi_info, &k, &v);
     if (rc == MDB_NOTFOUND && !s->read_only) {
+        s->schema = TWINS_SCHEMA;
         for (int i = 0; i < 4; i++)
             ver[i] = (unsigned char)(TWINS_SCHEMA >> (8 * i));
         v.mv_size = sizeof ver;
@@ -332,12 +348,13 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
         }
         for (int i = 0; i < 4; i++)
             have |= (uint32_t)b[i] << (8 * i);
-        if (have != TWINS_SCHEMA) {
-            twins__errf(err, "store at %s has schema version %u; this build reads version %u", path,
-                        have, TWINS_SCHEMA);
+        if (have == 0 || have > TWINS_SCHEMA) {
+            twins__errf(err, "store at %s has schema version %u; this build reads versions 1 to %u",
+                        path, have, TWINS_SCHEMA);
             rc = -EINVAL;
             goto fail_txn;
         }
+        s->schema = have;
     }
     /* commit even a read-only transaction: that is what keeps the DBI handles open */
     rc = mdb_txn_commit(txn);
@@ -516,6 +533,15 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     rc = store_setup(s, opt->path, err);
     if (rc)
         goto fail_open;
+    if (!s->read_only && s->has_legacy) {
+        /* schema 1: every series moves to the new points first, then the schema says 2 */
+        rc = history__migrate(s, err);
+        if (rc) {
+            twin_store_close(s);
+            return rc;
+        }
+        s->schema = TWINS_SCHEMA;
+    }
     *out = s;
     return 0;
 
@@ -898,6 +924,18 @@ int twin_tombstone_get(struct twin_txn *txn, const char *id, size_t id_len, uint
     return 0;
 }
 
+int store__schema_put(struct twin_txn *txn, uint32_t version, char *err)
+{
+    unsigned char ver[4];
+    MDB_val k = {6, "schema"}, v = {sizeof ver, ver};
+    int rc;
+
+    for (int i = 0; i < 4; i++)
+        ver[i] = (unsigned char)(version >> (8 * i));
+    rc = mdb_put(txn->txn, txn->s->dbi_info, &k, &v, 0);
+    return rc ? store__mdb_error(txn, rc, "writing the schema version", err) : 0;
+}
+
 int store__tomb_clear(struct twin_txn *txn, const char *id, size_t id_len, char *err)
 {
     MDB_val k = {id_len, (void *)id};
@@ -1066,10 +1104,15 @@ int twin_store_usage(struct twin_txn *txn, struct twin_stats *st, char *err)
             return store__mdb_error(txn, rc, "mdb_stat", err);
         st->tombstones = ms.ms_entries;
     }
-    rc = mdb_stat(txn->txn, txn->s->dbi_history, &ms);
-    if (rc)
-        return store__mdb_error(txn, rc, "mdb_stat", err);
-    st->history_points = ms.ms_entries; /* counts every duplicate */
+    st->history_points = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!(i ? txn->s->has_legacy : txn->s->has_points))
+            continue;
+        rc = mdb_stat(txn->txn, i ? txn->s->dbi_legacy : txn->s->dbi_points, &ms);
+        if (rc)
+            return store__mdb_error(txn, rc, "mdb_stat", err);
+        st->history_points += ms.ms_entries; /* counts every duplicate */
+    }
     rc = mdb_env_stat(txn->s->env, &ms);
     if (!rc)
         rc = mdb_env_info(txn->s->env, &info);
@@ -1078,6 +1121,7 @@ int twin_store_usage(struct twin_txn *txn, struct twin_stats *st, char *err)
     st->map_size = info.me_mapsize;
     st->used_bytes = (info.me_last_pgno + 1) * (size_t)ms.ms_psize;
     st->last_txn = info.me_last_txnid;
+    st->schema = txn->s->schema;
     return 0;
 }
 
@@ -1089,14 +1133,18 @@ int twin_store_stats(struct twin_txn *txn, struct twin_stats *st, char *err)
 
     if (rc)
         return rc;
-    rc = mdb_cursor_open(txn->txn, txn->s->dbi_history, &c);
-    if (rc)
-        return store__mdb_error(txn, rc, "mdb_cursor_open", err);
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_NODUP))
-        st->history_series++;
-    mdb_cursor_close(c);
-    if (rc != MDB_NOTFOUND)
-        return store__mdb_error(txn, rc, "counting history series", err);
+    for (int i = 0; i < 2; i++) {
+        if (!(i ? txn->s->has_legacy : txn->s->has_points))
+            continue;
+        rc = mdb_cursor_open(txn->txn, i ? txn->s->dbi_legacy : txn->s->dbi_points, &c);
+        if (rc)
+            return store__mdb_error(txn, rc, "mdb_cursor_open", err);
+        for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_NODUP))
+            st->history_series++;
+        mdb_cursor_close(c);
+        if (rc != MDB_NOTFOUND)
+            return store__mdb_error(txn, rc, "counting history series", err);
+    }
     return 0;
 }

@@ -696,6 +696,7 @@ struct twin_stats {
     uint64_t last_txn;
     uint64_t commands;   /* stored, in any state */
     uint64_t tombstones; /* deleted twins not created again */
+    uint32_t schema;     /* the store's schema version (1: not migrated yet, read as it is) */
 };
 /* Every field of twin_stats; history_series takes a walk over every series (slow on a big
  * store). Any transaction. Returns 0, -EINVAL, -EIO. */

@@ -148,6 +148,10 @@ int delta__refresh(msgpack_zone *zone, struct twin_doc *doc, bool *changed);
 int history__remove(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                     size_t path_len, char *err);
 
+/* Moves a schema 1 store's history to schema 2 and writes the new schema (writers, at open).
+ * Returns 0 or -errno (err). */
+int history__migrate(struct twin_store *s, char *err);
+
 /* Deletes every series of twin `id` (every key id "\0" ...); *count (may be NULL) receives how
  * many. Write transactions only. Returns 0, -EINVAL, -ENOMEM, -EIO. */
 int history__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, uint64_t *count,
@@ -166,7 +170,8 @@ int command__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, ui
  * The store (store.c)
  * ------------------------------------------------------------------------------------------ */
 
-#define TWINS_SCHEMA 1u
+/* 1: the first stores; 2: history points numbered within their millisecond (history.c). */
+#define TWINS_SCHEMA 2u
 
 struct twin_txn {
     struct twin_store *s;
@@ -180,7 +185,8 @@ struct twin_txn {
 
 struct twin_store {
     MDB_env *env;
-    MDB_dbi dbi_twins, dbi_history, dbi_outbox, dbi_info;
+    MDB_dbi dbi_twins, dbi_points, dbi_outbox, dbi_info;
+    MDB_dbi dbi_legacy; /* schema 1's "history", until history__migrate moves it to points */
     MDB_dbi dbi_commands, dbi_deadlines, dbi_tombstones;
     MDB_dbi dbi_rulestate, dbi_wakes; /* rulestate.c */
     MDB_dbi dbi_modelstate;           /* modelstate.c */
@@ -188,6 +194,8 @@ struct twin_store {
      * them, and a read-only opener of a store no writer of this build has opened sees them as
      * empty. */
     bool has_commands, has_rules, has_models;
+    bool has_points, has_legacy; /* writers: always points, and legacy only while opening */
+    uint32_t schema;             /* as found (a reader of a store not migrated sees 1) */
     bool read_only;
     int writer_fd; /* a writer's flock on <dir>/writer.lock (-1 for readers) */
     /* Every transaction holds `lock` shared; a map resize takes it exclusive, because
@@ -215,6 +223,9 @@ struct twin_store {
  * -> -EIO with "what: <mdb_strerror>" in err. MDB_MAP_FULL also marks txn (if not NULL) so
  * twin_store_write grows the map and runs the transaction again. */
 int store__mdb_error(struct twin_txn *txn, int rc, const char *what, char *err);
+
+/* Writes the schema version into "info". Write transactions only. Returns 0, -EIO. */
+int store__schema_put(struct twin_txn *txn, uint32_t version, char *err);
 
 /* -EINVAL with a reason unless txn is a write transaction. */
 int store__need_write(const struct twin_txn *txn, const char *what, char *err);

@@ -163,12 +163,12 @@ def case_refusals(fx):
         return data
 
     def newer(data):
-        data[20] = 2  # the schema field
+        data[20] = 3  # the schema field
         return data
     for name, mutate, code, needle in (
             ("damaged.twb", flip, 1, "does not match its SHA-256"),
             ("truncated.twb", lambda d: d[:-4096], 1, "truncated or damaged"),
-            ("newer.twb", newer, 1, "store schema 2; this build reads schema 1 to 1"),
+            ("newer.twb", newer, 1, "store schema 3; this build reads schema 1 to 2"),
             ("foreign.twb", lambda d: bytearray(b"SQLite format 3\0") + d[16:], 1,
              "not a twinhub backup")):
         target = fx.path(f"r-{name}")

@@ -13,17 +13,21 @@ parts 7 and 8).
   bad_lines   bad lines (truncated, unknown member, same id twice, bad history, not a device
               id, a twin already in the store) are reported as FILE:LINE: reason, exit 1, and
               change nothing: no store made, an existing store as it was
+  migration   a store of schema 1, written by an earlier build (tests/data/store-schema1), reads
+              as it did, is migrated by the first hub that opens it to the same export, and
+              then keeps readings of one millisecond in the order they came
   progress    export and import draw a bar (count, rate, ETA) on a terminal; nothing on stderr
               when it is not one, or with --quiet
 """
 
+import gzip
 import json
 import os
 import pty
 import subprocess
 import sys
 
-from harness import (TWINCTL_BIN, Broker, Hub, MqttClient, check, check_eq, child_env, pack,
+from harness import (REPO, TWINCTL_BIN, Broker, Hub, MqttClient, check, check_eq, child_env, pack,
                      run_case, twin_get, twinctl, unpack, wait_until)
 
 DEVICES = 12
@@ -165,6 +169,42 @@ def case_bad_lines(fx):
     check(rc == 2 and "No such file" in err, f"a missing file: exit {rc}, {err.strip()!r}")
 
 
+def case_migration(fx):
+    data = os.path.join(REPO, "tests", "data", "store-schema1")
+    with open(os.path.join(data, "export.jsonl")) as f:
+        then = f.read()
+    db = fx.path("old")
+    os.makedirs(db)
+    with gzip.open(os.path.join(data, "data.mdb.gz")) as g, open(os.path.join(db, "data.mdb"),
+                                                                  "wb") as f:
+        f.write(g.read())
+    # read-only, before any writer: schema 1, read as it was
+    rc, out, err = twinctl(db, "stats")
+    check(rc == 0, f"stats of the old store: exit {rc}: {err.strip()!r}")
+    st = json.loads(out)
+    check_eq(st["schema"], 1, "the old store's schema")
+    old_points = st["history_points"]
+    check_eq(export(db, "--history"), then, "the old store, read by this build")
+
+    # the first hub to open it migrates it; every point is still there, in the same order
+    b = Broker(fx)
+    hub = Hub(fx, b, db=db)
+    st = json.loads(twinctl(db, "stats")[1])
+    check_eq((st["schema"], st["history_points"]), (2, old_points), "schema and points after")
+    check_eq(export(db, "--history"), then, "the store migrated")
+    first = json.loads(then.splitlines()[0])
+    last_ts = first["history"]["hr"][-1][0]
+    dev = MqttClient(fx, b, "dev")
+    # two readings in the millisecond of the last one: after it, in the order they came
+    for s, hr in ((13, 99), (14, 61)):
+        dev.publish(f"devices/{first['id']}/telemetry", pack({"seq": s, "ts": last_ts, "hr": hr}))
+    wait_until(lambda: twin_get(db, first["id"])["seq"] == 14, 10, "seq 14")
+    pts = json.loads(export(db, "--history").splitlines()[0])["history"]["hr"]
+    check_eq(pts[-3:], [[last_ts, first["history"]["hr"][-1][1]], [last_ts, 99.0],
+                        [last_ts, 61.0]], "the last points of hr")
+    hub.stop()
+
+
 def on_tty(args):
     """twinctl ARGS with stderr on a pseudo-terminal: (exit code, stdout, what the tty got)."""
     master, slave = pty.openpty()
@@ -208,7 +248,8 @@ def case_progress(fx):
     check(rc == 0 and err == "", f"import, stderr not a tty: exit {rc}, stderr {err!r}")
 
 
-CASES = {"round_trip": case_round_trip, "bad_lines": case_bad_lines, "progress": case_progress}
+CASES = {"round_trip": case_round_trip, "bad_lines": case_bad_lines, "migration": case_migration,
+         "progress": case_progress}
 
 if __name__ == "__main__":
     sys.exit(run_case(CASES))

@@ -1420,7 +1420,7 @@ static void test_store_open_errors(void)
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
-    MDB_val k = {6, "schema"}, v = {4, "\x02\x00\x00\x00"};
+    MDB_val k = {6, "schema"}, v = {4, "\x03\x00\x00\x00"};
 
     tmp_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/missing", dir);
@@ -1447,7 +1447,7 @@ static void test_store_open_errors(void)
     o.path = path;
     o.read_only = false;
     CHECK_INT(twin_store_open(&s, &o, err), -EINVAL);
-    CHECK_HAS(err, "schema version 2; this build reads version 1");
+    CHECK_HAS(err, "schema version 3; this build reads versions 1 to 2");
     o.read_only = true;
     CHECK_INT(twin_store_open(&s, &o, err), -EINVAL);
     tmp_remove(dir);
@@ -2800,14 +2800,33 @@ static void test_history(void)
     CHECK_INT(hist_append(s, "d", "x", 2, 99), 0);
     p = history_of(s, "d", "x", 0);
     CHECK(p.n == 5 && p.ts[0] == 4);
-    /* the same point twice is one point; two values at one ts are two */
+    /* the same reading twice is two points, and the points of one millisecond keep the
+     * order they came in, whatever their values */
     CHECK_INT(hist_append(s, "d", "x", 9, 1), 0);
     CHECK_INT(hist_append(s, "d", "x", 9, 1), 0);
-    p = history_of(s, "d", "x", 9);
-    CHECK_INT(p.n, 1);
-    CHECK_INT(hist_append(s, "d", "x", 9, 2), 0);
     p = history_of(s, "d", "x", 9);
     CHECK_INT(p.n, 2);
+    CHECK_INT(hist_append(s, "d", "x", 9, -5), 0);
+    p = history_of(s, "d", "x", 9);
+    CHECK(p.n == 3 && p.v[0] == 1 && p.v[1] == 1 && p.v[2] == -5);
+    /* a late reading lands in its place: after what came before it at its millisecond */
+    CHECK_INT(hist_append(s, "d", "x", 10, 3), 0);
+    CHECK_INT(hist_append(s, "d", "x", 9, 7), 0);
+    p = history_of(s, "d", "x", 9);
+    CHECK(p.n == 5 && p.ts[3] == 9 && p.v[3] == 7 && p.ts[4] == 10 && p.v[4] == 3);
+    CHECK_INT(hist_append(s, "d", "x", 8, 8), 0); /* older than all: the oldest, dropped */
+    p = history_of(s, "d", "x", 0);
+    CHECK(p.n == 5 && p.ts[0] == 9 && p.v[0] == 1 && p.v[4] == 3);
+    /* more readings at 9 go before 10 and push the oldest out */
+    for (int i = 0; i < 4; i++)
+        CHECK_INT(hist_append(s, "d", "x", 9, 2), 0);
+    p = history_of(s, "d", "x", 0);
+    CHECK(p.n == 5 && p.v[0] == 2 && p.v[3] == 2 && p.ts[3] == 9 && p.ts[4] == 10);
+    /* timestamps past 2^48 ms (the year 10889) are refused */
+    CHECK_INT(hist_append(s, "d", "z", 1ll << 48, 1), -EINVAL);
+    CHECK_INT(hist_append(s, "d", "z", (1ll << 48) - 1, 1), 0);
+    CHECK_INT(history_of(s, "d", "z", (1ll << 48) - 1).n, 1);
+    CHECK_INT(history_of(s, "d", "z", INT64_MAX).n, 0);
     /* other series are their own */
     CHECK_INT(hist_append(s, "d", "y", 1, 1), 0);
     CHECK_INT(hist_append(s, "d2", "x", 1, 1), 0);
@@ -2819,7 +2838,7 @@ static void test_history(void)
     twin_store_set_history_max(s, 2);
     CHECK_INT(hist_append(s, "d", "x", 20, 7), 0);
     p = history_of(s, "d", "x", 0);
-    CHECK(p.n == 2 && p.ts[0] == 9 && p.ts[1] == 20);
+    CHECK(p.n == 2 && p.ts[0] == 10 && p.ts[1] == 20);
     twin_store_set_history_max(s, 0);
     CHECK_INT(hist_append(s, "d", "x", 21, 7), 0);
     CHECK_INT(history_of(s, "d", "x", 0).n, 2);
