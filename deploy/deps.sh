@@ -21,10 +21,14 @@ ensure_packages() {
 # (openssl: certs/make-pki.sh, for ./deploy/demo.sh --tls)
 BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev liblmdb-dev
                 libyaml-dev libmicrohttpd-dev libsystemd-dev libssl-dev mosquitto openssl)
+# (help2man: the man pages; dpkg-dev: dpkg-shlibdeps, the Debian package's Depends)
+BUILD_PACKAGES+=(help2man dpkg-dev)
 # What the tests need on top.
 # (prometheus: promtool and a real server that scrapes the hub; systemd: systemd-analyze)
 TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn
                prometheus systemd)
+# (lintian: checks the Debian package, tests/integration/test_package.py)
+TEST_PACKAGES+=(lintian)
 
 # A free TCP port on 127.0.0.1 (Mosquitto 2 reads port 0 as a unix socket, so pick one).
 free_port() {
