@@ -151,8 +151,7 @@ static const struct command commands[] = {
      "write twins (with --history, their history too) as JSON Lines to stdout, in id order", 0,
      0, OPT_PREFIX | OPT_HISTORY | OPT_QUIET, false, cmd_export},
     {"import", "FILE [--quiet]",
-     "load an export into the store (offline: not while a hub runs on it); every line is "
-     "checked first, and a bad one changes nothing",
+     "load an export into a store no hub runs on; a bad line changes nothing",
      1, 1, OPT_QUIET, false, cmd_import},
     {"model", "info FILE | predict FILE [--proba]",
      "describe a .twm model (JSON), or predict CSV rows read from stdin", 2, 3, 0, false,
@@ -181,9 +180,12 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: twinctl [-c FILE] [--db PATH] [--table] COMMAND [ARGS]\n\ncommands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        char head[64];
-        snprintf(head, sizeof head, "%s %s", commands[i].name, commands[i].usage);
-        fprintf(f, "  %-34s %s\n", head, commands[i].help);
+        char head[256];
+        int n = snprintf(head, sizeof head, "%s %s", commands[i].name, commands[i].usage);
+        if (n <= 34) /* the description beside it, or on the next line under the column */
+            fprintf(f, "  %-34s %s\n", head, commands[i].help);
+        else
+            fprintf(f, "  %s\n  %-34s %s\n", head, "", commands[i].help);
     }
     fprintf(f, "\noptions:\n"
                "  -c, --config FILE    read store.path (and the rest) from this YAML file\n"
