@@ -21,7 +21,8 @@
 #include "progress.h"
 #include "twins.h"
 
-#define LINE_MAX_BYTES (256u << 20) /* one twin with its history; the twins' own limits are less */
+#define LINE_MAX_BYTES (256u << 20) /* one twin with its history; the twins' own limits are less   \
+                                     */
 #define ERRORS_SHOWN 20
 #define BATCH_TWINS 1000
 #define BATCH_BYTES (32u << 20)
@@ -58,8 +59,7 @@ static int export_one(void *ctx, const char *id, size_t id_len, const void *doc,
     struct export_walk *w = ctx;
     msgpack_zone_clear(&w->zone);
     w->out.size = 0;
-    int rc = twin_export_line(w->txn, id, id_len, doc, len, w->history, &w->zone, &w->out,
-                              w->err);
+    int rc = twin_export_line(w->txn, id, id_len, doc, len, w->history, &w->zone, &w->out, w->err);
     if (rc)
         return rc;
     if (fwrite(w->out.data, 1, w->out.size, stdout) != w->out.size) {
@@ -108,8 +108,8 @@ int ctl_export_main(const struct config *cfg, const char *prefix, bool history, 
         rc = -EIO;
     }
     if (rc < 0) {
-        fprintf(stderr, "twinctl: export of %s stopped after %" PRIu64 " twins: %s\n",
-                cfg->db_path, w.n, err);
+        fprintf(stderr, "twinctl: export of %s stopped after %" PRIu64 " twins: %s\n", cfg->db_path,
+                w.n, err);
         return 2;
     }
     return 0;
@@ -277,7 +277,9 @@ static int check_all(struct import *im)
         twin_store_read_end(txn);
     if (rc < 0) {
         fprintf(stderr, "twinctl: %s:%" PRIu64 ": %s\n", im->file, im->r.lineno,
-                rc == -ENOMEM ? "out of memory" : rc == -EIO ? "read error" : err);
+                rc == -ENOMEM ? "out of memory"
+                : rc == -EIO  ? "read error"
+                              : err);
         return rc;
     }
     progress_end(&im->p, (uint64_t)im->size, (uint64_t)im->size);
@@ -353,8 +355,7 @@ static int write_all(struct import *im, uint64_t *written, uint64_t *points)
         int rc = twin_store_write(im->s, write_batch, &b, err);
         if (rc < 0) {
             progress_end(&im->p, *written, im->twins);
-            fprintf(stderr, "twinctl: import stopped after %" PRIu64 " twins: %s\n", *written,
-                    err);
+            fprintf(stderr, "twinctl: import stopped after %" PRIu64 " twins: %s\n", *written, err);
             return rc;
         }
         *written += b.done;
@@ -406,10 +407,9 @@ int ctl_import_main(const struct config *cfg, const char *file, bool quiet)
         goto done;
     if (im.bad) {
         if (im.bad > ERRORS_SHOWN)
-            fprintf(stderr, "twinctl: %s: ... and %" PRIu64 " more\n", file,
-                    im.bad - ERRORS_SHOWN);
-        fprintf(stderr, "twinctl: %s: %" PRIu64 " bad line%s; nothing was imported\n", file,
-                im.bad, im.bad == 1 ? "" : "s");
+            fprintf(stderr, "twinctl: %s: ... and %" PRIu64 " more\n", file, im.bad - ERRORS_SHOWN);
+        fprintf(stderr, "twinctl: %s: %" PRIu64 " bad line%s; nothing was imported\n", file, im.bad,
+                im.bad == 1 ? "" : "s");
         code = 1;
         goto done;
     }

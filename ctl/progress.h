@@ -8,8 +8,8 @@
 #include <stdint.h>
 
 struct progress {
-    const char *what;  /* "backup", "export", ... */
-    const char *unit;  /* "twins"; NULL: bytes, shown in MiB */
+    const char *what; /* "backup", "export", ... */
+    const char *unit; /* "twins"; NULL: bytes, shown in MiB */
     int64_t start_ms, last_ms;
     bool on, ended;
 };

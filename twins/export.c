@@ -78,8 +78,7 @@ static int series_write(void *ctx, const char *path, size_t path_len)
 }
 
 int twin_export_line(struct twin_txn *txn, const char *id, size_t id_len, const void *doc,
-                     size_t len, bool history, msgpack_zone *zone, msgpack_sbuffer *out,
-                     char *err)
+                     size_t len, bool history, msgpack_zone *zone, msgpack_sbuffer *out, char *err)
 {
     msgpack_object o;
     size_t off = 0, start;
@@ -89,8 +88,8 @@ int twin_export_line(struct twin_txn *txn, const char *id, size_t id_len, const 
         return -EINVAL;
     /* stored bytes are ours, but checked as any stored document is before msgpack-c sees them */
     rc = scan__object(doc, len, TWIN_DEPTH_CAP, UINT_MAX, &off, err);
-    if (rc || off != len || (off = 0, msgpack_unpack(doc, len, &off, zone, &o)) !=
-                                          MSGPACK_UNPACK_SUCCESS ||
+    if (rc || off != len ||
+        (off = 0, msgpack_unpack(doc, len, &off, zone, &o)) != MSGPACK_UNPACK_SUCCESS ||
         o.type != MSGPACK_OBJECT_MAP || o.via.map.size == 0) {
         twins__errf(err, "twin '%.*s': its stored document is damaged", (int)id_len, id);
         return rc == -ENOMEM ? -ENOMEM : -EBADMSG;
@@ -141,15 +140,16 @@ static bool known_member(const msgpack_object *k)
 static int check_history(const msgpack_object *h, uint64_t *points, char *err)
 {
     if (h->type != MSGPACK_OBJECT_MAP) {
-        twins__errf(err, "history: expected an object of series {\"path\": [[ts, value], ...]}, "
-                         "got %s",
+        twins__errf(err,
+                    "history: expected an object of series {\"path\": [[ts, value], ...]}, "
+                    "got %s",
                     check__type_name(h->type));
         return -EINVAL;
     }
     for (uint32_t i = 0; i < h->via.map.size; i++) {
         const msgpack_object *k = &h->via.map.ptr[i].key, *v = &h->via.map.ptr[i].val;
-        int kn = (int)(k->type == MSGPACK_OBJECT_STR && k->via.str.size < 200 ? k->via.str.size
-                                                                               : 200);
+        int kn =
+            (int)(k->type == MSGPACK_OBJECT_STR && k->via.str.size < 200 ? k->via.str.size : 200);
         const char *kp = k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "?";
 
         if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 ||
@@ -189,8 +189,8 @@ static int check_history(const msgpack_object *h, uint64_t *points, char *err)
                  val->type != MSGPACK_OBJECT_NEGATIVE_INTEGER) ||
                 ((val->type == MSGPACK_OBJECT_FLOAT64 || val->type == MSGPACK_OBJECT_FLOAT32) &&
                  !isfinite(val->via.f64))) {
-                twins__errf(err, "history.%.*s[%" PRIu32 "]: value must be a finite number", kn,
-                            kp, j);
+                twins__errf(err, "history.%.*s[%" PRIu32 "]: value must be a finite number", kn, kp,
+                            j);
                 return -EINVAL;
             }
         }
@@ -341,7 +341,7 @@ int twin_import_write(struct twin_txn *txn, const struct twin_import *im, char *
         for (uint32_t j = 0; j < pts->via.array.size; j++) {
             const msgpack_object *ts = &pts->via.array.ptr[j].via.array.ptr[0];
             const msgpack_object *val = &pts->via.array.ptr[j].via.array.ptr[1];
-            double x = val->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (double)val->via.u64
+            double x = val->type == MSGPACK_OBJECT_POSITIVE_INTEGER   ? (double)val->via.u64
                        : val->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (double)val->via.i64
                                                                       : val->via.f64;
 

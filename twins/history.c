@@ -321,8 +321,7 @@ static int series_walk(struct twin_txn *txn, MDB_dbi dbi, const char *id, size_t
     while (rc == 0) {
         size_t n = k.mv_size - (id_len + 1);
 
-        if (k.mv_size <= id_len + 1 || memcmp(k.mv_data, kb, id_len + 1) != 0 ||
-            n > TWIN_PATH_MAX)
+        if (k.mv_size <= id_len + 1 || memcmp(k.mv_data, kb, id_len + 1) != 0 || n > TWIN_PATH_MAX)
             break;
         /* a copy: the callback may read (and a write transaction may move) the database */
         memcpy(kb + id_len + 1, (const char *)k.mv_data + id_len + 1, n);

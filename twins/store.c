@@ -399,7 +399,8 @@ static int writer_lock(const struct twin_store_options *opt, int *fd, char *err)
     close(*fd);
     *fd = -1;
     if (e == EWOULDBLOCK) {
-        twins__errf(err, "another process writes the store at %s (a running twinhub?): %s is locked",
+        twins__errf(err,
+                    "another process writes the store at %s (a running twinhub?): %s is locked",
                     opt->path, path);
         return -EBUSY;
     }
