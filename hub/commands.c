@@ -28,8 +28,13 @@
 
 int commands_on_event(void *ctx, const struct twin_command *c, enum twin_command_state from)
 {
+    struct outlist *ol = ctx;
     (void)from;
-    return out_event_command(ctx, c);
+    int rc = out_event_command(ol, c);
+    /* counted in /metrics when the outlist is flushed, after the commit */
+    if (rc == 0 && c->state > TWIN_CMD_NONE && c->state < HUB_CMD_STATES)
+        ol->cmd_entered[c->state]++;
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ struct hub_hist {
 /* Counts one duration of `ns` nanoseconds (hub_mono_ns differences). */
 void hub_hist_observe(struct hub_hist *h, int64_t ns);
 
+/* Writes the n bytes of `s` to `f` as a label value of the text format, without the quotes:
+ * backslash, double quote and line feed become \\, \" and \n, every other byte stays as it
+ * is. Returns 0 or -EIO. Any thread. */
+int metrics_label_put(FILE *f, const char *s, size_t n);
+
 /* ---------------------------------------------------------------------------------------------
  * publisher.c: a thread that publishes with a bounded number of publishes in flight.
  *
@@ -106,6 +111,11 @@ int publisher_start(struct publisher *p);
  * network). Call it after the commit it reports. Returns 0, -EINVAL (id too long, no flags) or
  * -ENOMEM (the outbox still has the state: published after a restart). */
 int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned flags);
+/* The same for a change that telemetry which arrived at `arrived_ns` (hub_mono_ns) made: the
+ * broker's acknowledgement of the first state that carries it ends its telemetry-to-publish
+ * time (publisher_telemetry_latency). */
+int publisher_twin_since(struct publisher *p, const char *id, size_t id_len, unsigned flags,
+                         int64_t arrived_ns);
 
 /* One message for publisher_msg; everything is copied. */
 struct publisher_msg {
@@ -139,6 +149,9 @@ void publisher_stop(struct publisher *p);
 /* From a twin's publication being asked for (after its commit) to the broker's
  * acknowledgement of the state that carries it. Read by the metrics; any thread. */
 struct hub_hist *publisher_latency(struct publisher *p);
+/* From telemetry's arrival to the broker's acknowledgement of the first twins/{id}/state that
+ * carries it (the oldest telemetry of a coalesced round). Any thread. */
+struct hub_hist *publisher_telemetry_latency(struct publisher *p);
 /* Frees (stopping first). NULL allowed. Call after the bridge client is freed, so that no
  * completion can arrive any more. */
 void publisher_free(struct publisher *p);
@@ -149,6 +162,9 @@ void publisher_free(struct publisher *p);
  * An outlist belongs to one thread. Payloads to services are msgpack, or JSON when `json`;
  * payloads to devices are always msgpack.
  * ------------------------------------------------------------------------------------------ */
+
+/* Commands' states as counter indices: enum twin_command_state (queued: a new command). */
+#define HUB_CMD_STATES (TWIN_CMD_EXPIRED + 1)
 
 struct outmsg {
     enum pub_class cls;
@@ -167,6 +183,11 @@ struct outlist {
     struct outmsg *v;
     size_t n, cap;
     int err; /* the first failure since the last reset (-ENOMEM, -EINVAL) */
+    /* Command state changes of the transaction (commands_on_event), by the state entered:
+     * outlist_flush adds them to cmd_counts, after the commit, so a transaction that ran again
+     * counts once and an aborted one not at all. */
+    unsigned cmd_entered[HUB_CMD_STATES];
+    _Atomic uint64_t *cmd_counts; /* HUB_CMD_STATES counters (the owner's); NULL: not counted */
 };
 
 int outlist_init(struct outlist *ol, const struct bridge_topics *topics, bool json);
@@ -260,6 +281,7 @@ struct report {
      * after a broker's drops) never crowd out the reports of bad input, nor those the gaps */
     struct report_bucket bucket[REPORT_BUCKETS];
     _Atomic uint64_t count[REPORT_KINDS];
+    _Atomic uint64_t suppressed; /* reports held back by the bucket (not published) */
 };
 
 void report_init(struct report *r, struct publisher *pub, const char *topic, bool json, double rate,
@@ -284,9 +306,39 @@ struct hub_rules_stats {
     _Atomic uint64_t scored, learn_steps; /* predictions compared with their target; LMS steps */
 };
 
+/* What the hub counts of one rule and one model of the loaded set, for /metrics. Runs add to
+ * them with relaxed atomics while they hold hub_rules.lock shared; the arrays are swapped with
+ * the set. Kept across a reload for every rule and model that keeps its name (rules.c). */
+struct hub_rule_stats {
+    _Atomic uint64_t fired; /* transitions to firing, over all twins */
+};
+struct hub_model_stats {
+    _Atomic uint64_t predictions;   /* stored (skipped ones not) */
+    _Atomic uint64_t scored;        /* predictions compared with their target */
+    _Atomic uint64_t correct;       /* classifiers: those that named the target */
+    _Atomic double sum_abs, sum_sq; /* regressors: sums of |error| and error^2 */
+    _Atomic int kind;               /* HUB_MODEL_*: what its scores said it is */
+};
+enum { HUB_MODEL_UNSCORED = 0, HUB_MODEL_REGRESSOR, HUB_MODEL_CLASSIFIER };
+
+/* A copy of one rule's or model's counters with its name (hub_rules_sample). */
+struct hub_rule_sample {
+    char name[RULES_NAME_MAX + 1];
+    uint64_t fired;
+};
+struct hub_model_sample {
+    char name[RULES_NAME_MAX + 1];
+    bool has_target;
+    int kind; /* HUB_MODEL_* */
+    uint64_t predictions, scored, correct;
+    double sum_abs, sum_sq;
+};
+
 struct hub_rules {
-    pthread_rwlock_t lock; /* guards set (see rules.c) */
+    pthread_rwlock_t lock; /* guards set and the arrays below (see rules.c) */
     struct rules_set *set; /* NULL: no rules */
+    struct hub_rule_stats *rule_stats;   /* one per rule of set, by index */
+    struct hub_model_stats *model_stats; /* one per model of set, by index */
     char path[256];        /* rules.file; "" for none */
     struct stat st;        /* of the file when last loaded, to notice a change */
     bool have_st;
@@ -321,6 +373,11 @@ int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *
 void hub_rules_poll(struct hub_rules *hr, struct twin_store *store);
 /* Whether rules are loaded (a cheap look, any thread; NULL hr: no). */
 bool hub_rules_active(struct hub_rules *hr);
+/* Copies the counters of every loaded rule and model, with their names, into arrays the caller
+ * frees (free(*rules), free(*models); NULL with a count of 0 when there are none). Holds
+ * hr->lock shared for the copy only. Returns 0 or -ENOMEM (nothing to free). Any thread. */
+int hub_rules_sample(struct hub_rules *hr, struct hub_rule_sample **rules, unsigned *n_rules,
+                     struct hub_model_sample **models, unsigned *n_models);
 /* The changed paths of a telemetry map: reported.<key> for each key but seq and ts. */
 void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *telemetry);
 /* In a write transaction, after a change of twin `id` described by rr->changes: runs the rules
@@ -344,6 +401,10 @@ int64_t hub_rules_next_due(struct twin_store *store);
  * command acks (commands.c).
  * ------------------------------------------------------------------------------------------ */
 
+/* The codes a reply to a request carries (requests.c): 200 accepted, the rest rejected. */
+#define HUB_REPLY_CODES 6
+extern const int hub_reply_codes[HUB_REPLY_CODES];
+
 struct ingest_stats {
     _Atomic uint64_t received, applied, duplicate, stale, retained;
     _Atomic uint64_t gaps, missed;      /* gaps in devices' seq, and the seq numbers they skipped */
@@ -351,6 +412,10 @@ struct ingest_stats {
     _Atomic uint64_t requests;          /* requests from services (not retained) */
     _Atomic uint64_t requests_rejected; /* of which replied to with `rejected` */
     _Atomic uint64_t acks;              /* command acks from devices (not retained) */
+    _Atomic uint64_t replies[HUB_REPLY_CODES]; /* replies to requests, by hub_reply_codes[] */
+    /* command state changes committed, by the state entered (HUB_CMD_STATES): ingest's and
+     * the main loop's outlists both count here */
+    _Atomic uint64_t commands[HUB_CMD_STATES];
 };
 
 struct ingest {
@@ -473,8 +538,9 @@ struct metrics_src {
 };
 
 /* Writes every metric in the Prometheus text format (version 0.0.4) to `out`. Takes no lock
- * longer than a copy of counters (the publisher's), and a read transaction of the store. Any
- * thread. Returns 0 or -EIO (a write failed). */
+ * longer than a copy of counters (the publisher's; the rules' shared, for the per-rule and
+ * per-model ones), and a read transaction of the store. Any thread. Returns 0 or -EIO (a write
+ * failed). */
 int metrics_write(const struct metrics_src *src, FILE *out);
 
 /* ---------------------------------------------------------------------------------------------

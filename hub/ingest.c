@@ -53,6 +53,7 @@ int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *p
         goto fail_zone;
     if (outlist_init(&in->out, topics, json) < 0)
         goto fail_out;
+    in->out.cmd_counts = in->stats.commands;
     if (rules_run_init(&in->run) < 0)
         goto fail_out;
     return 0;
@@ -148,8 +149,9 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
             gap(in, m, &a.res);
         ingest_flush(in); /* what the rules did: events, commands */
         /* devices/{id}/desired only when the delta changed: the hot path publishes once */
-        if (publisher_twin(in->pub, t->id, t->id_len,
-                           PUB_STATE | a.flags | (a.res.delta_changed ? PUB_DESIRED : 0)) < 0)
+        if (publisher_twin_since(in->pub, t->id, t->id_len,
+                                 PUB_STATE | a.flags | (a.res.delta_changed ? PUB_DESIRED : 0),
+                                 t0) < 0)
             log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                      (int)t->id_len, t->id);
         break;

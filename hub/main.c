@@ -542,6 +542,7 @@ static int hub_open(struct hub *h)
         log_error("cannot set up the command timer", "err=\"no memory\"");
         goto fail_start;
     }
+    h->timer_out.cmd_counts = h->in.stats.commands; /* /metrics: commands by state */
 
     /* Whatever was committed but not acknowledged as published before the last stop. */
     if ((rc = publisher_recover(h->pub, terr)) < 0) {

@@ -6,10 +6,15 @@
  *
  * Threads: hub_hist_observe on any (Paho's, the publisher's); metrics_write and
  * hub_health_check on the HTTP thread. Nothing here takes a lock; publisher_stats copies under
- * the publisher's for a moment. */
+ * the publisher's for a moment, hub_rules_sample under the rules' (shared) for a moment.
+ *
+ * Per-rule and per-model series are labelled with names from the rules file (bounded by it:
+ * rules.max_rules, max_models); nothing a device sends becomes a label. Every label value goes
+ * through metrics_label_put, whatever the loader allows in a name today. */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -47,6 +52,27 @@ void hub_health_check(const struct hub_health *h, const struct ingest *in, int64
 /* ---------------------------------------------------------------------------------------------
  * Text format
  * ------------------------------------------------------------------------------------------ */
+
+int metrics_label_put(FILE *f, const char *s, size_t n)
+{
+    size_t run = 0; /* bytes before s[i] that need no escape, not yet written */
+    for (size_t i = 0; i < n; i++) {
+        const char *esc = s[i] == '\\'   ? "\\\\"
+                          : s[i] == '"'  ? "\\\""
+                          : s[i] == '\n' ? "\\n"
+                                         : NULL;
+        if (!esc) {
+            run++;
+            continue;
+        }
+        if ((run && fwrite(s + i - run, 1, run, f) != run) || fputs(esc, f) == EOF)
+            return -EIO;
+        run = 0;
+    }
+    if (run && fwrite(s + n - run, 1, run, f) != run)
+        return -EIO;
+    return 0;
+}
 
 static void head(FILE *f, const char *name, const char *type, const char *help)
 {
@@ -137,13 +163,132 @@ static void process_metrics(FILE *f)
         gauge(f, "process_max_fds", "Maximum number of open file descriptors.", (double)maxfd);
 }
 
+/* NAME{LABEL="value"} and the space before the sample's value. */
+static void series(FILE *f, const char *name, const char *label, const char *value)
+{
+    fprintf(f, "%s{%s=\"", name, label);
+    metrics_label_put(f, value, strlen(value));
+    fputs("\"} ", f);
+}
+
 /* One counter per label value: NAME{LABEL="value"} v. */
 static void labelled(FILE *f, const char *name, const char *type, const char *help,
                      const char *label, const char *const *values, const uint64_t *v, int n)
 {
     head(f, name, type, help);
-    for (int i = 0; i < n; i++)
-        fprintf(f, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label, values[i], v[i]);
+    for (int i = 0; i < n; i++) {
+        series(f, name, label, values[i]);
+        fprintf(f, "%" PRIu64 "\n", v[i]);
+    }
+}
+
+/* The per-model families: what each shows of a model, and for which models. */
+enum model_field {
+    MF_PREDICTIONS,
+    MF_SCORED,
+    MF_ABS,
+    MF_SQ,
+    MF_CORRECT,
+    MF_MAE,
+    MF_RMSE,
+    MF_ACCURACY
+};
+
+static const struct {
+    const char *name, *type, *help;
+    enum model_field field;
+} model_families[] = {
+    {"twinhub_model_predictions_total", "counter", "Predictions stored, by model.", MF_PREDICTIONS},
+    {"twinhub_model_scored_total", "counter",
+     "Predictions compared with their target's value, by model (models with a target).", MF_SCORED},
+    {"twinhub_model_absolute_error_total", "counter",
+     "Sum of |target - prediction| over the scored predictions, by regressor; over "
+     "twinhub_model_scored_total in a rate(), the MAE of a window.",
+     MF_ABS},
+    {"twinhub_model_squared_error_total", "counter",
+     "Sum of (target - prediction)^2 over the scored predictions, by regressor.", MF_SQ},
+    {"twinhub_model_correct_total", "counter",
+     "Scored predictions that named the target's value, by classifier.", MF_CORRECT},
+    {"twinhub_model_mean_absolute_error", "gauge",
+     "Mean absolute error of the regressor's scored predictions over all twins since the hub "
+     "started (in the target's unit).",
+     MF_MAE},
+    {"twinhub_model_root_mean_squared_error", "gauge",
+     "Root mean squared error of the regressor's scored predictions over all twins since the "
+     "hub started (in the target's unit).",
+     MF_RMSE},
+    {"twinhub_model_accuracy_ratio", "gauge",
+     "Share of the classifier's scored predictions that were right, over all twins since the "
+     "hub started (0 to 1).",
+     MF_ACCURACY},
+};
+
+/* Whether model m has a sample in the family of `field`, and its value. */
+static bool model_value(const struct hub_model_sample *m, enum model_field field, double *v)
+{
+    bool reg = m->kind == HUB_MODEL_REGRESSOR, cls = m->kind == HUB_MODEL_CLASSIFIER;
+    double n = (double)m->scored;
+    switch (field) {
+    case MF_PREDICTIONS:
+        *v = (double)m->predictions;
+        return true;
+    case MF_SCORED:
+        *v = n;
+        return m->has_target;
+    case MF_ABS:
+        *v = m->sum_abs;
+        return reg;
+    case MF_SQ:
+        *v = m->sum_sq;
+        return reg;
+    case MF_CORRECT:
+        *v = (double)m->correct;
+        return cls;
+    case MF_MAE:
+        *v = m->sum_abs / n;
+        return reg && m->scored;
+    case MF_RMSE:
+        *v = sqrt(m->sum_sq / n);
+        return reg && m->scored;
+    case MF_ACCURACY:
+        *v = (double)m->correct / n;
+        return cls && m->scored;
+    }
+    return false;
+}
+
+/* twinhub_rule_* and twinhub_model_* by name: a copy of the counters of the loaded rules.
+ * Counters and gauges alike count since the hub started (carried across reloads by name, see
+ * hub/rules.c), over every twin; a family with no sample is left out. */
+static void rules_metrics(FILE *f, struct hub_rules *hr)
+{
+    struct hub_rule_sample *rs;
+    struct hub_model_sample *ms;
+    unsigned nr, nm;
+    if (hub_rules_sample(hr, &rs, &nr, &ms, &nm) < 0)
+        return;
+    if (nr)
+        head(f, "twinhub_rule_fired_total", "counter",
+             "Times each loaded rule fired (became firing for a twin), over all twins.");
+    for (unsigned i = 0; i < nr; i++) {
+        series(f, "twinhub_rule_fired_total", "rule", rs[i].name);
+        fprintf(f, "%" PRIu64 "\n", rs[i].fired);
+    }
+    for (size_t k = 0; k < sizeof(model_families) / sizeof(model_families[0]); k++) {
+        bool headed = false;
+        for (unsigned i = 0; i < nm; i++) {
+            double v;
+            if (!model_value(&ms[i], model_families[k].field, &v))
+                continue;
+            if (!headed)
+                head(f, model_families[k].name, model_families[k].type, model_families[k].help);
+            headed = true;
+            series(f, model_families[k].name, "model", ms[i].name);
+            fprintf(f, "%.17g\n", v);
+        }
+    }
+    free(rs);
+    free(ms);
 }
 
 int metrics_write(const struct metrics_src *src, FILE *f)
@@ -153,7 +298,8 @@ int metrics_write(const struct metrics_src *src, FILE *f)
     struct hub_health *h = src->health;
 
     head(f, "twinhub_build_info", "gauge", "The running twinhub's version.");
-    fprintf(f, "twinhub_build_info{version=\"%s\"} 1\n", TWINHUB_VERSION);
+    series(f, "twinhub_build_info", "version", TWINHUB_VERSION);
+    fputs("1\n", f);
 
     /* what came in */
     counter(f, "twinhub_messages_received_total", "Messages received from the broker.",
@@ -180,6 +326,34 @@ int metrics_write(const struct metrics_src *src, FILE *f)
     counter(f, "twinhub_command_acks_total", "Command acknowledgements from devices.",
             ld(&is->acks));
     {
+        /* counters, not gauges of the queue: an operator alerts on increase() of failed and
+         * expired; what is stored in any state is twinhub_commands_stored */
+        const char *names[HUB_CMD_STATES];
+        uint64_t v[HUB_CMD_STATES];
+        int n = 0;
+        for (int k = TWIN_CMD_QUEUED; k < HUB_CMD_STATES; k++) {
+            names[n] = twin_command_state_name((enum twin_command_state)k);
+            v[n++] = ld(&is->commands[k]);
+        }
+        labelled(f, "twinhub_commands_total", "counter",
+                 "Command state changes committed, by the state entered (queued: a new command; "
+                 "sent: handed to the publisher, first time only).",
+                 "state", names, v, n);
+    }
+    {
+        char codes[HUB_REPLY_CODES][8];
+        const char *names[HUB_REPLY_CODES];
+        uint64_t v[HUB_REPLY_CODES];
+        for (int k = 0; k < HUB_REPLY_CODES; k++) {
+            snprintf(codes[k], sizeof(codes[k]), "%d", hub_reply_codes[k]);
+            names[k] = codes[k];
+            v[k] = ld(&is->replies[k]);
+        }
+        labelled(f, "twinhub_replies_total", "counter",
+                 "Replies to requests, by code (200 accepted; 400, 404, 409, 413, 500 rejected).",
+                 "code", names, v, HUB_REPLY_CODES);
+    }
+    {
         const char *names[REPORT_KINDS];
         uint64_t v[REPORT_KINDS];
         int n = 0;
@@ -193,6 +367,10 @@ int metrics_write(const struct metrics_src *src, FILE *f)
                  "Input rejected (counted, reported on hub/errors, nothing changed), by reason.",
                  "reason", names, v, n);
     }
+    counter(f, "twinhub_error_reports_suppressed_total",
+            "Reports of rejected input not published on hub/errors: over errors.rate (each is "
+            "counted in the next report's suppressed).",
+            ld(&src->rep->suppressed));
     histogram(f, "twinhub_commit_duration_seconds",
               "Telemetry from its arrival to the commit of its transaction.", &in->commit);
 
@@ -202,6 +380,10 @@ int metrics_write(const struct metrics_src *src, FILE *f)
     histogram(f, "twinhub_publish_latency_seconds",
               "From a twin's commit to the broker's acknowledgement of its published state.",
               publisher_latency(src->pub));
+    histogram(f, "twinhub_telemetry_to_publish_seconds",
+              "Telemetry from its arrival to the broker's acknowledgement of the first twin state "
+              "that carries it (one observation per state published: its oldest telemetry).",
+              publisher_telemetry_latency(src->pub));
     counter(f, "twinhub_publications_total",
             "Twin publications (state, desired) acknowledged by the broker.", ps.published);
     counter(f, "twinhub_publications_coalesced_total",
@@ -267,6 +449,7 @@ int metrics_write(const struct metrics_src *src, FILE *f)
     counter(f, "twinhub_rules_reloads_total", "Rules files loaded again.", ld(&rs->reloads));
     counter(f, "twinhub_rules_reload_failures_total", "Rules files that failed to load again.",
             ld(&rs->reload_failures));
+    rules_metrics(f, src->rules);
 
     process_metrics(f);
     return ferror(f) ? -EIO : 0;

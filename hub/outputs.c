@@ -56,6 +56,7 @@ void outlist_reset(struct outlist *ol)
     ol->tmp.size = 0;
     ol->n = 0;
     ol->err = 0;
+    memset(ol->cmd_entered, 0, sizeof(ol->cmd_entered));
 }
 
 msgpack_packer *outlist_begin(struct outlist *ol)
@@ -122,6 +123,9 @@ int outlist_end(struct outlist *ol, enum pub_class cls, const char *topic, bool 
 unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
 {
     unsigned dropped = 0;
+    for (int i = 0; ol->cmd_counts && i < HUB_CMD_STATES; i++)
+        if (ol->cmd_entered[i])
+            atomic_fetch_add_explicit(&ol->cmd_counts[i], ol->cmd_entered[i], memory_order_relaxed);
     for (size_t i = 0; i < ol->n; i++) {
         const struct outmsg *o = &ol->v[i];
         struct publisher_msg m = {

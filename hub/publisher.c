@@ -49,6 +49,8 @@ struct entry {
     uint64_t version;  /* the version the round publishes */
     int64_t asked_ns;  /* when `flags` went from none to some (hub_mono_ns) */
     int64_t round_ns;  /* asked_ns of what the round in flight publishes */
+    int64_t tele_ns;   /* arrival of the oldest telemetry among `flags` (hub_mono_ns); 0: none */
+    int64_t round_tele_ns; /* tele_ns of the round in flight */
     int rc;
     struct slot slot[SLOTS];
     size_t id_len;
@@ -98,6 +100,7 @@ struct publisher {
 
     struct publisher_stats st;
     struct hub_hist latency; /* asked to acknowledged, of twins/{id}/state */
+    struct hub_hist tele;    /* telemetry's arrival to the same acknowledgement */
     msgpack_sbuffer batch;   /* run() only: the payloads of the batch being sent */
 };
 
@@ -191,6 +194,18 @@ int publisher_new(struct publisher **out, const struct publisher_options *o)
 
 int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned flags)
 {
+    return publisher_twin_since(p, id, id_len, flags, 0);
+}
+
+/* The oldest of a telemetry arrival time and another (0: none). */
+static int64_t oldest(int64_t a, int64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+int publisher_twin_since(struct publisher *p, const char *id, size_t id_len, unsigned flags,
+                         int64_t arrived_ns)
+{
     if (id_len > TWIN_ID_MAX || !flags)
         return -EINVAL;
     int rc = 0;
@@ -203,6 +218,7 @@ int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned 
         if (!(*s)->flags)
             (*s)->asked_ns = now;
         (*s)->flags |= flags;
+        (*s)->tele_ns = oldest((*s)->tele_ns, arrived_ns);
         p->st.coalesced++;
         goto out;
     }
@@ -219,6 +235,7 @@ int publisher_twin(struct publisher *p, const char *id, size_t id_len, unsigned 
         e->slot[i].e = e;
     e->flags = flags;
     e->asked_ns = now;
+    e->tele_ns = arrived_ns;
     e->id_len = id_len;
     memcpy(e->id, id, id_len);
     e->id[id_len] = '\0';
@@ -382,13 +399,19 @@ static void slot_done(struct publisher *p, struct slot *s, int status)
     e->pending--;
     if (status == 0) {
         p->st.published++;
-        if (s == &e->slot[SLOT_STATE])
-            hub_hist_observe(&p->latency, hub_mono_ns() - e->round_ns);
+        if (s == &e->slot[SLOT_STATE]) {
+            int64_t now = hub_mono_ns();
+            hub_hist_observe(&p->latency, now - e->round_ns);
+            if (e->round_tele_ns)
+                hub_hist_observe(&p->tele, now - e->round_tele_ns);
+        }
     } else if (status == -ECONNRESET || status == -ENOTCONN || status == -EAGAIN) {
         /* Lost with the connection, or not handed over: send again (at the latest version)
          * once it is back. */
         e->failed = true;
         e->flags |= s->flag;
+        if (s == &e->slot[SLOT_STATE]) /* its telemetry still waits */
+            e->tele_ns = oldest(e->tele_ns, e->round_tele_ns);
     } else {
         /* Refused by the broker (not authorized, quota), or cancelled at shutdown: retrying at
          * once would only spin. The outbox keeps the state; the twin's next commit or the next
@@ -753,6 +776,8 @@ static void *run(void *arg)
                     e->inflight = true;
                     e->round = e->flags;
                     e->round_ns = e->asked_ns;
+                    e->round_tele_ns = e->tele_ns;
+                    e->tele_ns = 0;
                     e->flags = 0;
                     e->reserved = slots_of(e->round);
                     e->qnext = NULL;
@@ -831,6 +856,11 @@ void publisher_stats(struct publisher *p, struct publisher_stats *st)
 struct hub_hist *publisher_latency(struct publisher *p)
 {
     return &p->latency;
+}
+
+struct hub_hist *publisher_telemetry_latency(struct publisher *p)
+{
+    return &p->tele;
 }
 
 void publisher_stop(struct publisher *p)

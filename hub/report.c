@@ -78,6 +78,7 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
         bk->suppressed = 0;
     } else {
         bk->suppressed++;
+        atomic_fetch_add_explicit(&r->suppressed, 1, memory_order_relaxed);
     }
     pthread_mutex_unlock(&r->lock);
 

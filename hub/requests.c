@@ -77,6 +77,19 @@ struct request {
  * Replies
  * ------------------------------------------------------------------------------------------ */
 
+const int hub_reply_codes[HUB_REPLY_CODES] = {200, 400, 404, 409, 413, 500};
+
+/* Counts one reply (/metrics: twinhub_replies_total{code}), once its outcome is final: after
+ * the commit of what it accepts, or when it is refused. */
+static void count_reply(struct ingest *in, int code)
+{
+    int i = HUB_REPLY_CODES - 1; /* an unlisted code counts as 500 */
+    for (int k = 0; k < HUB_REPLY_CODES; k++)
+        if (hub_reply_codes[k] == code)
+            i = k;
+    atomic_fetch_add_explicit(&in->stats.replies[i], 1, memory_order_relaxed);
+}
+
 static void pack_token(struct request *rq, msgpack_packer *pk)
 {
     out_pack_key(pk, "token");
@@ -137,6 +150,7 @@ static void reject(struct request *rq, int code, enum report_kind kind, const ch
     if (code == 400 || code == 413)
         report_reject(in->report, kind, rq->m->topic, rq->m->topic_len, message);
     atomic_fetch_add(&in->stats.requests_rejected, 1);
+    count_reply(in, code);
 }
 
 /* The reply code of an error a transaction returned (rejections only: storage errors are
@@ -431,6 +445,8 @@ static void get(struct request *rq)
     twin_store_read_end(txn);
     if (rc == -ENOMEM)
         ingest_fatal(rq->t, rq->what, rc, "out of memory");
+    if (rc == 0)
+        count_reply(in, 200);
     if (rc == -ENOENT)
         snprintf(rq->err, sizeof(rq->err), "no twin '%.*s'", (int)rq->t->id_len, rq->t->id);
     if (rc < 0)
@@ -513,6 +529,7 @@ unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
         goto out;
     }
     log_debug("request applied", "what=%s id=%.*s", rq.what, (int)t->id_len, t->id);
+    count_reply(in, 200);
     if (t->kind == BRIDGE_T_DESIRED_SET)
         flags = PUB_STATE | rq.rule_flags | (rq.delta_changed ? PUB_DESIRED : 0);
     else if (t->kind == BRIDGE_T_DELETE)

@@ -9,7 +9,18 @@
  * hub_rules_timer, hub_rules_reload and hub_rules_poll on the main thread (its own rules_run).
  * hr->lock guards hr->set: runs hold it shared for one twin, a reload holds it exclusive only
  * to swap the pointer (never while it holds a store lock, so no order problem with the store's
- * write lock). */
+ * write lock).
+ *
+ * The counters of each rule and model (/metrics: fired, predictions, scores) live in arrays
+ * swapped with the set, indexed like it: runs add to them with relaxed atomics under the shared
+ * lock, hub_rules_sample copies them under it for a scrape. A reload carries them over, under
+ * the exclusive lock, to every rule and model of the new file with the same name, redefined or
+ * not, so an operator's series go on across SIGHUP (a redefined model's error sums mix the two
+ * definitions: rate() over a window after the reload shows the new one alone); a rule or model
+ * that is gone loses its series, and one that comes back later starts at 0. Names come from the
+ * rules file only, so the series are bounded by it (rules.max_rules, max_models), never by
+ * devices. Like the other rule counters they count what a transaction did as it ran: one run
+ * again after the map grew (rare) counts twice. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +39,8 @@
 struct host {
     struct hub_rules *hr;
     const struct rules_set *set; /* the set this run holds */
+    struct hub_rule_stats *rule_stats; /* and its counters */
+    struct hub_model_stats *model_stats;
     struct rules_run *rr;
     struct twin_txn *txn;
     const char *id;
@@ -221,6 +234,7 @@ static int act_predict(struct host *h, const struct rules_fire *f, const struct 
     if (rc < 0 || (rc = record_put(h, a->model)) < 0)
         return rc;
     atomic_fetch_add(&h->hr->stats.predictions, 1);
+    atomic_fetch_add_explicit(&h->model_stats[a->model].predictions, 1, memory_order_relaxed);
     h->flags |= PUB_STATE;
     char path[RULES_NAME_MAX + 16];
     int n = snprintf(path, sizeof(path), "predicted.%s", name);
@@ -264,6 +278,39 @@ static int store_score(struct host *h, unsigned i, const struct rules_model_scor
     return 0;
 }
 
+static void add_double(_Atomic double *a, double d)
+{
+    double old = atomic_load_explicit(a, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(a, &old, old + d, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
+
+/* What one scoring added to a twin's score (`before` -> `s`), into the counters. */
+static void count_score(struct host *h, unsigned i, const struct rules_model_score *before,
+                        const struct rules_model_score *s)
+{
+    struct hub_model_stats *ms = &h->model_stats[i];
+    struct rules_model_score b = *before;
+    if (s->scored < b.scored || s->updates < b.updates)
+        b = (struct rules_model_score){0}; /* started over (a current record never does) */
+    atomic_fetch_add(&h->hr->stats.scored, s->scored - b.scored);
+    atomic_fetch_add(&h->hr->stats.learn_steps, s->updates - b.updates);
+    if (s->scored == b.scored)
+        return;
+    atomic_store_explicit(&ms->kind, s->classifier ? HUB_MODEL_CLASSIFIER : HUB_MODEL_REGRESSOR,
+                          memory_order_relaxed);
+    if (s->classifier) {
+        atomic_fetch_add_explicit(&ms->correct, s->correct - b.correct, memory_order_relaxed);
+    } else {
+        /* the twin's sums grow by this scoring's errors; never below 0 by rounding */
+        double da = s->sum_abs - b.sum_abs, dq = s->sum_sq - b.sum_sq;
+        add_double(&ms->sum_abs, da > 0 ? da : 0);
+        add_double(&ms->sum_sq, dq > 0 ? dq : 0);
+    }
+    atomic_fetch_add_explicit(&ms->scored, s->scored - b.scored, memory_order_relaxed);
+}
+
 /* Before the rules of a change: each model whose target the change wrote scores the twin's
  * predictions that were waiting for it (and learns from them). */
 static int score_targets(struct host *h)
@@ -285,8 +332,7 @@ static int score_targets(struct host *h)
         if (!h->rr->rec.changed)
             continue;
         /* a changed record was current, so `before` is its score */
-        atomic_fetch_add(&h->hr->stats.scored, s.scored - before.scored);
-        atomic_fetch_add(&h->hr->stats.learn_steps, s.updates - before.updates);
+        count_score(h, i, &before, &s);
         if ((rc = record_put(h, i)) < 0)
             return rc;
         rc = store_score(h, i, &s);
@@ -316,6 +362,11 @@ static int h_action(void *ctx, const struct rules_fire *f, const struct rules_ac
 static int h_transition(void *ctx, const struct rules_fire *f)
 {
     struct host *h = ctx;
+    if (f->to == RULES_FIRING) {
+        int i = rules_set_find(h->set, f->rule, strlen(f->rule));
+        if (i >= 0)
+            atomic_fetch_add_explicit(&h->rule_stats[i].fired, 1, memory_order_relaxed);
+    }
     log_info("rule", "rule=%s id=%.*s state=%s", f->rule, (int)h->id_len, h->id, f->event);
     return out_event_rule(h->ol, h->id, h->id_len, f);
 }
@@ -398,6 +449,8 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
     rr->tw.history_ctx = &h;
     pthread_rwlock_rdlock(&hr->lock);
     h.set = hr->set;
+    h.rule_stats = hr->rule_stats;
+    h.model_stats = hr->model_stats;
     if (!h.set)
         rc = 0;
     else if (timer)
@@ -422,6 +475,47 @@ bool hub_rules_active(struct hub_rules *hr)
 {
     /* run_twin looks again under the lock */
     return hr && __atomic_load_n(&hr->set, __ATOMIC_ACQUIRE);
+}
+
+int hub_rules_sample(struct hub_rules *hr, struct hub_rule_sample **rules, unsigned *n_rules,
+                     struct hub_model_sample **models, unsigned *n_models)
+{
+    *rules = NULL;
+    *models = NULL;
+    *n_rules = *n_models = 0;
+    pthread_rwlock_rdlock(&hr->lock);
+    const struct rules_set *set = hr->set;
+    unsigned nr = set ? rules_set_count(set) : 0, nm = set ? rules_set_model_count(set) : 0;
+    struct hub_rule_sample *r = nr ? malloc(nr * sizeof(*r)) : NULL;
+    struct hub_model_sample *m = nm ? malloc(nm * sizeof(*m)) : NULL;
+    if ((nr && !r) || (nm && !m)) {
+        pthread_rwlock_unlock(&hr->lock);
+        free(r);
+        free(m);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < nr; i++) {
+        snprintf(r[i].name, sizeof(r[i].name), "%s", rules_set_name(set, i));
+        r[i].fired = atomic_load_explicit(&hr->rule_stats[i].fired, memory_order_relaxed);
+    }
+    for (unsigned i = 0; i < nm; i++) {
+        const struct hub_model_stats *ms = &hr->model_stats[i];
+        size_t len;
+        snprintf(m[i].name, sizeof(m[i].name), "%s", rules_set_model_name(set, i));
+        m[i].has_target = rules_set_model_target(set, i, &len) != NULL;
+        m[i].kind = atomic_load_explicit(&ms->kind, memory_order_relaxed);
+        m[i].predictions = atomic_load_explicit(&ms->predictions, memory_order_relaxed);
+        m[i].scored = atomic_load_explicit(&ms->scored, memory_order_relaxed);
+        m[i].correct = atomic_load_explicit(&ms->correct, memory_order_relaxed);
+        m[i].sum_abs = atomic_load_explicit(&ms->sum_abs, memory_order_relaxed);
+        m[i].sum_sq = atomic_load_explicit(&ms->sum_sq, memory_order_relaxed);
+    }
+    pthread_rwlock_unlock(&hr->lock);
+    *rules = r;
+    *models = m;
+    *n_rules = nr;
+    *n_models = nm;
+    return 0;
 }
 
 int hub_rules_on_change(struct hub_rules *hr, struct rules_run *rr, struct twin_txn *txn,
@@ -556,6 +650,86 @@ static int load(struct hub_rules *hr, const char *path, struct rules_set **out,
     return rules_set_load(path, &hr->opt, out, errs);
 }
 
+/* The counters of a set about to be swapped in, and where each of its rules and models sits in
+ * the running set (-1: not there), found before the swap so the exclusive lock only copies. */
+struct stats_swap {
+    struct hub_rule_stats *rules;
+    struct hub_model_stats *models;
+    int *rule_from, *model_from;
+};
+
+static int model_index(const struct rules_set *rs, const char *name)
+{
+    unsigned n = rs ? rules_set_model_count(rs) : 0;
+    for (unsigned i = 0; i < n; i++)
+        if (strcmp(rules_set_model_name(rs, i), name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void stats_swap_free(struct stats_swap *sw)
+{
+    free(sw->rules);
+    free(sw->models);
+    free(sw->rule_from);
+    free(sw->model_from);
+    memset(sw, 0, sizeof(*sw));
+}
+
+/* Zeroed counters for `next` (NULL: none) and their places in `old` (the running set; only the
+ * main thread swaps it, so it reads it unlocked). Returns 0 or -ENOMEM (sw empty). */
+static int stats_swap_init(struct stats_swap *sw, const struct rules_set *old,
+                           const struct rules_set *next)
+{
+    unsigned nr = next ? rules_set_count(next) : 0, nm = next ? rules_set_model_count(next) : 0;
+    memset(sw, 0, sizeof(*sw));
+    if ((nr && (!(sw->rules = calloc(nr, sizeof(*sw->rules))) ||
+                !(sw->rule_from = malloc(nr * sizeof(int))))) ||
+        (nm && (!(sw->models = calloc(nm, sizeof(*sw->models))) ||
+                !(sw->model_from = malloc(nm * sizeof(int)))))) {
+        stats_swap_free(sw);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < nr; i++) {
+        const char *name = rules_set_name(next, i);
+        sw->rule_from[i] = old ? rules_set_find(old, name, strlen(name)) : -1;
+    }
+    for (unsigned i = 0; i < nm; i++)
+        sw->model_from[i] = model_index(old, rules_set_model_name(next, i));
+    return 0;
+}
+
+/* Under the exclusive lock: carries the running counters over to sw's, swaps them and `next`
+ * in, and leaves the old counters in sw to free. */
+static void stats_swap_in(struct hub_rules *hr, struct stats_swap *sw, struct rules_set *next)
+{
+    unsigned nr = next ? rules_set_count(next) : 0, nm = next ? rules_set_model_count(next) : 0;
+    for (unsigned i = 0; i < nr; i++)
+        if (sw->rule_from[i] >= 0)
+            atomic_store_explicit(
+                &sw->rules[i].fired,
+                atomic_load_explicit(&hr->rule_stats[sw->rule_from[i]].fired, memory_order_relaxed),
+                memory_order_relaxed);
+    for (unsigned i = 0; i < nm; i++) {
+        if (sw->model_from[i] < 0)
+            continue;
+        struct hub_model_stats *from = &hr->model_stats[sw->model_from[i]], *to = &sw->models[i];
+        atomic_store(&to->predictions, atomic_load(&from->predictions));
+        atomic_store(&to->scored, atomic_load(&from->scored));
+        atomic_store(&to->correct, atomic_load(&from->correct));
+        atomic_store(&to->sum_abs, atomic_load(&from->sum_abs));
+        atomic_store(&to->sum_sq, atomic_load(&from->sum_sq));
+        atomic_store(&to->kind, atomic_load(&from->kind));
+    }
+    struct hub_rule_stats *old_rules = hr->rule_stats;
+    struct hub_model_stats *old_models = hr->model_stats;
+    hr->rule_stats = sw->rules;
+    hr->model_stats = sw->models;
+    __atomic_store_n(&hr->set, next, __ATOMIC_RELEASE);
+    sw->rules = old_rules;
+    sw->models = old_models;
+}
+
 static void remember_file(struct hub_rules *hr)
 {
     struct stat st;
@@ -667,6 +841,18 @@ int hub_rules_open(struct hub_rules *hr, const char *path, struct report *rep, i
     snprintf(hr->path, sizeof(hr->path), "%s", path);
     struct rules_errors errs;
     int rc = load(hr, path, &hr->set, &errs);
+    struct stats_swap sw;
+    if (rc == 0 && (rc = stats_swap_init(&sw, NULL, hr->set)) < 0) {
+        log_error("cannot load the rules file", "file=%s err=\"no memory\"", path);
+        rules_set_free(hr->set);
+        hr->set = NULL;
+    } else if (rc == 0) {
+        hr->rule_stats = sw.rules;
+        hr->model_stats = sw.models;
+        sw.rules = NULL;
+        sw.models = NULL;
+        stats_swap_free(&sw);
+    }
     if (rc < 0)
         log_errors(&errs);
     else
@@ -708,10 +894,19 @@ int hub_rules_reload(struct hub_rules *hr, const char *path, struct twin_store *
         }
         rules_errors_free(&errs);
     }
+    struct stats_swap sw;
+    if (stats_swap_init(&sw, hr->set, next) < 0) {
+        atomic_fetch_add(&hr->stats.reload_failures, 1);
+        log_error("rules reload failed; the previous rules keep running",
+                  "file=%s err=\"no memory\"", path ? path : "");
+        rules_set_free(next);
+        return -ENOMEM;
+    }
     pthread_rwlock_wrlock(&hr->lock);
     struct rules_set *old = hr->set;
-    __atomic_store_n(&hr->set, next, __ATOMIC_RELEASE);
+    stats_swap_in(hr, &sw, next);
     pthread_rwlock_unlock(&hr->lock);
+    stats_swap_free(&sw);
     rules_set_free(old);
     atomic_fetch_add(&hr->stats.reloads, 1);
     log_info("rules reloaded", "file=%s rules=%u", path ? path : "",
@@ -742,5 +937,9 @@ void hub_rules_close(struct hub_rules *hr)
 {
     rules_set_free(hr->set);
     hr->set = NULL;
+    free(hr->rule_stats);
+    free(hr->model_stats);
+    hr->rule_stats = NULL;
+    hr->model_stats = NULL;
     pthread_rwlock_destroy(&hr->lock);
 }

@@ -5,9 +5,12 @@ and the unit file.
 
     /usr/bin/python3 test_service.py CASE    (TWINHUB_BIN, TWINCTL_BIN, MOSQUITTO in the env)
 
-  metrics     /metrics passes `promtool check metrics`; its counters follow what was sent
+  metrics     /metrics passes `promtool check metrics`; its counters follow what was sent: a
+              rule's fired count, a model's predictions, scores and MAE/RMSE (against
+              `twinctl model predict`), commands by state, replies by code, and the per-rule
+              series across a SIGHUP reload (kept by name, a removed rule's gone)
   prometheus  a Prometheus server (Debian's) scrapes the hub; its query API returns the hub's
-              applied-telemetry count
+              applied-telemetry count and a labelled one (replies with code 404)
   health      /readyz is 503 (broker: false) while the broker is down and 200 once it is back;
               /healthz stays 200
   http        404, 405, the bearer token (401 without it), a listener off loopback refused
@@ -28,10 +31,15 @@ import urllib.parse
 import urllib.request
 
 from harness import (REPO, TWINHUB_BIN, Broker, Child, Hub, MqttClient, check, check_eq,
-                     child_env, free_port, pack, run_case, run_hub_once, tail, wait_until)
+                     child_env, free_port, pack, run_case, run_hub_once, tail, unpack,
+                     wait_until)
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+TWINCTL = os.environ.get("TWINCTL_BIN", "twinctl")
+MODELS = os.path.join(REPO, "tests", "data", "models")
+LINEAR = os.path.join(MODELS, "linear.twm")      # 3 features, a regressor
+LOGISTIC = os.path.join(MODELS, "logistic.twm")  # the same 3, a classifier: low, mid, high
 UNIT = os.path.join(REPO, "deploy", "twinhub.service")
 
 
@@ -58,19 +66,68 @@ def sample(text, name):
     return None
 
 
+def promtool_check(text):
+    p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True,
+                       timeout=30)
+    check(p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(),
+          f"promtool check metrics: rc={p.returncode}\n{p.stdout.decode()}{p.stderr.decode()}")
+
+
+def close(a, b):
+    return a is not None and abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+# hot fires on ask == 1, predicts with lin and cls and sends the device a command; gone never
+# fires (a reload removes it); only mx-* twins, so svc-1's telemetry runs no rule
+METRIC_RULES = """
+models:
+  lin:
+    file: {lin}
+    inputs: [reported.a, reported.b, reported.c]
+    target: reported.y
+  cls:
+    file: {cls}
+    inputs: [reported.a, reported.b, reported.c]
+    target: reported.label
+rules:
+  - name: hot
+    match: "mx-*"
+    when: {when}
+    on_fire:
+      - predict: lin
+      - predict: cls
+      - command: {{cmd: cool, args: {{level: 1}}}}
+{more}"""
+GONE = """  - name: gone
+    match: "mx-*"
+    when: reported.never == 1
+"""
+IDLE = """  - name: idle
+    match: "mx-*"
+    when: reported.idle == 1
+"""
+
+
+def write_rules(fx, text):
+    path = fx.path("rules.yaml")
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def case_metrics(fx):
     b = Broker(fx)
-    hub = Hub(fx, b)
+    rules = write_rules(fx, METRIC_RULES.format(lin=LINEAR, cls=LOGISTIC,
+                                                when="reported.ask == 1", more=GONE))
+    hub = Hub(fx, b, sets={"rules.file": rules})
     dev = send_telemetry(fx, b, 5)
     dev.publish("devices/svc-1/telemetry", pack({"seq": 9, "hr": 70}))  # a gap of 3 (6..8)
     dev.publish("devices/svc-1/telemetry", b"\xc1")                     # malformed
     wait_until(lambda: sample(scrape(hub), "twinhub_telemetry_applied_total") == 6, 10,
                "6 applied in /metrics")
     text = scrape(hub)
-    p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True,
-                       timeout=30)
-    check(p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(),
-          f"promtool check metrics: rc={p.returncode}\n{p.stdout.decode()}{p.stderr.decode()}")
+    promtool_check(text)
     for name, want in (("twinhub_messages_received_total", 7),
                        ("twinhub_telemetry_gaps_total", 1),
                        ("twinhub_telemetry_missed_total", 3),
@@ -86,13 +143,146 @@ def case_metrics(fx):
     start = sample(text, "process_start_time_seconds")
     check(abs(start - time.time()) < 120, f"process_start_time_seconds {start} is not now")
     check(sample(text, "process_resident_memory_bytes") > 1e6, "resident memory under 1 MB")
+    check_eq(sample(text, 'twinhub_rule_fired_total{rule="hot"}'), 0, "hot before it fires")
+    check_eq(sample(text, 'twinhub_model_predictions_total{model="lin"}'), 0,
+             "lin before a prediction")
+    check(sample(text, 'twinhub_model_mean_absolute_error{model="lin"}') is None,
+          "no MAE before a score")
+    metrics_rules(fx, b, hub, rules)
     hub.stop()
+
+
+def metrics_rules(fx, b, hub, rules):
+    """The per-rule, per-model, command and reply series against what this test does."""
+    tid = "mx-1"
+    dev = MqttClient(fx, b, "mx-dev", subscribe=[f"devices/{tid}/commands"])
+    svc = MqttClient(fx, b, "mx-svc", subscribe=["twins/+/desired/set/+", "twins/+/get/+"])
+    seq = [0]
+
+    def send(**fields):
+        seq[0] += 1
+        dev.publish(f"devices/{tid}/telemetry", pack({"seq": seq[0], **fields}))
+
+    def value(name):
+        return sample(scrape(hub), name)
+
+    def wait_value(name, want, what=None):
+        wait_until(lambda: value(name) == want, 10, what or f"{name} == {want}")
+
+    acked = [0]
+
+    def ack_commands(n):
+        """Waits for the device's n-th command and acks every new one 'succeeded'."""
+        dev.wait_for(lambda m: len(dev.messages(f"devices/{tid}/commands")) >= n, 10,
+                     f"command {n} at the device")
+        for c in dev.messages(f"devices/{tid}/commands")[acked[0]:]:
+            dev.publish(f"devices/{tid}/commands/ack",
+                        pack({"id": unpack(c.payload)["id"], "status": "succeeded"}))
+        acked[0] = n
+
+    # two rounds: ask (hot fires, lin and cls predict, a command goes out) then the truth
+    # (both scored: cls is right the first time, wrong the second)
+    inputs = [(0.5, 52.0, 1.0), (-1.0, 45.0, 0.9)]
+    truths, labels = [10.0, -3.0], ["mid", "high"]
+
+    def predict(model):
+        p = subprocess.run([TWINCTL, "model", "predict", model],
+                           input="".join(",".join(repr(v) for v in r) + "\n" for r in inputs),
+                           capture_output=True, text=True, timeout=30, env=child_env())
+        check_eq(p.returncode, 0, f"twinctl model predict {model} ({p.stderr.strip()!r})")
+        return p.stdout.split()
+    preds = [float(v) for v in predict(LINEAR)]
+    check_eq(predict(LOGISTIC), ["mid", "low"], "test setup: cls's labels")
+    send(a=0.0, b=50.0, c=1.0, ask=0)
+    dev.publish(f"devices/{tid}/status", b"online", retain=True)
+    for i, ((a, bb, c), y, label) in enumerate(zip(inputs, truths, labels)):
+        send(a=a, b=bb, c=c, ask=1)
+        wait_value('twinhub_rule_fired_total{rule="hot"}', i + 1, f"hot fired {i + 1} times")
+        for m in ("lin", "cls"):
+            check_eq(value(f'twinhub_model_predictions_total{{model="{m}"}}'), i + 1,
+                     f"{m}'s predictions")
+        ack_commands(i + 1)
+        send(y=y, label=label, ask=0)
+        for m in ("lin", "cls"):
+            wait_value(f'twinhub_model_scored_total{{model="{m}"}}', i + 1, f"{m} scored {i + 1}")
+    errs = [y - p for y, p in zip(truths, preds)]
+    wait_value('twinhub_commands_total{state="succeeded"}', 2, "2 commands succeeded")
+    text = scrape(hub)
+    mae = sum(abs(e) for e in errs) / 2
+    rmse = (sum(e * e for e in errs) / 2) ** 0.5
+    for name, want in (('twinhub_model_mean_absolute_error{model="lin"}', mae),
+                       ('twinhub_model_root_mean_squared_error{model="lin"}', rmse),
+                       ('twinhub_model_absolute_error_total{model="lin"}', 2 * mae),
+                       ('twinhub_model_squared_error_total{model="lin"}', 2 * rmse ** 2)):
+        check(close(sample(text, name), want), f"{name} = {sample(text, name)}, want {want}")
+    check(sample(text, 'twinhub_model_accuracy_ratio{model="lin"}') is None,
+          "a regressor has no accuracy")
+    check_eq(sample(text, 'twinhub_model_accuracy_ratio{model="cls"}'), 0.5, "cls's accuracy")
+    check_eq(sample(text, 'twinhub_model_correct_total{model="cls"}'), 1, "cls right once")
+    check(sample(text, 'twinhub_model_mean_absolute_error{model="cls"}') is None,
+          "a classifier has no MAE")
+    for name, want in (('twinhub_commands_total{state="queued"}', 2),
+                       ('twinhub_commands_total{state="sent"}', 2),
+                       ('twinhub_commands_total{state="delivered"}', 0),
+                       ('twinhub_commands_total{state="succeeded"}', 2),
+                       ('twinhub_commands_total{state="failed"}', 0),
+                       ('twinhub_commands_total{state="expired"}', 0),
+                       ('twinhub_rule_fired_total{rule="gone"}', 0),
+                       ("twinhub_predictions_total", 4),
+                       ("twinhub_predictions_scored_total", 4)):
+        check_eq(sample(text, name), want, name)
+
+    # replies by code: accepted, a version conflict, no such twin, a bad request, accepted
+    svc.publish(f"twins/{tid}/desired/set", pack({"desired": {"fan": 2}}))
+    svc.publish(f"twins/{tid}/desired/set", pack({"desired": {"fan": 3}, "version": 1}))
+    svc.publish("twins/mx-none/get", b"")
+    svc.publish(f"twins/{tid}/desired/set", pack({"desired": 5}))
+    svc.publish(f"twins/{tid}/get", b"")
+    svc.wait_for(lambda m: svc.count() >= 5, 10, "5 replies")
+    got = sorted((m.topic, unpack(m.payload).get("code")) for m in svc.messages()
+                 if m.topic.endswith("/rejected"))
+    check_eq(got, [(f"twins/{tid}/desired/set/rejected", 400),
+                   (f"twins/{tid}/desired/set/rejected", 409),
+                   ("twins/mx-none/get/rejected", 404)], "the rejections")
+    text = scrape(hub)
+    for code, want in (("200", 2), ("400", 1), ("404", 1), ("409", 1), ("413", 0), ("500", 0)):
+        check_eq(sample(text, f'twinhub_replies_total{{code="{code}"}}'), want,
+                 f"replies with code {code}")
+    check_eq(sample(text, "twinhub_requests_rejected_total"), 3, "requests rejected")
+
+    # a reload keeps the series of the rules and models that keep their name (hot redefined),
+    # drops the removed rule's and starts the new one's at 0
+    logpos = len(hub.log_text())
+    write_rules(fx, METRIC_RULES.format(lin=LINEAR, cls=LOGISTIC, when="reported.ask >= 1",
+                                        more=IDLE))
+    hub.sighup()
+    hub.wait_log("rules reloaded", 10, logpos)
+    text = scrape(hub)
+    promtool_check(text)
+    for name, want in (('twinhub_rule_fired_total{rule="hot"}', 2),
+                       ('twinhub_rule_fired_total{rule="idle"}', 0),
+                       ('twinhub_model_predictions_total{model="lin"}', 2),
+                       ('twinhub_model_scored_total{model="lin"}', 2)):
+        check_eq(sample(text, name), want, f"{name} after the reload")
+    check(sample(text, 'twinhub_rule_fired_total{rule="gone"}') is None,
+          "a removed rule's series after the reload")
+    check(close(sample(text, 'twinhub_model_mean_absolute_error{model="lin"}'), mae),
+          "lin's MAE after the reload")
+    send(a=2.0, ask=1)
+    wait_value('twinhub_rule_fired_total{rule="hot"}', 3, "hot fired again after the reload")
+    text = scrape(hub)
+    check_eq(sample(text, 'twinhub_model_predictions_total{model="lin"}'), 3, "lin's predictions")
+    check_eq(sample(text, 'twinhub_commands_total{state="queued"}'), 3, "commands queued")
+    promtool_check(text)
 
 
 def case_prometheus(fx):
     b = Broker(fx)
     hub = Hub(fx, b)
     send_telemetry(fx, b, 4)
+    svc = MqttClient(fx, b, "svc", subscribe=["twins/+/get/+"])
+    svc.publish("twins/svc-none/get", b"")  # a labelled series: replies_total{code="404"}
+    svc.wait_for(lambda m: m.topic == "twins/svc-none/get/rejected", 10, "the 404 reply")
     port = free_port()
     conf = fx.path("prometheus.yml")
     with open(conf, "w") as f:
@@ -105,9 +295,9 @@ def case_prometheus(fx):
                       f"--web.listen-address=127.0.0.1:{port}"], "prometheus")
     proc, log = prom.proc, prom.log
 
-    def query():
+    def query(expr='twinhub_telemetry_applied_total{job="twinhub"}'):
         check(proc.poll() is None, f"prometheus exited:\n{tail(log)}")
-        q = urllib.parse.urlencode({"query": 'twinhub_telemetry_applied_total{job="twinhub"}'})
+        q = urllib.parse.urlencode({"query": expr})
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{q}",
                                         timeout=5) as r:
@@ -119,6 +309,8 @@ def case_prometheus(fx):
     got = wait_until(lambda: query() == 4 and query(), 60,
                      "Prometheus to scrape 4 applied messages from the hub", interval=0.5)
     check_eq(got, 4.0, "twinhub_telemetry_applied_total through Prometheus' query API")
+    check_eq(query('twinhub_replies_total{job="twinhub",code="404"}'), 1.0,
+             "twinhub_replies_total{code=\"404\"} through Prometheus' query API")
     hub.stop()
 
 

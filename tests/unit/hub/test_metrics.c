@@ -1,6 +1,8 @@
-/* test_metrics: the histograms' buckets (upper bounds inclusive, the last one open) and the
- * liveness and readiness checks, against hand-set clocks (hub/metrics.c). */
+/* test_metrics: the histograms' buckets (upper bounds inclusive, the last one open), the
+ * liveness and readiness checks, against hand-set clocks, and the escaping of label values in
+ * the text format (hub/metrics.c). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hub.h"
@@ -79,10 +81,59 @@ static void test_health(void)
     CHECK(k.ingest && !k.broker && !k.not_draining, "disconnected and stopping");
 }
 
+/* The exposition format's label values: backslash, double quote and line feed escaped, every
+ * other byte (UTF-8, tabs, a NUL inside the length) as it is. */
+static void test_label_escape(void)
+{
+    /* whole literals, NULs inside them included */
+#define T(in, want)                                                                                \
+    {                                                                                              \
+        in, sizeof(in) - 1, want, sizeof(want) - 1                                                 \
+    }
+    const struct {
+        const char *in;
+        size_t len;
+        const char *want;
+        size_t want_len;
+    } cases[] = {
+        T("", ""),
+        T("tachycardia", "tachycardia"),
+        T("a\\b", "a\\\\b"),
+        T("say \"hi\"", "say \\\"hi\\\""),
+        T("two\nlines", "two\\nlines"),
+        T("\\", "\\\\"),
+        T("\"", "\\\""),
+        T("\n", "\\n"),
+        T("\\n", "\\\\n"), /* a backslash then n: not a line feed */
+        T("\\\"\n\\", "\\\\\\\"\\n\\\\"),
+        T("tab\there\rcr", "tab\there\rcr"), /* only the three are escaped */
+        T("caf\xc3\xa9 \xe2\x99\xa5", "caf\xc3\xa9 \xe2\x99\xa5"),
+        T("nul\0after", "nul\0after"),
+        {"cut\"here", 3, "cut", 3}, /* the first n bytes only */
+    };
+#undef T
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *buf = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&buf, &size);
+        CHECK(f != NULL, "open_memstream");
+        if (!f)
+            return;
+        int rc = metrics_label_put(f, cases[i].in, cases[i].len);
+        fclose(f);
+        CHECK(rc == 0, "case %zu: rc %d", i, rc);
+        CHECK(size == cases[i].want_len && memcmp(buf, cases[i].want, size) == 0,
+              "case %zu: got %zu bytes \"%.*s\", want \"%s\"", i, size, (int)size, buf,
+              cases[i].want);
+        free(buf);
+    }
+}
+
 int main(void)
 {
     test_hist();
     test_health();
+    test_label_escape();
     printf("test_metrics: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
