@@ -146,6 +146,7 @@ static const struct key keys[] = {
     SIZE("limits.max_twin_size", max_twin_size, "256KiB", 1 * KIB, 256 * MIB, K_RELOAD),
     UINT("limits.max_twins", max_twins, "100000", 0, 1000000000, K_RELOAD),
     DUR("limits.max_clock_skew", max_clock_skew_s, "5m", SEC, 0, 365 * DAY, K_RELOAD),
+    UINT("limits.seq_restart_after", seq_restart_after, "32", 0, 1000000, K_RELOAD),
 
     UINT("history.max_points", history_max_points, "600", 0, 1000000, K_RELOAD),
 

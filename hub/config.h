@@ -49,6 +49,8 @@ struct config {
     unsigned max_twins;        /* limits.max_twins: 100000 (0: no limit) */
     unsigned max_clock_skew_s; /* limits.max_clock_skew: 5m, how far a device's ts may run
                                   ahead of the hub's clock (0: no check) */
+    unsigned seq_restart_after; /* limits.seq_restart_after: 32 stale messages in a row,
+                                   counting up, are a device that restarted (0: never) */
 
     /* history (reloadable) */
     unsigned history_max_points; /* history.max_points: 600 */

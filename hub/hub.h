@@ -258,12 +258,20 @@ enum report_kind {
     REPORT_MALFORMED, /* not msgpack / JSON */
     REPORT_INVALID,   /* wrong types, bad keys */
     REPORT_RULES,     /* a rules file that failed to (re)load */
-    REPORT_GAP,       /* not a rejection: telemetry that a gap in seq says was lost upstream */
+    /* the kinds from here on are not rejections but notices about a device's telemetry */
+    REPORT_GAP,   /* telemetry that a gap in seq says was lost upstream */
+    REPORT_STALE, /* telemetry dropped as stale: a seq not above the last applied one */
     REPORT_KINDS
 };
 
+/* Whether a kind is a rejection of input (the others are notices: gaps, stale drops). */
+static inline bool report_kind_rejects(int kind)
+{
+    return kind < REPORT_GAP;
+}
+
 /* A token bucket of reports and what it suppressed since its last report: one for
- * rejections, one for gaps (REPORT_GAP). */
+ * rejections, one for the notices (REPORT_GAP, REPORT_STALE). */
 enum { REPORT_BUCKET_REJECT = 0, REPORT_BUCKET_GAP, REPORT_BUCKETS };
 struct report_bucket {
     double tokens;
@@ -408,6 +416,7 @@ extern const int hub_reply_codes[HUB_REPLY_CODES];
 struct ingest_stats {
     _Atomic uint64_t received, applied, duplicate, stale, retained;
     _Atomic uint64_t gaps, missed;      /* gaps in devices' seq, and the seq numbers they skipped */
+    _Atomic uint64_t restarts[3];       /* new seq orders, by TWIN_RESTART_BOOT/ONLINE/STALE_RUN */
     _Atomic uint64_t status;            /* device status messages that changed a twin */
     _Atomic uint64_t requests;          /* requests from services (not retained) */
     _Atomic uint64_t requests_rejected; /* of which replied to with `rejected` */

@@ -109,6 +109,25 @@ static void gap(struct ingest *in, const struct bridge_msg *m, const struct twin
     report_reject(in->report, REPORT_GAP, m->topic, m->topic_len, why);
 }
 
+/* A stale message: the twin counted it (doc.stale, committed); say what the operator can do,
+ * since a device that restarted without `boot` is frozen until the run is long enough. */
+static void stale(struct ingest *in, const struct bridge_msg *m, const struct twin_apply_result *r,
+                  uint64_t restart_after)
+{
+    char why[320], after[96] = "";
+    const struct twin_stale *st = &r->doc.stale;
+    if (restart_after)
+        snprintf(after, sizeof(after), "; %llu in a row counting up are taken as a restart",
+                 (unsigned long long)restart_after);
+    snprintf(why, sizeof(why),
+             "seq %llu is below %llu, the last applied: dropped as stale (%llu so far, %llu in a "
+             "row)%s (limits.seq_restart_after). If the device restarted, have it send a new "
+             "boot with each start, or publish online on its status topic first",
+             (unsigned long long)st->seq, (unsigned long long)r->doc.seq,
+             (unsigned long long)st->count, (unsigned long long)st->run, after);
+    report_reject(in->report, REPORT_STALE, m->topic, m->topic_len, why);
+}
+
 static void telemetry(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t,
                       int64_t t0)
 {
@@ -147,6 +166,12 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         atomic_fetch_add(&in->stats.applied, 1);
         if (a.res.gap)
             gap(in, m, &a.res);
+        if (a.res.restart != TWIN_RESTART_NONE) {
+            static const char *const why[] = {"", "boot", "online", "stale_run"};
+            atomic_fetch_add(&in->stats.restarts[a.res.restart - 1], 1);
+            log_info("device restarted: a new seq order", "id=%.*s seq=%llu reason=%s",
+                     (int)t->id_len, t->id, (unsigned long long)a.res.doc.seq, why[a.res.restart]);
+        }
         ingest_flush(in); /* what the rules did: events, commands */
         /* devices/{id}/desired only when the delta changed: the hot path publishes once */
         if (publisher_twin_since(in->pub, t->id, t->id_len,
@@ -161,9 +186,12 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
                   (unsigned long long)a.res.version);
         break;
     case TWIN_STALE:
+        /* dropped, but counted in the twin: a committed change, published like any */
         atomic_fetch_add(&in->stats.stale, 1);
-        log_debug("stale telemetry ignored", "id=%.*s version=%llu", (int)t->id_len, t->id,
-                  (unsigned long long)a.res.version);
+        stale(in, m, &a.res, twin_store_seq_restart(in->store));
+        if (publisher_twin_since(in->pub, t->id, t->id_len, PUB_STATE, t0) < 0)
+            log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+                     (int)t->id_len, t->id);
         break;
     }
 out:

@@ -233,6 +233,7 @@ static void reload(const struct args *a, struct hub *h)
     twin_store_set_history_max(h->store, cur->history_max_points);
     twin_store_set_max_doc(h->store, cur->max_twin_size);
     twin_store_set_limits(h->store, cur->max_twins, (uint64_t)cur->max_clock_skew_s * 1000);
+    twin_store_set_seq_restart(h->store, cur->seq_restart_after);
     twin_store_set_command_limits(h->store, cur->commands_max,
                                   (uint64_t)cur->command_retention_s * 1000);
     log_info("configuration reloaded", "restart_needed=\"%s\"", restart);
@@ -249,10 +250,11 @@ static void log_stats(struct hub *h)
     publisher_stats(h->pub, &ps);
     uint64_t rejected = 0;
     for (int k = 0; k < REPORT_KINDS; k++)
-        if (k != REPORT_GAP)
+        if (report_kind_rejects(k))
             rejected += atomic_load(&rep->count[k]);
     log_info("stats",
-             "received=%llu applied=%llu duplicate=%llu stale=%llu gaps=%llu missed=%llu "
+             "received=%llu applied=%llu duplicate=%llu stale=%llu restarts=%llu gaps=%llu "
+             "missed=%llu "
              "retained=%llu rejected=%llu published=%llu "
              "coalesced=%llu publish_failed=%llu queued=%llu inflight=%llu reports_dropped=%llu "
              "status=%llu requests=%llu requests_rejected=%llu acks=%llu messages_sent=%llu "
@@ -261,6 +263,9 @@ static void log_stats(struct hub *h)
              (unsigned long long)atomic_load(&in->stats.applied),
              (unsigned long long)atomic_load(&in->stats.duplicate),
              (unsigned long long)atomic_load(&in->stats.stale),
+             (unsigned long long)(atomic_load(&in->stats.restarts[0]) +
+                                  atomic_load(&in->stats.restarts[1]) +
+                                  atomic_load(&in->stats.restarts[2])),
              (unsigned long long)atomic_load(&in->stats.gaps),
              (unsigned long long)atomic_load(&in->stats.missed),
              (unsigned long long)atomic_load(&in->stats.retained), (unsigned long long)rejected,
@@ -490,6 +495,7 @@ static int hub_open(struct hub *h)
     so.writemap = c->writemap;
     so.max_twins = c->max_twins;
     so.max_clock_skew_ms = (uint64_t)c->max_clock_skew_s * 1000;
+    so.seq_restart_after = c->seq_restart_after;
     so.commands_max = c->commands_max;
     so.command_retention_ms = (uint64_t)c->command_retention_s * 1000;
     if ((rc = twin_store_open(&h->store, &so, terr)) < 0) {

@@ -310,7 +310,19 @@ int metrics_write(const struct metrics_src *src, FILE *f)
             "Telemetry whose seq equals the last applied one (nothing changed).",
             ld(&is->duplicate));
     counter(f, "twinhub_telemetry_stale_total",
-            "Telemetry whose seq is below the last applied one (nothing changed).", ld(&is->stale));
+            "Telemetry whose seq is below the last applied one of its boot (dropped, counted in "
+            "the twin).",
+            ld(&is->stale));
+    {
+        static const char *const why[] = {"boot", "online", "stale_run"};
+        uint64_t v[3];
+        for (int i = 0; i < 3; i++)
+            v[i] = ld(&is->restarts[i]);
+        labelled(f, "twinhub_telemetry_restarts_total", "counter",
+                 "Devices whose seq began a new order: a new boot, back online, or a run of "
+                 "stale messages (limits.seq_restart_after).",
+                 "reason", why, v, 3);
+    }
     counter(f, "twinhub_telemetry_retained_total",
             "Retained telemetry copies ignored (replays of what was applied).", ld(&is->retained));
     counter(f, "twinhub_telemetry_gaps_total",
@@ -358,7 +370,7 @@ int metrics_write(const struct metrics_src *src, FILE *f)
         uint64_t v[REPORT_KINDS];
         int n = 0;
         for (int k = 0; k < REPORT_KINDS; k++) {
-            if (k == REPORT_GAP)
+            if (!report_kind_rejects(k))
                 continue;
             names[n] = report_kind_name((enum report_kind)k);
             v[n++] = ld(&src->rep->count[k]);

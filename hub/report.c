@@ -12,7 +12,7 @@
 #include "log.h"
 
 static const char *const kind_names[REPORT_KINDS] = {"topic",   "size",  "depth", "malformed",
-                                                     "invalid", "rules", "gap"};
+                                                     "invalid", "rules", "gap",   "stale"};
 
 const char *report_kind_name(enum report_kind k)
 {
@@ -65,7 +65,7 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     uint64_t suppressed = 0;
     bool send = false;
     struct report_bucket *bk =
-        &r->bucket[kind == REPORT_GAP ? REPORT_BUCKET_GAP : REPORT_BUCKET_REJECT];
+        &r->bucket[report_kind_rejects(kind) ? REPORT_BUCKET_REJECT : REPORT_BUCKET_GAP];
     pthread_mutex_lock(&r->lock);
     bk->tokens += (double)(mono - bk->last_ms) * r->rate / 1000.0;
     if (bk->tokens > r->burst)
@@ -86,7 +86,9 @@ void report_reject(struct report *r, enum report_kind kind, const char *topic, s
     if (!send && log_get_level() < LOG_DEBUG)
         return;
     char qtopic[160], qreason[320];
-    const char *what = kind == REPORT_GAP ? "telemetry lost upstream" : "input rejected";
+    const char *what = kind == REPORT_GAP     ? "telemetry lost upstream"
+                       : kind == REPORT_STALE ? "stale telemetry dropped"
+                                              : "input rejected";
     log_quote(qtopic, sizeof(qtopic), topic, topic_len);
     log_quote(qreason, sizeof(qreason), reason, strlen(reason));
     if (!send) {

@@ -466,6 +466,7 @@ static struct {
     unsigned n_devs, n_conns;
     bool per_device;   /* one connection per device */
     int64_t period_ns; /* rate > 0 */
+    int64_t boot;      /* every device's `boot`: when this run started (ms), new at each start */
     int ecg_table[ECG_TABLE];
 
     /* loop thread */
@@ -579,7 +580,7 @@ static void dev_pack(struct dev *d, uint64_t seq)
 
     dev_model_step(d);
     sim.sbuf.size = 0;
-    msgpack_pack_map(pk, 6 + (unsigned)d->sample_hz.set + (unsigned)d->hr_high.set +
+    msgpack_pack_map(pk, 7 + (unsigned)d->sample_hz.set + (unsigned)d->hr_high.set +
                              (unsigned)d->hr_low.set);
     /* the applied desired settings, reported back as they were asked (integer or not) */
     const struct {
@@ -596,6 +597,8 @@ static void dev_pack(struct dev *d, uint64_t seq)
         else
             msgpack_pack_double(pk, rep[i].s->v);
     }
+    msgpack_pack_str_with_body(pk, "boot", 4);
+    msgpack_pack_int64(pk, sim.boot);
     msgpack_pack_str_with_body(pk, "seq", 3);
     msgpack_pack_uint64(pk, seq);
     msgpack_pack_str_with_body(pk, "ts", 2);
@@ -1747,6 +1750,7 @@ int main(int argc, char **argv)
     msgpack_packer_init(&sim.apk, &sim.abuf, msgpack_sbuffer_write);
     atomic_init(&sim.inbox_pending, false);
     sim.flaky_rng = (uint64_t)hub_now_ms() * 0x9e3779b97f4a7c15ULL | 1;
+    sim.boot = hub_now_ms(); /* a restarted twinsim is a rebooted fleet: seq starts over */
 
     sim.devs = calloc(sim.n_devs, sizeof *sim.devs);
     sim.conns = calloc(sim.n_conns, sizeof *sim.conns);

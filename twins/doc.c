@@ -1,6 +1,6 @@
 /* doc.c: the twin document's stored form. Encodes a struct twin_doc as the msgpack map
  * {id, version, reported, desired, delta?, predicted?, meta: {reported, desired}, connected,
- * last_seen, seq?, gaps?, created}, decodes it back, and reads its version without decoding. It
+ * last_seen, seq?, boot?, seq_restart?, gaps?, stale?, created}, decodes it back, and reads its version without decoding. It
  * does not know where documents are kept (store.c) or how they change (telemetry.c, merge.c). Any
  * thread.
  */
@@ -38,6 +38,15 @@ static int pack_map(msgpack_packer *pk, const msgpack_object *o)
     return msgpack_pack_object(pk, *o);
 }
 
+/* A boot id: absent (nil), an integer, or a string of 1..TWIN_BOOT_MAX bytes. */
+static bool boot_ok(const msgpack_object *b)
+{
+    return b->type == MSGPACK_OBJECT_NIL || b->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+           b->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ||
+           (b->type == MSGPACK_OBJECT_STR && b->via.str.size >= 1 &&
+            b->via.str.size <= TWIN_BOOT_MAX);
+}
+
 static int pack_int(msgpack_packer *pk, int64_t v)
 {
     return v >= 0 ? msgpack_pack_uint64(pk, (uint64_t)v) : msgpack_pack_int64(pk, v);
@@ -58,7 +67,10 @@ int twin_doc_encode(const struct twin_doc *doc, msgpack_sbuffer *out)
         return -EINVAL;
     delta = nonempty_map(&doc->delta);
     predicted = nonempty_map(&doc->predicted);
-    n = 8 + (size_t)delta + (size_t)predicted + (size_t)doc->has_seq + (doc->gaps.count > 0);
+    if (!boot_ok(&doc->boot))
+        return -EINVAL;
+    n = 8 + (size_t)delta + (size_t)predicted + (size_t)doc->has_seq + (doc->gaps.count > 0) +
+        (doc->boot.type != MSGPACK_OBJECT_NIL) + (size_t)doc->seq_restart + (doc->stale.count > 0);
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     bad = msgpack_pack_map(&pk, n);
     bad = bad || pack_key(&pk, "id") || msgpack_pack_str(&pk, doc->id_len) ||
@@ -78,6 +90,10 @@ int twin_doc_encode(const struct twin_doc *doc, msgpack_sbuffer *out)
     bad = bad || pack_key(&pk, "last_seen") || pack_int(&pk, doc->last_seen);
     if (doc->has_seq)
         bad = bad || pack_key(&pk, "seq") || msgpack_pack_uint64(&pk, doc->seq);
+    if (doc->boot.type != MSGPACK_OBJECT_NIL)
+        bad = bad || pack_key(&pk, "boot") || msgpack_pack_object(&pk, doc->boot);
+    if (doc->seq_restart)
+        bad = bad || pack_key(&pk, "seq_restart") || msgpack_pack_true(&pk);
     if (doc->gaps.count > 0) {
         const struct twin_gaps *g = &doc->gaps;
         bad = bad || pack_key(&pk, "gaps") || msgpack_pack_map(&pk, 5);
@@ -86,6 +102,14 @@ int twin_doc_encode(const struct twin_doc *doc, msgpack_sbuffer *out)
         bad = bad || pack_key(&pk, "from") || msgpack_pack_uint64(&pk, g->from);
         bad = bad || pack_key(&pk, "to") || msgpack_pack_uint64(&pk, g->to);
         bad = bad || pack_key(&pk, "ts") || pack_int(&pk, g->ts);
+    }
+    if (doc->stale.count > 0) {
+        const struct twin_stale *st = &doc->stale;
+        bad = bad || pack_key(&pk, "stale") || msgpack_pack_map(&pk, 4);
+        bad = bad || pack_key(&pk, "count") || msgpack_pack_uint64(&pk, st->count);
+        bad = bad || pack_key(&pk, "run") || msgpack_pack_uint64(&pk, st->run);
+        bad = bad || pack_key(&pk, "seq") || msgpack_pack_uint64(&pk, st->seq);
+        bad = bad || pack_key(&pk, "ts") || pack_int(&pk, st->ts);
     }
     bad = bad || pack_key(&pk, "created") || pack_int(&pk, doc->created);
     return bad ? -ENOMEM : 0;
@@ -176,6 +200,28 @@ static int decode_gaps(const msgpack_object *m, struct twin_gaps *g, char *err)
     return 0;
 }
 
+static int decode_stale(const msgpack_object *m, struct twin_stale *st, char *err)
+{
+    if (m->type != MSGPACK_OBJECT_MAP)
+        return bad_type("stale", "a map", err);
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+        int rc = 0;
+
+        if (KEY("count"))
+            rc = get_uint(v, "stale.count", &st->count, err);
+        else if (KEY("run"))
+            rc = get_uint(v, "stale.run", &st->run, err);
+        else if (KEY("seq"))
+            rc = get_uint(v, "stale.seq", &st->seq, err);
+        else if (KEY("ts"))
+            rc = get_int(v, "stale.ts", &st->ts, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin_doc *doc,
                     char *err)
 {
@@ -188,7 +234,7 @@ int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin
         return -EINVAL;
     memset(doc, 0, sizeof *doc);
     doc->reported.type = doc->desired.type = doc->delta.type = doc->predicted.type =
-        doc->meta_reported.type = doc->meta_desired.type = MSGPACK_OBJECT_NIL;
+        doc->meta_reported.type = doc->meta_desired.type = doc->boot.type = MSGPACK_OBJECT_NIL;
     /* stored bytes are ours, but a damaged file must not make msgpack-c allocate gigabytes */
     rc = scan__object(buf, len, TWIN_DEPTH_CAP, UINT_MAX, &end, err);
     if (rc) {
@@ -258,6 +304,16 @@ int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin
             doc->has_seq = rc == 0;
         } else if (KEY("gaps")) {
             rc = decode_gaps(v, &doc->gaps, err);
+        } else if (KEY("boot")) {
+            if (!boot_ok(v) || v->type == MSGPACK_OBJECT_NIL)
+                return bad_type("boot", "an integer or a string of 1..32 bytes", err);
+            doc->boot = *v;
+        } else if (KEY("seq_restart")) {
+            if (v->type != MSGPACK_OBJECT_BOOLEAN)
+                return bad_type("seq_restart", "a boolean", err);
+            doc->seq_restart = v->via.boolean;
+        } else if (KEY("stale")) {
+            rc = decode_stale(v, &doc->stale, err);
         }
         /* unknown keys are skipped: a newer hub may have added some */
         if (rc)

@@ -125,9 +125,9 @@ int twin_export_line(struct twin_txn *txn, const char *id, size_t id_len, const 
  * ------------------------------------------------------------------------------------------ */
 
 /* The members a document may have (doc.c writes these), and "history". */
-static const char *const members[] = {"id",        "version",   "reported", "desired",
-                                      "delta",     "predicted", "meta",     "connected",
-                                      "last_seen", "seq",       "gaps",     "created"};
+static const char *const members[] = {
+    "id",        "version", "reported", "desired",     "delta", "predicted", "meta",   "connected",
+    "last_seen", "seq",     "boot",     "seq_restart", "gaps",  "stale",     "created"};
 
 static bool known_member(const msgpack_object *k)
 {

@@ -31,6 +31,11 @@ int twin_presence_apply(struct twin_txn *txn, const char *id, size_t id_len, boo
     if (rc)
         return rc;
     res->changed = created || doc.connected != online;
+    /* back online: what it sends next begins a new seq order (it may have restarted). Only on
+     * the change: a retained online delivered again when the hub resubscribes is no restart,
+     * and the telemetry a device sent before it came online again arrives before this */
+    if (online && !doc.connected && doc.has_seq)
+        doc.seq_restart = true;
     doc.id = id;
     doc.id_len = id_len;
     doc.connected = online;

@@ -459,6 +459,7 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     atomic_init(&s->max_skew, opt->max_clock_skew_ms);
     atomic_init(&s->cmd_max, opt->commands_max ? opt->commands_max : TWIN_COMMANDS_MAX_DEFAULT);
     atomic_init(&s->cmd_keep, opt->command_retention_ms);
+    atomic_init(&s->seq_restart_after, opt->seq_restart_after);
     atomic_init(&s->map_size, 0);
     atomic_init(&s->broken, false);
     s->max_map_size = opt->max_map_size > opt->map_size ? opt->max_map_size : opt->map_size;
@@ -605,6 +606,17 @@ void twin_store_set_history_max(struct twin_store *s, unsigned max_points)
 {
     if (s)
         atomic_store(&s->history_max, max_points);
+}
+
+void twin_store_set_seq_restart(struct twin_store *s, uint64_t after)
+{
+    if (s)
+        atomic_store(&s->seq_restart_after, after);
+}
+
+uint64_t twin_store_seq_restart(struct twin_store *s)
+{
+    return s ? atomic_load(&s->seq_restart_after) : 0;
 }
 
 void twin_store_set_max_doc(struct twin_store *s, size_t bytes)

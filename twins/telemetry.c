@@ -158,14 +158,14 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                          const msgpack_object *telemetry, int64_t now_ms,
                          struct twin_apply_result *res, char *err)
 {
-    const msgpack_object *seq_v = NULL, *ts_v = NULL;
+    const msgpack_object *seq_v = NULL, *ts_v = NULL, *boot_v = NULL;
     struct hist_ops ops = {0};
     struct twin_doc doc;
     msgpack_object patch, reported, meta;
     uint64_t seq = 0, ts_u, max_skew;
     int64_t ts = now_ms;
     uint32_t nkeys;
-    bool created;
+    bool created, new_order = false;
     int rc;
 
     rc = store__need_write(txn, "twin_telemetry_apply", err);
@@ -201,6 +201,18 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
             ts = (int64_t)ts_u;
             ts_v = &kv->val;
             nkeys--;
+        } else if (twins__key_is(&kv->key, "boot", 4)) {
+            const msgpack_object *b = &kv->val;
+            if (b->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                b->type != MSGPACK_OBJECT_NEGATIVE_INTEGER &&
+                (b->type != MSGPACK_OBJECT_STR || b->via.str.size == 0 ||
+                 b->via.str.size > TWIN_BOOT_MAX)) {
+                twins__errf(err, "boot must be an integer or a string of 1..%d bytes, got %s",
+                            TWIN_BOOT_MAX, check__type_name(b->type));
+                rc = -EINVAL;
+            }
+            boot_v = b;
+            nkeys--;
         }
         if (rc)
             return rc;
@@ -223,20 +235,55 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     res->created = created;
     res->delta_changed = false;
     res->gap = 0;
+    res->restart = TWIN_RESTART_NONE;
     if (ts < 0) {
         /* only the hub clock can be negative; history would refuse it after the put */
         twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
         return -EINVAL;
     }
-    if (seq_v && !res->created && doc.has_seq && seq <= doc.seq) {
-        res->outcome = seq == doc.seq ? TWIN_DUPLICATE : TWIN_STALE;
-        res->version = doc.version;
-        return 0;
+    /* a new boot, or a device that came online again, starts a new seq order */
+    if (!created && boot_v && !(doc.boot.type != MSGPACK_OBJECT_NIL &&
+                                twin_value_equal(&doc.boot, boot_v))) {
+        new_order = true;
+        res->restart = TWIN_RESTART_BOOT;
+    } else if (!created && seq_v && doc.seq_restart) {
+        new_order = true;
+        res->restart = TWIN_RESTART_ONLINE;
+    }
+    if (seq_v && !created && doc.has_seq && seq <= doc.seq && !new_order) {
+        uint64_t after = atomic_load(&txn->s->seq_restart_after);
+        if (seq == doc.seq) {
+            res->outcome = TWIN_DUPLICATE; /* a redelivery: nothing changes */
+            res->version = doc.version;
+            return 0;
+        }
+        /* stale: counted in the twin; a run of them counting up by one is a device that
+         * restarted without saying so, taken as one at limits.seq_restart_after in a row */
+        uint64_t run = doc.stale.run && seq == doc.stale.seq + 1 ? doc.stale.run + 1 : 1;
+        if (!after || run < after) {
+            doc.stale.count++;
+            doc.stale.run = run;
+            doc.stale.seq = seq;
+            doc.stale.ts = now_ms;
+            doc.last_seen = now_ms;
+            doc.id = id;
+            doc.id_len = id_len;
+            doc.version++;
+            rc = store__twin_save(txn, &doc, false, err);
+            if (rc)
+                return rc;
+            res->outcome = TWIN_STALE;
+            res->version = doc.version;
+            res->doc = doc;
+            return 0;
+        }
+        new_order = true;
+        res->restart = TWIN_RESTART_STALE_RUN;
     }
 
     /* 3. merge everything but seq and ts into reported */
     patch = *telemetry;
-    if (seq_v || ts_v) {
+    if (seq_v || ts_v || boot_v) {
         msgpack_object_kv *kv = msgpack_zone_malloc(&txn->zone, (nkeys + 1) * sizeof *kv);
         uint32_t n = 0;
 
@@ -247,7 +294,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         for (uint32_t i = 0; i < telemetry->via.map.size; i++) {
             const msgpack_object_kv *src = &telemetry->via.map.ptr[i];
 
-            if (!twins__key_is(&src->key, "seq", 3) && !twins__key_is(&src->key, "ts", 2))
+            if (!twins__key_is(&src->key, "seq", 3) && !twins__key_is(&src->key, "ts", 2) &&
+                !twins__key_is(&src->key, "boot", 4))
                 kv[n++] = *src;
         }
         patch.via.map.ptr = kv;
@@ -274,8 +322,12 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     }
     doc.version++;
     doc.last_seen = now_ms;
+    doc.stale.run = 0;
+    doc.seq_restart = doc.seq_restart && !seq_v; /* the new order began with this seq */
+    if (boot_v)
+        doc.boot = *boot_v;
     if (seq_v) {
-        if (!created && doc.has_seq && seq - doc.seq > 1) {
+        if (!created && doc.has_seq && !new_order && seq - doc.seq > 1) {
             res->gap = seq - doc.seq - 1;
             doc.gaps.count++;
             doc.gaps.missed += res->gap;

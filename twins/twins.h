@@ -114,10 +114,20 @@ struct twin_gaps {
     int64_t ts; /* ... and when it was seen (hub clock, ms since epoch) */
 };
 
+/* Telemetry dropped as stale: a `seq` not above the last applied one of the same boot (see
+ * twin_telemetry_apply). Stored as the map {count, run, seq, ts}, absent while count is 0. */
+struct twin_stale {
+    uint64_t count; /* messages dropped as stale */
+    uint64_t run;   /* of them, the last ones in a row, each seq one above the one before */
+    uint64_t seq;   /* the last dropped seq ... */
+    int64_t ts;     /* ... and when (hub clock, ms since epoch) */
+};
+#define TWIN_BOOT_MAX 32 /* bytes of a string boot id */
+
 /* A twin, decoded. Every msgpack_object lives in the zone given to twin_doc_decode (or is
  * set by the caller). Absent maps are MSGPACK_OBJECT_NIL. Stored and published as the msgpack
  * map {id, version, reported, desired, delta?, predicted?, meta: {reported, desired},
- * connected, last_seen, seq?, gaps?, created}. */
+ * connected, last_seen, seq?, boot?, seq_restart?, gaps?, stale?, created}. */
 struct twin_doc {
     const char *id;
     size_t id_len;
@@ -132,7 +142,10 @@ struct twin_doc {
     int64_t last_seen; /* hub clock, ms since epoch, of the last message from the device */
     uint64_t seq;      /* last applied telemetry seq; 0 = none yet */
     bool has_seq;
+    msgpack_object boot; /* the device's boot id as it last sent it (int or string), or NIL */
+    bool seq_restart;    /* the device came online again: its next seq starts a new order */
     struct twin_gaps gaps;
+    struct twin_stale stale;
     int64_t created; /* hub clock, ms since epoch */
 };
 
@@ -186,12 +199,15 @@ struct twin_store_options {
     /* How long a command in a final state (succeeded, failed, expired) is kept, ms, before
      * twin_command_expire drops it; 0 = kept until the per-device cap pushes it out. */
     uint64_t command_retention_ms;
+    /* Stale telemetry messages in a row, each seq one above the one before, that are taken as
+     * a device that restarted without a `boot` (see twin_telemetry_apply); 0 = never. */
+    uint64_t seq_restart_after;
 };
 #define TWIN_COMMANDS_MAX_DEFAULT 100
 #define TWIN_STORE_OPTIONS_DEFAULT                                                                 \
     {                                                                                              \
         NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600, 256u << 10, false, 100000,       \
-            300000, TWIN_COMMANDS_MAX_DEFAULT, 86400000                                            \
+            300000, TWIN_COMMANDS_MAX_DEFAULT, 86400000, 32                                        \
     }
 
 struct twin_store;
@@ -210,6 +226,9 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
 void twin_store_close(struct twin_store *s);
 /* Flushes to disk (mdb_env_sync, forced). For TWIN_SYNC_OS, called by the hub on a timer. */
 int twin_store_sync(struct twin_store *s, char *err);
+/* Changes seq_restart_after for future messages (SIGHUP), and reads it. Any thread. */
+void twin_store_set_seq_restart(struct twin_store *s, uint64_t after);
+uint64_t twin_store_seq_restart(struct twin_store *s);
 /* Changes the history bound for future appends (SIGHUP). Any thread. */
 void twin_store_set_history_max(struct twin_store *s, unsigned max_points);
 /* Changes max_doc_bytes for future writes (SIGHUP); 0 = no limit. Twins already larger stay as
@@ -271,7 +290,15 @@ int twin_put(struct twin_txn *txn, const struct twin_doc *doc, char *err);
 enum twin_apply_outcome {
     TWIN_APPLIED = 0,
     TWIN_DUPLICATE, /* seq equal to the last applied one: nothing changed */
-    TWIN_STALE,     /* seq below the last applied one: nothing changed */
+    TWIN_STALE,     /* seq below the last applied one: dropped, counted in doc.stale */
+};
+
+/* Why a message started a new seq order (twin_apply_result.restart). */
+enum twin_restart {
+    TWIN_RESTART_NONE = 0,
+    TWIN_RESTART_BOOT,      /* its `boot` differs from the twin's: the device restarted */
+    TWIN_RESTART_ONLINE,    /* the device came online again since its last telemetry */
+    TWIN_RESTART_STALE_RUN, /* seq_restart_after stale messages in a row, counting up */
 };
 
 struct twin_apply_result {
@@ -281,16 +308,25 @@ struct twin_apply_result {
     bool delta_changed;  /* doc.delta differs from what it was (see twin_desired_apply) */
     uint64_t gap;        /* TWIN_APPLIED: seq numbers skipped by this message (doc.gaps.from
                             ..to), 0 when it follows the last applied seq or there is none */
-    struct twin_doc doc; /* TWIN_APPLIED: the twin as stored; points into the transaction's
-                            zone and the caller's id: valid until the transaction ends */
+    enum twin_restart restart; /* TWIN_APPLIED: why this seq began a new order, if it did */
+    struct twin_doc doc; /* TWIN_APPLIED, TWIN_STALE: the twin as stored; points into the
+                            transaction's zone and the caller's id: valid until the transaction
+                            ends */
 };
 
 /* Applies one telemetry map from device `id` (already validated) in a write transaction:
- * checks `seq` (uint; not above the last applied one -> DUPLICATE/STALE, nothing written; more
- * than one above it -> a gap: res->gap and doc.gaps count the seq numbers skipped, which the
- * hub never received. A device that counts by one shows every message lost upstream this way;
- * one that counts otherwise shows gaps that mean nothing. A new twin, or one without a seq yet,
- * has no gap),
+ * checks `seq` within its order (uint; equal to the last applied one -> DUPLICATE, nothing
+ * written; below it -> STALE: the message is dropped, but the twin counts it in doc.stale, a
+ * committed change (version + 1, last_seen); more than one above it -> a gap: res->gap and
+ * doc.gaps count the seq numbers skipped, which the hub never received. A device that counts
+ * by one shows every message lost upstream this way; one that counts otherwise shows gaps that
+ * mean nothing. A new twin, or one without a seq yet, has no gap).
+ * A seq order ends when the device restarts, and the message that begins the next one is
+ * applied whatever its seq, without a gap (res->restart says why): it carries a `boot` (int or
+ * string of 1..TWIN_BOOT_MAX bytes, stored in doc.boot) other than the twin's; or the device
+ * came online since its last telemetry (doc.seq_restart, set by twin_presence_apply); or it is
+ * the seq_restart_after-th stale message in a row, each seq one above the one before (a device
+ * that restarted and said nothing: after that many, it is not a redelivery; 0 never),
  * takes `ts` (int ms since epoch, device clock; `now_ms` when absent), merges every other key
  * into reported (RFC 7396) with meta timestamps, appends numeric leaves to history, sets
  * last_seen = now_ms, recomputes the delta (only when desired is not empty; see

@@ -211,6 +211,7 @@ struct twin_store {
     _Atomic uint64_t max_skew;  /* max_clock_skew_ms; 0 = no check */
     _Atomic unsigned cmd_max;   /* commands per device (never 0) */
     _Atomic uint64_t cmd_keep;  /* command_retention_ms; 0 = until pushed out by the cap */
+    _Atomic uint64_t seq_restart_after; /* 0 = never */
     bool writemap;              /* MDB_WRITEMAP: the data file is reserved as large as the map */
     /* A map resize failed after LMDB had unmapped the old map (mdb_env_set_mapsize leaves its
      * map pointer dangling then): no transaction may begin, and close must not unmap again. */

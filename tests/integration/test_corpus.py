@@ -11,10 +11,10 @@ maps, ...) go to the same device ids as valid telemetry, interleaved, from one c
 order. An oracle in this file decides each payload's fate the way the hub documents it (README
 "Bad input", twins/scan.c, twins/json.c, twins/telemetry.c): rejected with a kind, accepted and
 applied (with its effect on the twin: RFC 7396 merge, in order, duplicate keys one after the
-other), or a stale/duplicate seq that changes nothing. Some bad-looking inputs are accepted
-(duplicate keys, NaN and infinities, ints at the edges, any bytes in a msgpack key other than
-'.' and controls, an empty map, trailing blanks after JSON): their effect is modelled, not
-counted as rejected.
+other), or a duplicate seq that changes nothing, or a stale one that only counts itself in the
+twin. Some bad-looking inputs are accepted (duplicate keys, NaN and infinities, ints at the
+edges, any bytes in a msgpack key other than '.' and controls, an empty map, trailing blanks
+after JSON): their effect is modelled, not counted as rejected.
 
 Phase 1 (errors.rate/burst high, every rejection reported; every message QoS 1): the sender
 keeps at most REPORT_WINDOW rejected messages without their report, so the hub's report queue
@@ -399,6 +399,11 @@ class Twin:
         self.version = 0
         self.seq = None
         self.reported = {}
+        self.stale_run = 0     # stale messages in a row, each seq one above the last
+        self.stale_seq = None
+
+
+SEQ_RESTART_AFTER = 32  # limits.seq_restart_after's default
 
 
 def merge(target, patch):
@@ -454,12 +459,21 @@ def judge(case, twins, now_ms):
         return ("reject", r.kind)
     t = twins.get(case.dev)
     if seq is not None and t is not None and t.seq is not None and seq <= t.seq:
-        return ("noop", "duplicate" if seq == t.seq else "stale")
+        if seq == t.seq:
+            return ("noop", "duplicate")
+        # stale: dropped, counted in the twin (a committed version), unless it is the
+        # SEQ_RESTART_AFTER-th in a row counting up: a device that restarted
+        run = t.stale_run + 1 if t.stale_run and seq == t.stale_seq + 1 else 1
+        if run < SEQ_RESTART_AFTER:
+            t.stale_run, t.stale_seq = run, seq
+            t.version += 1
+            return ("noop", "stale")
     if t is None:
         t = twins[case.dev] = Twin()
     patch = OMap([(k, v) for k, v in tree.pairs if k not in ("seq", "ts")])
     t.reported = merge(t.reported, patch)
     t.version += 1
+    t.stale_run = 0
     if seq is not None:
         t.seq = seq
     check(len(mp(t.reported)) < 64 * 1024,
@@ -1253,6 +1267,8 @@ def judge_all(seq, twins, now):
             if c.intent == "any" and new_seq is not None and new_seq > (old_seq or 0) + 10_000:
                 continue
             commit(twins, c.dev, trial[c.dev])
+        elif c.outcome == ("noop", "stale") and c.dev not in GHOSTS:
+            commit(twins, c.dev, trial[c.dev])  # counted in the twin: a version of its own
         out.append(c)
     return out
 
@@ -1278,8 +1294,8 @@ class Watcher(MqttClient):
         with self.lock:
             if t == "hub/errors":
                 # a rejected message leaves a gap in its device's seq, reported apart
-                # (kind gap, a bucket of its own); this test counts rejections
-                if unpack_state(m.payload).get("kind") == "gap":
+                # (kind gap, a bucket of its own with stale drops); this test counts rejections
+                if unpack_state(m.payload).get("kind") in ("gap", "stale"):
                     self.gaps.append(m.payload)
                 else:
                     self.reports.append(m.payload)

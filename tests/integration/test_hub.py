@@ -288,23 +288,23 @@ def case_restart(fx):
              "reported after a message queued while the hub was down")
     check_eq(d3["created"], d2["created"], "created after the restart")
 
-    # The seq survived the restart: 2 is stale now.
-    barrier = Barrier(dev, w)
+    # The seq survived the restart: 2 is stale now, dropped and counted in the twin.
     mark = w.count()
     dev.publish(telemetry_topic(tid), pack({"seq": 2, "rate": 99}))
-    barrier()
-    check_eq(states_since(w, tid, mark), [], "state publications for a stale seq after restart")
-    check_eq(twin_get(hub.db, tid), d3, "twinctl get after a stale message")
+    ds = wait_state(w, tid, 4, start=mark)
+    check_eq((ds["reported"], ds["seq"], ds["stale"]["count"], ds["stale"]["seq"]),
+             (d3["reported"], 3, 1, 2), "the twin after a stale seq after the restart")
+    check_eq(twin_get(hub.db, tid), ds, "twinctl get after a stale message")
 
     dev.publish(telemetry_topic(tid), pack({"seq": 4, "rate": 8}))
-    d4 = wait_state(w, tid, 4)
+    d4 = wait_state(w, tid, 5)
 
     # A second restart: the version still goes on from where it was.
     hub.stop()
     hub.start()
     check_eq(retained_state(fx, b, tid), d4, "retained state after the second restart")
     dev.publish(telemetry_topic(tid), pack({"seq": 5, "rate": 9}))
-    d5 = wait_state(w, tid, 5)
+    d5 = wait_state(w, tid, 6)
     check_eq(d5["reported"]["rate"], 9, "reported.rate after the second restart")
     check_eq(twin_get(hub.db, tid), d5, "twinctl get after the second restart")
     hub.stop()
@@ -312,7 +312,8 @@ def case_restart(fx):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. seq: duplicates and stale messages change nothing; no seq is always applied
+# 3. seq: duplicates change nothing, stale messages are dropped and counted; no seq is always
+#    applied
 # ---------------------------------------------------------------------------------------------
 
 def case_seq(fx):
@@ -328,31 +329,43 @@ def case_seq(fx):
     d1 = wait_state(w, tid, 1)
     check_eq(d1["seq"], 10, "seq after the first message")
 
-    for label, msg in (("duplicate seq", {"seq": 10, "ts": T + 1, "temp": 9.0, "x": 1}),
-                       ("lower seq", {"seq": 5, "ts": T + 2, "temp": 8.0, "door": "open"}),
-                       ("seq 0", {"seq": 0, "temp": 7.0})):
+    mark = w.count()
+    dev.publish(telemetry_topic(tid), pack({"seq": 10, "ts": T + 1, "temp": 9.0, "x": 1}))
+    barrier()
+    time.sleep(0.2)  # a wrong publication would be queued before the barrier's anyway
+    check_eq(states_since(w, tid, mark), [], "state publications after a duplicate seq")
+    check_eq(twin_get(hub.db, tid), d1, "twinctl get after a duplicate seq")
+
+    # a lower seq is dropped: reported as it was, the twin counts it, hub/errors says what to do
+    errs = MqttClient(fx, b, "errors", subscribe=["hub/errors"])
+    for n, (label, msg) in enumerate((("lower seq", {"seq": 5, "ts": T + 2, "temp": 8.0,
+                                                     "door": "open"}),
+                                      ("seq 0", {"seq": 0, "temp": 7.0})), start=1):
         mark = w.count()
         dev.publish(telemetry_topic(tid), pack(msg))
-        barrier()
-        time.sleep(0.2)  # a wrong publication would be queued before the barrier's anyway
-        check_eq(states_since(w, tid, mark), [], f"state publications after a {label}")
-        check_eq(twin_get(hub.db, tid), d1, f"twinctl get after a {label}")
+        ds = wait_state(w, tid, 1 + n, start=mark)
+        check_eq((ds["reported"], ds["seq"], ds["stale"]["count"], ds["stale"]["seq"]),
+                 (d1["reported"], 10, n, msg["seq"]), f"the twin after a {label}")
+    m = errs.wait_for(lambda m: unpack(m.payload).get("kind") == "stale", 10, "a stale report")
+    why = unpack(m.payload)["reason"]
+    check("seq 5 is below 10, the last applied: dropped as stale" in why and "boot" in why,
+          f"the stale report's reason: {why!r}")
 
     pts = history_points(twinctl_json(hub.db, "history", tid, "reported.temp"))
     check_eq([v for _, v in pts], [4.0], "history after duplicate/stale messages")
 
     dev.publish(telemetry_topic(tid), pack({"seq": 11, "ts": T + 3, "temp": 4.5}))
-    d2 = wait_state(w, tid, 2)
+    d2 = wait_state(w, tid, 4)
     check_eq(d2["reported"], {"temp": 4.5, "door": "closed"}, "reported after seq 11")
     check_eq(d2["seq"], 11, "seq after seq 11")
 
     # Without seq every message is applied, and the last seq stays.
     lo = now_ms()
     dev.publish(telemetry_topic(tid), pack({"temp": 5.0}))
-    d3 = wait_state(w, tid, 3)
+    d3 = wait_state(w, tid, 5)
     hi = now_ms()
     dev.publish(telemetry_topic(tid), pack({"temp": 5.0}))
-    d4 = wait_state(w, tid, 4)
+    d4 = wait_state(w, tid, 6)
     check_eq(d3["reported"], {"temp": 5.0, "door": "closed"}, "reported after a message w/o seq")
     check_eq(d4["reported"], d3["reported"], "reported after the same message w/o seq again")
     check_eq(d4["seq"], 11, "seq after messages without seq")
@@ -362,7 +375,7 @@ def case_seq(fx):
     dev.publish(telemetry_topic(tid), pack({"seq": 11, "temp": 6.0}))
     barrier()
     check_eq(states_since(w, tid, mark), [], "state publications for seq 11 after no-seq ones")
-    check_eq(twin_get(hub.db, tid)["version"], 4, "version after a duplicate seq")
+    check_eq(twin_get(hub.db, tid)["version"], 6, "version after a duplicate seq")
 
     # A brand new twin whose first message is seq 0 or has a large seq is applied.
     dev.publish(telemetry_topic("fresh-1"), pack({"seq": 2**63, "v": 1}))

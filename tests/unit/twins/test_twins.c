@@ -2036,7 +2036,8 @@ static void test_telemetry_apply(void)
     p = history_of(s, "ecg-1", "hr", 0);
     CHECK(p.n == 2 && p.ts[1] == 6000 && p.v[1] == 80);
 
-    /* duplicate and stale change nothing, not even last_seen */
+    /* a duplicate changes nothing, not even last_seen (a stale one is counted: see
+     * test_telemetry_restart) */
     {
         size_t l1, l2;
         void *before = raw_copy(s, "ecg-1", &l1), *after;
@@ -2044,9 +2045,6 @@ static void test_telemetry_apply(void)
         st = stats_of(s);
         CHECK_INT(apply(s, "ecg-1", "{\"seq\":2,\"hr\":1}", 7000, &res, err), 0);
         CHECK_INT(res.outcome, TWIN_DUPLICATE);
-        CHECK_INT(res.version, 2);
-        CHECK_INT(apply(s, "ecg-1", "{\"seq\":1,\"hr\":1}", 7000, &res, err), 0);
-        CHECK_INT(res.outcome, TWIN_STALE);
         CHECK_INT(res.version, 2);
         after = raw_copy(s, "ecg-1", &l2);
         CHECK(before && after && l1 == l2 && !memcmp(before, after, l1));
@@ -2099,6 +2097,173 @@ static void test_telemetry_apply(void)
     CHECK(p.n == 1 && p.v[0] == -1.5);
     twin_store_close(s);
 out:
+    tmp_remove(dir);
+}
+
+/* Restarts: a new boot, a device back online, a run of stale messages counting up. */
+struct presence_ctx {
+    const char *id;
+    bool online;
+    int64_t now;
+    struct twin_presence_result res;
+    char err[TWIN_ERR_LEN];
+};
+
+static int presence_fn(struct twin_txn *txn, void *ctx)
+{
+    struct presence_ctx *p = ctx;
+    return twin_presence_apply(txn, p->id, strlen(p->id), p->online, p->now, &p->res, p->err);
+}
+
+struct restart_seen {
+    uint64_t seq, version;
+    bool has_boot, seq_restart;
+    struct twin_stale stale;
+    int64_t last_seen;
+    char boot[40];
+};
+
+static void read_restart(const struct twin_doc *d, void *ctx)
+{
+    struct restart_seen *r = ctx;
+    r->seq = d->seq;
+    r->version = d->version;
+    r->seq_restart = d->seq_restart;
+    r->stale = d->stale;
+    r->last_seen = d->last_seen;
+    r->has_boot = d->boot.type != MSGPACK_OBJECT_NIL;
+    snprintf(r->boot, sizeof r->boot, "%s", r->has_boot ? TJ(&d->boot) : "");
+}
+
+static struct restart_seen restart_of(struct twin_store *s, const char *id)
+{
+    struct restart_seen r = {0};
+    CHECK_INT(read_doc(s, id, read_restart, &r), 0);
+    return r;
+}
+
+static void test_telemetry_restart(void)
+{
+    char dir[64], err[TWIN_ERR_LEN], json[128];
+    struct twin_store *s;
+    struct twin_apply_result res;
+    struct restart_seen r;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    CHECK_INT(twin_store_seq_restart(s), 32); /* the default */
+
+    /* boot: a new value starts a new seq order, without a gap; duplicates are still caught */
+    for (int i = 1; i <= 5; i++) {
+        snprintf(json, sizeof json, "{\"seq\":%d,\"boot\":7,\"hr\":%d}", i, 60 + i);
+        CHECK_INT(apply(s, "a", json, 1000 + i, &res, err), 0);
+    }
+    CHECK_INT(res.restart, TWIN_RESTART_NONE);
+    CHECK_INT(apply(s, "a", "{\"seq\":1,\"boot\":8,\"hr\":90}", 2000, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_BOOT && res.gap == 0);
+    r = restart_of(s, "a");
+    CHECK(r.seq == 1 && r.version == 6 && !strcmp(r.boot, "8"));
+    CHECK_INT(apply(s, "a", "{\"seq\":1,\"boot\":8,\"hr\":91}", 2001, &res, err), 0);
+    CHECK_INT(res.outcome, TWIN_DUPLICATE);
+    CHECK_INT(apply(s, "a", "{\"seq\":3,\"boot\":8}", 2002, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.gap == 1); /* gaps within a boot */
+    /* a string is another boot than the integer it spells */
+    CHECK_INT(apply(s, "a", "{\"seq\":1,\"boot\":\"8\"}", 2003, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_BOOT);
+    CHECK_STR(restart_of(s, "a").boot, "\"8\"");
+    CHECK_INT(history_of(s, "a", "hr", 0).n, 6);
+
+    /* stale: dropped, but counted in the twin, a committed change */
+    CHECK_INT(apply(s, "a", "{\"seq\":2,\"boot\":\"8\",\"hr\":1}", 2004, &res, err), 0);
+    CHECK_INT(res.outcome, TWIN_APPLIED);
+    {
+        struct twin_stats st = stats_of(s);
+        CHECK_INT(apply(s, "a", "{\"seq\":1,\"boot\":\"8\",\"hr\":2}", 2005, &res, err), 0);
+        CHECK_INT(res.outcome, TWIN_STALE);
+        r = restart_of(s, "a");
+        CHECK(r.version == res.version && r.seq == 2 && r.stale.count == 1 &&
+              r.stale.run == 1 && r.stale.seq == 1 && r.stale.ts == 2005 && r.last_seen == 2005);
+        CHECK_INT(stats_of(s).history_points, st.history_points);
+        CHECK_INT(history_of(s, "a", "hr", 0).n, 7); /* 1 is the last, not 2 */
+        CHECK_INT(history_of(s, "a", "hr", 0).v[6], 1);
+    }
+
+    /* no boot: a run of stale messages counting up is a restart at seq_restart_after */
+    twin_store_set_seq_restart(s, 4);
+    for (int i = 1; i <= 50; i++) {
+        snprintf(json, sizeof json, "{\"seq\":%d,\"v\":%d}", i, i);
+        CHECK_INT(apply(s, "b", json, 3000 + i, &res, err), 0);
+    }
+    CHECK_INT(apply(s, "b", "{\"seq\":10}", 3100, &res, err), 0); /* a stray old one */
+    CHECK_INT(res.outcome, TWIN_STALE);
+    for (int i = 1; i <= 3; i++) {
+        snprintf(json, sizeof json, "{\"seq\":%d,\"v\":%d}", i, 100 + i);
+        CHECK_INT(apply(s, "b", json, 3100 + i, &res, err), 0);
+        CHECK_INT(res.outcome, TWIN_STALE);
+        CHECK_INT(restart_of(s, "b").stale.run, i); /* 10 then 1 is no run: it starts at 1 */
+    }
+    CHECK_INT(apply(s, "b", "{\"seq\":4,\"v\":104}", 3104, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_STALE_RUN && res.gap == 0);
+    r = restart_of(s, "b");
+    CHECK(r.seq == 4 && r.stale.count == 4 && r.stale.run == 0);
+    CHECK_INT(apply(s, "b", "{\"seq\":5}", 3105, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_NONE && res.gap == 0);
+    /* 0: never */
+    twin_store_set_seq_restart(s, 0);
+    for (int i = 1; i <= 10; i++) {
+        snprintf(json, sizeof json, "{\"seq\":%d}", i);
+        CHECK_INT(apply(s, "b", json, 3200 + i, &res, err), 0);
+        CHECK(res.outcome == (i == 5 ? TWIN_DUPLICATE : i < 5 ? TWIN_STALE : TWIN_APPLIED));
+    }
+    twin_store_set_seq_restart(s, 32);
+
+    /* back online: the next seq begins a new order, once; a repeated online is no restart */
+    for (int i = 1; i <= 9; i++) {
+        snprintf(json, sizeof json, "{\"seq\":%d}", i);
+        CHECK_INT(apply(s, "c", json, 4000 + i, &res, err), 0);
+    }
+    struct presence_ctx pc = {.id = "c", .online = true, .now = 4100};
+    CHECK_INT(twin_store_write(s, presence_fn, &pc, err), 0); /* offline -> online */
+    CHECK(restart_of(s, "c").seq_restart);
+    pc.now = 4101;
+    CHECK_INT(twin_store_write(s, presence_fn, &pc, err), 0); /* online again */
+    CHECK_INT(apply(s, "c", "{\"seq\":1}", 4200, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_ONLINE && res.gap == 0);
+    CHECK(!restart_of(s, "c").seq_restart);
+    CHECK_INT(apply(s, "c", "{\"seq\":1}", 4201, &res, err), 0);
+    CHECK_INT(res.outcome, TWIN_DUPLICATE);
+    pc.now = 4202; /* still online: a retained online delivered again starts nothing */
+    CHECK_INT(twin_store_write(s, presence_fn, &pc, err), 0);
+    CHECK(!restart_of(s, "c").seq_restart);
+    pc.online = false;
+    pc.now = 4203;
+    CHECK_INT(twin_store_write(s, presence_fn, &pc, err), 0);
+    pc.online = true;
+    pc.now = 4204;
+    CHECK_INT(twin_store_write(s, presence_fn, &pc, err), 0);
+    CHECK(restart_of(s, "c").seq_restart);
+    /* a message without seq leaves the new order to the next one that has a seq */
+    CHECK_INT(apply(s, "c", "{\"x\":1}", 4205, &res, err), 0);
+    CHECK(restart_of(s, "c").seq_restart);
+    CHECK_INT(apply(s, "c", "{\"seq\":1}", 4206, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_ONLINE);
+
+    /* bad boot ids are refused, nothing written */
+    static const char *const bad[] = {"{\"seq\":9,\"boot\":true}", "{\"seq\":9,\"boot\":\"\"}",
+                                      "{\"seq\":9,\"boot\":1.5}", "{\"boot\":[1]}",
+                                      "{\"boot\":\"0123456789abcdef0123456789abcdefX\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t v = restart_of(s, "a").version;
+        CHECK_INT(apply(s, "a", bad[i], 5000, &res, err), -EINVAL);
+        CHECK_HAS(err, "boot must be an integer or a string of 1..32 bytes");
+        CHECK_INT(restart_of(s, "a").version, v);
+    }
+    CHECK_INT(apply(s, "a", "{\"boot\":\"0123456789abcdef0123456789abcdef\"}", 5001, &res, err),
+              0);
+out:
+    twin_store_close(s);
     tmp_remove(dir);
 }
 
@@ -4139,11 +4304,11 @@ static void test_versions(void)
         bool created;
     } steps[] = {
         {OP_TELE, "{\"seq\":1,\"hr\":70}", false, false, 0, 0, 1, true},
+        {OP_TELE, "{\"seq\":1,\"hr\":71}", false, false, 0, 0, 1, false}, /* duplicate */
         {OP_DESIRED, "{\"rate\":5}", false, false, 0, 0, 2, false},
         {OP_PRESENCE, NULL, true, false, 0, 0, 3, false},
         {OP_DESIRED, "{\"rate\":6}", false, true, 2, -EBUSY, 3, false},
         {OP_DESIRED, "{\"rate\":6}", false, true, 3, 0, 4, false},
-        {OP_TELE, "{\"seq\":1,\"hr\":71}", false, false, 0, 0, 4, false}, /* duplicate */
         {OP_TELE, "{\"seq\":2,\"hr\":71}", false, false, 0, 0, 5, false},
         {OP_PRESENCE, NULL, false, false, 0, 0, 6, false},
         {OP_PRESENCE, NULL, false, false, 0, 0, 7,
@@ -5264,6 +5429,7 @@ static const struct {
     {"import_bad", test_import_bad},
     {"import_tombstone", test_import_tombstone},
     {"telemetry_apply", test_telemetry_apply},
+    {"telemetry_restart", test_telemetry_restart},
     {"telemetry_bad", test_telemetry_bad},
     {"telemetry_doc_limit", test_telemetry_doc_limit},
     {"telemetry_more", test_telemetry_more},
