@@ -797,6 +797,83 @@ def case_kill9(fx):
 
 
 # ---------------------------------------------------------------------------------------------
+# 3a. reboots: a new boot, back online, or a run of stale seqs counting up start a new order
+# ---------------------------------------------------------------------------------------------
+
+def case_reboot(fx):
+    b = Broker(fx)
+    hub = Hub(fx, b, sets={"limits.seq_restart_after": 8})
+    errs = MqttClient(fx, b, "errors", subscribe=["hub/errors"])
+
+    # twinsim restarted against the same store: its devices go on (a new boot each start)
+    ids = [f"ecg-{i:04d}" for i in range(1, 4)]
+    for run, count in ((1, 40), (2, 5)):
+        sim = subprocess.run([TWINSIM_BIN, "--broker", b.url, "--devices", "3", "--count",
+                              str(count), "--rate", "0", "--quiet"], capture_output=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        check(sim.returncode == 0, f"twinsim run {run}: exit {sim.returncode}: {sim.stdout!r}")
+        wait_until(lambda: all((twin_get(hub.db, t) or {}).get("seq") == count for t in ids), 20,
+                   f"twinsim run {run}: every twin at seq {count}")
+    for t in ids:
+        d = twin_get(hub.db, t)
+        check("stale" not in d and "gaps" not in d, f"{t} after twinsim restarted: {d}")
+        pts = twinctl_json(hub.db, "history", t, "reported.heart_rate")
+        check_eq(len(pts), 45, f"{t}: heart-rate points of both runs")
+
+    dev = MqttClient(fx, b, "dev")
+
+    def send(tid, seqs, **extra):
+        for s in seqs:
+            dev.publish(telemetry_topic(tid), pack({"seq": s, "n": s, **extra}))
+
+    # without boot, back online: a status online that finds the twin offline
+    send("pump-1", range(1, 21))
+    dev.publish("devices/pump-1/status", b"offline")
+    dev.publish("devices/pump-1/status", b"online")
+    send("pump-1", [1, 2])
+    wait_until(lambda: twin_get(hub.db, "pump-1")["reported"]["n"] == 2, 10, "pump-1 at n 2")
+    d = twin_get(hub.db, "pump-1")
+    check("stale" not in d and "seq_restart" not in d and d["seq"] == 2, f"pump-1: {d}")
+
+    # saying nothing: 8 stale in a row counting up, and the 8th begins the new order
+    send("pump-2", range(1, 31))
+    send("pump-2", range(1, 8))
+    wait_until(lambda: twin_get(hub.db, "pump-2").get("stale", {}).get("count") == 7, 10,
+               "pump-2: 7 stale")
+    d = twin_get(hub.db, "pump-2")
+    check_eq((d["seq"], d["reported"]["n"], d["stale"]["run"]), (30, 30, 7),
+             "pump-2 while its stale messages are dropped")
+    send("pump-2", [8, 9])
+    wait_until(lambda: twin_get(hub.db, "pump-2")["seq"] == 9, 10, "pump-2 at seq 9")
+    d = twin_get(hub.db, "pump-2")
+    check_eq((d["reported"]["n"], d["stale"]["count"], d["stale"]["run"]), (9, 7, 0),
+             "pump-2 after the restart")
+    m = errs.wait_for(lambda m: unpack(m.payload).get("kind") == "stale" and
+                      unpack(m.payload).get("topic") == "devices/pump-2/telemetry", 10,
+                      "a stale report for pump-2")
+    why = unpack(m.payload)["reason"]
+    check("seq 1 is below 30" in why and "8 in a row counting up are taken as a restart" in why,
+          f"the stale report: {why!r}")
+
+    # with boot: a new one starts over at once; the same one catches duplicates
+    send("pump-3", range(1, 11), boot="a")
+    send("pump-3", [1, 1, 2], boot="b")
+    wait_until(lambda: twin_get(hub.db, "pump-3")["seq"] == 2, 10, "pump-3 at seq 2")
+    d = twin_get(hub.db, "pump-3")
+    check_eq((d["boot"], d.get("stale"), d["version"]), ("b", None, 12),
+             "pump-3 after a new boot (10 + 2 applied, the duplicate not)")
+    hub.stop()
+    with open(hub.log) as f:
+        log = f.read()
+    check(log.count('msg="device restarted: a new seq order"') >= 3 + 2 and
+          "reason=online" in log and "reason=stale_run" in log and "reason=boot" in log,
+          "the restarts in the hub's log")
+    stats = [ln for ln in log.splitlines() if 'msg="stats"' in ln]
+    check(stats and " restarts=" in stats[-1] and " stale=7 " in stats[-1],
+          f"the last stats line: {stats[-1:]}")
+
+
+# ---------------------------------------------------------------------------------------------
 # 6a. growth: the LMDB map grows many times under a full-speed QoS 1 stream
 # ---------------------------------------------------------------------------------------------
 
@@ -1132,6 +1209,7 @@ CASES = {
     "outbox": case_outbox,
     "sighup": case_sighup,
     "cli": case_cli,
+    "reboot": case_reboot,
     "json": case_json,
 }
 
