@@ -27,8 +27,9 @@ BUILD_PACKAGES+=(help2man dpkg-dev)
 # (prometheus: promtool and a real server that scrapes the hub; systemd: systemd-analyze)
 TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn
                prometheus systemd)
-# (lintian: checks the Debian package, tests/integration/test_package.py)
-TEST_PACKAGES+=(lintian)
+# (lintian: checks the Debian package, tests/integration/test_package.py; python3-lmdb: a
+# second process holding the store's write lock, test_service.py stall)
+TEST_PACKAGES+=(lintian python3-lmdb)
 
 # A free TCP port on 127.0.0.1 (Mosquitto 2 reads port 0 as a unix socket, so pick one).
 free_port() {

@@ -17,6 +17,9 @@ and the unit file.
               without a token, bad requests that leave ingest undisturbed
   notify      under a test-made NOTIFY_SOCKET: STATUS=, READY=1 once subscribed, WATCHDOG=1,
               RELOADING=1 and READY=1 around SIGHUP, STOPPING=1 on SIGTERM, in that order
+  stall       a real stall: another process holds the store's LMDB write lock, so a telemetry
+              message waits in its handler; past http.stall /healthz is 503 (ingest: false) and
+              WATCHDOG=1 stops; once the lock goes, the message is applied and both come back
   unit        `systemd-analyze verify` accepts deploy/twinhub.service without a warning
 """
 
@@ -31,8 +34,8 @@ import urllib.parse
 import urllib.request
 
 from harness import (REPO, TWINHUB_BIN, Broker, Child, Hub, MqttClient, check, check_eq,
-                     child_env, free_port, pack, run_case, run_hub_once, tail, unpack,
-                     wait_until)
+                     child_env, free_port, pack, run_case, run_hub_once, tail, twin_get,
+                     unpack, wait_until)
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -431,6 +434,64 @@ def case_notify(fx):
     check(seq[i_ready - 1].startswith("STATUS=serving"), f"READY=1 before subscribed: {seq}")
 
 
+def case_stall(fx):
+    import lmdb  # Debian's python3-lmdb: the same LMDB, from another process than the hub's
+    b = Broker(fx)
+    path = fx.path("notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.05)
+    seen = []  # (monotonic time, message)
+
+    def drain():
+        while True:
+            try:
+                data = sock.recv(4096).decode()
+            except socket.timeout:
+                return
+            seen.extend((time.monotonic(), m) for m in data.split("\n") if m)
+
+    def watchdogs_since(t):
+        drain()
+        return sum(1 for at, m in seen if m == "WATCHDOG=1" and at >= t)
+
+    def health():
+        s, _, body = hub.http("/healthz")
+        return s, json.loads(body)["checks"]
+    hub = Hub(fx, b, sets={"http.stall": "1s"},
+              env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    dev = MqttClient(fx, b, "dev")
+    dev.publish("devices/st-1/telemetry", pack({"seq": 1, "n": 1}))
+    wait_until(lambda: (twin_get(hub.db, "st-1") or {}).get("seq") == 1, 10, "seq 1 applied")
+    drain()
+    t0 = time.monotonic()
+    wait_until(lambda: watchdogs_since(t0) >= 2, 10, "WATCHDOG=1 while ingest is well")
+    check_eq(health()[0], 200, "/healthz before the stall")
+
+    env = lmdb.open(hub.db, max_dbs=16, map_size=8 << 30)
+    txn = env.begin(write=True)  # the store's write lock, held: the next commit waits
+    try:
+        dev.publish("devices/st-1/telemetry", pack({"seq": 2, "n": 2}), qos=1, timeout=5)
+        wait_until(lambda: health() == (503, {**health()[1], "ingest": False}), 10,
+                   "/healthz 503 with ingest: false")
+        time.sleep(0.6)  # a WATCHDOG=1 sent just before the stall was seen has arrived
+        drain()  # and is stamped before t1 (a message is stamped when it is read)
+        t1 = time.monotonic()
+        time.sleep(2.0)
+        check_eq(watchdogs_since(t1), 0, "WATCHDOG=1 messages while ingest is stuck (2 s)")
+        check_eq(twin_get(hub.db, "st-1")["seq"], 1, "the twin while its commit waits")
+    finally:
+        txn.abort()
+        env.close()
+    wait_until(lambda: twin_get(hub.db, "st-1")["seq"] == 2, 10, "seq 2 applied after the stall")
+    wait_until(lambda: health()[0] == 200, 10, "/healthz 200 after the stall")
+    drain()
+    t2 = time.monotonic()
+    wait_until(lambda: watchdogs_since(t2) >= 1, 10, "WATCHDOG=1 again after the stall")
+    hub.stop()
+    sock.close()
+
+
 def case_unit(fx):
     sa = shutil.which("systemd-analyze")
     check(sa, "systemd-analyze is not installed")
@@ -451,7 +512,7 @@ def case_unit(fx):
 
 
 CASES = {"metrics": case_metrics, "prometheus": case_prometheus, "health": case_health,
-         "http": case_http, "notify": case_notify, "unit": case_unit}
+         "http": case_http, "notify": case_notify, "stall": case_stall, "unit": case_unit}
 
 if __name__ == "__main__":
     sys.exit(run_case(CASES))
