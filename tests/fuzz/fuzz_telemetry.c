@@ -64,8 +64,8 @@
 
 static const char *ids[N_DEV] = {
     "ecg-0001", "pump.7:A_b-c", "d",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", /* TWIN_ID_MAX */
+    ("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"), /* TWIN_ID_MAX */
 };
 
 static const struct twin_limits wide = {SIZE_MAX, TWIN_DEPTH_CAP, UINT_MAX};

@@ -1745,7 +1745,7 @@ static void test_store_writemap(void)
     struct put_ctx pc = {0};
     struct twin_doc d;
     msgpack_zone z;
-    int status;
+    int status = 0;
     pid_t pid;
 
     CHECK(!o.writemap); /* off by default */
