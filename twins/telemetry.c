@@ -241,9 +241,10 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
         return -EINVAL;
     }
-    /* a new boot, or a device that came online again, starts a new seq order */
-    if (!created && boot_v && !(doc.boot.type != MSGPACK_OBJECT_NIL &&
-                                twin_value_equal(&doc.boot, boot_v))) {
+    /* a new boot, or a device that came online again, starts a new seq order (if it had one:
+     * the first boot a twin hears of, perhaps after its status, begins the first) */
+    if (!created && doc.has_seq && boot_v &&
+        !(doc.boot.type != MSGPACK_OBJECT_NIL && twin_value_equal(&doc.boot, boot_v))) {
         new_order = true;
         res->restart = TWIN_RESTART_BOOT;
     } else if (!created && seq_v && doc.seq_restart) {

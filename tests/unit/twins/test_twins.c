@@ -2250,6 +2250,15 @@ static void test_telemetry_restart(void)
     CHECK_INT(apply(s, "c", "{\"seq\":1}", 4206, &res, err), 0);
     CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_ONLINE);
 
+    /* the first boot a twin hears of is no restart, even when its status came first */
+    pc = (struct presence_ctx){.id = "e", .online = true, .now = 4300};
+    CHECK_INT(twin_store_write(s, presence_fn, &pc, err), 0);
+    CHECK_INT(apply(s, "e", "{\"seq\":5,\"boot\":1}", 4301, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_NONE);
+    CHECK_INT(apply(s, "f", "{\"seq\":5}", 4302, &res, err), 0);
+    CHECK_INT(apply(s, "f", "{\"seq\":6,\"boot\":1}", 4303, &res, err), 0);
+    CHECK(res.outcome == TWIN_APPLIED && res.restart == TWIN_RESTART_BOOT); /* new firmware */
+
     /* bad boot ids are refused, nothing written */
     static const char *const bad[] = {"{\"seq\":9,\"boot\":true}", "{\"seq\":9,\"boot\":\"\"}",
                                       "{\"seq\":9,\"boot\":1.5}", "{\"boot\":[1]}",
