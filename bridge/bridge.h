@@ -49,6 +49,7 @@ enum bridge_topic_kind {
     BRIDGE_T_TELEMETRY, /* devices/{id}/telemetry */
     BRIDGE_T_STATUS,    /* devices/{id}/status */
     BRIDGE_T_CMD_ACK,   /* devices/{id}/commands/ack */
+    BRIDGE_T_SENML,     /* devices/{id}/senml: SenML (RFC 8428) JSON readings */
     /* hub -> devices */
     BRIDGE_T_DESIRED,  /* devices/{id}/desired */
     BRIDGE_T_COMMANDS, /* devices/{id}/commands */

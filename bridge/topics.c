@@ -22,6 +22,7 @@ static const struct {
     [BRIDGE_T_TELEMETRY] = {SCOPE_DEVICES, "telemetry"},
     [BRIDGE_T_STATUS] = {SCOPE_DEVICES, "status"},
     [BRIDGE_T_CMD_ACK] = {SCOPE_DEVICES, "commands/ack"},
+    [BRIDGE_T_SENML] = {SCOPE_DEVICES, "senml"},
     [BRIDGE_T_DESIRED] = {SCOPE_DEVICES, "desired"},
     [BRIDGE_T_COMMANDS] = {SCOPE_DEVICES, "commands"},
     [BRIDGE_T_DESIRED_SET] = {SCOPE_TWINS, "desired/set"},

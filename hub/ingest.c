@@ -135,7 +135,10 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
 
     char err[TWIN_ERR_LEN];
     msgpack_object obj;
-    int rc = twin_input_decode(m->payload, m->len, &lim, &in->zone, &obj, err);
+    /* SenML packs become a batch of readings: the same path from here on */
+    int rc = t->kind == BRIDGE_T_SENML
+                 ? twin_senml_decode(m->payload, m->len, &lim, hub_now_ms(), &in->zone, &obj, err)
+                 : twin_input_decode(m->payload, m->len, &lim, &in->zone, &obj, err);
     if (rc == -ENOMEM)
         ingest_fatal(t, "telemetry", rc, err);
     if (rc < 0) {
@@ -210,6 +213,7 @@ static void dispatch(struct ingest *in, const struct bridge_msg *m, int64_t t0)
     }
     switch (t.kind) {
     case BRIDGE_T_TELEMETRY:
+    case BRIDGE_T_SENML:
         /* A retained copy is a replay of something already applied (the broker sends it again
          * at every subscribe): applying it would bump the version and restamp the leaves. */
         if (m->retained)

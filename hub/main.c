@@ -147,8 +147,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 /* Everything the daemon runs, in the order it is built (and torn down in reverse). */
 /* What the hub subscribes to. */
 static const enum bridge_topic_kind sub_kinds[] = {
-    BRIDGE_T_TELEMETRY, BRIDGE_T_STATUS, BRIDGE_T_CMD_ACK,  BRIDGE_T_DESIRED_SET,
-    BRIDGE_T_GET,       BRIDGE_T_DELETE, BRIDGE_T_CMD_SEND,
+    BRIDGE_T_TELEMETRY, BRIDGE_T_STATUS, BRIDGE_T_CMD_ACK, BRIDGE_T_SENML,
+    BRIDGE_T_DESIRED_SET, BRIDGE_T_GET, BRIDGE_T_DELETE, BRIDGE_T_CMD_SEND,
 };
 #define NSUBS (sizeof(sub_kinds) / sizeof(sub_kinds[0]))
 

@@ -405,6 +405,23 @@ void rules_run_cleanup(struct rules_run *rr)
     rr->rec.buf = NULL;
 }
 
+/* The top-level keys of a batch reading, but its ts. */
+static void hub_rules_changes_add_keys(struct rules_changes *c, const msgpack_object *reading)
+{
+    char path[TWIN_PATH_MAX + 16];
+    if (reading->type != MSGPACK_OBJECT_MAP)
+        return;
+    for (uint32_t i = 0; i < reading->via.map.size; i++) {
+        const msgpack_object *k = &reading->via.map.ptr[i].key;
+        if (k->type != MSGPACK_OBJECT_STR || k->via.str.size > TWIN_KEY_MAX ||
+            (k->via.str.size == 2 && !memcmp(k->via.str.ptr, "ts", 2)))
+            continue;
+        int len = snprintf(path, sizeof(path), "reported.%.*s", (int)k->via.str.size,
+                           k->via.str.ptr);
+        rules_changes_add(c, path, (size_t)len);
+    }
+}
+
 void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *telemetry)
 {
     char path[TWIN_PATH_MAX + 16];
@@ -417,8 +434,15 @@ void hub_rules_changes_telemetry(struct rules_changes *c, const msgpack_object *
             continue;
         const char *k = kv->key.via.str.ptr;
         uint32_t n = kv->key.via.str.size;
-        if ((n == 3 && !memcmp(k, "seq", 3)) || (n == 2 && !memcmp(k, "ts", 2)))
+        if ((n == 3 && !memcmp(k, "seq", 3)) || (n == 2 && !memcmp(k, "ts", 2)) ||
+            (n == 4 && !memcmp(k, "boot", 4)))
             continue; /* not merged into reported */
+        if (n == 5 && !memcmp(k, "batch", 5) && kv->val.type == MSGPACK_OBJECT_ARRAY) {
+            /* the readings: the keys each one writes */
+            for (uint32_t j = 0; j < kv->val.via.array.size; j++)
+                hub_rules_changes_add_keys(c, &kv->val.via.array.ptr[j]);
+            continue;
+        }
         int len = snprintf(path, sizeof(path), "reported.%.*s", (int)n, k);
         rules_changes_add(c, path, (size_t)len);
     }

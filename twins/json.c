@@ -626,7 +626,8 @@ static int jp_value(struct jp *j, unsigned depth)
 }
 
 int json__to_msgpack(const unsigned char *p, size_t len, const struct twin_limits *lim,
-                     msgpack_zone *zone, const unsigned char **out, size_t *out_len, char *err)
+                     bool array_ok, msgpack_zone *zone, const unsigned char **out,
+                     size_t *out_len, char *err)
 {
     struct jp j = {
         .s = p,
@@ -648,14 +649,16 @@ int json__to_msgpack(const unsigned char *p, size_t len, const struct twin_limit
     if (rc)
         return rc;
     jp_ws(&j);
-    if (j.pos >= len || p[j.pos] != '{')
-        return jp_unexpected(&j, "'{'");
+    if (j.pos >= len || (p[j.pos] != '{' && !(array_ok && p[j.pos] == '[')))
+        return jp_unexpected(&j, array_ok ? "'[' or '{'" : "'{'");
+    bool array = p[j.pos] == '[';
     rc = jp_value(&j, 1);
     if (rc)
         return rc;
     jp_ws(&j);
     if (j.pos < len) {
-        twins__errf(err, "trailing characters at offset %zu after the JSON object", j.pos);
+        twins__errf(err, "trailing characters at offset %zu after the JSON %s", j.pos,
+                    array ? "array" : "object");
         return -EBADMSG;
     }
     *out = j.out;

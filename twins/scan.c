@@ -266,7 +266,7 @@ int twin_input_decode(const void *buf, size_t len, const struct twin_limits *lim
          * float); the raw payload was the one to bound */
         struct twin_limits mp = {SIZE_MAX, lim->max_depth, lim->max_keys};
 
-        rc = json__to_msgpack(p, len, lim, zone, &p, &len, err);
+        rc = json__to_msgpack(p, len, lim, false, zone, &p, &len, err);
         if (rc)
             return rc;
         rc = twin_input_scan(p, len, &mp, err);

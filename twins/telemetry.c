@@ -44,6 +44,7 @@ struct hist_op {
     struct hist_op *next;
     char *path;
     size_t path_len;
+    int64_t ts; /* of the point: the message's, or its reading's in a batch */
     double value;
     bool remove;
 };
@@ -51,6 +52,7 @@ struct hist_op {
 struct hist_ops {
     msgpack_zone *zone;
     struct hist_op *head, **tail;
+    int64_t ts; /* of the points added now */
     int rc;
 };
 
@@ -74,6 +76,7 @@ static void op_add(struct hist_ops *c, const char *path, size_t path_len, double
     }
     memcpy(op->path, path, path_len);
     op->path_len = path_len;
+    op->ts = c->ts;
     op->value = value;
     op->remove = remove;
     op->next = NULL;
@@ -154,11 +157,184 @@ static void on_gone(void *ctx, const char *path, size_t path_len, const msgpack_
     remove_under(c, old, buf, path_len);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Batches: several timestamped readings in one message ({"batch": [{"ts": ..., ...}, ...]})
+ * ------------------------------------------------------------------------------------------ */
+
+struct reading {
+    int64_t ts;
+    uint32_t order; /* in the message: equal times keep it */
+    msgpack_object map; /* the reading without its ts */
+};
+
+static int reading_cmp(const void *a, const void *b)
+{
+    const struct reading *x = a, *y = b;
+
+    if (x->ts != y->ts)
+        return x->ts < y->ts ? -1 : 1;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/* The newest meta time under m: a leaf's own, or the newest in a subtree; INT64_MIN if none. */
+static int64_t meta_newest(const msgpack_object *m)
+{
+    int64_t best = INT64_MIN;
+
+    if (m->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return m->via.u64 > INT64_MAX ? INT64_MAX : (int64_t)m->via.u64;
+    if (m->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        return m->via.i64;
+    if (m->type != MSGPACK_OBJECT_MAP)
+        return best;
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        int64_t t = meta_newest(&m->via.map.ptr[i].val);
+        if (t > best)
+            best = t;
+    }
+    return best;
+}
+
+/* Appends ".key" (or "key" at the top) to path[0..len); returns the new length, or 0 when the
+ * path would be longer than TWIN_PATH_MAX (nothing so deep is historized). */
+static size_t path_push(char *path, size_t len, const msgpack_object *k)
+{
+    size_t n = k->via.str.size, sep = len ? 1 : 0;
+
+    if (len + sep + n > TWIN_PATH_MAX)
+        return 0;
+    if (sep)
+        path[len] = '.';
+    memcpy(path + len + sep, k->via.str.ptr, n);
+    return len + sep + n;
+}
+
+/* History points for every finite number under v (maps walked; arrays are not historized). */
+static void hist_under(struct hist_ops *c, const msgpack_object *v, char *path, size_t len)
+{
+    if (v->type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t i = 0; i < v->via.map.size && !c->rc; i++) {
+            size_t n = path_push(path, len, &v->via.map.ptr[i].key);
+            if (n)
+                hist_under(c, &v->via.map.ptr[i].val, path, n);
+        }
+        return;
+    }
+    if (len)
+        on_leaf(c, path, len, v);
+}
+
+/* `patch` without what the twin holds from later than ts: a leaf, or a subtree, whose meta time
+ * is newer keeps its value, and the reading's value only goes to history. So a device that
+ * flushes what it buffered offline after newer live readings does not turn its twin back. */
+static int older_out(msgpack_zone *z, const msgpack_object *patch, const msgpack_object *meta,
+                     int64_t ts, struct hist_ops *c, char *path, size_t len, msgpack_object *out)
+{
+    msgpack_object_kv *kv = msgpack_zone_malloc(z, (patch->via.map.size + 1) * sizeof *kv);
+    uint32_t n = 0;
+
+    if (!kv)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < patch->via.map.size; i++) {
+        const msgpack_object_kv *e = &patch->via.map.ptr[i];
+        const msgpack_object *mk =
+            meta->type == MSGPACK_OBJECT_MAP
+                ? twin_value_get(meta, e->key.via.str.ptr, e->key.via.str.size)
+                : NULL;
+        size_t sub = path_push(path, len, &e->key);
+
+        if (mk && mk->type == MSGPACK_OBJECT_MAP && e->val.type == MSGPACK_OBJECT_MAP) {
+            msgpack_object inner;
+            int rc = older_out(z, &e->val, mk, ts, c, path, sub, &inner);
+            if (rc)
+                return rc;
+            kv[n].key = e->key;
+            kv[n++].val = inner;
+        } else if (mk && meta_newest(mk) > ts) {
+            if (sub)
+                hist_under(c, &e->val, path, sub);
+        } else {
+            kv[n++] = *e;
+        }
+    }
+    *out = *patch;
+    out->via.map.ptr = kv;
+    out->via.map.size = n;
+    return c->rc;
+}
+
+/* Checks the readings of a batch and collects them, with the message's own keys (patch, at
+ * message time ts) as one more. Returns the count, or -EINVAL with a reason. */
+static int readings_of(msgpack_zone *z, const msgpack_object *batch, const msgpack_object *patch,
+                       int64_t ts, int64_t now_ms, uint64_t max_skew, struct reading **out,
+                       char *err)
+{
+    uint32_t n = batch->via.array.size, k = 0;
+    struct reading *r = msgpack_zone_malloc(z, (n + 1) * sizeof *r);
+
+    if (!r) {
+        twins__errf(err, "out of memory");
+        return -ENOMEM;
+    }
+    if (patch->via.map.size)
+        r[k++] = (struct reading){ts, 0, *patch};
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *m = &batch->via.array.ptr[i];
+        const msgpack_object *t = NULL;
+        msgpack_object_kv *kv;
+        uint32_t nk = 0;
+
+        if (m->type != MSGPACK_OBJECT_MAP) {
+            twins__errf(err, "batch[%" PRIu32 "] must be a map with its ts, got %s", i,
+                        check__type_name(m->type));
+            return -EINVAL;
+        }
+        kv = msgpack_zone_malloc(z, (m->via.map.size + 1) * sizeof *kv);
+        if (!kv) {
+            twins__errf(err, "out of memory");
+            return -ENOMEM;
+        }
+        for (uint32_t j = 0; j < m->via.map.size; j++) {
+            const msgpack_object_kv *e = &m->via.map.ptr[j];
+            if (twins__key_is(&e->key, "ts", 2)) {
+                t = &e->val;
+            } else if (twins__key_is(&e->key, "seq", 3) || twins__key_is(&e->key, "boot", 4) ||
+                       twins__key_is(&e->key, "batch", 5)) {
+                twins__errf(err, "batch[%" PRIu32 "]: %.*s belongs to the message, not a reading",
+                            i, (int)e->key.via.str.size, e->key.via.str.ptr);
+                return -EINVAL;
+            } else {
+                kv[nk++] = *e;
+            }
+        }
+        if (!t || t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > INT64_MAX) {
+            twins__errf(err, "batch[%" PRIu32 "]: each reading needs its ts (ms since 1970)", i);
+            return -EINVAL;
+        }
+        if (max_skew && t->via.u64 > (uint64_t)now_ms &&
+            t->via.u64 - (uint64_t)now_ms > max_skew) {
+            twins__errf(err,
+                        "batch[%" PRIu32 "]: ts %" PRIu64 " is %" PRIu64
+                        " ms ahead of the hub clock; limits.max_clock_skew is %" PRIu64 " ms",
+                        i, t->via.u64, t->via.u64 - (uint64_t)now_ms, max_skew);
+            return -EINVAL;
+        }
+        r[k].ts = (int64_t)t->via.u64;
+        r[k].order = i + 1;
+        r[k].map = *m;
+        r[k].map.via.map.ptr = kv;
+        r[k++].map.via.map.size = nk;
+    }
+    qsort(r, k, sizeof *r, reading_cmp);
+    *out = r;
+    return (int)k;
+}
+
 int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                          const msgpack_object *telemetry, int64_t now_ms,
                          struct twin_apply_result *res, char *err)
 {
-    const msgpack_object *seq_v = NULL, *ts_v = NULL, *boot_v = NULL;
+    const msgpack_object *seq_v = NULL, *ts_v = NULL, *boot_v = NULL, *batch_v = NULL;
     struct hist_ops ops = {0};
     struct twin_doc doc;
     msgpack_object patch, reported, meta;
@@ -213,6 +389,14 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
             }
             boot_v = b;
             nkeys--;
+        } else if (twins__key_is(&kv->key, "batch", 5)) {
+            if (kv->val.type != MSGPACK_OBJECT_ARRAY) {
+                twins__errf(err, "batch must be an array of readings, got %s",
+                            check__type_name(kv->val.type));
+                rc = -EINVAL;
+            }
+            batch_v = &kv->val;
+            nkeys--;
         }
         if (rc)
             return rc;
@@ -226,6 +410,14 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                     "limits.max_clock_skew is %" PRIu64 " ms",
                     ts, (uint64_t)ts - (uint64_t)now_ms, max_skew);
         return -EINVAL;
+    }
+
+    if (batch_v) { /* every reading checked before anything is decided */
+        struct reading *rd;
+        msgpack_object none = {.type = MSGPACK_OBJECT_MAP};
+        rc = readings_of(&txn->zone, batch_v, &none, ts, now_ms, max_skew, &rd, err);
+        if (rc < 0)
+            return rc;
     }
 
     /* 2. the twin as it is (or a new one within max_twins), and the seq check */
@@ -284,7 +476,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
 
     /* 3. merge everything but seq and ts into reported */
     patch = *telemetry;
-    if (seq_v || ts_v || boot_v) {
+    if (seq_v || ts_v || boot_v || batch_v) {
         msgpack_object_kv *kv = msgpack_zone_malloc(&txn->zone, (nkeys + 1) * sizeof *kv);
         uint32_t n = 0;
 
@@ -296,7 +488,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
             const msgpack_object_kv *src = &telemetry->via.map.ptr[i];
 
             if (!twins__key_is(&src->key, "seq", 3) && !twins__key_is(&src->key, "ts", 2) &&
-                !twins__key_is(&src->key, "boot", 4))
+                !twins__key_is(&src->key, "boot", 4) && !twins__key_is(&src->key, "batch", 5))
                 kv[n++] = *src;
         }
         patch.via.map.ptr = kv;
@@ -304,8 +496,34 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     }
     ops.zone = &txn->zone;
     ops.tail = &ops.head;
-    rc = merge__apply(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported, &meta,
-                      on_leaf, on_gone, &ops);
+    ops.ts = ts;
+    if (!batch_v) {
+        rc = merge__apply(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported,
+                          &meta, on_leaf, on_gone, &ops);
+    } else {
+        /* the readings in time order, each at its own time; the newest value of each leaf
+         * stays in reported, every number goes to history */
+        struct reading *rd;
+        int nr = readings_of(&txn->zone, batch_v, &patch, ts, now_ms, max_skew, &rd, err);
+        if (nr < 0)
+            return nr == -ENOMEM ? nr : -EINVAL;
+        reported = doc.reported;
+        meta = doc.meta_reported;
+        rc = 0;
+        for (int i = 0; i < nr && !rc && !ops.rc; i++) {
+            char path[TWIN_PATH_MAX + 1];
+            msgpack_object part, r2, m2;
+            ops.ts = rd[i].ts;
+            rc = older_out(&txn->zone, &rd[i].map, &meta, rd[i].ts, &ops, path, 0, &part);
+            if (!rc)
+                rc = merge__apply(&txn->zone, &reported, &part, &meta, rd[i].ts, &r2, &m2,
+                                  on_leaf, on_gone, &ops);
+            if (!rc) {
+                reported = r2;
+                meta = m2;
+            }
+        }
+    }
     if (rc || ops.rc) {
         twins__errf(err, "out of memory merging telemetry");
         return -ENOMEM;
@@ -348,7 +566,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         if (op->remove)
             rc = history__remove(txn, id, id_len, op->path, op->path_len, err);
         else
-            rc = twin_history_append(txn, id, id_len, op->path, op->path_len, ts, op->value, err);
+            rc = twin_history_append(txn, id, id_len, op->path, op->path_len, op->ts, op->value,
+                                     err);
         if (rc)
             return rc;
     }

@@ -68,6 +68,17 @@ int twin_input_scan(const void *buf, size_t len, const struct twin_limits *lim, 
 int twin_input_decode(const void *buf, size_t len, const struct twin_limits *lim,
                       msgpack_zone *zone, msgpack_object *out, char *err);
 
+/* Decodes a SenML (RFC 8428) JSON pack into the batch form twin_telemetry_apply takes:
+ * {"batch": [{"ts": ms, <path>: value}, ...]}, one reading per record. Base fields (bn, bt, bv,
+ * bver) carry over; the name is bn + n, and what follows its last ':' becomes a path under
+ * reported ('/' and '.' separate levels: "3303/0/5700" -> 3303.0.5700); the time is bt + t
+ * seconds, relative to now_ms below 2^28 s; the value is v (+ bv), vs, vb or vd. Units, sums and
+ * update times are not kept; a field ending in '_' is refused. Within lim like
+ * twin_input_decode; *out points into zone. Returns 0, -EINVAL (reason: "record 3: no value (v,
+ * vs, vb or vd)"), -EBADMSG (not JSON), -ELOOP, -E2BIG, -ENOMEM. Any thread. */
+int twin_senml_decode(const void *buf, size_t len, const struct twin_limits *lim, int64_t now_ms,
+                      msgpack_zone *zone, msgpack_object *out, char *err);
+
 /* Writes `obj` as JSON text to `out` (appends). Strings are escaped; binary becomes base64;
  * non-finite floats become null; map keys that are not strings are written as their JSON text
  * in quotes. Returns 0 or -ENOMEM. */

@@ -77,11 +77,13 @@ int scan__skip(const unsigned char *p, size_t len, size_t *off);
  * JSON input (json.c)
  * ------------------------------------------------------------------------------------------ */
 
-/* Converts the JSON object text p[0..len) (strict RFC 8259) into msgpack bytes allocated in
- * zone: *out, *out_len. Applies lim->max_depth and lim->max_keys (the caller has checked
- * max_payload). Returns 0, -EBADMSG, -ELOOP, -E2BIG, -ENOMEM; the reason names the offset. */
+/* Converts the JSON object text p[0..len) (strict RFC 8259; with array_ok an array too) into
+ * msgpack bytes allocated in zone: *out, *out_len. Applies lim->max_depth and lim->max_keys (the
+ * caller has checked max_payload). Returns 0, -EBADMSG, -ELOOP, -E2BIG, -ENOMEM; the reason
+ * names the offset. */
 int json__to_msgpack(const unsigned char *p, size_t len, const struct twin_limits *lim,
-                     msgpack_zone *zone, const unsigned char **out, size_t *out_len, char *err);
+                     bool array_ok, msgpack_zone *zone, const unsigned char **out,
+                     size_t *out_len, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Checks of values written into a twin (check.c)

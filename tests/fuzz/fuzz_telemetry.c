@@ -441,11 +441,14 @@ static void check_applied(const struct snap *old, const struct snap *now, const 
 
         if (k->type == MSGPACK_OBJECT_STR &&
             ((k->via.str.size == 3 && !memcmp(k->via.str.ptr, "seq", 3)) ||
-             (k->via.str.size == 2 && !memcmp(k->via.str.ptr, "ts", 2))))
+             (k->via.str.size == 2 && !memcmp(k->via.str.ptr, "ts", 2)) ||
+             (k->via.str.size == 4 && !memcmp(k->via.str.ptr, "boot", 4))))
             continue;
         patch.via.map.ptr[n++] = msg->via.map.ptr[i];
     }
     patch.via.map.size = n;
+    if (last_get(msg, "batch"))
+        return; /* readings each at its own time: test_twins telemetry_batch checks those */
     rc = twin_merge(z, old->exists ? &old->doc.reported : &nil, &patch,
                     old->exists ? &old->doc.meta_reported : &nil,
                     ts ? (int64_t)ts->via.u64 : now_ms, &rep, &meta, NULL, NULL);

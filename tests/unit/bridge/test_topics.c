@@ -189,6 +189,7 @@ static const struct kind_case kinds[] = {
     {BRIDGE_T_TELEMETRY, "devices/dev-1/telemetry", "devices/+/telemetry"},
     {BRIDGE_T_STATUS, "devices/dev-1/status", "devices/+/status"},
     {BRIDGE_T_CMD_ACK, "devices/dev-1/commands/ack", "devices/+/commands/ack"},
+    {BRIDGE_T_SENML, "devices/dev-1/senml", "devices/+/senml"},
     {BRIDGE_T_DESIRED, "devices/dev-1/desired", "devices/+/desired"},
     {BRIDGE_T_COMMANDS, "devices/dev-1/commands", "devices/+/commands"},
     {BRIDGE_T_DESIRED_SET, "twins/dev-1/desired/set", "twins/+/desired/set"},

@@ -2276,6 +2276,162 @@ out:
     tmp_remove(dir);
 }
 
+struct doc_text {
+    char reported[512], meta[512], v[128];
+    bool spo2;
+};
+
+static void read_text(const struct twin_doc *d, void *ctx)
+{
+    struct doc_text *t = ctx;
+    const msgpack_object *v = twin_value_get(&d->reported, "v", 1);
+    snprintf(t->reported, sizeof t->reported, "%s", TJ(&d->reported));
+    snprintf(t->meta, sizeof t->meta, "%s", TJ(&d->meta_reported));
+    snprintf(t->v, sizeof t->v, "%s", v ? TJ(v) : "");
+    t->spo2 = twin_value_get(&d->reported, "spo2", 4) != NULL;
+}
+
+static struct doc_text text_of(struct twin_store *s, const char *id)
+{
+    struct doc_text t = {"", "", "", false};
+    CHECK_INT(read_doc(s, id, read_text, &t), 0);
+    return t;
+}
+
+/* Batches: readings at their own times, the newest value of each leaf kept, all in history. */
+static void test_telemetry_batch(void)
+{
+    char dir[64], err[TWIN_ERR_LEN];
+    struct twin_store *s;
+    struct twin_apply_result res;
+    struct points p;
+
+    tmp_make(dir, sizeof dir);
+    s = store_open(dir, 0, 0, 100, false);
+    if (!s)
+        goto out;
+    CHECK_INT(apply(s, "w", "{\"seq\":1,\"ts\":10000,\"hr\":70}", 100000, &res, err), 0);
+    /* a flush of older readings: hr stays 70 (newer), a new leaf comes in, history gets all */
+    CHECK_INT(apply(s, "w",
+                    "{\"seq\":2,\"ts\":20000,\"spo2\":97,\"batch\":[{\"ts\":6000,\"hr\":61},"
+                    "{\"ts\":5000,\"hr\":60,\"t\":36.1}]}",
+                    100001, &res, err),
+              0);
+    CHECK(res.outcome == TWIN_APPLIED && res.version == 2);
+    CHECK_STR(text_of(s, "w").reported, "{\"hr\":70,\"t\":36.1,\"spo2\":97}"); /* time order */
+    CHECK_STR(text_of(s, "w").meta, "{\"hr\":10000,\"t\":5000,\"spo2\":20000}");
+    p = history_of(s, "w", "hr", 0);
+    CHECK(p.n == 3 && p.ts[0] == 5000 && p.v[0] == 60 && p.ts[1] == 6000 && p.ts[2] == 10000);
+    CHECK_INT(history_of(s, "w", "t", 0).n, 1);
+    /* newer readings in any order: the newest wins; equal times keep the message's order */
+    CHECK_INT(apply(s, "w",
+                    "{\"seq\":3,\"batch\":[{\"ts\":30000,\"hr\":80},{\"ts\":25000,\"hr\":75},"
+                    "{\"ts\":40000,\"hr\":1},{\"ts\":40000,\"hr\":2}]}",
+                    100002, &res, err),
+              0);
+    CHECK_STR(text_of(s, "w").reported, "{\"hr\":2,\"t\":36.1,\"spo2\":97}");
+    p = history_of(s, "w", "hr", 20000);
+    CHECK(p.n == 4 && p.v[0] == 75 && p.v[1] == 80 && p.v[2] == 1 && p.v[3] == 2);
+    /* nested: an older reading fills in what is missing and leaves the newer leaf */
+    CHECK_INT(apply(s, "w", "{\"batch\":[{\"ts\":50000,\"v\":{\"a\":1}}]}", 100003, &res, err),
+              0);
+    CHECK_INT(apply(s, "w", "{\"batch\":[{\"ts\":45000,\"v\":{\"a\":0,\"b\":2}}]}", 100004, &res,
+                    err),
+              0);
+    CHECK_STR(text_of(s, "w").v, "{\"a\":1,\"b\":2}");
+    p = history_of(s, "w", "v.a", 0);
+    CHECK(p.n == 2 && p.ts[0] == 45000 && p.v[0] == 0 && p.v[1] == 1);
+    /* an older nil does not delete a newer leaf */
+    CHECK_INT(apply(s, "w", "{\"batch\":[{\"ts\":1000,\"spo2\":null}]}", 100005, &res, err), 0);
+    CHECK(text_of(s, "w").spo2);
+    /* a stale batch is stale */
+    CHECK_INT(apply(s, "w", "{\"seq\":2,\"batch\":[{\"ts\":60000,\"hr\":9}]}", 100006, &res, err),
+              0);
+    CHECK_INT(res.outcome, TWIN_STALE);
+    /* bad batches are refused whole, nothing written */
+    static const struct {
+        const char *msg, *why;
+    } bad[] = {
+        {"{\"batch\":{\"ts\":1}}", "batch must be an array of readings, got map"},
+        {"{\"batch\":[1]}", "batch[0] must be a map with its ts, got int"},
+        {"{\"batch\":[{\"ts\":1,\"a\":1},{\"a\":2}]}", "batch[1]: each reading needs its ts"},
+        {"{\"batch\":[{\"ts\":-1,\"a\":1}]}", "batch[0]: each reading needs its ts"},
+        {"{\"batch\":[{\"ts\":1,\"seq\":4}]}", "batch[0]: seq belongs to the message"},
+        {"{\"batch\":[{\"ts\":99999999999999,\"a\":1}]}", "batch[0]: ts 99999999999999 is"},
+        {"{\"batch\":[{\"ts\":1,\"a.b\":1}]}", "contains '.'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t v = restart_of(s, "w").version;
+        CHECK_INT(apply(s, "w", bad[i].msg, 100010, &res, err), -EINVAL);
+        CHECK_HAS(err, bad[i].why);
+        CHECK_INT(restart_of(s, "w").version, v);
+    }
+out:
+    twin_store_close(s);
+    tmp_remove(dir);
+}
+
+static void test_senml(void)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        const char *out; /* the batch, or a part of the reason */
+    } cases[] = {
+        /* RFC 8428 section 5.1.2: a base name (the device), a base time, relative times */
+        {"[{\"bn\":\"urn:dev:ow:10e2073a01080063:\",\"bt\":1.276020076e9,\"u\":\"V\","
+         "\"n\":\"voltage\",\"v\":120.1},{\"n\":\"current\",\"t\":-5,\"v\":1.2},"
+         "{\"n\":\"current\",\"t\":-4,\"v\":1.3}]",
+         0,
+         "{\"batch\":[{\"ts\":1276020076000,\"voltage\":120.1},{\"ts\":1276020071000,"
+         "\"current\":1.2},{\"ts\":1276020072000,\"current\":1.3}]}"},
+        /* no time: now; a time below 2^28 s: from now */
+        {"[{\"n\":\"temp\",\"v\":21}]", 0, "{\"batch\":[{\"ts\":1700000000000,\"temp\":21.0}]}"},
+        {"[{\"n\":\"temp\",\"t\":-1.5,\"v\":21}]", 0,
+         "{\"batch\":[{\"ts\":1699999998500,\"temp\":21.0}]}"},
+        /* levels, strings, booleans, base values */
+        {"[{\"n\":\"3303/0/5700\",\"v\":1},{\"n\":\"door.state\",\"vs\":\"open\"},"
+         "{\"n\":\"alarm\",\"vb\":true},{\"bv\":10,\"n\":\"x\",\"v\":1},{\"n\":\"y\"}]",
+         0,
+         "{\"batch\":[{\"ts\":1700000000000,\"3303\":{\"0\":{\"5700\":1.0}}},"
+         "{\"ts\":1700000000000,\"door\":{\"state\":\"open\"}},{\"ts\":1700000000000,"
+         "\"alarm\":true},{\"ts\":1700000000000,\"x\":11.0},{\"ts\":1700000000000,\"y\":10.0}]}"},
+        {"{\"n\":\"a\",\"v\":1}", -EINVAL, "a SenML pack is a JSON array of records"},
+        {"7", -EBADMSG, "expected '[' or '{'"},
+        {"[]", -EINVAL, "not an empty one"},
+        {"[1]", -EINVAL, "record 0 must be an object, got int"},
+        {"[{\"n\":\"a\"}]", -EINVAL, "record 0: no value"},
+        {"[{\"n\":\"a\",\"v\":1,\"vs\":\"x\"}]", -EINVAL, "record 0: more than one of"},
+        {"[{\"n\":\"a\",\"v\":\"1\"}]", -EINVAL, "record 0: v must be a finite number, got str"},
+        {"[{\"n\":\"a\",\"vb\":1}]", -EINVAL, "vb must be a boolean"},
+        {"[{\"n\":\"a\",\"v\":1,\"foo_\":2}]", -EINVAL, "field 'foo_' must be understood"},
+        {"[{\"v\":1}]", -EINVAL, "record 0: no name"},
+        {"[{\"n\":\"urn:dev:x:\",\"v\":1}]", -EINVAL, "the name ends with ':'"},
+        {"[{\"n\":\"a//b\",\"v\":1}]", -EINVAL, "has an empty or too long part"},
+        {"[{\"n\":\"a\",\"v\":1,\"t\":\"now\"}]", -EINVAL, "t must be a number"},
+        {"[{\"n\":\"a\",\"v\":1,\"bt\":-1e12}]", -EINVAL, "before 1970"},
+        {"[{\"n\":\"a\",\"v\":1,\"bver\":99}]", -EINVAL, "not a SenML version"},
+        {"[{\"n\":\"a\",\"v\":1}", -EBADMSG, "offset"},
+    };
+    msgpack_zone z;
+
+    msgpack_zone_init(&z, 4096);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[TWIN_ERR_LEN] = "";
+        msgpack_object o;
+        int rc = twin_senml_decode(cases[i].in, strlen(cases[i].in), &BIG, 1700000000000, &z, &o,
+                                   err);
+        if (rc != cases[i].rc)
+            FAIL("case %zu %s: rc %d, expected %d (%s)", i, cases[i].in, rc, cases[i].rc, err);
+        else if (rc == 0)
+            CHECK_STR(TJ(&o), cases[i].out);
+        else
+            CHECK_HAS(err, cases[i].out);
+        msgpack_zone_clear(&z);
+    }
+    msgpack_zone_destroy(&z);
+}
+
 static void test_telemetry_bad(void)
 {
     static const struct {
@@ -5439,6 +5595,8 @@ static const struct {
     {"import_tombstone", test_import_tombstone},
     {"telemetry_apply", test_telemetry_apply},
     {"telemetry_restart", test_telemetry_restart},
+    {"telemetry_batch", test_telemetry_batch},
+    {"senml", test_senml},
     {"telemetry_bad", test_telemetry_bad},
     {"telemetry_doc_limit", test_telemetry_doc_limit},
     {"telemetry_more", test_telemetry_more},
