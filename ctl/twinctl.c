@@ -121,6 +121,7 @@ static int cmd_model(struct ctl *ctl);
 static int cmd_rules(struct ctl *ctl);
 static int cmd_backup(struct ctl *ctl);
 static int cmd_restore(struct ctl *ctl);
+static int cmd_wave(struct ctl *ctl);
 static int cmd_export(struct ctl *ctl);
 static int cmd_import(struct ctl *ctl);
 
@@ -130,6 +131,9 @@ static const struct command commands[] = {
      OPT_PREFIX | OPT_LIMIT, true, cmd_list},
     {"history", "ID PATH [--since 10m]", "print the history of reported.PATH, oldest first", 2, 2,
      OPT_SINCE, true, cmd_history},
+    {"wave", "ID PATH [--since 10s]",
+     "print the waveform kept of reported.PATH (history.waveforms): chunks of samples", 2, 2,
+     OPT_SINCE, true, cmd_wave},
     {"stats", "", "print store statistics", 0, 0, 0, true, cmd_stats},
     {"top", "[--fields PATH=LABEL,...] [--prefix P] [--interval 1s] [--seconds N] [--wait 10s]",
      "a live table of the twins, redrawn every interval", 0, 0,
@@ -564,6 +568,67 @@ static int cmd_history(struct ctl *ctl)
         return fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s'%s%s", path, id,
                     ctl->opt[O_SINCE] ? " in the last " : "",
                     ctl->opt[O_SINCE] ? ctl->opt[O_SINCE] : "");
+    return EXIT_FOUND;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * wave
+ * ------------------------------------------------------------------------------------------ */
+
+struct wave_walk {
+    struct ctl *ctl;
+    uint64_t chunks, samples;
+};
+
+/* {"ts":..,"rate":..,"samples":[...]} per chunk, one JSON array in all; --table: ts value */
+static int wave_one(void *ctx, int64_t ts, double rate, const float *x, size_t n)
+{
+    struct wave_walk *w = ctx;
+    if (w->ctl->table) {
+        for (size_t i = 0; i < n; i++)
+            printf("%.3f\t%.9g\n", (double)ts / 1000.0 + (double)i / rate, (double)x[i]);
+    } else {
+        printf("%s{\"ts\":%lld,\"rate\":%.9g,\"samples\":[", w->chunks ? "," : "[",
+               (long long)ts, rate);
+        for (size_t i = 0; i < n; i++)
+            printf("%s%.9g", i ? "," : "", (double)x[i]);
+        printf("]}");
+    }
+    w->chunks++;
+    w->samples += n;
+    return 0;
+}
+
+static int cmd_wave(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    const char *id = ctl->args[0], *path = ctl->args[1];
+    int64_t since = INT64_MIN;
+    if (check_id(id))
+        return EXIT_ERROR;
+    if (strncmp(path, "reported.", 9) == 0)
+        path += 9;
+    if (!*path || strlen(path) > TWIN_PATH_MAX)
+        return fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
+                    TWIN_PATH_MAX);
+    if (ctl->opt[O_SINCE]) {
+        uint64_t ms;
+        if (config_parse_duration_ms(ctl->opt[O_SINCE], 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
+            return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
+                        ctl->opt[O_SINCE]);
+        since = hub_now_ms() - (int64_t)ms;
+    }
+    struct wave_walk w = {.ctl = ctl};
+    int rc = twin_wave_read(ctl->txn, id, strlen(id), path, strlen(path), since, INT64_MAX,
+                            wave_one, &w, err);
+    if (rc < 0)
+        return fail(EXIT_ERROR, "cannot read the waveform of '%s' %s: %s", id, path, err);
+    if (w.chunks == 0)
+        return fail(EXIT_NOT_FOUND, "no waveform of reported.%s for twin '%s'%s%s", path, id,
+                    ctl->opt[O_SINCE] ? " in the last " : "",
+                    ctl->opt[O_SINCE] ? ctl->opt[O_SINCE] : "");
+    if (!ctl->table)
+        printf("]\n");
     return EXIT_FOUND;
 }
 

@@ -66,6 +66,7 @@ static int check_nonempty(const char *s, char *why, size_t size);
 static int check_url(const char *s, char *why, size_t size);
 static int check_prefix(const char *s, char *why, size_t size);
 static int check_listen(const char *s, char *why, size_t size);
+static int check_waveforms(const char *s, char *why, size_t size);
 
 static const struct enum_val mqtt_versions[] = {{"5", 5}, {"4", 4}, {NULL, 0}};
 static const struct enum_val syncs[] = {{"os", 0}, {"commit", 1}, {NULL, 0}};
@@ -149,6 +150,8 @@ static const struct key keys[] = {
     UINT("limits.seq_restart_after", seq_restart_after, "32", 0, 1000000, K_RELOAD),
 
     UINT("history.max_points", history_max_points, "600", 0, 1000000, K_RELOAD),
+    STR("history.waveforms", waveforms, "", check_waveforms, 0),
+    DUR("history.waveform_seconds", waveform_s, "60s", SEC, SEC, HOUR, 0),
 
     UINT("commands.max_per_device", commands_max, "100", 1, 1000000, K_RELOAD),
     DUR("commands.retention", command_retention_s, "24h", SEC, 0, 3650 * DAY, K_RELOAD),
@@ -173,6 +176,8 @@ static const struct key keys[] = {
     DUR("http.timeout", http_timeout_s, "10s", SEC, 1 * SEC, HOUR, 0),
     SIZE("http.max_request", http_max_request, "16KiB", 4 * KIB, 1 * MIB, 0),
     DUR("http.stall", http_stall_ms, "30s", 1, 1 * SEC, HOUR, 0),
+
+    BOOL("aws.shadow", aws_shadow, "false", 0),
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -745,6 +750,63 @@ int config_listen_split(const char *s, char *host, size_t host_size, unsigned *p
     host[n] = '\0';
     *port = (unsigned)p;
     return 0;
+}
+
+int config_waveform_next(const char **s, char *path, size_t path_size, double *rate, char *why,
+                         size_t size)
+{
+    const char *p = *s, *eq, *end;
+    if (!*p)
+        return 0;
+    end = strchr(p, ',');
+    if (!end)
+        end = p + strlen(p);
+    eq = memchr(p, '=', (size_t)(end - p));
+    size_t n = eq ? (size_t)(eq - p) : 0;
+    if (!eq || n == 0 || n >= path_size || n > 256) {
+        snprintf(why, size, "path=Hz entries such as ecg=250 ('%.*s' has no rate)",
+                 (int)(end - p), p);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)p[i]) || p[i] == '_' || p[i] == '-' ||
+              (p[i] == '.' && i && i + 1 < n && p[i + 1] != '.'))) {
+            snprintf(why, size, "a path under reported such as ecg or vitals.pleth ('%.*s')",
+                     (int)n, p);
+            return -EINVAL;
+        }
+    char num[32], *stop;
+    size_t m = (size_t)(end - eq - 1);
+    if (m == 0 || m >= sizeof(num)) {
+        snprintf(why, size, "a rate in Hz after '=' ('%.*s')", (int)(end - p), p);
+        return -EINVAL;
+    }
+    memcpy(num, eq + 1, m);
+    num[m] = '\0';
+    double r = strtod(num, &stop);
+    if (*stop || !(r > 0) || r > 100000) {
+        snprintf(why, size, "a rate of Hz above 0 and at most 100000 ('%.*s')", (int)(end - p),
+                 p);
+        return -EINVAL;
+    }
+    memcpy(path, p, n);
+    path[n] = '\0';
+    *rate = r;
+    *s = *end ? end + 1 : end;
+    return 1;
+}
+
+static int check_waveforms(const char *s, char *why, size_t size)
+{
+    char path[257];
+    double rate;
+    int rc, count = 0;
+    while ((rc = config_waveform_next(&s, path, sizeof(path), &rate, why, size)) > 0)
+        if (++count > 8) {
+            snprintf(why, size, "at most 8 waveforms");
+            return -EINVAL;
+        }
+    return rc;
 }
 
 static int check_listen(const char *s, char *why, size_t size)

@@ -54,6 +54,8 @@ struct config {
 
     /* history (reloadable) */
     unsigned history_max_points; /* history.max_points: 600 */
+    char waveforms[512];         /* history.waveforms: "" or "ecg=250,pleth=125" (path=Hz) */
+    unsigned waveform_s;         /* history.waveform_seconds: 60s kept of each waveform */
 
     /* commands (reloadable) */
     unsigned commands_max;        /* commands.max_per_device: 100 (stored per device, any
@@ -92,12 +94,21 @@ struct config {
     unsigned http_stall_ms;        /* http.stall: 30s, a message handled longer than this makes
                                       /healthz fail and withholds the systemd watchdog */
 
+    /* aws: AWS IoT Device Shadow compatibility (hub/shadow.c) */
+    bool aws_shadow; /* aws.shadow: false; true also serves $aws/things/{id}/shadow/... */
+
     /* where each value came from, for error messages and --print-config */
     char source[256]; /* the file read, or "" */
 };
 
 /* Splits an http.listen value "host:port" or "[v6addr]:port" into host (brackets removed)
  * and port. Returns 0, or -EINVAL with the reason in why. */
+/* The next entry of a history.waveforms list at *s ("ecg=250,vitals.pleth=125"): its reported
+ * path into path[0..path_size) and its rate (Hz, above 0, at most 100000); *s moves past it.
+ * Returns 1 (an entry), 0 (the end), -EINVAL (why says what and where). */
+int config_waveform_next(const char **s, char *path, size_t path_size, double *rate, char *why,
+                         size_t size);
+
 int config_listen_split(const char *s, char *host, size_t host_size, unsigned *port, char *why,
                         size_t why_size);
 

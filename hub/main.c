@@ -156,6 +156,7 @@ struct hub {
     struct config cfg;
     struct bridge_topics topics;
     char sub[NSUBS][BRIDGE_TOPIC_MAX];
+    char aws_sub[BRIDGE_AWS_FILTERS][BRIDGE_TOPIC_MAX]; /* aws.shadow: $aws/things/+/shadow/... */
     char status_topic[BRIDGE_TOPIC_MAX], errors_topic[BRIDGE_TOPIC_MAX];
     struct twin_store *store;
     struct ingest in;
@@ -460,6 +461,9 @@ static void client_options(struct hub *h, struct bridge_options *bo, const char 
         subs[i] = h->sub[i];
     bo->subscriptions = subs;
     bo->n_subscriptions = (int)NSUBS;
+    /* `#` does not match $ topics: AWS IoT Device Shadow's are subscribed to one by one */
+    for (int i = 0; c->aws_shadow && i < BRIDGE_AWS_FILTERS; i++)
+        subs[bo->n_subscriptions++] = h->aws_sub[i];
     bo->sub_qos = 1;
     bo->on_message = ingest_on_message;
     bo->on_connection = on_connection;
@@ -496,6 +500,14 @@ static int hub_open(struct hub *h)
     so.max_twins = c->max_twins;
     so.max_clock_skew_ms = (uint64_t)c->max_clock_skew_s * 1000;
     so.seq_restart_after = c->seq_restart_after;
+    struct twin_waveform waves[TWIN_WAVEFORMS_MAX];
+    const char *ws = c->waveforms;
+    char why[160];
+    while (so.nwaveforms < TWIN_WAVEFORMS_MAX &&
+           config_waveform_next(&ws, waves[so.nwaveforms].path, sizeof(waves[0].path),
+                                &waves[so.nwaveforms].rate, why, sizeof(why)) > 0)
+        waves[so.nwaveforms++].seconds = c->waveform_s;
+    so.waveforms = waves;
     so.commands_max = c->commands_max;
     so.command_retention_ms = (uint64_t)c->command_retention_s * 1000;
     if ((rc = twin_store_open(&h->store, &so, terr)) < 0) {
@@ -519,8 +531,13 @@ static int hub_open(struct hub *h)
         goto fail_ingest;
     }
     h->in.rules = &h->rules;
+    h->in.aws_shadow = c->aws_shadow;
+    for (int i = 0; i < BRIDGE_AWS_FILTERS; i++)
+        bridge_aws_filter(i, h->aws_sub[i], sizeof(h->aws_sub[i]));
+    if (c->aws_shadow)
+        log_info("AWS IoT Device Shadow mode", "topics=\"$aws/things/+/shadow/...\"");
     struct bridge_options bo;
-    const char *subs[NSUBS];
+    const char *subs[NSUBS + BRIDGE_AWS_FILTERS];
     client_options(h, &bo, subs);
     if ((rc = bridge_client_new(&h->client, &bo, berr)) < 0) {
         log_error("cannot create the MQTT client", "err=\"%s\"", berr);
@@ -537,6 +554,7 @@ static int hub_open(struct hub *h)
                      [PUB_CLASS_REPLY] = REPLIES_WAITING,
                      [PUB_CLASS_COMMAND] = COMMANDS_WAITING},
         .max_bytes = MESSAGES_MAX_BYTES,
+        .aws_shadow = c->aws_shadow,
     };
     if ((rc = publisher_new(&h->pub, &po)) < 0) {
         log_error("cannot create the publisher", "err=\"no memory\"");

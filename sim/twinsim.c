@@ -3,7 +3,7 @@
  * strip), the schedule and the per-connection publish windows; the MQTT connections are the
  * bridge's, over TLS when the URL is ssl:// (one shared client certificate, or each device its
  * own from a directory). With one connection per device, each device obeys its twin: desired
- * sample_hz / alarm_hr_high / alarm_hr_low, commands ping / set_rate / go_offline (and
+ * sample_hz / alarm_hr_high / alarm_hr_low, commands ping / set_rate / alert / go_offline (and
  * --flaky); sharing connections (the load generator) it subscribes to nothing.
  *
  * Threads: main() is the one loop thread; it schedules, packs and publishes (telemetry and
@@ -63,7 +63,8 @@ struct opts {
     uint64_t count;       /* per device; 0 = no limit */
     double seconds;       /* 0 = no limit */
     unsigned connections; /* 0 = one per device */
-    unsigned ecg_samples;
+    unsigned ecg_samples; /* per message; 0 = a continuous strip: 250 Hz / rate */
+    bool ecg_set;
     uint64_t seed;
     bool seed_set;
     unsigned max_inflight;
@@ -101,7 +102,9 @@ static void usage(FILE *f)
            "  --connections K    spread the devices over K MQTT connections (default: one per\n"
            "                     device, client id twinsim-<id>, retained will \"offline\" and\n"
            "                     birth \"online\" on devices/{id}/status)\n"
-           "  --ecg-samples M    ECG samples per message (default 25, at 250 Hz)\n"
+           "  --ecg-samples M    ECG samples per message, at 250 Hz (default: a continuous\n"
+           "                     strip, 250 / rate samples, the last ending at the message's\n"
+           "                     ts; 25 with --rate 0)\n"
            "  --seed S           random seed (default: from the clock)\n"
            "  --max-inflight W   publishes in flight per connection (default 64)\n"
            "  --quiet            no errors or connection changes on stderr\n"
@@ -125,8 +128,10 @@ static void usage(FILE *f)
            "applies sample_hz (its message rate, 0.1..100 Hz), alarm_hr_high and alarm_hr_low\n"
            "from the delta and reports the applied values in its telemetry (other desired keys\n"
            "are ignored, so they stay in the delta), and acknowledges commands (delivered, then\n"
-           "succeeded or failed): ping, set_rate {hz}, go_offline {seconds} (0..3600; the device\n"
-           "stops publishing, leaves with its \"offline\" status and comes back \"online\").\n");
+           "succeeded or failed): ping, set_rate {hz}, alert {level: low|medium|high|critical\n"
+           "(default high), reason} (the alarm sounds: logged), go_offline {seconds} (0..3600;\n"
+           "the device stops publishing, leaves with its \"offline\" status and comes back\n"
+           "\"online\"); any other command fails.\n");
 }
 
 static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -271,6 +276,7 @@ static int opts_parse(struct opts *o, int argc, char **argv)
             if (parse_uint(optarg, 0, ECG_SAMPLES_MAX, &u))
                 bad = "--ecg-samples: expected 0..4096";
             o->ecg_samples = (unsigned)u;
+            o->ecg_set = true;
             break;
         case OPT_SEED:
             if (parse_uint(optarg, 0, UINT64_MAX, &o->seed))
@@ -1209,6 +1215,27 @@ static void run_command(struct dev *d, const msgpack_object *root, int64_t start
         }
         double applied = dev_set_rate(d, v, is_int, start, now);
         send_ack(d, id, "succeeded", "hz", NULL, applied, false);
+    } else if (obj_str_eq(cmd, "alert")) {
+        /* the monitor's alarm (what the demo's rules send): sounded at args.level, default high */
+        static const char *const levels[] = {"low", "medium", "high", "critical"};
+        const msgpack_object *level = map_get(args, "level"), *reason = map_get(args, "reason");
+        const char *lv = level ? NULL : "high";
+        for (size_t i = 0; level && i < sizeof levels / sizeof levels[0]; i++)
+            if (obj_str_eq(level, levels[i]))
+                lv = levels[i];
+        if (!lv) {
+            fail_ack(seen, d, id, "error", "args.level: expected low, medium, high or critical",
+                     0, false);
+            return;
+        }
+        if (!sim.o.quiet) {
+            char q[160];
+            bool rs = reason && reason->type == MSGPACK_OBJECT_STR;
+            log_info("alert", "device=%s level=%s reason=%s", d->id, lv,
+                     log_quote(q, sizeof q, rs ? reason->via.str.ptr : "",
+                               rs ? reason->via.str.size : 0));
+        }
+        send_ack(d, id, "succeeded", "alarm", lv, 0, false);
     } else if (obj_str_eq(cmd, "go_offline")) {
         if (obj_number(map_get(args, "seconds"), &v, &is_int) < 0 || v < 0 || v > 3600) {
             fail_ack(seen, d, id, "error", "args.seconds: expected 0..3600", 0, false);
@@ -1741,6 +1768,10 @@ int main(int argc, char **argv)
     sim.per_device = sim.n_conns == sim.n_devs;
     if (sim.o.rate > 0)
         sim.period_ns = (int64_t)llround(1e9 / sim.o.rate);
+    if (!sim.o.ecg_set) /* every sample of the strip, in chunks of one message period */
+        sim.o.ecg_samples = sim.o.rate > 0 ? (unsigned)fmin(1000, /* the hub's max_keys */
+                                                            fmax(1, round(ECG_HZ / sim.o.rate)))
+                                           : 25;
     if (sim.period_ns < 1 && sim.o.rate > 0)
         sim.period_ns = 1;
     ecg_table_init(sim.ecg_table);

@@ -57,6 +57,8 @@ int twin_delete(struct twin_txn *txn, const char *id, size_t id_len, uint64_t ex
         rc = rulestate__remove_twin(txn, id, id_len, err);
     if (!rc)
         rc = modelstate__remove_twin(txn, id, id_len, err);
+    if (!rc)
+        rc = wave__remove_twin(txn, id, id_len, err);
     if (rc)
         return rc;
     res->version = version;

@@ -57,8 +57,10 @@ static int nest(msgpack_zone *z, const char *name, size_t len, const msgpack_obj
             break;
         }
     if (len == 0) {
-        twins__errf(err, "record %" PRIu32 ": the name ends with ':' (no field name after the "
-                         "device's)", rec);
+        twins__errf(err,
+                    "record %" PRIu32 ": the name ends with ':' (no field name after the "
+                    "device's)",
+                    rec);
         return -EINVAL;
     }
     start = end = len;
@@ -69,8 +71,9 @@ static int nest(msgpack_zone *z, const char *name, size_t len, const msgpack_obj
             start--;
         size_t n = end - start;
         if (n == 0 || n > TWIN_KEY_MAX) {
-            twins__errf(err, "record %" PRIu32 ": name '%.*s' has an empty or too long part "
-                             "(1..%d bytes between '/' or '.')",
+            twins__errf(err,
+                        "record %" PRIu32 ": name '%.*s' has an empty or too long part "
+                        "(1..%d bytes between '/' or '.')",
                         rec, (int)len, name, TWIN_KEY_MAX);
             return -EINVAL;
         }
@@ -120,8 +123,8 @@ static int record(msgpack_zone *z, const msgpack_object *r, uint32_t i, struct b
             continue; /* JSON keys are strings */
         if (key_is(k, "bn")) {
             if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > TWIN_PATH_MAX) {
-                twins__errf(err, "record %" PRIu32 ": bn must be a string of at most %d bytes",
-                            i, TWIN_PATH_MAX);
+                twins__errf(err, "record %" PRIu32 ": bn must be a string of at most %d bytes", i,
+                            TWIN_PATH_MAX);
                 return -EINVAL;
             }
             memcpy(b->name, v->via.str.ptr, v->via.str.size);
@@ -139,8 +142,9 @@ static int record(msgpack_zone *z, const msgpack_object *r, uint32_t i, struct b
             b->has_value = true;
         } else if (key_is(k, "bver")) {
             if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > 10) {
-                twins__errf(err, "record %" PRIu32 ": bver %s is not a SenML version this hub "
-                                 "reads (up to 10)",
+                twins__errf(err,
+                            "record %" PRIu32 ": bver %s is not a SenML version this hub "
+                            "reads (up to 10)",
                             i, check__type_name(v->type));
                 return -EINVAL;
             }
@@ -167,8 +171,9 @@ static int record(msgpack_zone *z, const msgpack_object *r, uint32_t i, struct b
             vother = v;
             values++;
         } else if (kl && k->via.str.ptr[kl - 1] == '_') {
-            twins__errf(err, "record %" PRIu32 ": field '%.*s' must be understood, and this "
-                             "hub does not know it",
+            twins__errf(err,
+                        "record %" PRIu32 ": field '%.*s' must be understood, and this "
+                        "hub does not know it",
                         i, (int)(kl > 64 ? 64 : kl), k->via.str.ptr);
             return -EINVAL;
         }
@@ -185,8 +190,8 @@ static int record(msgpack_zone *z, const msgpack_object *r, uint32_t i, struct b
     memcpy(name, b->name, len);
     if (n) {
         if (n->type != MSGPACK_OBJECT_STR || len + n->via.str.size > TWIN_PATH_MAX) {
-            twins__errf(err, "record %" PRIu32 ": n must be a string; bn + n at most %d bytes",
-                        i, TWIN_PATH_MAX);
+            twins__errf(err, "record %" PRIu32 ": n must be a string; bn + n at most %d bytes", i,
+                        TWIN_PATH_MAX);
             return -EINVAL;
         }
         memcpy(name + len, n->via.str.ptr, n->via.str.size);

@@ -15,6 +15,7 @@
  *   "rulestate"   id "\0" rule -> the rules engine's record; id "\0" -> wake (rulestate.c)
  *   "wakes"       be64(time) id -> empty: when each twin's rules run again (rulestate.c)
  *   "modelstate"  id "\0" model -> the models' record per twin (modelstate.c)
+ *   "waves"       id "\0" path "\0" be64(ts) -> a chunk of a waveform's samples (wave.c)
  * The databases after "info" came after schema 1 was first written; they only add records, and
  * writers create them when missing. Schema 2 changed the history points: schema 1 kept them in
  * "history" (ts, value), which a writer moves to "points" at open (history.c); a reader of a
@@ -317,6 +318,14 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
     }
     if (rc)
         goto fail_txn;
+    s->has_waves = true;
+    rc = dbi_open(s, txn, path, "waves", 0, &s->dbi_waves, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_waves = false;
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
     rc = mdb_get(txn, s->dbi_info, &k, &v);
     if (rc == MDB_NOTFOUND && !s->read_only) {
         s->schema = TWINS_SCHEMA;
@@ -452,6 +461,9 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
     }
     s->writer_fd = writer_fd;
     s->read_only = opt->read_only;
+    for (unsigned i = 0; i < opt->nwaveforms && s->nwaves < TWIN_WAVEFORMS_MAX; i++)
+        if (opt->waveforms[i].rate > 0 && opt->waveforms[i].path[0])
+            s->waves[s->nwaves++] = opt->waveforms[i];
     s->writemap = opt->writemap && !opt->read_only;
     atomic_init(&s->history_max, opt->history_max_points);
     atomic_init(&s->max_doc, opt->max_doc_bytes);

@@ -47,9 +47,11 @@ struct hist_op {
     int64_t ts; /* of the point: the message's, or its reading's in a batch */
     double value;
     bool remove;
+    const msgpack_object *wave; /* not a point: a chunk of this waveform's samples */
 };
 
 struct hist_ops {
+    const struct twin_store *s;
     msgpack_zone *zone;
     struct hist_op *head, **tail;
     int64_t ts; /* of the points added now */
@@ -64,7 +66,8 @@ static bool is_number(const msgpack_object *v)
 }
 
 /* Queues an op for path[0..path_len), which the caller has checked is 1..TWIN_PATH_MAX. */
-static void op_add(struct hist_ops *c, const char *path, size_t path_len, double value, bool remove)
+static struct hist_op *op_add(struct hist_ops *c, const char *path, size_t path_len, double value,
+                              bool remove)
 {
     struct hist_op *op = msgpack_zone_malloc(c->zone, sizeof *op);
 
@@ -72,16 +75,18 @@ static void op_add(struct hist_ops *c, const char *path, size_t path_len, double
         op->path = msgpack_zone_malloc(c->zone, path_len);
     if (!op || !op->path) {
         c->rc = -ENOMEM;
-        return;
+        return NULL;
     }
     memcpy(op->path, path, path_len);
     op->path_len = path_len;
     op->ts = c->ts;
     op->value = value;
     op->remove = remove;
+    op->wave = NULL;
     op->next = NULL;
     *c->tail = op;
     c->tail = &op->next;
+    return op;
 }
 
 /* Every leaf the merge writes: finite numbers are kept for history (the merge reuses `path`). */
@@ -103,6 +108,14 @@ static void on_leaf(void *ctx, const char *path, size_t path_len, const msgpack_
     case MSGPACK_OBJECT_FLOAT64:
         d = v->via.f64;
         break;
+    case MSGPACK_OBJECT_ARRAY:
+        /* an array configured as a waveform: a chunk of its samples, at this time */
+        if (path_len && path_len <= TWIN_PATH_MAX && wave__spec(c->s, path, path_len)) {
+            struct hist_op *op = op_add(c, path, path_len, 0, false);
+            if (op)
+                op->wave = v;
+        }
+        return;
     default:
         return;
     }
@@ -494,6 +507,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         patch.via.map.ptr = kv;
         patch.via.map.size = n;
     }
+    ops.s = txn->s;
     ops.zone = &txn->zone;
     ops.tail = &ops.head;
     ops.ts = ts;
@@ -563,7 +577,9 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
 
     /* 5. history: points of the numeric leaves written, series of those taken out */
     for (const struct hist_op *op = ops.head; op; op = op->next) {
-        if (op->remove)
+        if (op->wave)
+            rc = wave__append(txn, id, id_len, op->path, op->path_len, op->ts, op->wave, err);
+        else if (op->remove)
             rc = history__remove(txn, id, id_len, op->path, op->path_len, err);
         else
             rc = twin_history_append(txn, id, id_len, op->path, op->path_len, op->ts, op->value,

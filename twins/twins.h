@@ -179,6 +179,14 @@ enum twin_sync {
     TWIN_SYNC_COMMIT, /* fsync per commit */
 };
 
+/* An array leaf kept as a signal (wave.c): its samples at `rate` Hz, the last `seconds`. */
+struct twin_waveform {
+    char path[TWIN_PATH_MAX + 1]; /* under reported: "ecg" */
+    double rate;                  /* samples per second */
+    unsigned seconds;             /* kept per twin, back from the newest sample */
+};
+#define TWIN_WAVEFORMS_MAX 8
+
 struct twin_store_options {
     const char *path; /* directory; created if missing (not when read_only) */
     bool read_only;   /* for twinctl: MDB_RDONLY, works while the hub runs */
@@ -213,12 +221,15 @@ struct twin_store_options {
     /* Stale telemetry messages in a row, each seq one above the one before, that are taken as
      * a device that restarted without a `boot` (see twin_telemetry_apply); 0 = never. */
     uint64_t seq_restart_after;
+    /* Array leaves kept as waveforms (at most TWIN_WAVEFORMS_MAX; copied at open). */
+    const struct twin_waveform *waveforms;
+    unsigned nwaveforms;
 };
 #define TWIN_COMMANDS_MAX_DEFAULT 100
 #define TWIN_STORE_OPTIONS_DEFAULT                                                                 \
     {                                                                                              \
         NULL, false, TWIN_SYNC_OS, 64u << 20, 4096ull << 20, 600, 256u << 10, false, 100000,       \
-            300000, TWIN_COMMANDS_MAX_DEFAULT, 86400000, 32                                        \
+            300000, TWIN_COMMANDS_MAX_DEFAULT, 86400000, 32, NULL, 0                               \
     }
 
 struct twin_store;
@@ -423,6 +434,40 @@ struct twin_desired_result {
 int twin_desired_apply(struct twin_txn *txn, const char *id, size_t id_len,
                        const msgpack_object *patch, uint64_t expected_version, int64_t now_ms,
                        struct twin_desired_result *res, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Shadow updates (shadow.c): reported and desired in one change, as AWS IoT Device Shadow
+ * updates them
+ * ------------------------------------------------------------------------------------------ */
+
+struct twin_shadow_result {
+    uint64_t version;      /* the twin's version after the call */
+    bool created;          /* the twin did not exist before */
+    bool existed;          /* !created */
+    bool delta_changed;    /* publish devices/{id}/desired again */
+    struct twin_doc before; /* the twin as it was (when it existed; a new one's empty document
+                               otherwise), in the transaction's zone */
+    struct twin_doc doc;   /* the twin as stored; valid until the transaction ends */
+};
+
+/* Merges `reported` and `desired` (each a map, RFC 7396, or NULL: not written) into twin `id`
+ * (already validated) in a write transaction, as one committed change: meta timestamps now_ms
+ * on every leaf written, numeric leaves written under reported appended to history at now_ms
+ * and the series of those taken out deleted (as telemetry does), last_seen = now_ms when
+ * reported is written, the delta recomputed, version + 1, stored, in the outbox. reported has
+ * no reserved keys here (seq, ts and boot are leaves like any other). A missing twin is created
+ * (within max_twins, continuing a deleted one's version).
+ * Optimistic locking: unless `expected_version` is TWIN_VERSION_ANY the call proceeds only when
+ * the twin is at that version, a missing twin counting as its tombstone's version (0 when it
+ * never existed), so a client that saw a deletion may go on from its version.
+ * Keys are checked as for telemetry and desired state.
+ * Returns 0, -EINVAL (bad patch, reason in err), -EBUSY (version conflict), -E2BIG (max_doc_bytes
+ * or max_twins), -EBADMSG (the stored twin is damaged), -ENOMEM, -ENOSPC, -EIO. Every rejection
+ * (-EINVAL, -EBUSY, -E2BIG) leaves the transaction untouched. */
+int twin_shadow_apply(struct twin_txn *txn, const char *id, size_t id_len,
+                      const msgpack_object *reported, const msgpack_object *desired,
+                      uint64_t expected_version, int64_t now_ms, struct twin_shadow_result *res,
+                      char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Presence
@@ -634,6 +679,15 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
 typedef int (*twin_series_cb)(void *ctx, const char *path, size_t path_len);
 int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twin_series_cb cb,
                         void *ctx, char *err);
+
+/* Waveforms (wave.c): every chunk of samples of (id, path) that reaches into [from_ms, to_ms],
+ * oldest first: cb gets the time of its first sample, the rate (Hz) and the samples (valid
+ * during the call). A non-zero return from cb stops the walk and is returned. Any transaction.
+ * Returns 0, -EINVAL, -ENOMEM, -EIO. */
+typedef int (*twin_wave_cb)(void *ctx, int64_t ts, double rate, const float *samples, size_t n);
+int twin_wave_read(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
+                   size_t path_len, int64_t from_ms, int64_t to_ms, twin_wave_cb cb, void *ctx,
+                   char *err);
 
 /* Sets predicted.<model> of existing twin `id` to `value` (any msgpack value; borrowed for the
  * call), replacing an earlier one, as a committed change: version +1, stored, outbox. *out

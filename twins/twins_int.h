@@ -150,6 +150,14 @@ int delta__refresh(msgpack_zone *zone, struct twin_doc *doc, bool *changed);
 int history__remove(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
                     size_t path_len, char *err);
 
+/* Waveforms (wave.c): the spec of a path (NULL: not a waveform); a chunk of samples (an array
+ * of numbers; anything else is not kept) at ts; every waveform of a twin removed. Write
+ * transactions. Return 0 or -errno (err). */
+const struct twin_waveform *wave__spec(const struct twin_store *s, const char *path, size_t len);
+int wave__append(struct twin_txn *txn, const char *id, size_t id_len, const char *path,
+                 size_t path_len, int64_t ts, const msgpack_object *samples, char *err);
+int wave__remove_twin(struct twin_txn *txn, const char *id, size_t id_len, char *err);
+
 /* Moves a schema 1 store's history to schema 2 and writes the new schema (writers, at open).
  * Returns 0 or -errno (err). */
 int history__migrate(struct twin_store *s, char *err);
@@ -192,6 +200,10 @@ struct twin_store {
     MDB_dbi dbi_commands, dbi_deadlines, dbi_tombstones;
     MDB_dbi dbi_rulestate, dbi_wakes; /* rulestate.c */
     MDB_dbi dbi_modelstate;           /* modelstate.c */
+    MDB_dbi dbi_waves;                /* wave.c */
+    bool has_waves;
+    struct twin_waveform waves[TWIN_WAVEFORMS_MAX];
+    unsigned nwaves;
     /* Whether the databases added after the first stores were made exist: a writer creates
      * them, and a read-only opener of a store no writer of this build has opened sees them as
      * empty. */

@@ -933,6 +933,39 @@ def case_batch(fx):
 
 
 # ---------------------------------------------------------------------------------------------
+# 3c. waveforms: twinsim's continuous ECG strip kept as a signal, the last seconds of it
+# ---------------------------------------------------------------------------------------------
+
+def case_waveform(fx):
+    b = Broker(fx)
+    hub = Hub(fx, b, sets={"history.waveforms": "ecg=250", "history.waveform_seconds": "2s"})
+    sim = subprocess.run([TWINSIM_BIN, "--broker", b.url, "--devices", "2", "--rate", "4",
+                          "--seconds", "4", "--quiet"], capture_output=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    check(sim.returncode == 0, f"twinsim: exit {sim.returncode}: {sim.stdout!r}")
+    tid = "ecg-0001"
+    wait_until(lambda: (twin_get(hub.db, tid) or {}).get("seq", 0) >= 14, 10, "the strip sent")
+    chunks = twinctl_json(hub.db, "wave", tid, "reported.ecg")
+    check(all(c["rate"] == 250 and len(c["samples"]) == 63 for c in chunks),
+          f"chunks of 250 Hz / 4 = 63 samples: {[(c['rate'], len(c['samples'])) for c in chunks]}")
+    starts = [c["ts"] for c in chunks]
+    steps = [b2 - a for a, b2 in zip(starts, starts[1:])]
+    check(all(150 <= s <= 350 for s in steps), f"chunk starts a period (250 ms) apart: {steps}")
+    span = starts[-1] + 252 - starts[0]
+    check(1800 <= span <= 2300, f"about the last 2 s kept (waveform_seconds): {span} ms")
+    d = twin_get(hub.db, tid)
+    check_eq(chunks[-1]["samples"], [float(x) for x in d["reported"]["ecg"]],
+             "the newest chunk is the strip in reported")
+    rc, out, err = twinctl(hub.db, "wave", tid, "reported.ecg", "--table")
+    rows = [ln.split("\t") for ln in out.splitlines()]
+    check(rc == 0 and len(rows) == 63 * len(chunks) and all(len(r) == 2 for r in rows),
+          f"wave --table: exit {rc}, {len(rows)} rows")
+    rc, _, err = twinctl(hub.db, "wave", tid, "reported.heart_rate")
+    check(rc == 1 and "no waveform of reported.heart_rate" in err, f"not a waveform: {rc} {err}")
+    hub.stop()
+
+
+# ---------------------------------------------------------------------------------------------
 # 6a. growth: the LMDB map grows many times under a full-speed QoS 1 stream
 # ---------------------------------------------------------------------------------------------
 
@@ -1270,6 +1303,7 @@ CASES = {
     "cli": case_cli,
     "reboot": case_reboot,
     "batch": case_batch,
+    "waveform": case_waveform,
     "json": case_json,
 }
 

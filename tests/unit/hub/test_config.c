@@ -73,7 +73,7 @@ static const struct {
      "twinhub.yaml:2: unknown key 'store.snyc' (did you mean 'store.sync'?)"},
     {"unknown key, nothing close", "zzzzzzzz: 1\n",
      "twinhub.yaml:1: unknown key 'zzzzzzzz' (expected one of: broker, topics, store, limits, "
-     "history, commands, publish, errors, rules, log, http)"},
+     "history, commands, publish, errors, rules, log, http, aws)"},
     {"http.listen without a port", "http: {listen: localhost}\n",
      "twinhub.yaml:1: http.listen: expected host:port (an IPv6 address in brackets: "
      "[::1]:9464), got 'localhost'"},
@@ -83,6 +83,15 @@ static const struct {
     {"http.listen bare IPv6", "http: {listen: \"::1:9464\"}\n",
      "twinhub.yaml:1: http.listen: expected host:port (an IPv6 address in brackets: "
      "[::1]:9464), got '::1:9464'"},
+    {"waveform without a rate", "history: {waveforms: ecg}\n",
+     "twinhub.yaml:1: history.waveforms: expected path=Hz entries such as ecg=250 ('ecg' has no "
+     "rate), got 'ecg'"},
+    {"waveform rate 0", "history: {waveforms: \"ecg=250,pleth=0\"}\n",
+     "twinhub.yaml:1: history.waveforms: expected a rate of Hz above 0 and at most 100000 "
+     "('pleth=0'), got 'ecg=250,pleth=0'"},
+    {"waveform bad path", "history: {waveforms: \"a..b=3\"}\n",
+     "twinhub.yaml:1: history.waveforms: expected a path under reported such as ecg or "
+     "vitals.pleth ('a..b'), got 'a..b=3'"},
     {"http.listen signed port", "http: {listen: \"127.0.0.1: -0\"}\n",
      "twinhub.yaml:1: http.listen: expected a port of 0..65535 after the ':', got "
      "'127.0.0.1: -0'"},
@@ -571,6 +580,8 @@ static const char every_key[] = "broker:\n"
                                 "  seq_restart_after: 7\n"
                                 "history:\n"
                                 "  max_points: 1200\n"
+                                "  waveforms: ecg=250,v.pleth=62.5\n"
+                                "  waveform_seconds: 2m\n"
                                 "commands:\n"
                                 "  max_per_device: 20\n"
                                 "  retention: 1h\n"
@@ -593,7 +604,9 @@ static const char every_key[] = "broker:\n"
                                 "  max_connections: 4\n"
                                 "  timeout: 3s\n"
                                 "  max_request: 8KiB\n"
-                                "  stall: 5s\n";
+                                "  stall: 5s\n"
+                                "aws:\n"
+                                "  shadow: true\n";
 
 /* Lines that hold one key's value ("  name: value", or "  # password: ..."): every line but
  * the title comment and section headers. Cuts text into lines in place. */
