@@ -57,6 +57,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     while (i < size && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
         i++;
+    if (i < size && data[i] == '[') {
+        /* a SenML pack: a batch of readings, or a reason; never a crash */
+        msgpack_zone_init(&zone, 4096);
+        err[0] = '\0';
+        rc = twin_senml_decode(data, size, &lim, 1700000000000, &zone, &obj, err);
+        FUZZ_CHECK(rc == 0 || (err[0] && strlen(err) < TWIN_ERR_LEN), "senml %d without a reason",
+                   rc);
+        FUZZ_CHECK(rc == 0 || rc == -EINVAL || rc == -EBADMSG || rc == -ELOOP || rc == -E2BIG,
+                   "senml: %d %s", rc, err);
+        if (rc == 0) {
+            FUZZ_CHECK(fuzz_json_valid((const char *)data, size), "senml accepted invalid JSON");
+            FUZZ_CHECK(obj.type == MSGPACK_OBJECT_MAP && obj.via.map.size == 1 &&
+                           obj.via.map.ptr[0].val.type == MSGPACK_OBJECT_ARRAY,
+                       "senml: not a batch");
+        }
+        msgpack_zone_destroy(&zone);
+        return 0;
+    }
     if (i == size || data[i] != '{')
         return 0;
 
