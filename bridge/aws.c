@@ -112,8 +112,7 @@ int bridge_aws_topic_parse(const char *topic, size_t len, struct bridge_aws_topi
         return -EINVAL;
     }
     if (t.name && !bridge_aws_name_valid(t.name, t.name_len)) {
-        bridge__seterr(err, "bad shadow name (1..%d bytes of [A-Za-z0-9:_-])",
-                       BRIDGE_AWS_NAME_MAX);
+        bridge__seterr(err, "bad shadow name (1..%d bytes of [A-Za-z0-9:_-])", BRIDGE_AWS_NAME_MAX);
         return -EINVAL;
     }
     t.op = (enum bridge_aws_op)op;

@@ -99,6 +99,47 @@ int bridge_topic_filter(const struct bridge_topics *t, enum bridge_topic_kind ki
 bool bridge_topic_publishable(const char *topic, size_t len);
 
 /* ---------------------------------------------------------------------------------------------
+ * AWS IoT Device Shadow topics (aws.c; used only with aws.shadow: true)
+ *   $aws/things/{thing}/shadow/{update|get|delete}[/{accepted|rejected|delta|documents}]
+ *   $aws/things/{thing}/shadow/name/{shadow}/...   (a named shadow)
+ * ------------------------------------------------------------------------------------------ */
+
+#define BRIDGE_AWS_NAME_MAX 64 /* bytes of a shadow name */
+#define BRIDGE_AWS_FILTERS 6   /* subscription filters: 3 operations, classic and named */
+
+enum bridge_aws_op { BRIDGE_AWS_UPDATE = 0, BRIDGE_AWS_GET, BRIDGE_AWS_DELETE };
+/* What follows the operation in a topic the hub publishes (bridge_aws_topic_build). */
+enum bridge_aws_reply {
+    BRIDGE_AWS_ACCEPTED = 0,
+    BRIDGE_AWS_REJECTED,
+    BRIDGE_AWS_DELTA,     /* update/delta */
+    BRIDGE_AWS_DOCUMENTS, /* update/documents */
+};
+
+struct bridge_aws_topic {
+    enum bridge_aws_op op;
+    const char *thing; /* a valid device id; points into the parsed topic */
+    size_t thing_len;
+    const char *name; /* the named shadow; NULL (name_len 0) for the classic shadow */
+    size_t name_len;
+};
+
+/* Shadow names: 1..BRIDGE_AWS_NAME_MAX bytes of [A-Za-z0-9:_-] (AWS's rule). */
+bool bridge_aws_name_valid(const char *name, size_t len);
+/* Whether `topic` starts with "$aws/" (what the hub hands to its shadow code). */
+bool bridge_aws_topic_is(const char *topic, size_t len);
+/* Parses a request topic ($aws/things/{thing}/shadow[/name/{name}]/{op}): the thing must be a
+ * valid device id, the name valid. Returns 0, or -EINVAL with the reason in err (a reply topic,
+ * an unknown operation, a bad thing or shadow name). Never reads past len. */
+int bridge_aws_topic_parse(const char *topic, size_t len, struct bridge_aws_topic *out, char *err);
+/* Builds the topic of t's operation followed by /{reply} (reply -1: the request topic itself)
+ * into buf. Thing and name are validated again. Returns the length, -EINVAL or -ENOSPC. */
+int bridge_aws_topic_build(const struct bridge_aws_topic *t, int reply, char *buf, size_t buflen);
+/* Subscription filter i (0..BRIDGE_AWS_FILTERS-1): $aws/things/+/shadow/update, .../get,
+ * .../delete, then the same under name/+/. Returns the length, -EINVAL or -ENOSPC. */
+int bridge_aws_filter(int i, char *buf, size_t buflen);
+
+/* ---------------------------------------------------------------------------------------------
  * Client
  * ------------------------------------------------------------------------------------------ */
 

@@ -18,11 +18,12 @@ ensure_packages() {
 }
 
 # What building and running twinhub needs.
-# (openssl: certs/make-pki.sh, for ./deploy/demo.sh --tls)
+# (openssl: certs/make-pki.sh, for ./deploy/demo.sh --tls; python3-scipy: the demo's recorded
+# ECG, sim/ecg_record.py)
 BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev liblmdb-dev
                 libyaml-dev libmicrohttpd-dev libsystemd-dev libssl-dev mosquitto openssl)
 # (help2man: the man pages; dpkg-dev: dpkg-shlibdeps, the Debian package's Depends)
-BUILD_PACKAGES+=(help2man dpkg-dev)
+BUILD_PACKAGES+=(help2man dpkg-dev python3-scipy)
 # What the tests need on top.
 # (prometheus: promtool and a real server that scrapes the hub; systemd: systemd-analyze)
 TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn
@@ -30,6 +31,12 @@ TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack pytho
 # (lintian: checks the Debian package, tests/integration/test_package.py; python3-lmdb: a
 # second process holding the store's write lock, test_service.py stall)
 TEST_PACKAGES+=(lintian python3-lmdb)
+# (nodejs, npm: the AWS IoT Device SDKs that tests/integration/test_aws.py runs; Debian 12 has
+# nodejs 18 and npm 9. A Node.js from elsewhere (NodeSource's bundles its npm, and its nodejs
+# package conflicts with Debian's npm) is used as it is.)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    TEST_PACKAGES+=(nodejs npm)
+fi
 
 # A free TCP port on 127.0.0.1 (Mosquitto 2 reads port 0 as a unix socket, so pick one).
 free_port() {

@@ -90,6 +90,8 @@ struct publisher_options {
     bool json;                      /* twin state as JSON (devices/{id}/desired stays msgpack) */
     unsigned capacity[PUB_CLASSES]; /* messages waiting per class; 0: that class is dropped */
     size_t max_bytes;               /* payload bytes of all messages waiting; 0: no bound */
+    bool aws_shadow; /* aws.shadow: a delta published on devices/{id}/desired also goes to the
+                        thing's shadows' update/delta (shadow_publish_delta) */
 };
 
 struct publisher_stats {
@@ -441,6 +443,7 @@ struct ingest {
     _Atomic int64_t busy_since; /* hub_mono_ms when the message being handled arrived; 0 idle */
     struct hub_rules *rules;    /* NULL: no rules run (set by the owner before messages flow) */
     struct rules_run run;       /* the receive thread's rule runs */
+    bool aws_shadow;            /* aws.shadow: $aws/... requests go to shadow.c */
 };
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,

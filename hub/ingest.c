@@ -12,6 +12,7 @@
 
 #include "hub.h"
 #include "log.h"
+#include "shadow.h"
 
 struct apply {
     struct ingest *in;
@@ -207,6 +208,10 @@ static void dispatch(struct ingest *in, const struct bridge_msg *m, int64_t t0)
 {
     struct bridge_topic t;
     char err[BRIDGE_ERR_LEN];
+    if (in->aws_shadow && bridge_aws_topic_is(m->topic, m->topic_len)) {
+        shadow_on_message(in, m); /* aws.shadow: AWS IoT Device Shadow requests */
+        return;
+    }
     if (bridge_topic_parse(in->topics, m->topic, m->topic_len, &t, err) < 0) {
         report_reject(in->report, REPORT_TOPIC, m->topic, m->topic_len, err);
         return;

@@ -18,6 +18,7 @@
 
 #include "hub.h"
 #include "log.h"
+#include "shadow.h"
 
 #define FLUSH_EVERY_MS 250
 #define FLUSH_AT 4096
@@ -562,6 +563,8 @@ static int copy_desired(struct publisher *p, struct twin_txn *txn, struct entry 
             slot_payload(p, s, off);
         return 0;
     }
+    if (p->o.aws_shadow)
+        shadow_publish_delta(p, txn, e->id, e->id_len); /* queued messages; no lock held here */
     msgpack_packer pk;
     msgpack_packer_init(&pk, &p->batch, msgpack_sbuffer_write);
     bool bad = msgpack_pack_map(&pk, 2) != 0;

@@ -441,13 +441,13 @@ int twin_desired_apply(struct twin_txn *txn, const char *id, size_t id_len,
  * ------------------------------------------------------------------------------------------ */
 
 struct twin_shadow_result {
-    uint64_t version;      /* the twin's version after the call */
-    bool created;          /* the twin did not exist before */
-    bool existed;          /* !created */
-    bool delta_changed;    /* publish devices/{id}/desired again */
+    uint64_t version;       /* the twin's version after the call */
+    bool created;           /* the twin did not exist before */
+    bool existed;           /* !created */
+    bool delta_changed;     /* publish devices/{id}/desired again */
     struct twin_doc before; /* the twin as it was (when it existed; a new one's empty document
                                otherwise), in the transaction's zone */
-    struct twin_doc doc;   /* the twin as stored; valid until the transaction ends */
+    struct twin_doc doc;    /* the twin as stored; valid until the transaction ends */
 };
 
 /* Merges `reported` and `desired` (each a map, RFC 7396, or NULL: not written) into twin `id`
