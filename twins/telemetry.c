@@ -351,7 +351,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     struct hist_ops ops = {0};
     struct twin_doc doc;
     msgpack_object patch, reported, meta;
-    uint64_t seq = 0, ts_u, max_skew;
+    uint64_t seq = 0, ts_u = 0, max_skew;
     int64_t ts = now_ms;
     uint32_t nkeys;
     bool created, new_order = false;
