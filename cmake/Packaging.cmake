@@ -92,7 +92,7 @@ install(FILES ${TWINHUB_PKG_DIR}/twinhub.yaml ${TWINHUB_PKG_DIR}/rules.yaml
 # ../models/hr_forecast.twm); the exporter and the format it writes; the broker's queue
 # settings for the hub (the README: copy it to /etc/mosquitto/conf.d/).
 install(FILES deploy/rules/ecg.yaml DESTINATION ${TWINHUB_SHARE}/examples/rules)
-install(FILES deploy/models/hr_forecast.twm deploy/models/README.md
+install(FILES deploy/models/hr_forecast.twm deploy/models/hr_naive.twm deploy/models/README.md
         DESTINATION ${TWINHUB_SHARE}/examples/models)
 install(PROGRAMS deploy/models/train_hr_forecast.py DESTINATION ${TWINHUB_SHARE}/examples/models)
 install(PROGRAMS twins/models/export.py DESTINATION ${TWINHUB_SHARE}/models)

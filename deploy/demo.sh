@@ -49,10 +49,20 @@ cleanup() {
     echo "alarms (deploy/rules/ecg.yaml): ${fired:-0} fired, ${resolved:-0} resolved; by rule:"
     grep -o 'msg="rule" rule=[^ ]* id=[^ ]* state=firing' "$run/twinhub.log" 2>/dev/null |
         awk '{print $2}' | sort | uniq -c | sed 's/rule=/  /' || true
-    # each forecast is scored against the heart rate a minute later (target: and horizon:)
+    # each forecast is scored against the heart rate a minute later (target: and horizon:), and
+    # so is the naive forecast "the same as now" (hr_naive), made beside it every time
     echo "the forecast's error, over every monitor (twinctl stats):"
     build/ctl/twinctl --db "$run/twinhub.db" stats --table 2>/dev/null | grep '^model' |
         sed 's/^model */  /' || true
+    build/ctl/twinctl --db "$run/twinhub.db" stats 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+m = json.load(sys.stdin).get("models", {})
+f, n = m.get("hr_forecast", {}), m.get("hr_naive", {})
+if "mae" in f and "mae" in n:
+    print("  MAE over the same %d forecasts: hr_forecast %.1f bpm, naive (the rate stays as it "
+          "is) %.1f bpm" % (f["scored"], f["mae"], n["mae"]))
+else:
+    print("  no forecast scored yet (each waits a minute for its heart rate)")' 2>/dev/null || true
     [ $tls -eq 0 ] || echo "certificates: $run/pki   broker configuration: $run/mosquitto.conf"
     echo "look around: build/ctl/twinctl --db $run/twinhub.db get ecg-0001 | list --table | stats"
 }
@@ -100,8 +110,11 @@ done
 build/hub/twinhub -c deploy/twinhub.yaml --broker "$url" "${hub_tls[@]}" \
     --db "$run/twinhub.db" --rules deploy/rules/ecg.yaml >"$run/twinhub.log" 2>&1 &
 pids+=($!)
+# Three monitors replay a real ECG (MIT-BIH record 208, from python3-scipy; converted here,
+# not kept in the repository); their heart rate is what twinsim's R-peak detector finds in it.
+/usr/bin/python3 sim/ecg_record.py "$run/mitbih-208.ecg" >/dev/null
 build/sim/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$rate" \
-    >"$run/twinsim.log" 2>&1 &
+    --ecg-record "$run/mitbih-208.ecg" --ecg-record-devices 3 >"$run/twinsim.log" 2>&1 &
 pids+=($!)
 
 # An operator at work: every few seconds one monitor is told to go offline for 5 s and, while
@@ -130,4 +143,4 @@ else
     echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
 fi
 build/ctl/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
-    --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,predicted.hr_forecast.mae=MAE,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online
+    --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,predicted.hr_forecast.mae=MAE,predicted.hr_naive.mae=MAE0,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online

@@ -1,6 +1,7 @@
 /* rules (the hub's side): loads the rules file and swaps it on reload (SIGHUP, or the file
  * changed on disk), runs the rules inside the write transaction of every committed change
- * (telemetry, device status, desired/set) and in the main loop's timer pass, and carries out
+ * (telemetry, device status, desired/set) and in the main loop's timer pass (for deadlines,
+ * absence, every: periods: each twin's one wake time in LMDB), and carries out
  * their actions through the twins library in that same transaction: desired state, commands,
  * rule state and wake times commit with the change that caused them, and what they publish
  * waits in the caller's outlist until the commit. What a rule means is rules/'s business.
@@ -58,10 +59,13 @@ static int h_state_get(void *ctx, const char *rule, size_t len, void *buf)
     unsigned char tmp[TWIN_RULE_STATE_MAX];
     size_t n;
     int rc = twin_rule_state_get(h->txn, h->id, h->id_len, rule, len, tmp, &n, h->err);
-    if (rc == -EBADMSG || (rc == 0 && n != RULES_STATE_LEN))
+    if (rc == -EBADMSG || (rc == 0 && n != RULES_STATE_LEN && n != RULES_STATE_V1_LEN))
         return -ENOENT; /* a damaged record starts over; the next write replaces it */
-    if (rc == 0)
-        memcpy(buf, tmp, RULES_STATE_LEN);
+    if (rc == 0) {
+        /* a record from before every: is shorter; the engine reads it zero-padded */
+        memset(buf, 0, RULES_STATE_LEN);
+        memcpy(buf, tmp, n);
+    }
     return rc;
 }
 
@@ -362,6 +366,12 @@ static int h_action(void *ctx, const struct rules_fire *f, const struct rules_ac
 static int h_transition(void *ctx, const struct rules_fire *f)
 {
     struct host *h = ctx;
+    if (f->periodic) {
+        /* an every: run with an event action: not a transition, not counted as a firing, and
+         * too frequent for the info log */
+        log_debug("rule", "rule=%s id=%.*s state=%s", f->rule, (int)h->id_len, h->id, f->event);
+        return out_event_rule(h->ol, h->id, h->id_len, f);
+    }
     if (f->to == RULES_FIRING) {
         int i = rules_set_find(h->set, f->rule, strlen(f->rule));
         if (i >= 0)

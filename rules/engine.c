@@ -12,6 +12,19 @@
  * - A record is kept only while it says something: not inactive, in a cooldown, or with a
  *   wake time.
  * - A record of a changed definition (hash) starts over as inactive: its on_resolve is not run.
+ * - every: P. A firing rule runs its on_fire again every P after it fired, at fired + k * P on
+ *   the hub's clock, for as long as it stays firing: a periodic run, not a transition (no state
+ *   changes, no event unless on_fire has an `event` action, which then publishes one with state
+ *   "periodic"). Runs the hub's timer missed (the hub was down) are not made up: the next run is
+ *   the first fired + k * P after the late one. A rule that is not firing costs nothing extra:
+ *   its condition can only change with new data or with time, which the other wakes cover.
+ * - every: with no when: is a schedule: its first evaluation for a twin (the twin's first change
+ *   after the rule is loaded: any change runs a rule that reads nothing) runs on_fire at once,
+ *   then every P after that, for as long as the twin exists and the rule is unchanged. It stays
+ *   inactive (it is not an alarm: nothing shows it as firing) and keeps a record only for its
+ *   next run.
+ * - The next periodic run is stored in the record (repeat_at, format 'S'); records of the
+ *   format before it ('R', 48 bytes) are read with none.
  */
 #include "internal.h"
 
@@ -267,7 +280,8 @@ int rules_set_find(const struct rules_set *rs, const char *name, size_t len)
  * Records
  * ------------------------------------------------------------------------------------------ */
 
-#define RECORD_MAGIC 0x52 /* 'R', version 1 */
+#define RECORD_MAGIC_V1 0x52 /* 'R', version 1: 48 bytes */
+#define RECORD_MAGIC 0x53    /* 'S', version 2: version 1 and repeat_at, 56 bytes */
 
 void rules_record_encode(const struct rules_record *r, unsigned char *buf)
 {
@@ -279,12 +293,19 @@ void rules_record_encode(const struct rules_record *r, unsigned char *buf)
     rules__put64(buf + 24, (uint64_t)r->fire_at);
     rules__put64(buf + 32, (uint64_t)r->cooldown_until);
     rules__put64(buf + 40, (uint64_t)r->wake);
+    rules__put64(buf + 48, (uint64_t)r->repeat_at);
 }
 
 int rules_record_decode(const void *buf, size_t len, struct rules_record *r)
 {
     const unsigned char *b = buf;
-    if (len != RULES_STATE_LEN || b[0] != RECORD_MAGIC || b[1] > RULES_FIRING)
+    bool v1 = b && (len == RULES_STATE_V1_LEN || len == RULES_STATE_LEN) && b[0] == RECORD_MAGIC_V1;
+    if (v1 && len == RULES_STATE_LEN) /* zero-padded by the host */
+        for (size_t i = RULES_STATE_V1_LEN; i < len; i++)
+            v1 = v1 && b[i] == 0;
+    if (!v1 && (!b || len != RULES_STATE_LEN || b[0] != RECORD_MAGIC))
+        return -EBADMSG;
+    if (b[1] > RULES_FIRING)
         return -EBADMSG;
     r->state = (enum rules_state)b[1];
     r->def_hash = rules__get64(b + 8);
@@ -292,6 +313,9 @@ int rules_record_decode(const void *buf, size_t len, struct rules_record *r)
     r->fire_at = (int64_t)rules__get64(b + 24);
     r->cooldown_until = (int64_t)rules__get64(b + 32);
     r->wake = (int64_t)rules__get64(b + 40);
+    r->repeat_at = v1 ? 0 : (int64_t)rules__get64(b + 48);
+    if (r->repeat_at < 0)
+        return -EBADMSG;
     return 0;
 }
 
@@ -425,7 +449,88 @@ static bool same_record(const struct rules_record *a, const struct rules_record 
 {
     return a->state == b->state && a->def_hash == b->def_hash && a->since == b->since &&
            a->fire_at == b->fire_at && a->cooldown_until == b->cooldown_until &&
-           a->wake == b->wake;
+           a->wake == b->wake && a->repeat_at == b->repeat_at;
+}
+
+/* The first time of the series at + k * every (k >= 1) after `now`; INT64_MAX past the clock's
+ * range. `at` is a time of the series (at > 0, every > 0). */
+static int64_t next_period(int64_t at, int64_t now, int64_t every)
+{
+    if (at > now)
+        return at;
+    int64_t k = (now - at) / every + 1;
+    if (k > (INT64_MAX - at) / every)
+        return INT64_MAX;
+    return at + k * every;
+}
+
+/* One periodic run of r's on_fire for a rule in state `state` (which it stays in). */
+static int periodic(const struct rules_host *h, const struct rule *r, struct rules_fire *f,
+                    enum rules_state state, int64_t now, struct rules_run_result *res)
+{
+    f->rule = r->name;
+    f->from = f->to = state;
+    f->periodic = true;
+    f->event = "periodic";
+    f->ts = now;
+    f->fields = r->on_fire.event_fields;
+    res->periodic++;
+    int rc = run_actions(h, f, &r->on_fire);
+    if (rc < 0 || !f->fields)
+        return rc;
+    return h->transition(h->ctx, f);
+}
+
+/* Writes rec (or deletes it when it says nothing) unless it is what was stored. */
+static int record_store(const struct rule *r, const struct rules_host *h, struct rules_record *rec,
+                        const struct rules_record *old, bool stored, bool existed, int64_t now,
+                        struct rules_run_result *res)
+{
+    unsigned char buf[RULES_STATE_LEN];
+    size_t nlen = strlen(r->name);
+    int rc;
+    if (rec->cooldown_until <= now)
+        rec->cooldown_until = 0;
+    bool empty = rec->state == RULES_INACTIVE && rec->cooldown_until == 0 &&
+                 rec->wake == INT64_MAX && rec->repeat_at == 0;
+    if (empty) {
+        if (stored && (rc = h->state_del(h->ctx, r->name, nlen)) < 0 && rc != -ENOENT)
+            return rc;
+    } else if (!existed || !same_record(rec, old)) {
+        rules_record_encode(rec, buf);
+        if ((rc = h->state_put(h->ctx, r->name, nlen, buf)) < 0)
+            return rc;
+    }
+    if (rec->wake < res->wake)
+        res->wake = rec->wake;
+    return 0;
+}
+
+/* A schedule (every: with no when:): on_fire at its first evaluation for the twin, then every
+ * period; no state. */
+static int step_schedule(const struct rule *r, struct rules_twin *tw, const struct rules_host *h,
+                         struct rules_record *rec, const struct rules_record *old, bool stored,
+                         bool existed, struct rules_run_result *res)
+{
+    int64_t now = tw->now;
+    if (!existed) {
+        *rec = (struct rules_record){
+            .state = RULES_INACTIVE, .def_hash = r->hash, .since = now, .repeat_at = now};
+    }
+    /* a schedule has no state; a record with no next run (never stored so) starts one now */
+    rec->state = RULES_INACTIVE;
+    rec->fire_at = 0;
+    if (rec->repeat_at <= 0)
+        rec->repeat_at = now;
+    if (rec->repeat_at <= now) {
+        struct rules_fire f = {0};
+        int rc = periodic(h, r, &f, RULES_INACTIVE, now, res);
+        if (rc < 0)
+            return rc;
+        rec->repeat_at = next_period(rec->repeat_at, now, r->every_ms);
+    }
+    rec->wake = rec->repeat_at;
+    return record_store(r, h, rec, old, stored, existed, now, res);
 }
 
 /* Evaluates rule `r` for the twin and moves its state machine. */
@@ -446,6 +551,8 @@ static int step(const struct rule *r, struct rules_twin *tw, const struct rules_
         old = rec;
     rec = old;
     rec.def_hash = r->hash;
+    if (r->schedule)
+        return step_schedule(r, tw, h, &rec, &old, stored, existed, res);
 
     struct rules_fire f = {0};
     struct rules_value v;
@@ -488,24 +595,25 @@ static int step(const struct rule *r, struct rules_twin *tw, const struct rules_
         res->transitions++;
         if ((rc = transition(h, r, &f, old.state, next, now)) < 0)
             return rc;
+        /* every: the periodic runs follow the firing; they end with it */
+        rec.repeat_at = next == RULES_FIRING && r->every_ms
+                            ? (r->every_ms > INT64_MAX - now ? INT64_MAX : now + r->every_ms)
+                            : 0;
+    } else if (rec.state == RULES_FIRING && r->every_ms) {
+        if (rec.repeat_at <= 0) /* cannot be stored so; start the series here */
+            rec.repeat_at = now;
+        if (rec.repeat_at <= now) {
+            if ((rc = periodic(h, r, &f, RULES_FIRING, now, res)) < 0)
+                return rc;
+            rec.repeat_at = next_period(rec.repeat_at, now, r->every_ms);
+        }
     }
     if (rec.state == RULES_PENDING && rec.fire_at < wake)
         wake = rec.fire_at;
+    if (rec.repeat_at && rec.repeat_at < wake)
+        wake = rec.repeat_at;
     rec.wake = wake;
-    if (rec.cooldown_until <= now)
-        rec.cooldown_until = 0;
-    bool empty = rec.state == RULES_INACTIVE && rec.cooldown_until == 0 && rec.wake == INT64_MAX;
-    if (empty) {
-        if (stored && (rc = h->state_del(h->ctx, r->name, nlen)) < 0 && rc != -ENOENT)
-            return rc;
-    } else if (!existed || !same_record(&rec, &old)) {
-        rules_record_encode(&rec, buf);
-        if ((rc = h->state_put(h->ctx, r->name, nlen, buf)) < 0)
-            return rc;
-    }
-    if (rec.wake < res->wake)
-        res->wake = rec.wake;
-    return 0;
+    return record_store(r, h, &rec, &old, stored, existed, now, res);
 }
 
 static bool admits(const struct rule *r, const char *id)

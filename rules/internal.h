@@ -174,10 +174,13 @@ struct action_list {
 struct rule {
     char name[RULES_NAME_MAX + 1];
     char *match; /* glob; NULL: every twin */
-    struct rules_expr *when;
+    struct rules_expr *when; /* a rule with `every:` and no `when:` gets `true` */
     int64_t for_ms, cooldown_ms;
+    int64_t every_ms; /* every: the period of on_fire's periodic runs; 0: none */
+    bool schedule;    /* every: with no when: on_fire every period, no state, no transitions */
     struct action_list on_fire, on_resolve;
-    uint64_t hash; /* of the definition: name, match, when, for, cooldown, actions */
+    uint64_t hash; /* of the definition: name, match, when, for, cooldown, every (actions are
+                      not part of it: changing them keeps the state) */
     unsigned line;
 };
 

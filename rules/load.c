@@ -4,8 +4,12 @@
  * error is collected with its file:line:column; the set is built only when there are none.
  *
  * Choices:
- * - A rule's definition, for keeping its state across reloads, is its match, when, for and
- *   cooldown: changing only its actions keeps its state.
+ * - A rule's definition, for keeping its state across reloads, is its match, when, for,
+ *   cooldown and every: changing only its actions keeps its state. A rule without every: hashes
+ *   as before every: existed, so an upgrade keeps the state of every rule.
+ * - every: takes a duration of at least rules_options.min_every_ms (1s): the floor bounds what
+ *   one rule can cost per twin and second. A rule with every: may leave out when: (a schedule,
+ *   engine.c); a schedule never resolves, so for:, cooldown: and on_resolve: are errors there.
  * - on_fire / on_resolve take a list of actions or a single one.
  * - YAML plain scalars in action arguments follow the YAML 1.2 core schema (null, true/false,
  *   integers, floats); quoted ones are strings.
@@ -43,6 +47,7 @@ void rules_options_init(struct rules_options *o)
     o->max_errors = 50;
     o->max_file_bytes = 4u << 20;
     o->tick_ms = 1000;
+    o->min_every_ms = 1000;
 }
 
 void rules_errors_free(struct rules_errors *e)
@@ -228,6 +233,27 @@ static int duration(const char *s, size_t len, int64_t *ms)
         return -EINVAL;
     *ms = (int64_t)total;
     return 0;
+}
+
+/* ms as the shortest duration text that reads back the same: "1s", "1m30s", "250ms". */
+static const char *duration_text(char *buf, size_t len, int64_t ms)
+{
+    static const struct {
+        int64_t ms;
+        const char *unit;
+    } units[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}, {1, "ms"}};
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]) && ms > 0 && n < len; i++)
+        if (ms >= units[i].ms) {
+            int w =
+                snprintf(buf + n, len - n, "%lld%s", (long long)(ms / units[i].ms), units[i].unit);
+            n += w > 0 ? (size_t)w : 0;
+            ms %= units[i].ms;
+        }
+    if (!buf[0])
+        snprintf(buf, len, "0");
+    return buf;
 }
 
 static int duration_node(struct loader *L, const yaml_node_t *n, const char *what, int64_t *ms)
@@ -709,8 +735,8 @@ static bool defined(const struct rules_set *rs, const char *name, size_t len)
 
 static void load_rule(struct loader *L, const yaml_node_t *n)
 {
-    static const char *const rule_keys[] = {"name", "match", "when", "for", "cooldown",
-                                            "on_fire", "on_resolve", NULL};
+    static const char *const rule_keys[] = {"name",  "match",   "when",       "for", "cooldown",
+                                            "every", "on_fire", "on_resolve", NULL};
     struct rules_set *rs = L->rs;
     if (n->type != YAML_MAPPING_NODE) {
         ERR(L, n, "rules: each rule is a map with name and when, got %s", kind_name(n));
@@ -744,8 +770,38 @@ static void load_rule(struct loader *L, const yaml_node_t *n)
         if (r->match && !strcmp(r->match, "*"))
             r->match = NULL;
     }
-    if (!(v = get(L, n, "when"))) {
-        ERR(L, n, "%s: 'when' is missing", where);
+    const yaml_node_t *every = get(L, n, "every");
+    if (every && duration_node(L, every, "every", &r->every_ms) == 0 &&
+        r->every_ms < L->o->min_every_ms) {
+        char min[32];
+        size_t elen = every->data.scalar.length;
+        ERR(L, every, "every: expected a period of at least %s, got '%.*s'",
+            duration_text(min, sizeof(min), L->o->min_every_ms), (int)(elen > 40 ? 40 : elen),
+            (const char *)every->data.scalar.value);
+        r->every_ms = 0;
+    }
+    if (every && r->every_ms == 0)
+        ok = false;
+    if (!(v = get(L, n, "when")) && every) {
+        /* a schedule: on_fire every period, for every twin the match admits */
+        r->schedule = true;
+        static const char *const never[] = {"for", "cooldown", "on_resolve"};
+        for (size_t i = 0; i < sizeof(never) / sizeof(never[0]); i++)
+            if ((v = get(L, n, never[i]))) {
+                ERR(L, v,
+                    "%s: a rule with every: and no when: never resolves, so it takes no "
+                    "%s (give it a when: to have one)",
+                    never[i], never[i]);
+                ok = false;
+            }
+        char err[RULES_ERR_LEN];
+        int rc = rules_expr_compile("true", 4, &r->when, err);
+        if (rc < 0) {
+            L->oom = true;
+            return;
+        }
+    } else if (!v) {
+        ERR(L, n, "%s: 'when' is missing (a rule without one needs every:)", where);
         ok = false;
     } else if (!(r->when = expression(L, v, "when"))) {
         ok = false;
@@ -774,6 +830,11 @@ static void load_rule(struct loader *L, const yaml_node_t *n)
     h = rules__hash(h, r->when->text, r->when->text_len + 1);
     h = rules__hash(h, &r->for_ms, sizeof(r->for_ms));
     h = rules__hash(h, &r->cooldown_ms, sizeof(r->cooldown_ms));
+    if (r->every_ms) {
+        h = rules__hash(h, "every", 6);
+        h = rules__hash(h, &r->every_ms, sizeof(r->every_ms));
+        h = rules__hash(h, &r->schedule, sizeof(r->schedule));
+    }
     r->hash = h;
     rs->nrules++;
 }

@@ -1,8 +1,9 @@
 /* rules: operators' rules files. load.c reads the YAML file, lexer.c and compile.c turn every
  * expression into a compact program once, eval.c runs a program against one twin without
  * allocating, engine.c picks the rules a change touches and steps each (rule, twin) state
- * machine. It knows nothing of MQTT or LMDB: a twin, a clock and the host's callbacks go in
- * (history, persisted rule state, actions), transitions and actions come out.
+ * machine and its every: period. It knows nothing of MQTT or LMDB: a twin, a clock and the
+ * host's callbacks go in (history, persisted rule state, actions), transitions and actions come
+ * out.
  *
  * Threads: a loaded struct rules_set is immutable and may be read by any number of threads at
  * once; a struct rules_scratch belongs to one thread. */
@@ -18,7 +19,8 @@
 
 #define RULES_ERR_LEN 512   /* one error message, "file:line:col: what" */
 #define RULES_NAME_MAX 64   /* bytes of a rule or model name */
-#define RULES_STATE_LEN 48  /* bytes of an encoded state record (rules_state_encode) */
+#define RULES_STATE_LEN 56  /* bytes of an encoded state record (rules_record_encode) */
+#define RULES_STATE_V1_LEN 48 /* bytes of a record written before every: (read, never written) */
 #define RULES_VALUES_MAX 8  /* values reported with a transition */
 #define RULES_CHANGES_MAX 64
 #define RULES_CHANGES_BYTES 4096
@@ -105,6 +107,7 @@ struct rules_options {
     size_t max_file_bytes; /* default 4 MiB */
     int64_t tick_ms; /* how soon to evaluate again an expression whose next change cannot be
                         computed (now(), age() inside arithmetic); default 1000 */
+    int64_t min_every_ms; /* the shortest `every:` period a file may ask for; default 1000 */
 };
 void rules_options_init(struct rules_options *o);
 
@@ -231,8 +234,12 @@ struct rules_record {
     int64_t fire_at;        /* PENDING: when it fires if the condition still holds */
     int64_t cooldown_until; /* no firing before this */
     int64_t wake;           /* evaluate again at this time even if nothing changes; INT64_MAX */
+    int64_t repeat_at;      /* every: the next periodic run of on_fire (firing, or a rule with no
+                               when); 0: none */
 };
-/* Encodes into RULES_STATE_LEN bytes; decodes (returns -EBADMSG when buf is not a record). */
+/* Encodes into RULES_STATE_LEN bytes; decodes (returns -EBADMSG when buf is not a record). A
+ * record of RULES_STATE_V1_LEN bytes (written before every:, alone or zero-padded to
+ * RULES_STATE_LEN) decodes with repeat_at 0. */
 void rules_record_encode(const struct rules_record *r, unsigned char *buf);
 int rules_record_decode(const void *buf, size_t len, struct rules_record *r);
 
@@ -255,11 +262,15 @@ struct rules_input {
     struct rules_value v;
 };
 
-/* A transition of (rule, twin) and what decided it. */
+/* A transition of (rule, twin) and what decided it; or, with `periodic`, a run of on_fire on an
+ * `every:` period that changes no state (from == to: firing, or inactive for a rule with no
+ * when). */
 struct rules_fire {
     const char *rule;
     enum rules_state from, to;
-    const char *event;     /* what twins/{id}/events says: pending, firing, resolved, inactive */
+    bool periodic;
+    const char *event;     /* what twins/{id}/events says: pending, firing, resolved, inactive;
+                              periodic */
     int64_t ts;            /* hub clock */
     const msgpack_object *fields; /* the rule's `event` action fields for this edge, or NULL */
     unsigned n_values;     /* the paths and functions the condition read, with their values */
@@ -271,7 +282,8 @@ struct rules_fire {
  * transaction). */
 struct rules_host {
     void *ctx;
-    /* The record of `rule` for this twin: 0 with RULES_STATE_LEN bytes in buf, or -ENOENT. */
+    /* The record of `rule` for this twin: 0 with RULES_STATE_LEN bytes in buf (a record of
+     * RULES_STATE_V1_LEN bytes zero-padded), or -ENOENT. */
     int (*state_get)(void *ctx, const char *rule, size_t len, void *buf);
     int (*state_put)(void *ctx, const char *rule, size_t len, const void *buf);
     int (*state_del)(void *ctx, const char *rule, size_t len);
@@ -284,7 +296,9 @@ struct rules_host {
      * the twin, it updates the document tw->doc points to and adds what it wrote to
      * tw->changes, so that the rules after this one see it. */
     int (*action)(void *ctx, const struct rules_fire *f, const struct rules_action *a);
-    /* After the actions of a transition: the event for twins/{id}/events. */
+    /* After the actions of a transition: the event for twins/{id}/events. Also after the actions
+     * of a periodic run (f->periodic) whose on_fire has an `event` action; a periodic run
+     * without one publishes nothing of its own. */
     int (*transition)(void *ctx, const struct rules_fire *f);
 };
 
@@ -296,6 +310,7 @@ void rules_scratch_free(struct rules_scratch *sc);
 struct rules_run_result {
     unsigned evaluated;   /* conditions evaluated */
     unsigned transitions; /* state changes */
+    unsigned periodic;    /* periodic runs of on_fire (every:) */
     int64_t wake;         /* earliest wake among the records written; INT64_MAX: none */
 };
 
@@ -308,7 +323,8 @@ int rules_run_change(const struct rules_set *rs, struct rules_scratch *sc, struc
                      const struct rules_host *h, struct rules_run_result *res);
 
 /* Runs the rules of a twin whose wake time has come: every record with wake <= tw->now is
- * evaluated again (and the rules that read what their actions write, as rules_run_change);
+ * evaluated again, or run for its every: period (and the rules that read what their actions
+ * write, as rules_run_change);
  * records of rules no longer loaded, or whose definition changed, are deleted. tw->changes
  * must be given, empty. res->wake is the twin's earliest wake among all its records
  * afterwards (INT64_MAX: none). */

@@ -65,6 +65,8 @@ struct opts {
     unsigned connections; /* 0 = one per device */
     unsigned ecg_samples; /* per message; 0 = a continuous strip: 250 Hz / rate */
     bool ecg_set;
+    const char *ecg_record;    /* --ecg-record FILE (sim/ecg_record.py) */
+    unsigned ecg_record_devs;  /* the first N devices replay it (default: all) */
     uint64_t seed;
     bool seed_set;
     unsigned max_inflight;
@@ -105,6 +107,12 @@ static void usage(FILE *f)
            "  --ecg-samples M    ECG samples per message, at 250 Hz (default: a continuous\n"
            "                     strip, 250 / rate samples, the last ending at the message's\n"
            "                     ts; 25 with --rate 0)\n"
+           "  --ecg-record FILE  replay a recorded ECG (sim/ecg_record.py makes one from the\n"
+           "                     MIT-BIH excerpt in python3-scipy) as the strip, at its real\n"
+           "                     rate resampled to 250 Hz; heart_rate (and beats, a count) is\n"
+           "                     what an R-peak detector finds in it\n"
+           "  --ecg-record-devices N  the first N devices replay it, each from its own place\n"
+           "                     (default: all); the others are simulated\n"
            "  --seed S           random seed (default: from the clock)\n"
            "  --max-inflight W   publishes in flight per connection (default 64)\n"
            "  --quiet            no errors or connection changes on stderr\n"
@@ -172,6 +180,8 @@ enum {
     OPT_SECONDS,
     OPT_CONNECTIONS,
     OPT_ECG,
+    OPT_ECG_RECORD,
+    OPT_ECG_RECORD_DEVS,
     OPT_SEED,
     OPT_INFLIGHT,
     OPT_QUIET,
@@ -196,6 +206,8 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         {"seconds", required_argument, NULL, OPT_SECONDS},
         {"connections", required_argument, NULL, OPT_CONNECTIONS},
         {"ecg-samples", required_argument, NULL, OPT_ECG},
+        {"ecg-record", required_argument, NULL, OPT_ECG_RECORD},
+        {"ecg-record-devices", required_argument, NULL, OPT_ECG_RECORD_DEVS},
         {"seed", required_argument, NULL, OPT_SEED},
         {"max-inflight", required_argument, NULL, OPT_INFLIGHT},
         {"quiet", no_argument, NULL, OPT_QUIET},
@@ -277,6 +289,14 @@ static int opts_parse(struct opts *o, int argc, char **argv)
                 bad = "--ecg-samples: expected 0..4096";
             o->ecg_samples = (unsigned)u;
             o->ecg_set = true;
+            break;
+        case OPT_ECG_RECORD:
+            o->ecg_record = optarg;
+            break;
+        case OPT_ECG_RECORD_DEVS:
+            if (parse_uint(optarg, 0, 1000000, &u))
+                bad = "--ecg-record-devices: expected 0..1000000";
+            o->ecg_record_devs = (unsigned)u;
             break;
         case OPT_SEED:
             if (parse_uint(optarg, 0, UINT64_MAX, &o->seed))
@@ -417,6 +437,7 @@ struct dev {
     double episode_hr;
     double ecg_phase; /* position in the current beat, 0..1 */
     double ecg_wander;
+    struct replay *rp; /* --ecg-record: the strip is the recording, heart_rate its R peaks */
 
     /* under sim.mu */
     uint64_t last_acked;
@@ -553,6 +574,119 @@ static double clampd(double v, double lo, double hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* --ecg-record: a recording (sim/ecg_record.py: "TWSIMECG", le32 rate, le32 count, le16 uV),
+ * loaded once and replayed by the first --ecg-record-devices devices, each from its own place
+ * in it, resampled to the strip's 250 Hz; their heart_rate is what an R-peak detector finds in
+ * the strip they send, as a monitor's would be. */
+static struct {
+    int16_t *x;
+    size_t n;
+    double rate;
+} rec;
+
+#define DET_WIN 38 /* 150 ms of the strip: the moving integral */
+
+struct replay {
+    double pos; /* in recording samples */
+    /* the detector, on the strip as sent: slope, squared, integrated over 150 ms; a peak of
+     * that above 35% of its recent maximum (halving every 2 s) and 250 ms after the last beat
+     * is an R peak; heart_rate is 60 s over the median of the last 8 RR intervals */
+    double x1, x2;
+    double win[DET_WIN], wsum;
+    unsigned wi;
+    double peak, i1, i2;
+    uint64_t t, last_beat, beats;
+    double rr[8];
+    unsigned nrr, rri;
+    double hr;
+};
+
+static int rec_load(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char h[16];
+    if (!f) {
+        fprintf(stderr, "twinsim: --ecg-record %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    uint32_t rate = 0, n = 0;
+    bool ok = fread(h, 1, 16, f) == 16 && memcmp(h, "TWSIMECG", 8) == 0;
+    if (ok) {
+        rate = (uint32_t)h[8] | (uint32_t)h[9] << 8 | (uint32_t)h[10] << 16 | (uint32_t)h[11] << 24;
+        n = (uint32_t)h[12] | (uint32_t)h[13] << 8 | (uint32_t)h[14] << 16 | (uint32_t)h[15] << 24;
+        ok = rate >= 50 && rate <= 10000 && n >= rate * 10 && n <= 100000000;
+    }
+    rec.x = ok ? malloc((size_t)n * 2) : NULL;
+    unsigned char *raw = ok ? malloc((size_t)n * 2) : NULL;
+    ok = ok && rec.x && raw && fread(raw, 2, n, f) == n;
+    for (uint32_t i = 0; ok && i < n; i++)
+        rec.x[i] = (int16_t)(uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8);
+    free(raw);
+    fclose(f);
+    if (!ok) {
+        fprintf(stderr, "twinsim: --ecg-record %s: not a recording made by sim/ecg_record.py "
+                        "(at least 10 s at 50..10000 Hz)\n",
+                path);
+        free(rec.x);
+        rec.x = NULL;
+        return -1;
+    }
+    rec.n = n;
+    rec.rate = rate;
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* One sample of the strip (uV) into the detector. */
+static void detect(struct replay *r, double x)
+{
+    double slope = x - r->x2, e = slope * slope;
+    r->x2 = r->x1;
+    r->x1 = x;
+    r->wsum += e - r->win[r->wi];
+    r->win[r->wi] = e;
+    r->wi = (r->wi + 1) % DET_WIN;
+    double in = r->wsum / DET_WIN;
+    r->peak = fmax(in, r->peak * 0.998615); /* 0.5 ^ (1 / 500): halves in 2 s */
+    uint64_t at = r->t++; /* the integral's value at `at - 1` is r->i1 */
+    if (at >= 500 && r->i1 > r->i2 && r->i1 >= in && r->i1 > 0.35 * r->peak &&
+        (!r->last_beat || at - 1 - r->last_beat > 62)) {
+        if (r->last_beat) {
+            r->rr[r->rri] = (double)(at - 1 - r->last_beat);
+            r->rri = (r->rri + 1) % 8;
+            if (r->nrr < 8)
+                r->nrr++;
+            double s[8];
+            memcpy(s, r->rr, sizeof(s));
+            qsort(s, r->nrr, sizeof(double), cmp_double);
+            r->hr = 60.0 * ECG_HZ / s[r->nrr / 2];
+        }
+        r->last_beat = at - 1;
+        r->beats++;
+    }
+    r->i2 = r->i1;
+    r->i1 = in;
+}
+
+/* The next strip sample of a replaying device: the recording at its place, linearly
+ * interpolated to 250 Hz, from the start again at the end. */
+static double replay_next(struct replay *r)
+{
+    size_t i = (size_t)r->pos;
+    double f = r->pos - (double)i;
+    double x = rec.x[i % rec.n] * (1 - f) + rec.x[(i + 1) % rec.n] * f;
+    r->pos += rec.rate / ECG_HZ;
+    if (r->pos >= (double)rec.n)
+        r->pos -= (double)rec.n;
+    detect(r, x);
+    return x;
+}
+
 /* One step of the vitals: a mean-reverting random walk, with tachycardia episodes (1% chance
  * per message to start one of 20..60 messages at 121..150 bpm, SpO2 sagging towards 93). */
 static void dev_model_step(struct dev *d)
@@ -587,7 +721,7 @@ static void dev_pack(struct dev *d, uint64_t seq)
     dev_model_step(d);
     sim.sbuf.size = 0;
     msgpack_pack_map(pk, 7 + (unsigned)d->sample_hz.set + (unsigned)d->hr_high.set +
-                             (unsigned)d->hr_low.set);
+                             (unsigned)d->hr_low.set + (d->rp ? 1u : 0u));
     /* the applied desired settings, reported back as they were asked (integer or not) */
     const struct {
         const char *key;
@@ -609,14 +743,29 @@ static void dev_pack(struct dev *d, uint64_t seq)
     msgpack_pack_uint64(pk, seq);
     msgpack_pack_str_with_body(pk, "ts", 2);
     msgpack_pack_int64(pk, hub_now_ms());
+    /* a replaying device's strip comes first: its heart rate is what it finds in it */
+    int64_t *strip = NULL;
+    if (d->rp) {
+        strip = malloc((m ? m : 1) * sizeof *strip);
+        for (unsigned i = 0; strip && i < m; i++)
+            strip[i] = lround(replay_next(d->rp));
+        msgpack_pack_str_with_body(pk, "beats", 5);
+        msgpack_pack_uint64(pk, d->rp->beats);
+    }
     msgpack_pack_str_with_body(pk, "heart_rate", 10);
-    msgpack_pack_int64(pk, lround(d->hr));
+    msgpack_pack_int64(pk, lround(d->rp && d->rp->hr > 0 ? d->rp->hr : d->hr));
     msgpack_pack_str_with_body(pk, "spo2", 4);
     msgpack_pack_double(pk, round(d->spo2 * 10) / 10);
     msgpack_pack_str_with_body(pk, "temperature", 11);
     msgpack_pack_double(pk, round(d->temp * 10) / 10);
     msgpack_pack_str_with_body(pk, "ecg", 3);
     msgpack_pack_array(pk, m);
+    if (d->rp) {
+        for (unsigned i = 0; i < m; i++)
+            msgpack_pack_int64(pk, strip ? strip[i] : 0);
+        free(strip);
+        return;
+    }
     /* the strip continues from the last message: m samples at 250 Hz at the current rate */
     double step = d->hr / 60.0 / ECG_HZ;
     for (unsigned i = 0; i < m; i++) {
@@ -1104,6 +1253,19 @@ static void dev_go_offline(struct dev *d, double seconds, int64_t now)
         log_info("device offline", "device=%s seconds=%.1f", d->id, seconds);
 }
 
+/* Connection i, offline on purpose, is connected again: back in the schedule. */
+static void conn_back_online(unsigned i)
+{
+    struct conn *c = &sim.conns[i];
+    c->offline = false;
+    c->reconnecting = false;
+    c->parked = false;
+    sim.n_offline--;
+    conn_activate(c);
+    if (!sim.o.quiet)
+        log_info("device back online", "device=%s", sim.devs[i].id);
+}
+
 /* Offline connections: reconnect when their time is up; back in the schedule once connected. */
 static void offline_step(int64_t now)
 {
@@ -1128,13 +1290,7 @@ static void offline_step(int64_t now)
         }
         if (!bridge_client_connected(c->client))
             continue;
-        c->offline = false;
-        c->reconnecting = false;
-        c->parked = false;
-        sim.n_offline--;
-        conn_activate(c);
-        if (!sim.o.quiet)
-            log_info("device back online", "device=%s", sim.devs[i].id);
+        conn_back_online(i);
     }
 }
 
@@ -1271,9 +1427,18 @@ static void inbox_run(int64_t start, int64_t now)
         if (im->len &&
             msgpack_unpack_next(&up, im->payload, im->len, &off) == MSGPACK_UNPACK_SUCCESS &&
             up.data.type == MSGPACK_OBJECT_MAP) {
+            /* A message can only come from a live client: one on a connection still marked
+             * offline came from its new client, which is up (its subscriptions are answered
+             * before its "online" goes out, and the hub answers that with the delta and the
+             * queued commands): back online now, not at the next offline_step, or they are lost
+             * (a command would never be acknowledged). A connection gone offline since the
+             * message came has no client: the hub sends it again at its next "online". */
+            struct conn *c = im->dev->conn;
+            if (c->offline && c->reconnecting && c->client && bridge_client_connected(c->client))
+                conn_back_online(c->index);
             if (im->kind == BRIDGE_T_DESIRED)
                 apply_desired(im->dev, &up.data, start, now);
-            else if (!im->dev->conn->offline)
+            else if (!c->offline)
                 run_command(im->dev, &up.data, start, now);
         }
         msgpack_unpacked_destroy(&up);
@@ -1709,6 +1874,13 @@ static int devs_create(void)
         }
         d->conn = &sim.conns[i % sim.n_conns];
         dev_model_init(d, seed, i);
+        if (rec.x && i < sim.o.ecg_record_devs) {
+            /* spread over the recording: device i starts i / N of the way into it */
+            d->rp = calloc(1, sizeof *d->rp);
+            if (!d->rp)
+                return -ENOMEM;
+            d->rp->pos = (double)rec.n * i / sim.o.ecg_record_devs;
+        }
     }
     return 0;
 }
@@ -1723,6 +1895,7 @@ static void devs_free(void)
         free(sim.devs[i].desired_topic);
         free(sim.devs[i].commands_topic);
         free(sim.devs[i].ack_topic);
+        free(sim.devs[i].rp);
     }
     while (sim.inbox) {
         struct inmsg *next = sim.inbox->next;
@@ -1775,6 +1948,12 @@ int main(int argc, char **argv)
     if (sim.period_ns < 1 && sim.o.rate > 0)
         sim.period_ns = 1;
     ecg_table_init(sim.ecg_table);
+    if (sim.o.ecg_record) {
+        if (rec_load(sim.o.ecg_record) < 0)
+            return 2;
+        if (!sim.o.ecg_record_devs || sim.o.ecg_record_devs > sim.o.devices)
+            sim.o.ecg_record_devs = sim.o.devices;
+    }
     msgpack_sbuffer_init(&sim.sbuf);
     msgpack_packer_init(&sim.pk, &sim.sbuf, msgpack_sbuffer_write);
     msgpack_sbuffer_init(&sim.abuf);

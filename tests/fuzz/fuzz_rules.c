@@ -13,7 +13,8 @@
  *     a rejected expression is -EINVAL with "COL: reason", COL within the text (+1);
  *   - a loaded set finds every one of its rules by name, in order;
  *   - evaluation returns 0 and never yields a NaN number or an unknown type;
- *   - the engine's runs return 0 and report wake times after `now` (or none);
+ *   - the engine's runs return 0 and report wake times after `now` (or none); transitions
+ *     change state, periodic runs (every:) do not and are published only with an event action;
  *   - a model record, whatever its bytes, is scored and predicted with (0, finite values); a
  *     record either call writes reads back, belongs to the set and has a sane score.
  */
@@ -151,7 +152,11 @@ static int h_action(void *ctx, const struct rules_fire *f, const struct rules_ac
 static int h_transition(void *ctx, const struct rules_fire *f)
 {
     (void)ctx;
-    FUZZ_CHECK(f->from != f->to, "a transition from %d to itself", f->from);
+    /* a periodic run (every:) stays where it is; a transition never does */
+    FUZZ_CHECK((f->from != f->to) != f->periodic, "from %d to %d, periodic %d", f->from, f->to,
+               f->periodic);
+    FUZZ_CHECK(!f->periodic || (f->fields && strcmp(f->event, "periodic") == 0),
+               "a periodic run published without an event action, or as '%s'", f->event);
     FUZZ_CHECK(f->n_values <= RULES_VALUES_MAX, "%u values", f->n_values);
     for (unsigned i = 0; i < f->n_values; i++)
         check_value(&f->values[i].v);

@@ -56,6 +56,7 @@ FILES = BINARIES + [
     "/usr/share/twinhub/mosquitto-durable.conf",
     "/usr/share/twinhub/examples/rules/ecg.yaml",
     "/usr/share/twinhub/examples/models/hr_forecast.twm",
+    "/usr/share/twinhub/examples/models/hr_naive.twm",
     "/usr/share/twinhub/examples/models/train_hr_forecast.py",
     "/usr/share/twinhub/examples/models/README.md",
     "/usr/share/twinhub/models/export.py", "/usr/share/twinhub/models/FORMAT.md",

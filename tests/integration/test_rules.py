@@ -6,7 +6,8 @@
 A device crosses a threshold and the hub answers in one commit: a command at the device, an
 event on the twin's topic, desired state changed; a restart in the middle of a `for` still fires
 on time; an absence rule fires with no message arriving; a reload keeps the state of unchanged
-rules, and a bad reload keeps the old rules running and says why on hub/errors.
+rules, and a bad reload keeps the old rules running and says why on hub/errors; a periodic rule
+(every:) runs for a twin that sent one message, every period, across a restart.
 """
 
 import json
@@ -513,6 +514,83 @@ def case_learn(fx):
     hub.stop()
 
 
+EVERY_RULES = """
+models:
+  lin:
+    file: lin.twm
+    inputs: [reported.heart_rate]
+rules:
+  - name: refresh
+    match: "ecg-*"
+    every: 1s
+    on_fire: [{predict: lin}, {event: {kind: refresh}}]
+"""
+
+
+def case_every(fx):
+    """A periodic rule (every: 1s, no when: a schedule) runs for a twin that sent ONE message:
+    a prediction and an event every second, driven by the hub's clock, at first + k seconds;
+    the next run is committed in the store, so after a kill -9 and a restart it goes on (one
+    run for the time it was down, then the same series); a twin outside its match gets none."""
+    theta, _ = export_models(fx)
+    rules = write_rules(fx, EVERY_RULES)
+    b = Broker(fx)
+    hub = Hub(fx, b, sets={"rules.file": rules})
+    w = MqttClient(fx, b, "watch", subscribe=["twins/+/predictions", "twins/+/events"])
+    dev = Device(fx, b, "ecg-every")
+    other = Device(fx, b, "pump-every")
+    c = Checks()
+
+    def runs(start=0):
+        return [unpack(m.payload) for m in w.messages(f"twins/{dev.id}/predictions", start)]
+
+    dev.send(heart_rate=72)  # the only message it ever sends
+    other.send(heart_rate=72)
+    w.wait_for(lambda m: len(runs()) >= 5, 15, "five periodic predictions")
+    first = runs()
+    t0 = first[0]["ts"]
+    c.eq({p["model"] for p in first}, {"lin"}, "models predicted")
+    c.check(all(close(p["value"], theta[0] * 72 + theta[1]) for p in first),
+            f"predictions of the one message: {[p['value'] for p in first]}")
+    offs = [p["ts"] - t0 for p in first[:5]]
+    c.check(all(k * 1000 <= o < k * 1000 + 700 for k, o in enumerate(offs)),
+            f"runs not at first + k s: offsets {offs}")
+    ev = [e for e in (unpack(m.payload) for m in w.messages(f"twins/{dev.id}/events"))
+          if e.get("rule") == "refresh"]
+    c.check(len(ev) >= 4, f"{len(ev)} periodic events")
+    c.eq({(e.get("state"), e.get("from"), e.get("kind")) for e in ev},
+         {("periodic", "inactive", "refresh")}, "periodic events")
+    doc = twin_get(hub.db, dev.id)
+    c.eq(doc["predicted"]["lin"]["ts"], runs()[-1]["ts"], "predicted.lin.ts is the latest run")
+    c.check(doc["seq"] == 1, f"test setup: the twin got one message (seq {doc['seq']})")
+    st = rule_state(hub.db, dev.id, "refresh", rules)
+    c.eq((st and st["state"], st and st.get("current")), ("inactive", True),
+         "a schedule's record: inactive, current")
+    c.check(st and st["wake"] and st["wake"] > runs()[-1]["ts"], f"its next run stored: {st}")
+    c.eq(w.messages(f"twins/{other.id}/predictions"), [], "predictions outside match")
+    info = [ln for ln in hub.log_text().splitlines()
+            if 'rule=refresh' in ln and 'level=info' in ln]
+    c.eq(info, [], "periodic runs in the info log")
+
+    # kill -9, down for ~2.5 periods, restart: one run at once, then the same series
+    hub.kill9()
+    down = now_ms()
+    time.sleep(2.5)
+    mark = w.count()
+    hub.start()
+    w.wait_for(lambda m: len(runs(mark)) >= 4, 15, "periodic predictions after the restart")
+    after = runs(mark)
+    c.check(after[0]["ts"] - down < 2500 + 3000, f"first run after the restart at "
+            f"{after[0]['ts'] - down} ms after the kill")
+    offs = [(p["ts"] - t0) % 1000 for p in after[1:4]]
+    c.check(all(o < 700 for o in offs), f"after the restart, off the series by {offs} ms")
+    gaps = [b_["ts"] - a["ts"] for a, b_ in zip(after[1:], after[2:4])]
+    c.check(all(300 <= g <= 1700 for g in gaps), f"periods after the restart: {gaps}")
+    c.eq(twin_get(hub.db, dev.id)["seq"], 1, "no message arrived meanwhile")
+    c.done("every checks")
+    hub.stop()
+
+
 def case_check(fx):
     """twinctl rules check: 0 valid, 1 invalid with every error listed, 2 usage."""
     c = Checks()
@@ -549,6 +627,7 @@ CASES = {
     "desired_set": case_desired_set,
     "predict": case_predict,
     "learn": case_learn,
+    "every": case_every,
 }
 
 if __name__ == "__main__":

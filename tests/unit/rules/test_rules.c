@@ -2,7 +2,8 @@
  * precedence, every function, windows over a fake history, missing fields, NaN, wake times),
  * compile errors with their columns, rules files (every load error with file:line:column,
  * ordering, loops), and the state machine on a fake clock with an in-memory host (for,
- * cooldown, absence, flapping, chains, definition changes). No broker, no disk.
+ * cooldown, absence, flapping, chains, definition changes, every: periods and their records).
+ * No broker, no disk.
  * `test_rules NAME` runs one test. */
 #include "rules.h"
 
@@ -873,6 +874,322 @@ static void test_records(void)
     CHECK_INT(rules_record_decode(buf, sizeof(buf), &back), -EBADMSG);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * every: periodic runs of on_fire
+ * ------------------------------------------------------------------------------------------ */
+
+static void test_every_load_errors(void)
+{
+    static const struct error_case cases[] = {
+        {"rules:\n"
+         "  - name: a\n"
+         "    every: 500ms\n"
+         "    on_fire: {command: ping}\n",
+         "rules.yaml:3:12: every: expected a period of at least 1s, got '500ms'\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    every: 0\n"
+         "  - name: b\n"
+         "    every: often\n"
+         "    when: reported.hr > 1\n",
+         "rules.yaml:3:12: every: expected a period of at least 1s, got '0'\n"
+         "rules.yaml:5:12: every: expected a duration such as 250ms, 30s, 5m or 1h, got "
+         "'often'\n"},
+        {"rules:\n"
+         "  - name: sched\n"
+         "    every: 10s\n"
+         "    for: 5s\n"
+         "    cooldown: 1m\n"
+         "    on_fire: [{command: ping}]\n"
+         "    on_resolve: [{command: pong}]\n",
+         "rules.yaml:4:10: for: a rule with every: and no when: never resolves, so it takes no "
+         "for (give it a when: to have one)\n"
+         "rules.yaml:5:15: cooldown: a rule with every: and no when: never resolves, so it takes "
+         "no cooldown (give it a when: to have one)\n"
+         "rules.yaml:7:17: on_resolve: a rule with every: and no when: never resolves, so it "
+         "takes no on_resolve (give it a when: to have one)\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    on_fire: {command: ping}\n"
+         "  - name: b\n"
+         "    evry: 10s\n"
+         "    when: true\n",
+         "rules.yaml:2:5: rule 'a': 'when' is missing (a rule without one needs every:)\n"
+         "rules.yaml:5:5: rule 'b': unknown key 'evry'; did you mean 'every'?\n"},
+        {"rules:\n"
+         "  - name: a\n"
+         "    every: [10s]\n",
+         "rules.yaml:3:12: every: expected a value, got a list\n"},
+    };
+    expect_errors(cases, sizeof(cases) / sizeof(cases[0]));
+    /* the floor is the host's: rules_options.min_every_ms */
+    struct rules_options o;
+    rules_options_init(&o);
+    CHECK_INT(o.min_every_ms, 1000);
+    o.min_every_ms = 90000;
+    const char *text = "rules:\n  - name: a\n    every: 1m\n";
+    struct rules_set *rs = NULL;
+    struct rules_errors errs = {0};
+    CHECK_INT(rules_set_parse("r.yaml", text, strlen(text), ".", &o, &rs, &errs), -EINVAL);
+    CHECK(errs.text &&
+          strcmp(errs.text, "r.yaml:3:12: every: expected a period of at least 1m30s, got "
+                            "'1m'\n") == 0);
+    rules_errors_free(&errs);
+    o.min_every_ms = 60000;
+    CHECK_INT(rules_set_parse("r.yaml", text, strlen(text), ".", &o, &rs, &errs), 0);
+    rules_set_free(rs);
+    rules_errors_free(&errs);
+}
+
+static int used_records(const struct host *h)
+{
+    int used = 0;
+    for (int i = 0; i < RECS; i++)
+        used += h->recs[i].used;
+    return used;
+}
+
+static struct rules_record record_of(struct host *h, const char *rule)
+{
+    unsigned char buf[RULES_STATE_LEN];
+    struct rules_record r = {0};
+    if (h_get(h, rule, strlen(rule), buf) < 0)
+        FAIL("no record of %s", rule);
+    else
+        CHECK_INT(rules_record_decode(buf, sizeof(buf), &r), 0);
+    return r;
+}
+
+/* A schedule (every: with no when:): on_fire at the twin's first change, then every period on
+ * the timer, at first + k * period; a late timer does not make up the runs it missed; no state
+ * and no event, unless on_fire has an event action. */
+static void test_every_schedule(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: forecast\n"
+                                 "    match: \"ecg-*\"\n"
+                                 "    every: 10s\n"
+                                 "    on_fire: [{command: ping}]\n"
+                                 "  - name: beat\n"
+                                 "    every: 1m\n"
+                                 "    on_fire: [{event: {kind: heartbeat}}]\n",
+                                 &errs);
+    if (!rs) {
+        FAIL("%s", errs.text);
+        rules_errors_free(&errs);
+        return;
+    }
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    report(h, rs, sc, 70, 1000, &res); /* any change starts them: they read nothing */
+    CHECK_LOG(h, "forecast:command;beat:periodic;");
+    CHECK_INT(res.periodic, 2);
+    CHECK_INT(res.transitions, 0);
+    CHECK_INT(res.wake, 11000);
+    struct rules_record r = record_of(h, "forecast");
+    CHECK_INT(r.state, RULES_INACTIVE);
+    CHECK_INT(r.repeat_at, 11000);
+    CHECK_INT(r.wake, 11000);
+    CHECK_INT(record_of(h, "beat").repeat_at, 61000);
+    report(h, rs, sc, 71, 5000, &res); /* a change between runs runs nothing */
+    CHECK_LOG(h, "");
+    CHECK_INT(res.wake, 11000);
+    timer(h, rs, sc, 10999, &res);
+    CHECK_LOG(h, "");
+    CHECK_INT(res.wake, 11000);
+    timer(h, rs, sc, 11000, &res);
+    CHECK_LOG(h, "forecast:command;");
+    CHECK_INT(res.wake, 21000);
+    timer(h, rs, sc, 21250, &res); /* a little late: the series stays at 1000 + k * 10s */
+    CHECK_LOG(h, "forecast:command;");
+    CHECK_INT(res.wake, 31000);
+    /* the hub was away for 25 s: one run now, the missed ones are not made up */
+    timer(h, rs, sc, 56000, &res);
+    CHECK_LOG(h, "forecast:command;");
+    CHECK_INT(res.periodic, 1);
+    CHECK_INT(res.wake, 61000);
+    timer(h, rs, sc, 61000, &res);
+    CHECK_LOG(h, "forecast:command;beat:periodic;");
+    CHECK_INT(res.wake, 71000);
+    CHECK_INT(used_records(h), 2);
+    /* a twin the match does not admit gets only the other schedule */
+    struct host *o = malloc(sizeof(*o));
+    host_init(o);
+    o->doc.id = "pump-1";
+    o->doc.id_len = 6;
+    report(o, rs, sc, 70, 2000, &res);
+    CHECK_LOG(o, "beat:periodic;");
+    CHECK_INT(used_records(o), 1);
+    free(o);
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+}
+
+/* every: with a when: on_fire again every period while the rule is firing, not while it is
+ * pending or inactive; the runs end when it resolves and start again at the next firing. */
+static void test_every_firing(void)
+{
+    struct rules_errors errs;
+    struct rules_set *rs = parse("rules:\n"
+                                 "  - name: tachy\n"
+                                 "    when: reported.hr > 120\n"
+                                 "    for: 2s\n"
+                                 "    every: 10s\n"
+                                 "    on_fire: [{command: alert}, {event: {severity: high}}]\n"
+                                 "    on_resolve: [{desired: {sample_hz: 2}}]\n",
+                                 &errs);
+    if (!rs) {
+        FAIL("%s", errs.text);
+        rules_errors_free(&errs);
+        return;
+    }
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    report(h, rs, sc, 80, 1000, &res); /* never true: no record, no timer */
+    CHECK_LOG(h, "");
+    CHECK_INT(res.wake, INT64_MAX);
+    CHECK_INT(used_records(h), 0);
+    report(h, rs, sc, 130, 2000, &res);
+    CHECK_LOG(h, "tachy:pending(reported.hr=130);");
+    CHECK_INT(res.wake, 4000);
+    timer(h, rs, sc, 4000, &res);
+    CHECK_LOG(h, "tachy:command;tachy:firing(reported.hr=130);");
+    CHECK_INT(res.wake, 14000);
+    CHECK_INT(record_of(h, "tachy").repeat_at, 14000);
+    report(h, rs, sc, 131, 9000, &res); /* a change while firing: no run */
+    CHECK_LOG(h, "");
+    timer(h, rs, sc, 14000, &res);
+    CHECK_LOG(h, "tachy:command;tachy:periodic(reported.hr=131);");
+    CHECK_INT(res.periodic, 1);
+    CHECK_INT(res.transitions, 0);
+    CHECK_INT(res.wake, 24000);
+    report(h, rs, sc, 135, 24100, &res); /* a change after the time: the run happens in it */
+    CHECK_LOG(h, "tachy:command;tachy:periodic(reported.hr=135);");
+    CHECK_INT(res.wake, 34000);
+    report(h, rs, sc, 90, 30000, &res);
+    CHECK_LOG(h, "tachy:desired;tachy:resolved(reported.hr=90);");
+    CHECK_INT(res.wake, INT64_MAX);
+    CHECK_INT(used_records(h), 0);
+    timer(h, rs, sc, 34000, &res);
+    CHECK_LOG(h, "");
+    /* firing again: a new series from the new firing */
+    report(h, rs, sc, 140, 40000, &res);
+    timer(h, rs, sc, 42500, &res);
+    CHECK_LOG(h, "tachy:command;tachy:firing(reported.hr=140);");
+    CHECK_INT(res.wake, 52500);
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+}
+
+/* The next run is in the record: a hub that restarts (a new set from the same file, new
+ * scratch, the stored records) goes on with the same series; a changed period is another
+ * definition and starts over; records from before every: still read. */
+static void test_every_restart(void)
+{
+    const char *text = "rules:\n"
+                       "  - name: forecast\n"
+                       "    every: 10s\n"
+                       "    on_fire: [{command: ping}]\n";
+    struct rules_errors errs;
+    struct rules_set *rs = parse(text, &errs);
+    struct rules_scratch *sc = rules_scratch_new();
+    struct host *h = malloc(sizeof(*h));
+    struct rules_run_result res;
+    host_init(h);
+    report(h, rs, sc, 70, 1000, &res);
+    CHECK_LOG(h, "forecast:command;");
+    timer(h, rs, sc, 11000, &res);
+    CHECK_LOG(h, "forecast:command;");
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+    /* the restart: nothing but the records survives */
+    rs = parse(text, &errs);
+    sc = rules_scratch_new();
+    unsigned char buf[RULES_STATE_LEN];
+    CHECK_INT(h_get(h, "forecast", 8, buf), 0);
+    CHECK(rules_record_current(rs, "forecast", 8, buf, sizeof(buf)));
+    report(h, rs, sc, 72, 15000, &res); /* its first change after the restart: not a first run */
+    CHECK_LOG(h, "");
+    CHECK_INT(res.wake, 21000);
+    timer(h, rs, sc, 21000, &res);
+    CHECK_LOG(h, "forecast:command;");
+    CHECK_INT(res.wake, 31000);
+    /* another period: another definition, a new series from its first evaluation */
+    struct rules_set *rs2 = parse("rules:\n"
+                                  "  - name: forecast\n"
+                                  "    every: 20s\n"
+                                  "    on_fire: [{command: ping}]\n",
+                                  &errs);
+    CHECK(!rules_record_current(rs2, "forecast", 8, buf, sizeof(buf)));
+    timer(h, rs2, sc, 31000, &res); /* the timer drops the old definition's record */
+    CHECK_LOG(h, "");
+    CHECK_INT(used_records(h), 0);
+    report(h, rs2, sc, 73, 32000, &res);
+    CHECK_LOG(h, "forecast:command;");
+    CHECK_INT(res.wake, 52000);
+    /* a when: makes it another rule too: an alarm that repeats, not a schedule */
+    struct rules_set *rs3 = parse("rules:\n"
+                                  "  - name: forecast\n"
+                                  "    when: true\n"
+                                  "    every: 20s\n"
+                                  "    on_fire: [{command: ping}]\n",
+                                  &errs);
+    CHECK_INT(h_get(h, "forecast", 8, buf), 0);
+    CHECK(!rules_record_current(rs3, "forecast", 8, buf, sizeof(buf)));
+    report(h, rs3, sc, 74, 33000, &res);
+    CHECK_LOG(h, "forecast:command;forecast:firing;");
+    CHECK_INT(res.wake, 53000);
+    free(h);
+    rules_scratch_free(sc);
+    rules_set_free(rs);
+    rules_set_free(rs2);
+    rules_set_free(rs3);
+}
+
+/* The record's format: repeat_at round-trips; a record of the format before every: (48 bytes,
+ * alone or zero-padded) reads with none; damaged ones do not read. */
+static void test_every_records(void)
+{
+    struct rules_record r = {.state = RULES_FIRING,
+                             .def_hash = 0x0102030405060708ull,
+                             .since = 1700000000000,
+                             .fire_at = 1700000000000,
+                             .cooldown_until = 0,
+                             .wake = 1700000010000,
+                             .repeat_at = 1700000010000},
+                        back;
+    unsigned char buf[RULES_STATE_LEN];
+    CHECK_INT(RULES_STATE_LEN, 56);
+    rules_record_encode(&r, buf);
+    CHECK_INT(buf[0], 'S');
+    CHECK_INT(rules_record_decode(buf, sizeof(buf), &back), 0);
+    CHECK(back.state == r.state && back.def_hash == r.def_hash && back.since == r.since &&
+          back.wake == r.wake && back.repeat_at == r.repeat_at);
+    CHECK_INT(rules_record_decode(buf, RULES_STATE_V1_LEN, &back), -EBADMSG);
+    /* version 1, as the hub wrote it before every: */
+    unsigned char v1[RULES_STATE_LEN];
+    memcpy(v1, buf, RULES_STATE_V1_LEN);
+    memset(v1 + RULES_STATE_V1_LEN, 0, RULES_STATE_LEN - RULES_STATE_V1_LEN);
+    v1[0] = 'R';
+    back.repeat_at = 5;
+    CHECK_INT(rules_record_decode(v1, RULES_STATE_V1_LEN, &back), 0);
+    CHECK(back.state == RULES_FIRING && back.def_hash == r.def_hash && back.wake == r.wake &&
+          back.repeat_at == 0);
+    CHECK_INT(rules_record_decode(v1, sizeof(v1), &back), 0); /* zero-padded by a host */
+    CHECK_INT(back.repeat_at, 0);
+    v1[RULES_STATE_LEN - 1] = 1;
+    CHECK_INT(rules_record_decode(v1, sizeof(v1), &back), -EBADMSG);
+    buf[55] = 0x80; /* a negative time */
+    CHECK_INT(rules_record_decode(buf, sizeof(buf), &back), -EBADMSG);
+}
+
 static void test_changes(void)
 {
     struct rules_changes c;
@@ -1188,6 +1505,11 @@ static const struct {
     {"reload", test_reload},
     {"records", test_records},
     {"changes", test_changes},
+    {"every_load_errors", test_every_load_errors},
+    {"every_schedule", test_every_schedule},
+    {"every_firing", test_every_firing},
+    {"every_restart", test_every_restart},
+    {"every_records", test_every_records},
     {"learn_errors", test_learn_errors},
     {"learn_regressor", test_learn_regressor},
     {"learn_classifier", test_learn_classifier},
