@@ -177,10 +177,10 @@ static int check_history(const msgpack_object *h, uint64_t *points, char *err)
             }
             ts = &p->via.array.ptr[0];
             val = &p->via.array.ptr[1];
-            if (ts->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ts->via.u64 > INT64_MAX) {
+            if (ts->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ts->via.u64 >= (1ull << 48)) {
                 twins__errf(err,
                             "history.%.*s[%" PRIu32 "]: ts must be a whole number of ms since "
-                            "1970, 0 or more",
+                            "1970, 0 up to 2^48",
                             kn, kp, j);
                 return -EINVAL;
             }

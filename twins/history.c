@@ -146,11 +146,9 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
     }
     if (rc)
         return store__mdb_error(txn, rc, "appending history", err);
-    if (nth > NTH_MAX) {
-        twins__errf(err, "history of %.*s: more than %d points in the millisecond %lld",
-                    (int)path_len, path, NTH_MAX + 1, (long long)ts);
-        return -E2BIG;
-    }
+    if (nth > NTH_MAX)
+        return 0; /* more than NTH_MAX + 1 points in one millisecond: the rest are not kept,
+                   * rather than refusing the device's message (a clock stuck on one ts) */
     point_put(pt, ts, nth, value);
     d = (MDB_val){sizeof pt, pt};
     k.mv_size = id_len + 1 + path_len;

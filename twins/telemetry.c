@@ -556,7 +556,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     doc.version++;
     doc.last_seen = now_ms;
     doc.stale.run = 0;
-    doc.seq_restart = doc.seq_restart && !seq_v; /* the new order began with this seq */
+    /* the new order began with this seq; a new boot without one leaves it to the next seq */
+    doc.seq_restart = seq_v ? false : doc.seq_restart || res->restart == TWIN_RESTART_BOOT;
     if (boot_v)
         doc.boot = *boot_v;
     if (seq_v) {
