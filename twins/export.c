@@ -184,11 +184,8 @@ static int check_history(const msgpack_object *h, uint64_t *points, char *err)
                             kn, kp, j);
                 return -EINVAL;
             }
-            if ((val->type != MSGPACK_OBJECT_FLOAT64 && val->type != MSGPACK_OBJECT_FLOAT32 &&
-                 val->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
-                 val->type != MSGPACK_OBJECT_NEGATIVE_INTEGER) ||
-                ((val->type == MSGPACK_OBJECT_FLOAT64 || val->type == MSGPACK_OBJECT_FLOAT32) &&
-                 !isfinite(val->via.f64))) {
+            double x;
+            if (!twins__number(val, &x) || !isfinite(x)) {
                 twins__errf(err, "history.%.*s[%" PRIu32 "]: value must be a finite number", kn, kp,
                             j);
                 return -EINVAL;
@@ -341,9 +338,8 @@ int twin_import_write(struct twin_txn *txn, const struct twin_import *im, char *
         for (uint32_t j = 0; j < pts->via.array.size; j++) {
             const msgpack_object *ts = &pts->via.array.ptr[j].via.array.ptr[0];
             const msgpack_object *val = &pts->via.array.ptr[j].via.array.ptr[1];
-            double x = val->type == MSGPACK_OBJECT_POSITIVE_INTEGER   ? (double)val->via.u64
-                       : val->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (double)val->via.i64
-                                                                      : val->via.f64;
+            double x = 0;
+            twins__number(val, &x); /* check_history made sure it is a finite number */
 
             rc = twin_history_append(txn, d->id, d->id_len, k->via.str.ptr, k->via.str.size,
                                      (int64_t)ts->via.u64, x, err);

@@ -24,22 +24,10 @@ struct base {
     bool has_value;
 };
 
+/* A finite number: SenML's values and times. */
 static bool num_of(const msgpack_object *v, double *out)
 {
-    switch (v->type) {
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        *out = (double)v->via.u64;
-        return true;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        *out = (double)v->via.i64;
-        return true;
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        *out = v->via.f64;
-        return isfinite(*out);
-    default:
-        return false;
-    }
+    return twins__number(v, out) && isfinite(*out);
 }
 
 /* name[0..len) as nested single-key maps around v: "a.b" -> {"a": {"b": v}}. */

@@ -37,139 +37,6 @@ static int check_uint(const msgpack_object *v, const char *key, uint64_t *out, c
  * Apply
  * ------------------------------------------------------------------------------------------ */
 
-/* One history change the merge asked for, waiting until the document is stored: a point to
- * append, or a series to delete. Kept in merge order: a key that appears twice in one message
- * ({"k": 1, "k": nil}) is appended, then deleted, and leaves no series behind. */
-struct hist_op {
-    struct hist_op *next;
-    char *path;
-    size_t path_len;
-    int64_t ts; /* of the point: the message's, or its reading's in a batch */
-    double value;
-    bool remove;
-    const msgpack_object *wave; /* not a point: a chunk of this waveform's samples */
-};
-
-struct hist_ops {
-    const struct twin_store *s;
-    msgpack_zone *zone;
-    struct hist_op *head, **tail;
-    int64_t ts; /* of the points added now */
-    int rc;
-};
-
-static bool is_number(const msgpack_object *v)
-{
-    return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
-           v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER || v->type == MSGPACK_OBJECT_FLOAT32 ||
-           v->type == MSGPACK_OBJECT_FLOAT64;
-}
-
-/* Queues an op for path[0..path_len), which the caller has checked is 1..TWIN_PATH_MAX. */
-static struct hist_op *op_add(struct hist_ops *c, const char *path, size_t path_len, double value,
-                              bool remove)
-{
-    struct hist_op *op = msgpack_zone_malloc(c->zone, sizeof *op);
-
-    if (op)
-        op->path = msgpack_zone_malloc(c->zone, path_len);
-    if (!op || !op->path) {
-        c->rc = -ENOMEM;
-        return NULL;
-    }
-    memcpy(op->path, path, path_len);
-    op->path_len = path_len;
-    op->ts = c->ts;
-    op->value = value;
-    op->remove = remove;
-    op->wave = NULL;
-    op->next = NULL;
-    *c->tail = op;
-    c->tail = &op->next;
-    return op;
-}
-
-/* Every leaf the merge writes: finite numbers are kept for history (the merge reuses `path`). */
-static void on_leaf(void *ctx, const char *path, size_t path_len, const msgpack_object *v)
-{
-    struct hist_ops *c = ctx;
-    double d;
-
-    if (c->rc)
-        return;
-    switch (v->type) {
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        d = (double)v->via.u64;
-        break;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        d = (double)v->via.i64;
-        break;
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        d = v->via.f64;
-        break;
-    case MSGPACK_OBJECT_ARRAY:
-        /* an array configured as a waveform: a chunk of its samples, at this time */
-        if (path_len && path_len <= TWIN_PATH_MAX && wave__spec(c->s, path, path_len)) {
-            struct hist_op *op = op_add(c, path, path_len, 0, false);
-            if (op)
-                op->wave = v;
-        }
-        return;
-    default:
-        return;
-    }
-    /* a path too long for history is not an error: the leaf is stored, just not historized */
-    if (!isfinite(d) || path_len == 0 || path_len > TWIN_PATH_MAX)
-        return;
-    op_add(c, path, path_len, d, false);
-}
-
-/* Queues the removal of every number under v (v included), path[0..len) being v's path. Paths
- * only grow downwards, so a subtree past TWIN_PATH_MAX holds no series. */
-static void remove_under(struct hist_ops *c, const msgpack_object *v, char *path, size_t len)
-{
-    if (is_number(v)) {
-        if (len)
-            op_add(c, path, len, 0, true);
-        return;
-    }
-    if (v->type != MSGPACK_OBJECT_MAP)
-        return; /* arrays are leaves, and not historized */
-    for (uint32_t i = 0; i < v->via.map.size && !c->rc; i++) {
-        const msgpack_object *k = &v->via.map.ptr[i].key;
-        size_t sep = len ? 1 : 0, n;
-
-        if (k->type != MSGPACK_OBJECT_STR)
-            continue; /* telemetry writes string keys only */
-        n = len + sep + k->via.str.size;
-        if (n > TWIN_PATH_MAX)
-            continue;
-        if (sep)
-            path[len] = '.';
-        memcpy(path + len + sep, k->via.str.ptr, k->via.str.size);
-        remove_under(c, &v->via.map.ptr[i].val, path, n);
-    }
-}
-
-/* Every value the merge takes out of reported: the numbers under it lose their history, unless
- * a number replaces a number (the series goes on). This runs for every leaf rewritten, so the
- * usual case, a number over a number, returns at once. */
-static void on_gone(void *ctx, const char *path, size_t path_len, const msgpack_object *old,
-                    const msgpack_object *now)
-{
-    struct hist_ops *c = ctx;
-    char buf[TWIN_PATH_MAX + 1];
-
-    if (c->rc || path_len > TWIN_PATH_MAX)
-        return;
-    if (old->type != MSGPACK_OBJECT_MAP && (!is_number(old) || (now && is_number(now))))
-        return;
-    if (path_len)
-        memcpy(buf, path, path_len);
-    remove_under(c, old, buf, path_len);
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Batches: several timestamped readings in one message ({"batch": [{"ts": ..., ...}, ...]})
  * ------------------------------------------------------------------------------------------ */
@@ -208,35 +75,6 @@ static int64_t meta_newest(const msgpack_object *m)
     return best;
 }
 
-/* Appends ".key" (or "key" at the top) to path[0..len); returns the new length, or 0 when the
- * path would be longer than TWIN_PATH_MAX (nothing so deep is historized). */
-static size_t path_push(char *path, size_t len, const msgpack_object *k)
-{
-    size_t n = k->via.str.size, sep = len ? 1 : 0;
-
-    if (len + sep + n > TWIN_PATH_MAX)
-        return 0;
-    if (sep)
-        path[len] = '.';
-    memcpy(path + len + sep, k->via.str.ptr, n);
-    return len + sep + n;
-}
-
-/* History points for every finite number under v (maps walked; arrays are not historized). */
-static void hist_under(struct hist_ops *c, const msgpack_object *v, char *path, size_t len)
-{
-    if (v->type == MSGPACK_OBJECT_MAP) {
-        for (uint32_t i = 0; i < v->via.map.size && !c->rc; i++) {
-            size_t n = path_push(path, len, &v->via.map.ptr[i].key);
-            if (n)
-                hist_under(c, &v->via.map.ptr[i].val, path, n);
-        }
-        return;
-    }
-    if (len)
-        on_leaf(c, path, len, v);
-}
-
 /* `patch` without what the twin holds from later than ts: a leaf, or a subtree, whose meta time
  * is newer keeps its value, and the reading's value only goes to history. So a device that
  * flushes what it buffered offline after newer live readings does not turn its twin back. */
@@ -254,7 +92,7 @@ static int older_out(msgpack_zone *z, const msgpack_object *patch, const msgpack
             meta->type == MSGPACK_OBJECT_MAP
                 ? twin_value_get(meta, e->key.via.str.ptr, e->key.via.str.size)
                 : NULL;
-        size_t sub = path_push(path, len, &e->key);
+        size_t sub = histops__push(path, len, &e->key);
 
         if (mk && mk->type == MSGPACK_OBJECT_MAP && e->val.type == MSGPACK_OBJECT_MAP) {
             msgpack_object inner;
@@ -265,7 +103,7 @@ static int older_out(msgpack_zone *z, const msgpack_object *patch, const msgpack
             kv[n++].val = inner;
         } else if (mk && meta_newest(mk) > ts) {
             if (sub)
-                hist_under(c, &e->val, path, sub);
+                histops__under(c, &e->val, path, sub);
         } else {
             kv[n++] = *e;
         }
@@ -348,7 +186,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
                          struct twin_apply_result *res, char *err)
 {
     const msgpack_object *seq_v = NULL, *ts_v = NULL, *boot_v = NULL, *batch_v = NULL;
-    struct hist_ops ops = {0};
+    struct hist_ops ops;
     struct twin_doc doc;
     msgpack_object patch, reported, meta;
     uint64_t seq = 0, ts_u = 0, max_skew;
@@ -507,13 +345,10 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         patch.via.map.ptr = kv;
         patch.via.map.size = n;
     }
-    ops.s = txn->s;
-    ops.zone = &txn->zone;
-    ops.tail = &ops.head;
-    ops.ts = ts;
+    histops__init(&ops, txn, ts);
     if (!batch_v) {
         rc = merge__apply(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported,
-                          &meta, on_leaf, on_gone, &ops);
+                          &meta, histops__leaf, histops__gone, &ops);
     } else {
         /* the readings in time order, each at its own time; the newest value of each leaf
          * stays in reported, every number goes to history */
@@ -531,7 +366,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
             rc = older_out(&txn->zone, &rd[i].map, &meta, rd[i].ts, &ops, path, 0, &part);
             if (!rc)
                 rc = merge__apply(&txn->zone, &reported, &part, &meta, rd[i].ts, &r2, &m2,
-                                  on_leaf, on_gone, &ops);
+                                  histops__leaf, histops__gone, &ops);
             if (!rc) {
                 reported = r2;
                 meta = m2;
@@ -577,17 +412,9 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         return rc;
 
     /* 5. history: points of the numeric leaves written, series of those taken out */
-    for (const struct hist_op *op = ops.head; op; op = op->next) {
-        if (op->wave)
-            rc = wave__append(txn, id, id_len, op->path, op->path_len, op->ts, op->wave, err);
-        else if (op->remove)
-            rc = history__remove(txn, id, id_len, op->path, op->path_len, err);
-        else
-            rc = twin_history_append(txn, id, id_len, op->path, op->path_len, op->ts, op->value,
-                                     err);
-        if (rc)
-            return rc;
-    }
+    rc = histops__apply(txn, id, id_len, &ops, err);
+    if (rc)
+        return rc;
     res->outcome = TWIN_APPLIED;
     res->version = doc.version;
     res->doc = doc;

@@ -114,6 +114,66 @@ static inline bool twins__key_is(const msgpack_object *k, const char *s, size_t 
            (n == 0 || memcmp(k->via.str.ptr, s, n) == 0);
 }
 
+/* The number v holds (any integer or float type) into *d; false for anything else. */
+static inline bool twins__number(const msgpack_object *v, double *d)
+{
+    switch (v->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *d = (double)v->via.u64;
+        return true;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *d = (double)v->via.i64;
+        return true;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        *d = v->via.f64;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * What a merge into reported asks of history (histops.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* A point to append (at ts), a series to delete, or a waveform chunk, waiting until the
+ * document is stored. */
+struct hist_op {
+    struct hist_op *next;
+    char *path;
+    size_t path_len;
+    int64_t ts;
+    double value;
+    bool remove;
+    const msgpack_object *wave; /* a chunk of this waveform's samples; valid for the txn */
+};
+
+struct hist_ops {
+    const struct twin_store *s;
+    msgpack_zone *zone;
+    struct hist_op *head, **tail;
+    int64_t ts; /* of what is queued now: the message's, or its reading's in a batch */
+    int rc;     /* -ENOMEM once a queueing failed */
+};
+
+/* An empty queue in txn's zone, its points at ts. */
+void histops__init(struct hist_ops *c, struct twin_txn *txn, int64_t ts);
+/* The merge's callbacks (twin_leaf_cb, merge__gone_cb), ctx a struct hist_ops: a leaf written
+ * queues its point (or waveform chunk); a value taken out queues the removal of the series of
+ * every number under it, unless a number replaces a number. */
+void histops__leaf(void *ctx, const char *path, size_t path_len, const msgpack_object *v);
+void histops__gone(void *ctx, const char *path, size_t path_len, const msgpack_object *old,
+                   const msgpack_object *now);
+/* Points (and chunks) for everything under v, path[0..len) being v's path. */
+void histops__under(struct hist_ops *c, const msgpack_object *v, char *path, size_t len);
+/* Appends ".key" (or "key" at the top) to path[0..len); the new length, or 0 when the key is
+ * not a string or the path would pass TWIN_PATH_MAX. */
+size_t histops__push(char *path, size_t len, const msgpack_object *k);
+/* Does what was queued, in order. Write transactions. Returns 0 or -errno (err). */
+int histops__apply(struct twin_txn *txn, const char *id, size_t id_len, const struct hist_ops *c,
+                   char *err);
+
 /* ---------------------------------------------------------------------------------------------
  * Merge (merge.c)
  * ------------------------------------------------------------------------------------------ */

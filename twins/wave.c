@@ -88,13 +88,10 @@ int wave__append(struct twin_txn *txn, const char *id, size_t id_len, const char
 
     if (!w || samples->type != MSGPACK_OBJECT_ARRAY || n == 0 || ts < 0)
         return 0;
-    for (uint32_t i = 0; i < n; i++) {
-        const msgpack_object *v = &samples->via.array.ptr[i];
-        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
-            v->type != MSGPACK_OBJECT_NEGATIVE_INTEGER && v->type != MSGPACK_OBJECT_FLOAT32 &&
-            v->type != MSGPACK_OBJECT_FLOAT64)
+    double x;
+    for (uint32_t i = 0; i < n; i++)
+        if (!twins__number(&samples->via.array.ptr[i], &x))
             return 0; /* not a signal: the leaf is stored, nothing is kept as a waveform */
-    }
     ts -= (int64_t)llround((double)n * 1000.0 / w->rate); /* the first sample's time */
     if (ts < 0)
         return 0;
@@ -108,10 +105,7 @@ int wave__append(struct twin_txn *txn, const char *id, size_t id_len, const char
     unsigned char *p = d.mv_data;
     put_f32(p, (float)w->rate);
     for (uint32_t i = 0; i < n; i++) {
-        const msgpack_object *v = &samples->via.array.ptr[i];
-        double x = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER   ? (double)v->via.u64
-                   : v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (double)v->via.i64
-                                                                : v->via.f64;
+        twins__number(&samples->via.array.ptr[i], &x);
         put_f32(p + 4 + 4 * (size_t)i, (float)x);
     }
     /* the newest chunk of this signal sets what is kept: the last `seconds` before its end */
