@@ -177,7 +177,7 @@ static int check_history(const msgpack_object *h, uint64_t *points, char *err)
             }
             ts = &p->via.array.ptr[0];
             val = &p->via.array.ptr[1];
-            if (ts->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ts->via.u64 >= (1ull << 48)) {
+            if (ts->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ts->via.u64 > (uint64_t)TWIN_TS_MAX) {
                 twins__errf(err,
                             "history.%.*s[%" PRIu32 "]: ts must be a whole number of ms since "
                             "1970, 0 up to 2^48",

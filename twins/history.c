@@ -38,7 +38,6 @@ static int hkey(const char *id, size_t id_len, const char *path, size_t path_len
     return 0;
 }
 
-#define TS_LIMIT (1ll << 48) /* points' ts are below it */
 #define NTH_MAX 0xffff       /* points of one series in one millisecond: at most NTH_MAX + 1 */
 
 static void point_put(unsigned char *b, int64_t ts, unsigned nth, double value)
@@ -101,7 +100,7 @@ int twin_history_append(struct twin_txn *txn, const char *id, size_t id_len, con
         rc = hkey(id, id_len, path, path_len, kb, &k, err);
     if (rc)
         return rc;
-    if (ts < 0 || ts >= TS_LIMIT) {
+    if (ts < 0 || ts > TWIN_TS_MAX) {
         twins__errf(err, "history timestamp %lld is %s", (long long)ts,
                     ts < 0 ? "negative" : "past 2^48 ms (the year 10889)");
         return -EINVAL;
@@ -228,7 +227,7 @@ int twin_history_read(struct twin_txn *txn, const char *id, size_t id_len, const
     if (v1) {
         for (int i = 0; i < 16; i++)
             from[i] = i < 8 ? (unsigned char)((uint64_t)since_ms >> (8 * (7 - i))) : 0;
-    } else if (since_ms >= TS_LIMIT) {
+    } else if (since_ms > TWIN_TS_MAX) {
         return 0;
     } else {
         point_put(from, since_ms, 0, 0.0);
@@ -402,7 +401,7 @@ static int migrate_batch(struct twin_txn *txn, void *ctx)
             point_get(d.mv_data, true, &ts, NULL, &v);
             nth = ts == prev ? nth + 1 : 0;
             prev = ts;
-            if (ts < 0 || ts >= TS_LIMIT || nth > NTH_MAX) {
+            if (ts < 0 || ts > TWIN_TS_MAX || nth > NTH_MAX) {
                 dropped++; /* beyond what schema 2 holds: none a device could have sent */
                 continue;
             }

@@ -203,7 +203,7 @@ static int record(msgpack_zone *z, const msgpack_object *r, uint32_t i, struct b
     }
     secs += tt;
     double ms = secs < T_RELATIVE ? (double)now_ms + secs * 1000.0 : secs * 1000.0;
-    if (!(ms >= 0) || ms > 9.0e15) {
+    if (!(ms >= 0) || ms > (double)TWIN_TS_MAX) {
         twins__errf(err, "record %" PRIu32 ": time %.3f s is before 1970 or too far ahead", i,
                     secs);
         return -EINVAL;

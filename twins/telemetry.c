@@ -94,7 +94,9 @@ static int older_out(msgpack_zone *z, const msgpack_object *patch, const msgpack
                 : NULL;
         size_t sub = histops__push(path, len, &e->key);
 
-        if (mk && mk->type == MSGPACK_OBJECT_MAP && e->val.type == MSGPACK_OBJECT_MAP) {
+        /* a map into a map: entry by entry (past TWIN_PATH_MAX, as one: nothing so deep has
+         * history, and a path cut short would name another series) */
+        if (sub && mk && mk->type == MSGPACK_OBJECT_MAP && e->val.type == MSGPACK_OBJECT_MAP) {
             msgpack_object inner;
             int rc = older_out(z, &e->val, mk, ts, c, path, sub, &inner);
             if (rc)
@@ -158,8 +160,11 @@ static int readings_of(msgpack_zone *z, const msgpack_object *batch, const msgpa
                 kv[nk++] = *e;
             }
         }
-        if (!t || t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > INT64_MAX) {
-            twins__errf(err, "batch[%" PRIu32 "]: each reading needs its ts (ms since 1970)", i);
+        if (!t || t->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            t->via.u64 > (uint64_t)TWIN_TS_MAX) {
+            twins__errf(err, "batch[%" PRIu32 "]: each reading needs its ts (ms since 1970, up to "
+                             "the year 10889)",
+                        i);
             return -EINVAL;
         }
         if (max_skew && t->via.u64 > (uint64_t)now_ms &&
@@ -187,6 +192,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
 {
     const msgpack_object *seq_v = NULL, *ts_v = NULL, *boot_v = NULL, *batch_v = NULL;
     struct hist_ops ops;
+    struct reading *rd = NULL;
+    int nr = 0;
     struct twin_doc doc;
     msgpack_object patch, reported, meta;
     uint64_t seq = 0, ts_u = 0, max_skew;
@@ -221,8 +228,8 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
             nkeys--;
         } else if (twins__key_is(&kv->key, "ts", 2)) {
             rc = check_uint(&kv->val, "ts", &ts_u, err);
-            if (!rc && ts_u > INT64_MAX) {
-                twins__errf(err, "ts %" PRIu64 " is out of range", ts_u);
+            if (!rc && ts_u > (uint64_t)TWIN_TS_MAX) {
+                twins__errf(err, "ts %" PRIu64 " is out of range (after the year 10889)", ts_u);
                 rc = -EINVAL;
             }
             ts = (int64_t)ts_u;
@@ -263,12 +270,36 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         return -EINVAL;
     }
 
-    if (batch_v) { /* every reading checked before anything is decided */
-        struct reading *rd;
-        msgpack_object none = {.type = MSGPACK_OBJECT_MAP};
-        rc = readings_of(&txn->zone, batch_v, &none, ts, now_ms, max_skew, &rd, err);
-        if (rc < 0)
-            return rc;
+    /* the patch: everything but seq, ts, boot and batch; a batch's readings in time order,
+     * each checked, before anything is decided */
+    patch = *telemetry;
+    if (seq_v || ts_v || boot_v || batch_v) {
+        msgpack_object_kv *kv = msgpack_zone_malloc(&txn->zone, (nkeys + 1) * sizeof *kv);
+        uint32_t n = 0;
+
+        if (!kv) {
+            twins__errf(err, "out of memory");
+            return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < telemetry->via.map.size; i++) {
+            const msgpack_object_kv *src = &telemetry->via.map.ptr[i];
+
+            if (!twins__key_is(&src->key, "seq", 3) && !twins__key_is(&src->key, "ts", 2) &&
+                !twins__key_is(&src->key, "boot", 4) && !twins__key_is(&src->key, "batch", 5))
+                kv[n++] = *src;
+        }
+        patch.via.map.ptr = kv;
+        patch.via.map.size = n;
+    }
+    if (ts < 0) {
+        /* only the hub clock can be negative; history would refuse it after the put */
+        twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
+        return -EINVAL;
+    }
+    if (batch_v) {
+        nr = readings_of(&txn->zone, batch_v, &patch, ts, now_ms, max_skew, &rd, err);
+        if (nr < 0)
+            return nr;
     }
 
     /* 2. the twin as it is (or a new one within max_twins), and the seq check */
@@ -279,11 +310,6 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     res->delta_changed = false;
     res->gap = 0;
     res->restart = TWIN_RESTART_NONE;
-    if (ts < 0) {
-        /* only the hub clock can be negative; history would refuse it after the put */
-        twins__errf(err, "no ts in the telemetry and now_ms %" PRId64 " is negative", ts);
-        return -EINVAL;
-    }
     /* a new boot, or a device that came online again, starts a new seq order (if it had one:
      * the first boot a twin hears of, perhaps after its status, begins the first) */
     if (!created && doc.has_seq && boot_v &&
@@ -325,26 +351,7 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
         res->restart = TWIN_RESTART_STALE_RUN;
     }
 
-    /* 3. merge everything but seq and ts into reported */
-    patch = *telemetry;
-    if (seq_v || ts_v || boot_v || batch_v) {
-        msgpack_object_kv *kv = msgpack_zone_malloc(&txn->zone, (nkeys + 1) * sizeof *kv);
-        uint32_t n = 0;
-
-        if (!kv) {
-            twins__errf(err, "out of memory");
-            return -ENOMEM;
-        }
-        for (uint32_t i = 0; i < telemetry->via.map.size; i++) {
-            const msgpack_object_kv *src = &telemetry->via.map.ptr[i];
-
-            if (!twins__key_is(&src->key, "seq", 3) && !twins__key_is(&src->key, "ts", 2) &&
-                !twins__key_is(&src->key, "boot", 4) && !twins__key_is(&src->key, "batch", 5))
-                kv[n++] = *src;
-        }
-        patch.via.map.ptr = kv;
-        patch.via.map.size = n;
-    }
+    /* 3. merge everything but seq, ts and boot into reported */
     histops__init(&ops, txn, ts);
     if (!batch_v) {
         rc = merge__apply(&txn->zone, &doc.reported, &patch, &doc.meta_reported, ts, &reported,
@@ -352,10 +359,6 @@ int twin_telemetry_apply(struct twin_txn *txn, const char *id, size_t id_len,
     } else {
         /* the readings in time order, each at its own time; the newest value of each leaf
          * stays in reported, every number goes to history */
-        struct reading *rd;
-        int nr = readings_of(&txn->zone, batch_v, &patch, ts, now_ms, max_skew, &rd, err);
-        if (nr < 0)
-            return nr == -ENOMEM ? nr : -EINVAL;
         reported = doc.reported;
         meta = doc.meta_reported;
         rc = 0;

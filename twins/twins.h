@@ -34,6 +34,9 @@
 #define TWIN_ID_MAX 128   /* bytes */
 #define TWIN_KEY_MAX 64   /* bytes of one map key in reported/desired */
 #define TWIN_PATH_MAX 256 /* bytes of a dotted path such as "vitals.hr" */
+/* The latest time a twin holds, ms since 1970 (2^48 - 1: the year 10889); telemetry, batches,
+ * SenML and imports with a later one are refused before anything is written. */
+#define TWIN_TS_MAX ((int64_t)((1ull << 48) - 1))
 #define TWIN_DEPTH_CAP 32 /* msgpack-c's own nesting limit; max_depth may not exceed it */
 /* Expected version meaning "any": no optimistic locking (twin_desired_apply, twin_delete). */
 #define TWIN_VERSION_ANY UINT64_MAX

@@ -2341,6 +2341,20 @@ static void test_telemetry_batch(void)
     CHECK_STR(text_of(s, "w").v, "{\"a\":1,\"b\":2}");
     p = history_of(s, "w", "v.a", 0);
     CHECK(p.n == 2 && p.ts[0] == 45000 && p.v[0] == 0 && p.v[1] == 1);
+    /* deeper than TWIN_PATH_MAX: an older reading there goes nowhere, not into a short path */
+    {
+        char k[61], deep[600], older[640];
+        memset(k, 'k', 60);
+        k[60] = '\0';
+        snprintf(deep, sizeof deep, "{\"ts\":70000,\"d\":{\"%s\":{\"%s\":{\"%s\":{\"%s\":"
+                                     "{\"%s\":{\"x\":1}}}}}}}", k, k, k, k, k);
+        CHECK_INT(apply(s, "w", deep, 100005, &res, err), 0);
+        snprintf(older, sizeof older, "{\"batch\":[{\"ts\":65000,\"d\":{\"%s\":{\"%s\":{"
+                                      "\"%s\":{\"%s\":{\"%s\":{\"x\":5}}}}}}}]}", k, k, k, k, k);
+        CHECK_INT(apply(s, "w", older, 100005, &res, err), 0);
+        CHECK_INT(history_of(s, "w", "x", 0).n, 0);
+        CHECK_INT(history_of(s, "w", k, 0).n, 0);
+    }
     /* an older nil does not delete a newer leaf */
     CHECK_INT(apply(s, "w", "{\"batch\":[{\"ts\":1000,\"spo2\":null}]}", 100005, &res, err), 0);
     CHECK(text_of(s, "w").spo2);
@@ -3130,10 +3144,17 @@ static void test_telemetry_clock_skew(void)
     snprintf(json, sizeof json, "{\"seq\":5,\"ts\":%" PRId64 "}", now + 3600000);
     CHECK_INT(apply(s, "clk", json, now, &res, err), 0);
 
+    /* past the latest time a twin holds: refused before anything is written, skew or not */
+    CHECK_INT(apply(s, "clk", "{\"seq\":6,\"ts\":281474976710656}", now, &res, err), -EINVAL);
+    CHECK_HAS(err, "ts 281474976710656 is out of range (after the year 10889)");
+    CHECK_INT(apply(s, "clk", "{\"batch\":[{\"ts\":281474976710656,\"a\":1}]}", now, &res, err),
+              -EINVAL);
+    CHECK_HAS(err, "batch[0]: each reading needs its ts");
+
     /* the distance cannot overflow: the largest ts against a negative hub clock */
     twin_store_set_limits(s, 100000, 300000);
-    CHECK_INT(apply(s, "clk", "{\"seq\":6,\"ts\":9223372036854775807}", -5, &res, err), -EINVAL);
-    CHECK_HAS(err, "ts 9223372036854775807 is 9223372036854775812 ms ahead");
+    CHECK_INT(apply(s, "clk", "{\"seq\":6,\"ts\":281474976710655}", -5, &res, err), -EINVAL);
+    CHECK_HAS(err, "ts 281474976710655 is 281474976710660 ms ahead");
     twin_store_close(s);
 out:
     free(raw1);
