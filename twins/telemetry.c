@@ -43,7 +43,7 @@ static int check_uint(const msgpack_object *v, const char *key, uint64_t *out, c
 
 struct reading {
     int64_t ts;
-    uint32_t order; /* in the message: equal times keep it */
+    uint32_t order;     /* in the message: equal times keep it */
     msgpack_object map; /* the reading without its ts */
 };
 
@@ -162,13 +162,13 @@ static int readings_of(msgpack_zone *z, const msgpack_object *batch, const msgpa
         }
         if (!t || t->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             t->via.u64 > (uint64_t)TWIN_TS_MAX) {
-            twins__errf(err, "batch[%" PRIu32 "]: each reading needs its ts (ms since 1970, up to "
-                             "the year 10889)",
+            twins__errf(err,
+                        "batch[%" PRIu32 "]: each reading needs its ts (ms since 1970, up to "
+                        "the year 10889)",
                         i);
             return -EINVAL;
         }
-        if (max_skew && t->via.u64 > (uint64_t)now_ms &&
-            t->via.u64 - (uint64_t)now_ms > max_skew) {
+        if (max_skew && t->via.u64 > (uint64_t)now_ms && t->via.u64 - (uint64_t)now_ms > max_skew) {
             twins__errf(err,
                         "batch[%" PRIu32 "]: ts %" PRIu64 " is %" PRIu64
                         " ms ahead of the hub clock; limits.max_clock_skew is %" PRIu64 " ms",
