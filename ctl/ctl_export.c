@@ -26,6 +26,7 @@
 #define ERRORS_SHOWN 20
 #define BATCH_TWINS 1000
 #define BATCH_BYTES (32u << 20)
+#define ERR_MAX (1600 + TWIN_ERR_LEN) /* FILE:LINE: reason */
 
 static int store_options_open(const struct config *cfg, bool read_only, struct twin_store **s,
                               char *err)
@@ -168,7 +169,8 @@ static bool blank(const struct reader *r)
 
 /* The line parsed and checked as twins/export.c checks it, and its id as a device id.
  * Returns 0 or -errno with the reason in err. */
-static int parse_line(struct reader *r, msgpack_zone *zone, struct twin_import *im, char *err)
+static int parse_line(struct reader *r, size_t max_doc, msgpack_zone *zone,
+                      struct twin_import *im, char *err)
 {
     if (r->full > r->len) {
         snprintf(err, TWIN_ERR_LEN, "line of %zu bytes, above the limit of %u", r->full,
@@ -176,7 +178,7 @@ static int parse_line(struct reader *r, msgpack_zone *zone, struct twin_import *
         return -E2BIG;
     }
     msgpack_zone_clear(zone);
-    int rc = twin_import_parse(r->buf, r->len, LINE_MAX_BYTES, zone, im, err);
+    int rc = twin_import_parse(r->buf, r->len, LINE_MAX_BYTES, max_doc, zone, im, err);
     if (rc)
         return rc;
     if (!bridge_id_valid(im->doc.id, im->doc.id_len)) {
@@ -206,6 +208,7 @@ struct import {
     struct seen *seen;
     size_t nseen, capseen;
     uint64_t twins, points, bad;
+    size_t max_doc; /* limits.max_twin_size */
     struct progress p;
     off_t size;
     bool quiet;
@@ -257,7 +260,7 @@ static int check_all(struct import *im)
         struct twin_import t;
         if (blank(&im->r))
             continue;
-        rc = parse_line(&im->r, &im->zone, &t, err);
+        rc = parse_line(&im->r, im->max_doc, &im->zone, &t, err);
         if (rc == 0 && txn)
             rc = twin_import_check(txn, &t, err);
         if (rc == -ENOMEM || rc == -EIO)
@@ -304,6 +307,7 @@ struct batch {
     off_t start, next;
     uint64_t line0, done, points;
     bool end;
+    char *err; /* what stopped it, with the line: said once twin_store_write gives up */
 };
 
 /* One transaction's lines. twin_store_write runs it again from the start when the map had to
@@ -312,7 +316,7 @@ static int write_batch(struct twin_txn *txn, void *ctx)
 {
     struct batch *b = ctx;
     struct import *im = b->im;
-    char err[TWIN_ERR_LEN];
+    char why[TWIN_ERR_LEN];
     uint64_t n = 0, bytes = 0, points = 0;
     int rc;
     if (fseeko(im->r.f, b->start, SEEK_SET) != 0)
@@ -329,10 +333,11 @@ static int write_batch(struct twin_txn *txn, void *ctx)
         if (blank(&im->r))
             continue;
         struct twin_import t;
-        if ((rc = parse_line(&im->r, &im->zone, &t, err)) < 0 ||
-            (rc = twin_import_write(txn, &t, err)) < 0) {
-            /* checked in pass 1: only the store (full, I/O) or the file changing gets here */
-            fprintf(stderr, "twinctl: %s:%" PRIu64 ": %s\n", im->file, im->r.lineno, err);
+        if ((rc = parse_line(&im->r, im->max_doc, &im->zone, &t, why)) < 0 ||
+            (rc = twin_import_write(txn, &t, why)) < 0) {
+            /* checked in pass 1: only the store (full, I/O; a full map is grown and the batch
+             * run again) or the file changing gets here */
+            snprintf(b->err, ERR_MAX, "%.1500s:%" PRIu64 ": %s", im->file, im->r.lineno, why);
             return rc;
         }
         n++;
@@ -347,8 +352,8 @@ static int write_batch(struct twin_txn *txn, void *ctx)
 
 static int write_all(struct import *im, uint64_t *written, uint64_t *points)
 {
-    char err[TWIN_ERR_LEN];
-    struct batch b = {.im = im};
+    char err[ERR_MAX] = ""; /* twin_store_write's own reasons are shorter */
+    struct batch b = {.im = im, .err = err};
     progress_init(&im->p, "import", "twins", im->quiet);
     for (;;) {
         b.line0 = im->r.lineno;
@@ -376,7 +381,7 @@ static int write_all(struct import *im, uint64_t *written, uint64_t *points)
 int ctl_import_main(const struct config *cfg, const char *file, bool quiet)
 {
     char err[TWIN_ERR_LEN], data[4096];
-    struct import im = {.file = file, .quiet = quiet};
+    struct import im = {.file = file, .quiet = quiet, .max_doc = cfg->max_twin_size};
     struct stat st;
     uint64_t written = 0, points = 0;
     int code = 2, rc;

@@ -196,8 +196,8 @@ static int check_history(const msgpack_object *h, uint64_t *points, char *err)
     return 0;
 }
 
-int twin_import_parse(const char *line, size_t len, size_t max_line, msgpack_zone *zone,
-                      struct twin_import *out, char *err)
+int twin_import_parse(const char *line, size_t len, size_t max_line, size_t max_doc,
+                      msgpack_zone *zone, struct twin_import *out, char *err)
 {
     struct twin_limits lim = {max_line, TWIN_DEPTH_CAP, UINT_MAX};
     msgpack_object o, d;
@@ -282,6 +282,21 @@ int twin_import_parse(const char *line, size_t len, size_t max_line, msgpack_zon
         memchr(out->doc.id, '\0', out->doc.id_len)) {
         twins__errf(err, "id: expected 1..%d bytes without NUL", TWIN_ID_MAX);
         return -EINVAL;
+    }
+    if (max_doc) { /* limits.max_twin_size, as twin_put will check it */
+        msgpack_sbuffer_init(&sb);
+        rc = twin_doc_encode(&out->doc, &sb);
+        size_t size = sb.size;
+        msgpack_sbuffer_destroy(&sb);
+        if (rc) {
+            twins__errf(err, "out of memory");
+            return -ENOMEM;
+        }
+        if (size > max_doc) {
+            twins__errf(err, "the document is %zu bytes, above limits.max_twin_size %zu", size,
+                        max_doc);
+            return -E2BIG;
+        }
     }
     if (out->doc.version == 0) {
         twins__errf(err, "version: a stored twin has version 1 or more");

@@ -387,7 +387,9 @@ static int migrate_batch(struct twin_txn *txn, void *ctx)
         int64_t prev = -1;
         unsigned nth = 0;
 
+        MDB_val had;
         memcpy(kb, k.mv_data, key.mv_size);
+        bool appended = mdb_get(txn->txn, s->dbi_points, &key, &had) == MDB_NOTFOUND;
         for (; rc == 0; rc = mdb_cursor_get(from, &k, &d, MDB_NEXT_DUP)) {
             unsigned char pt[16];
             MDB_val pd = {sizeof pt, pt};
@@ -406,7 +408,9 @@ static int migrate_batch(struct twin_txn *txn, void *ctx)
                 continue;
             }
             point_put(pt, ts, nth, v); /* in order: ts, then the old (value) order */
-            rc = mdb_cursor_put(to, &key, &pd, MDB_APPENDDUP);
+            /* in order, so appended; a series a schema 1 writer touched while half moved
+             * already has points: those land in their place */
+            rc = mdb_cursor_put(to, &key, &pd, appended ? MDB_APPENDDUP : 0);
             if (rc)
                 break;
             moved++;
@@ -437,9 +441,16 @@ static int migrate_batch(struct twin_txn *txn, void *ctx)
 static int migrate_finish(struct twin_txn *txn, void *ctx)
 {
     struct migrate *m = ctx;
+    MDB_dbi legacy;
     int rc = store__schema_put(txn, 2, m->err);
 
-    if (!rc && (rc = mdb_drop(txn->txn, txn->s->dbi_legacy, 1)))
+    /* opened here each time: mdb_drop closes the handle even when the commit then fails (a full
+     * map) and twin_store_write runs this again */
+    if (!rc && (rc = mdb_dbi_open(txn->txn, "history", 0, &legacy)) == 0)
+        rc = mdb_drop(txn->txn, legacy, 1);
+    if (rc == MDB_NOTFOUND)
+        rc = 0; /* dropped by the run that committed */
+    if (rc > 0)
         rc = store__mdb_error(txn, rc, "dropping the schema 1 history", m->err);
     return rc;
 }

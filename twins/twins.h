@@ -684,7 +684,7 @@ int twin_history_series(struct twin_txn *txn, const char *id, size_t id_len, twi
                         void *ctx, char *err);
 
 /* Waveforms (wave.c): every chunk of samples of (id, path) that reaches into [from_ms, to_ms],
- * oldest first: cb gets the time of its first sample, the rate (Hz) and the samples (valid
+ * in order of their first samples: cb gets the time of its first sample, the rate (Hz) and the samples (valid
  * during the call). A non-zero return from cb stops the walk and is returned. Any transaction.
  * Returns 0, -EINVAL, -ENOMEM, -EIO. */
 typedef int (*twin_wave_cb)(void *ctx, int64_t ts, double rate, const float *samples, size_t n);
@@ -837,8 +837,8 @@ struct twin_import {
  * document decodes as a stored one, its reported and desired pass the checks telemetry and
  * desired state pass. Touches no store. Returns 0, -EINVAL or -E2BIG (what and where in err:
  * "history.heart_rate[3]: expected [ts, value]"), -ENOMEM. */
-int twin_import_parse(const char *line, size_t len, size_t max_line, msgpack_zone *zone,
-                      struct twin_import *out, char *err);
+int twin_import_parse(const char *line, size_t len, size_t max_line, size_t max_doc,
+                      msgpack_zone *zone, struct twin_import *out, char *err);
 
 /* Whether a parsed twin can go into the store as it is: -EEXIST if a twin with its id is
  * there, or was deleted at its version or later (versions are never used twice); 0 if it can;

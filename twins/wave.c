@@ -192,29 +192,12 @@ int twin_wave_read(struct twin_txn *txn, const char *id, size_t id_len, const ch
     rc = mdb_cursor_open(txn->txn, txn->s->dbi_waves, &c);
     if (rc)
         return store__mdb_error(txn, rc, "mdb_cursor_open", err);
-    /* the first chunk that reaches from_ms: from the first that starts at or after it, back
-     * over every earlier one that ends after it (chunks may overlap: a late one lands among
-     * others) */
-    k.mv_size = wkey(kb, id, id_len, path, path_len, from_ms < 0 ? 0 : from_ms);
+    /* from the signal's first chunk: what is kept is at most waveform_seconds long, and chunks
+     * may overlap (a late one lands among the others), so none is skipped by a seek */
+    wkey(kb, id, id_len, path, path_len, 0);
+    k.mv_size = pre;
     k.mv_data = kb;
     rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
-    if (rc == 0 || rc == MDB_NOTFOUND) {
-        bool at_end = rc == MDB_NOTFOUND;
-        for (;;) {
-            rc = at_end ? mdb_cursor_get(c, &k, &d, MDB_LAST) : mdb_cursor_get(c, &k, &d, MDB_PREV);
-            at_end = false;
-            if (rc || k.mv_size != pre + 8 || memcmp(k.mv_data, kb, pre) != 0 || d.mv_size < 4 ||
-                chunk_end(key_ts(&k), (d.mv_size - 4) / 4, get_f32(d.mv_data)) <= from_ms)
-                break;
-        }
-        /* one past where the walk back stopped (or the first of the prefix) */
-        rc = rc == 0 ? mdb_cursor_get(c, &k, &d, MDB_NEXT) : MDB_NOTFOUND;
-        if (rc) {
-            k.mv_size = pre;
-            k.mv_data = kb;
-            rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
-        }
-    }
     int cbrc = 0;
     while (rc == 0 && k.mv_size == pre + 8 && memcmp(k.mv_data, kb, pre) == 0) {
         int64_t ts = key_ts(&k);

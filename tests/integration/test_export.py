@@ -165,6 +165,13 @@ def case_bad_lines(fx):
           in err and ":2: twin" in err and ":3:" not in err,
           f"import over existing twins: exit {rc}, {err.strip()!r}")
     check_eq(export(part, "--history"), before, "the store after a refused import")
+    # a document above limits.max_twin_size is refused in the check, before any batch is written
+    big = write(fx, "big.jsonl", "\n".join(lines[2:]) + "\n" +
+                '{"id":"big-1","version":1,"reported":{"x":"' + "a" * 4000 + '"}}\n')
+    rc, out, err = twinctl(part, "import", big, env={"TWINHUB_LIMITS_MAX_TWIN_SIZE": "3KiB"})
+    check(rc == 1 and f"{big}:{len(lines) - 1}: the document is" in err and
+          "above limits.max_twin_size 3072" in err, f"a document too large: exit {rc}, {err!r}")
+    check_eq(export(part, "--history"), before, "the store after a document too large")
     rc, _, err = twinctl(part, "import", fx.path("missing.jsonl"))
     check(rc == 2 and "No such file" in err, f"a missing file: exit {rc}, {err.strip()!r}")
 

@@ -2530,6 +2530,17 @@ static void test_waveforms(void)
     /* not numbers, or an array not configured: stored in reported, not kept as a signal */
     CHECK_INT(apply(s, "m", "{\"ts\":4200,\"ecg\":[1,\"x\"]}", 5002, &res, err), 0);
     CHECK_INT(wave_of(s, "m", 4100, INT64_MAX).chunks, 0);
+    /* a long late chunk under shorter ones is read where it reaches, not skipped */
+    {
+        char b[1200];
+        int n = snprintf(b, sizeof b, "{\"batch\":[{\"ts\":3900,\"ecg\":[");
+        for (int i = 0; i < 100; i++)
+            n += snprintf(b + n, sizeof b - (size_t)n, "%s9", i ? "," : "");
+        snprintf(b + n, sizeof b - (size_t)n, "]}]}");
+        CHECK_INT(apply(s, "m", b, 5003, &res, err), 0);
+        w = wave_of(s, "m", 3850, 3860);
+        CHECK(w.chunks == 2 && w.first_ts[0] == 2900 && w.n[0] == 100 && w.first_ts[1] == 3800);
+    }
     /* deleting the twin deletes its waveform */
     CHECK_INT(twin_store_write(s, delete_m_fn, err, err), 0);
     CHECK_INT(wave_of(s, "m", INT64_MIN, INT64_MAX).chunks, 0);
@@ -3372,7 +3383,7 @@ static int import_fn(struct twin_txn *txn, void *ctx)
 
         line++;
         msgpack_zone_clear(&z);
-        rc = twin_import_parse(p, n, 1u << 20, &z, &im, c->err);
+        rc = twin_import_parse(p, n, 1u << 20, 0, &z, &im, c->err);
         if (!rc)
             rc = twin_import_write(txn, &im, c->err);
         if (rc)
@@ -3501,7 +3512,7 @@ static void test_import_bad(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char err[TWIN_ERR_LEN] = "";
         struct twin_import im;
-        int rc = twin_import_parse(cases[i].line, strlen(cases[i].line), 4096, &z, &im, err);
+        int rc = twin_import_parse(cases[i].line, strlen(cases[i].line), 4096, 0, &z, &im, err);
 
         if (rc != cases[i].rc)
             FAIL("case %zu %s: rc %d, expected %d (%s)", i, cases[i].line, rc, cases[i].rc, err);
@@ -3514,8 +3525,13 @@ static void test_import_bad(void)
         char err[TWIN_ERR_LEN];
         struct twin_import im;
         const char *l = "{\"id\":\"a\",\"version\":1}";
-        CHECK_INT(twin_import_parse(l, strlen(l), 10, &z, &im, err), -E2BIG);
+        CHECK_INT(twin_import_parse(l, strlen(l), 10, 0, &z, &im, err), -E2BIG);
         CHECK_HAS(err, "line of 22 bytes, above the limit of 10");
+        /* and the document's own limit, as the store will apply it */
+        l = "{\"id\":\"a\",\"version\":1,\"reported\":{\"x\":\"0123456789012345678901234567890\"}}";
+        CHECK_INT(twin_import_parse(l, strlen(l), 4096, 40, &z, &im, err), -E2BIG);
+        CHECK_HAS(err, "above limits.max_twin_size 40");
+        CHECK_INT(twin_import_parse(l, strlen(l), 4096, 4096, &z, &im, err), 0);
     }
     msgpack_zone_destroy(&z);
 }
