@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "ctl_backup.h"
+#include "ctl_store.h"
 #include "progress.h"
 #include "twins.h"
 
@@ -29,15 +30,11 @@ static void print_info(const char *key, const char *val, const struct twin_backu
     printf("}\n");
 }
 
-/* A read-only store at `path` with the configured map sizes. Returns 0 or -errno (err). */
+/* A read-only store at `path`, opened as the configuration says. Returns 0 or -errno (err). */
 static int open_read_only(const struct config *cfg, const char *path, struct twin_store **s,
                           char *err)
 {
-    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-    so.path = path;
-    so.read_only = true;
-    so.map_size = cfg->map_size;
-    so.max_map_size = cfg->max_map_size;
+    struct twin_store_options so = ctl_store_options(cfg, path, true);
     return twin_store_open(s, &so, err);
 }
 

@@ -18,6 +18,7 @@
 
 #include "bridge.h"
 #include "ctl_json.h"
+#include "ctl_store.h"
 #include "progress.h"
 #include "twins.h"
 
@@ -31,13 +32,7 @@
 static int store_options_open(const struct config *cfg, bool read_only, struct twin_store **s,
                               char *err)
 {
-    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-    so.path = cfg->db_path;
-    so.read_only = read_only;
-    so.map_size = cfg->map_size;
-    so.max_map_size = cfg->max_map_size;
-    so.history_max_points = cfg->history_max_points;
-    so.max_doc_bytes = cfg->max_twin_size;
+    struct twin_store_options so = ctl_store_options(cfg, cfg->db_path, read_only);
     return twin_store_open(s, &so, err);
 }
 

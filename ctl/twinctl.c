@@ -37,6 +37,7 @@
 #include "ctl_export.h"
 #include "ctl_model.h"
 #include "ctl_rules.h"
+#include "ctl_store.h"
 #include "top.h"
 #include "twins.h"
 
@@ -283,12 +284,7 @@ static int open_store(struct ctl *ctl)
     if (stat(path, &st) != 0)
         return fail(EXIT_ERROR, "no database at %s (set --db, TWINHUB_STORE_PATH or store.path)",
                     path);
-    struct twin_store_options so = TWIN_STORE_OPTIONS_DEFAULT;
-    so.path = path;
-    so.read_only = true;
-    so.map_size = ctl->cfg.map_size;
-    so.max_map_size = ctl->cfg.max_map_size;
-    so.history_max_points = ctl->cfg.history_max_points;
+    struct twin_store_options so = ctl_store_options(&ctl->cfg, path, true);
     int rc = twin_store_open(&ctl->store, &so, err);
     if (rc < 0)
         return fail(EXIT_ERROR, "cannot open %s: %s", path, err);
@@ -526,31 +522,40 @@ static int history_one(void *vctx, int64_t ts, double value)
     return w->rc ? STOP : 0;
 }
 
-static int cmd_history(struct ctl *ctl)
+/* `ID PATH [--since D]` of history and wave: the id checked, PATH inside reported (a leading
+ * "reported." dropped), --since as a time (INT64_MIN without it). Returns 0 or EXIT_ERROR. */
+static int series_args(struct ctl *ctl, const char **path, int64_t *since)
 {
-    char err[TWIN_ERR_LEN];
-    const char *id = ctl->args[0];
-    const char *path = ctl->args[1];
-    const void *buf;
-    size_t len;
-    int64_t since = INT64_MIN;
-
-    if (check_id(id))
+    const char *p = ctl->args[1];
+    if (check_id(ctl->args[0]))
         return EXIT_ERROR;
-    /* History keys are paths inside reported. */
-    if (strncmp(path, "reported.", 9) == 0)
-        path += 9;
-    if (!*path || strlen(path) > TWIN_PATH_MAX)
+    if (strncmp(p, "reported.", 9) == 0)
+        p += 9;
+    if (!*p || strlen(p) > TWIN_PATH_MAX)
         return fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
                     TWIN_PATH_MAX);
+    *path = p;
+    *since = INT64_MIN;
     if (ctl->opt[O_SINCE]) {
         uint64_t ms;
         if (config_parse_duration_ms(ctl->opt[O_SINCE], 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
             return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
                         ctl->opt[O_SINCE]);
-        since = hub_now_ms() - (int64_t)ms;
+        *since = hub_now_ms() - (int64_t)ms;
     }
+    return 0;
+}
 
+static int cmd_history(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    const char *id = ctl->args[0], *path;
+    const void *buf;
+    size_t len;
+    int64_t since;
+
+    if (series_args(ctl, &path, &since))
+        return EXIT_ERROR;
     int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
     if (rc == -ENOENT)
         return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
@@ -602,22 +607,10 @@ static int wave_one(void *ctx, int64_t ts, double rate, const float *x, size_t n
 static int cmd_wave(struct ctl *ctl)
 {
     char err[TWIN_ERR_LEN];
-    const char *id = ctl->args[0], *path = ctl->args[1];
-    int64_t since = INT64_MIN;
-    if (check_id(id))
+    const char *id = ctl->args[0], *path;
+    int64_t since;
+    if (series_args(ctl, &path, &since))
         return EXIT_ERROR;
-    if (strncmp(path, "reported.", 9) == 0)
-        path += 9;
-    if (!*path || strlen(path) > TWIN_PATH_MAX)
-        return fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
-                    TWIN_PATH_MAX);
-    if (ctl->opt[O_SINCE]) {
-        uint64_t ms;
-        if (config_parse_duration_ms(ctl->opt[O_SINCE], 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
-            return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
-                        ctl->opt[O_SINCE]);
-        since = hub_now_ms() - (int64_t)ms;
-    }
     struct wave_walk w = {.ctl = ctl};
     int rc = twin_wave_read(ctl->txn, id, strlen(id), path, strlen(path), since, INT64_MAX,
                             wave_one, &w, err);
