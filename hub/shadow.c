@@ -393,39 +393,6 @@ static void failed(struct shadow_rq *rq, int rc, const char *store_err)
  * Parsing
  * ------------------------------------------------------------------------------------------ */
 
-/* Valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF). */
-static bool utf8_ok(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        unsigned char b = s[i];
-        size_t len;
-        unsigned long v, min;
-        if (b < 0x80) {
-            i++;
-            continue;
-        } else if (b >= 0xc2 && b <= 0xdf) {
-            len = 2, v = b & 0x1f, min = 0x80;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            len = 3, v = b & 0x0f, min = 0x800;
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            len = 4, v = b & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if (len > n - i)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            v = (v << 6) | (s[i + k] & 0x3f);
-        }
-        if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 /* A null inside an array anywhere under v (AWS: "Arrays can't have null values"); the path
  * into err. */
 static bool null_in_array(const msgpack_object *v, bool in_array, char *path, size_t len,
@@ -900,7 +867,7 @@ unsigned shadow_handle(struct ingest *in, const struct bridge_msg *m)
                  m->len, lim.max_payload);
         reject(&rq, 413, M_SIZE, REPORT_SIZE, rq.err);
         goto out;
-    } else if (!utf8_ok(p, m->len)) {
+    } else if (!twin_utf8_valid(p, m->len)) {
         reject(&rq, 415, M_ENCODING, REPORT_MALFORMED, "payload is not UTF-8");
         goto out;
     } else if (i == m->len || p[i] != '{') {

@@ -92,6 +92,16 @@ struct jp {
     char *err;
 };
 
+bool twin_utf8_valid(const void *buf, size_t n)
+{
+    const unsigned char *s = buf;
+
+    for (size_t i = 0, k; i < n; i += k)
+        if (!(k = utf8_seq(s + i, n - i)))
+            return false;
+    return true;
+}
+
 static int jp_reserve(struct jp *j, size_t more)
 {
     unsigned char *o;

@@ -82,6 +82,10 @@ int twin_input_decode(const void *buf, size_t len, const struct twin_limits *lim
 int twin_senml_decode(const void *buf, size_t len, const struct twin_limits *lim, int64_t now_ms,
                       msgpack_zone *zone, msgpack_object *out, char *err);
 
+/* Whether buf[0..n) is valid UTF-8 (no overlong forms, surrogates or code points past
+ * U+10FFFF), as json.c reads strings. Any thread. */
+bool twin_utf8_valid(const void *buf, size_t n);
+
 /* Writes `obj` as JSON text to `out` (appends). Strings are escaped; binary becomes base64;
  * non-finite floats become null; map keys that are not strings are written as their JSON text
  * in quotes. Returns 0 or -ENOMEM. */
