@@ -744,10 +744,9 @@ static void dev_pack(struct dev *d, uint64_t seq)
     msgpack_pack_str_with_body(pk, "ts", 2);
     msgpack_pack_int64(pk, hub_now_ms());
     /* a replaying device's strip comes first: its heart rate is what it finds in it */
-    int64_t *strip = NULL;
+    static int64_t strip[ECG_SAMPLES_MAX]; /* the loop thread's: one message at a time */
     if (d->rp) {
-        strip = malloc((m ? m : 1) * sizeof *strip);
-        for (unsigned i = 0; strip && i < m; i++)
+        for (unsigned i = 0; i < m; i++)
             strip[i] = lround(replay_next(d->rp));
         msgpack_pack_str_with_body(pk, "beats", 5);
         msgpack_pack_uint64(pk, d->rp->beats);
@@ -762,8 +761,7 @@ static void dev_pack(struct dev *d, uint64_t seq)
     msgpack_pack_array(pk, m);
     if (d->rp) {
         for (unsigned i = 0; i < m; i++)
-            msgpack_pack_int64(pk, strip ? strip[i] : 0);
-        free(strip);
+            msgpack_pack_int64(pk, strip[i]);
         return;
     }
     /* the strip continues from the last message: m samples at 250 Hz at the current rate */
