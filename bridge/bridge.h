@@ -64,6 +64,10 @@ enum bridge_topic_kind {
     BRIDGE_T_PREDICTIONS, /* twins/{id}/predictions */
     BRIDGE_T_HUB_STATUS,  /* hub/status (no id) */
     BRIDGE_T_HUB_ERRORS,  /* hub/errors (no id) */
+    /* services -> hub: reads, answered off the receive thread */
+    BRIDGE_T_HISTORY, /* twins/{id}/history */
+    BRIDGE_T_QUERY,   /* hub/query (no id): the fleet query */
+    BRIDGE_T_LAST = BRIDGE_T_QUERY
 };
 
 struct bridge_topic {

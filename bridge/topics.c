@@ -34,6 +34,8 @@ static const struct {
     [BRIDGE_T_PREDICTIONS] = {SCOPE_TWINS, "predictions"},
     [BRIDGE_T_HUB_STATUS] = {SCOPE_HUB, "status"},
     [BRIDGE_T_HUB_ERRORS] = {SCOPE_HUB, "errors"},
+    [BRIDGE_T_HISTORY] = {SCOPE_TWINS, "history"},
+    [BRIDGE_T_QUERY] = {SCOPE_HUB, "query"},
 };
 #define N_KINDS ((int)(sizeof(kinds) / sizeof(kinds[0])))
 

@@ -36,6 +36,7 @@
 #include "ctl_backup.h"
 #include "ctl_export.h"
 #include "ctl_model.h"
+#include "ctl_query.h"
 #include "ctl_rules.h"
 #include "ctl_store.h"
 #include "top.h"
@@ -62,6 +63,11 @@ enum {
     O_KEY,
     O_QUIET,
     O_HISTORY,
+    O_ORDER,
+    O_CURSOR,
+    O_FROM,
+    O_TO,
+    O_STEP,
     NOPT
 };
 #define OPT_PREFIX (1u << O_PREFIX)
@@ -77,6 +83,11 @@ enum {
 #define OPT_BROKER (1u << O_BROKER)
 #define OPT_QUIET (1u << O_QUIET)
 #define OPT_HISTORY (1u << O_HISTORY)
+#define OPT_ORDER (1u << O_ORDER)
+#define OPT_CURSOR (1u << O_CURSOR)
+#define OPT_FROM (1u << O_FROM)
+#define OPT_TO (1u << O_TO)
+#define OPT_STEP (1u << O_STEP)
 #define OPT_MQTT (OPT_TIMEOUT | OPT_BROKER)
 #define OPT_VAL 256 /* getopt_long's value for option O_x is OPT_VAL + O_x */
 
@@ -111,6 +122,7 @@ struct command {
 
 static int cmd_get(struct ctl *ctl);
 static int cmd_list(struct ctl *ctl);
+static int cmd_query(struct ctl *ctl);
 static int cmd_history(struct ctl *ctl);
 static int cmd_stats(struct ctl *ctl);
 static int cmd_top(struct ctl *ctl);
@@ -130,8 +142,14 @@ static const struct command commands[] = {
     {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
     {"list", "[--prefix P] [--limit N]", "print twins in id order, one per line", 0, 0,
      OPT_PREFIX | OPT_LIMIT, true, cmd_list},
-    {"history", "ID PATH [--since 10m]", "print the history of reported.PATH, oldest first", 2, 2,
-     OPT_SINCE, true, cmd_history},
+    {"query", "[EXPR] [--fields F1,F2] [--order [-]EXPR] [--limit N] [--cursor C] [--prefix P]",
+     "print the twins where EXPR (the rules' language) is true, one per line: their FIELDS, in "
+     "id order or by --order ('-': descending); every page unless --limit",
+     0, 1, OPT_FIELDS | OPT_ORDER | OPT_LIMIT | OPT_CURSOR | OPT_PREFIX, true, cmd_query},
+    {"history", "ID PATH [--since 10m | --from T] [--to T] [--step 1m]",
+     "print the history of reported.PATH, oldest first; with --step, min/max/avg/count per "
+     "bucket. T: ms since the epoch, 2026-12-07T10:00:00Z or -10m",
+     2, 2, OPT_SINCE | OPT_FROM | OPT_TO | OPT_STEP, true, cmd_history},
     {"wave", "ID PATH [--since 10s]",
      "print the waveform kept of reported.PATH (history.waveforms): chunks of samples", 2, 2,
      OPT_SINCE, true, cmd_wave},
@@ -561,6 +579,18 @@ static int cmd_history(struct ctl *ctl)
         return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
     if (rc < 0)
         return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+    if (ctl->opts_given & (OPT_FROM | OPT_TO | OPT_STEP)) {
+        if (ctl->opt[O_SINCE] && ctl->opt[O_FROM])
+            return fail(EXIT_ERROR, "history takes --since or --from, not both");
+        char since_text[32];
+        const char *from = ctl->opt[O_FROM];
+        if (ctl->opt[O_SINCE]) {
+            snprintf(since_text, sizeof since_text, "%lld", (long long)since);
+            from = since_text;
+        }
+        return ctl_history_range(ctl->txn, id, path, from, ctl->opt[O_TO], ctl->opt[O_STEP],
+                                 ctl->table);
+    }
 
     struct history_walk w = {.ctl = ctl};
     rc = twin_history_read(ctl->txn, id, strlen(id), path, strlen(path), since, history_one, &w,
@@ -574,6 +604,22 @@ static int cmd_history(struct ctl *ctl)
                     ctl->opt[O_SINCE] ? " in the last " : "",
                     ctl->opt[O_SINCE] ? ctl->opt[O_SINCE] : "");
     return EXIT_FOUND;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * query (ctl_query.c)
+ * ------------------------------------------------------------------------------------------ */
+
+static int cmd_query(struct ctl *ctl)
+{
+    struct ctl_query_args a = {.where = ctl->nargs ? ctl->args[0] : NULL,
+                               .fields = ctl->opt[O_FIELDS],
+                               .order = ctl->opt[O_ORDER],
+                               .cursor = ctl->opt[O_CURSOR],
+                               .prefix = ctl->opt[O_PREFIX],
+                               .limit = ctl->opt[O_LIMIT],
+                               .table = ctl->table};
+    return ctl_query_main(ctl->txn, &a);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1132,6 +1178,11 @@ static const struct option long_opts[] = {
     {"key", required_argument, NULL, OPT_VAL + O_KEY},
     {"quiet", no_argument, NULL, OPT_VAL + O_QUIET},
     {"history", no_argument, NULL, OPT_VAL + O_HISTORY},
+    {"order", required_argument, NULL, OPT_VAL + O_ORDER},
+    {"cursor", required_argument, NULL, OPT_VAL + O_CURSOR},
+    {"from", required_argument, NULL, OPT_VAL + O_FROM},
+    {"to", required_argument, NULL, OPT_VAL + O_TO},
+    {"step", required_argument, NULL, OPT_VAL + O_STEP},
     {NULL, 0, NULL, 0},
 };
 

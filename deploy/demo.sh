@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, builds, starts a private mosquitto on a free loopback
 # port, twinhub with deploy/twinhub.yaml and the alarm rules of deploy/rules/ecg.yaml, and
-# twinsim with 50 simulated ECG monitors, then shows the fleet's twins and the alarms firing and
-# resolving live until Ctrl-C (or --seconds N). Everything it started
+# twinsim with 50 simulated ECG monitors, then prints the dashboard's URL (open it in a browser)
+# and shows the fleet's twins and the alarms firing and resolving live in the terminal too until
+# Ctrl-C (or --seconds N). Everything it started
 # is stopped on exit. With --tls, all of it runs over mutual TLS with a fresh development PKI
 # (certs/make-pki.sh into deploy/run/pki) and the ACLs of deploy/mosquitto.acl.
 #   ./deploy/demo.sh [--tls] [--seconds N] [--devices N] [--rate HZ]
@@ -23,6 +24,7 @@ done
 
 . deploy/deps.sh
 ensure_packages "${BUILD_PACKAGES[@]}"
+web/setup.sh
 
 echo "building..."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTWINHUB_TESTS=OFF >/dev/null
@@ -107,8 +109,14 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
+# The dashboard on a free loopback port; its writes (desired state, commands) need this token.
+http_port=$(free_port)
+[ -s "$run/http.write-token" ] ||
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/http.write-token")
 build/hub/twinhub -c deploy/twinhub.yaml --broker "$url" "${hub_tls[@]}" \
-    --db "$run/twinhub.db" --rules deploy/rules/ecg.yaml >"$run/twinhub.log" 2>&1 &
+    --db "$run/twinhub.db" --rules deploy/rules/ecg.yaml \
+    --set http.listen="127.0.0.1:$http_port" --set http.dashboard="$top/build/web" \
+    --set http.write_token_file="$run/http.write-token" >"$run/twinhub.log" 2>&1 &
 pids+=($!)
 # Three monitors replay a real ECG (MIT-BIH record 208, from python3-scipy; converted here,
 # not kept in the repository); their heart rate is what twinsim's R-peak detector finds in it.
@@ -142,5 +150,9 @@ if [ $tls -eq 1 ]; then
 else
     echo "mosquitto on 127.0.0.1:$port, twinhub and twinsim ($devices devices) running"
 fi
+echo
+echo "dashboard: http://127.0.0.1:$http_port/   (writes from the page: the token in"
+echo "           $run/http.write-token)"
+echo
 build/ctl/twinctl --db "$run/twinhub.db" top --wait 10s --seconds "$seconds" \
     --fields reported.heart_rate=HR,predicted.hr_forecast.value=HR+1m,predicted.hr_forecast.mae=MAE,predicted.hr_naive.mae=MAE0,reported.spo2=SpO2,reported.temperature=Temp,reported.sample_hz=Hz,connected=Online

@@ -31,11 +31,15 @@ TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack pytho
 # (lintian: checks the Debian package, tests/integration/test_package.py; python3-lmdb: a
 # second process holding the store's write lock, test_service.py stall)
 TEST_PACKAGES+=(lintian python3-lmdb)
-# (nodejs, npm: the AWS IoT Device SDKs that tests/integration/test_aws.py runs; Debian 12 has
-# nodejs 18 and npm 9. A Node.js from elsewhere (NodeSource's bundles its npm, and its nodejs
-# package conflicts with Debian's npm) is used as it is.)
+# (chromium, chromium-driver, python3-selenium: the dashboard's tests in a real headless browser,
+# tests/integration/test_dashboard.py and tests/bench/plots/)
+TEST_PACKAGES+=(chromium chromium-driver python3-selenium)
+# (nodejs, npm: the dashboard's uPlot, web/setup.sh, and the AWS IoT Device SDKs that
+# tests/integration/test_aws.py runs; Debian 12 has nodejs 18 and npm 9. A Node.js from
+# elsewhere (NodeSource's bundles its npm, and its nodejs package conflicts with Debian's npm)
+# is used as it is.)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    TEST_PACKAGES+=(nodejs npm)
+    BUILD_PACKAGES+=(nodejs npm)
 fi
 
 # A free TCP port on 127.0.0.1 (Mosquitto 2 reads port 0 as a unix socket, so pick one).

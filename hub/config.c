@@ -28,6 +28,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <yaml.h>
 
@@ -176,6 +177,14 @@ static const struct key keys[] = {
     DUR("http.timeout", http_timeout_s, "10s", SEC, 1 * SEC, HOUR, 0),
     SIZE("http.max_request", http_max_request, "16KiB", 4 * KIB, 1 * MIB, 0),
     DUR("http.stall", http_stall_ms, "30s", 1, 1 * SEC, HOUR, 0),
+    STR("http.write_token_file", http_write_token_file, "", NULL, 0),
+    STR("http.dashboard", http_dashboard, "", NULL, 0),
+    UINT("http.max_streams", http_max_streams, "16", 0, 100000, 0),
+    UINT("http.stream_buffer", http_stream_buffer, "16384", 1, 10000000, 0),
+    SIZE("http.stream_bytes", http_stream_bytes, "16MiB", 1 * MIB, 4096 * MIB, 0),
+    SIZE("http.max_body", http_max_body, "64KiB", 1 * KIB, 16 * MIB, 0),
+    UINT("query.max_limit", query_max_limit, "1000", 1, 1000000, 0),
+    UINT("query.max_points", query_max_points, "10000", 1, 10000000, 0),
 
     BOOL("aws.shadow", aws_shadow, "false", 0),
 };
@@ -1357,4 +1366,67 @@ void config_apply_reload(struct config *cur, const struct config *next, char *re
             continue;
         o += (size_t)snprintf(restart_keys + o, size - o, "%s%s", o ? "," : "", k->name);
     }
+}
+
+int config_parse_time_ms(const char *text, int64_t now_ms, int64_t *ms)
+{
+    if (!text || !*text)
+        return -EINVAL;
+    if (strcmp(text, "now") == 0) {
+        *ms = now_ms;
+        return 0;
+    }
+    if (text[0] == '-') {
+        uint64_t d;
+        if (config_parse_duration_ms(text + 1, 1000, &d) < 0 || d > (uint64_t)now_ms)
+            return -EINVAL;
+        *ms = now_ms - (int64_t)d;
+        return 0;
+    }
+    if (strspn(text, "0123456789") == strlen(text)) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(text, &end, 10);
+        if (errno || v > (1ull << 48) - 1) /* twins.h's TWIN_TS_MAX */
+            return -EINVAL;
+        *ms = (int64_t)v;
+        return 0;
+    }
+    int y, mo, d, h = 0, mi = 0, s = 0, frac = 0, n = 0;
+    if (sscanf(text, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
+        return -EINVAL;
+    const char *p = text + n;
+    if (*p == 'T') {
+        int m = 0;
+        if (sscanf(p, "T%2d:%2d:%2d%n", &h, &mi, &s, &m) != 3 || m != 9)
+            return -EINVAL;
+        p += m;
+        if (*p == '.') {
+            int digits = 0;
+            for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+                if (digits < 3)
+                    frac = frac * 10 + (*p - '0');
+            if (digits == 0)
+                return -EINVAL;
+            for (; digits < 3; digits++)
+                frac *= 10;
+        }
+        if (strcmp(p, "Z") != 0)
+            return -EINVAL;
+    } else if (*p) {
+        return -EINVAL;
+    }
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60 || y < 1970)
+        return -EINVAL;
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = s};
+    time_t sec = timegm(&tm);
+    if (sec == (time_t)-1 || tm.tm_mday != d) /* 2026-02-30 */
+        return -EINVAL;
+    *ms = (int64_t)sec * 1000 + frac;
+    return 0;
 }

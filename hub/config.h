@@ -91,6 +91,14 @@ struct config {
     unsigned http_max_connections; /* http.max_connections: 32 */
     unsigned http_timeout_s;       /* http.timeout: 10s, an idle connection is closed */
     uint64_t http_max_request;     /* http.max_request: 16KiB of headers per request */
+    char http_write_token_file[256]; /* http.write_token_file: the token that grants writes (POST) */
+    char http_dashboard[256];      /* http.dashboard: the dashboard's files; "": none */
+    unsigned http_max_streams;     /* http.max_streams: 16 live streams at once */
+    unsigned http_stream_buffer;   /* http.stream_buffer: 16384 recent entries for resuming */
+    uint64_t http_stream_bytes;    /* http.stream_bytes: 16MiB of their payloads */
+    uint64_t http_max_body;        /* http.max_body: 64KiB of a POST's body */
+    unsigned query_max_limit;      /* query.max_limit: 1000 rows per page */
+    unsigned query_max_points;     /* query.max_points: 10000 points or buckets per answer */
     unsigned http_stall_ms;        /* http.stall: 30s, a message handled longer than this makes
                                       /healthz fail and withholds the systemd watchdog */
 
@@ -139,6 +147,10 @@ void config_apply_reload(struct config *cur, const struct config *next, char *re
 
 /* Parses "250ms", "30s", "5m", "1h", "1d" or a bare number of `unit_ms`. Returns 0/-EINVAL. */
 int config_parse_duration_ms(const char *s, uint64_t unit_ms, uint64_t *out);
+/* A time as every part of the product reads one (twinctl, the HTTP API): "1765100000000" (ms
+ * since the epoch), "2026-12-07T10:00:00Z" (ISO 8601 UTC, optional .mmm; a bare date is its
+ * midnight), "now" or "-10m" (a duration back from now_ms). Returns 0 or -EINVAL. */
+int config_parse_time_ms(const char *text, int64_t now_ms, int64_t *ms);
 /* Parses "64MiB", "4GiB", "512KiB", "1000" (bytes), also "KB/MB/GB" as powers of 1000. */
 int config_parse_size(const char *s, uint64_t *out);
 

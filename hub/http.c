@@ -1,12 +1,19 @@
-/* http: the daemon's HTTP listener on libmicrohttpd: GET (or HEAD) /metrics, /healthz and
- * /readyz, 404 for any other path, 405 for any other method, 401 without the bearer token
- * when http.token_file is set. It binds the socket itself (so port 0 picks a free one and a
- * bad address is an error at start) and hands it to libmicrohttpd, which serves every
- * connection from one internal thread, with a connection limit, an idle timeout and a memory
- * limit per connection (http.max_request). Nothing here touches the message path: the
- * handlers read counters (metrics.c) and a store read transaction.
+/* http: the daemon's HTTP listener on libmicrohttpd: who may ask what (bearer tokens with a
+ * read and a write role), where each request goes (/metrics, /healthz and /readyz here; /api to
+ * api.c and sse.c; the rest to the dashboard's files, web.c) and the shape of every answer.
+ * It binds the socket itself (so port 0 picks a free one and a bad address is an error at
+ * start) and hands it to libmicrohttpd, which runs each connection on a thread of its own
+ * (a stream waits for events there), with a connection limit, an idle timeout and a memory
+ * limit per connection (http.max_request). Nothing here touches the message path: handlers
+ * read counters (metrics.c), the stream's ring and store read transactions; a write goes
+ * through the request code (requests_http) on the listener's own ingest.
  *
- * Threads: http_start/http_stop on the main thread; every handler on libmicrohttpd's thread. */
+ * Access (the design leaves it to us):
+ * - http.token_file: the read token; http.write_token_file: the write token, which reads too.
+ *   With no read token (loopback only), reads need none; a write always needs the write token.
+ * - The dashboard's own files need no token (they hold no data; the page asks for a token).
+ *
+ * Threads: http_start/http_stop on the main thread; every handler on its connection's thread. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,19 +25,22 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "hub.h"
+#include "http.h"
 #include "log.h"
 
 #define TOKEN_MAX 4096
 #define PEM_MAX (1u << 20)
+#define CSP                                                                                    \
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "          \
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-struct hub_http {
-    struct MHD_Daemon *d;
-    struct metrics_src src;
-    unsigned port;
-    char *token; /* NULL: none asked */
-    size_t token_len;
-    char *cert, *key;
+/* One request's state between libmicrohttpd's calls (its con_cls). */
+struct http_req {
+    enum http_role role;
+    bool post;
+    bool too_big;
+    size_t len;
+    char *body;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -61,30 +71,32 @@ static int slurp(const char *path, size_t max, char **out, size_t *len)
     return 0;
 }
 
-static int read_token(struct hub_http *h, const char *path, char *err, size_t es)
+/* Reads the token of config key `key` from `path` into *tok. Returns 0 or -EINVAL. */
+static int read_token(const char *key, const char *path, char **tok, size_t *len, char *err,
+                      size_t es)
 {
     size_t n;
-    int rc = slurp(path, TOKEN_MAX, &h->token, &n);
+    int rc = slurp(path, TOKEN_MAX, tok, &n);
     if (rc < 0) {
-        snprintf(err, es, "http.token_file %s: %s", path,
+        snprintf(err, es, "%s %s: %s", key, path,
                  rc == -EFBIG ? "longer than 4096 bytes" : strerror(-rc));
         return -EINVAL;
     }
-    while (n && (h->token[n - 1] == '\n' || h->token[n - 1] == '\r' || h->token[n - 1] == ' '))
-        h->token[--n] = '\0';
+    char *t = *tok;
+    while (n && (t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == ' '))
+        t[--n] = '\0';
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)h->token[i];
+        unsigned char c = (unsigned char)t[i];
         if (c <= ' ' || c >= 0x7f) {
-            snprintf(err, es, "http.token_file %s: the token has a space or control character",
-                     path);
+            snprintf(err, es, "%s %s: the token has a space or control character", key, path);
             return -EINVAL;
         }
     }
     if (n < 16) {
-        snprintf(err, es, "http.token_file %s: a token of at least 16 characters is needed", path);
+        snprintf(err, es, "%s %s: a token of at least 16 characters is needed", key, path);
         return -EINVAL;
     }
-    h->token_len = n;
+    *len = n;
     return 0;
 }
 
@@ -92,8 +104,16 @@ static int read_token(struct hub_http *h, const char *path, char *err, size_t es
  * Requests
  * ------------------------------------------------------------------------------------------ */
 
-static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
-                             const char *body, size_t len, bool owned)
+void http_headers(struct MHD_Response *r)
+{
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(r, "Content-Security-Policy", CSP);
+}
+
+enum MHD_Result http_reply(struct MHD_Connection *c, unsigned status, const char *type,
+                           const void *body, size_t len, bool owned)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(
         len, (void *)body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
@@ -103,11 +123,11 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    http_headers(r);
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"twinhub\"");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD, POST");
     enum MHD_Result rc = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return rc;
@@ -115,7 +135,65 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
 
 static enum MHD_Result text(struct MHD_Connection *c, unsigned status, const char *msg)
 {
-    return reply(c, status, "text/plain; charset=utf-8", msg, strlen(msg), false);
+    return http_reply(c, status, "text/plain; charset=utf-8", msg, strlen(msg), false);
+}
+
+enum MHD_Result http_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    out_pack_key(&pk, "code");
+    msgpack_pack_unsigned_int(&pk, status);
+    out_pack_key(&pk, "message");
+    out_pack_str(&pk, msg, strlen(msg));
+    enum MHD_Result rc = http_json(c, status, b.data, b.size);
+    msgpack_sbuffer_destroy(&b);
+    return rc;
+}
+
+enum MHD_Result http_json(struct MHD_Connection *c, unsigned status, const void *buf, size_t len)
+{
+    const char *type = "application/json; charset=utf-8";
+    if (len && ((const char *)buf)[0] == '{') {
+        char *copy = malloc(len + 1);
+        if (!copy)
+            return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+        memcpy(copy, buf, len);
+        copy[len] = '\n';
+        return http_reply(c, status, type, copy, len + 1, true);
+    }
+    msgpack_zone zone;
+    msgpack_object obj;
+    size_t off = 0;
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    if (!msgpack_zone_init(&zone, 4096))
+        return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    int rc = msgpack_unpack(buf, len, &off, &zone, &obj) == MSGPACK_UNPACK_SUCCESS
+                 ? twin_json_write(&obj, &out)
+                 : -EBADMSG;
+    msgpack_zone_destroy(&zone);
+    if (rc == 0 && msgpack_sbuffer_write(&out, "\n", 1) != 0)
+        rc = -ENOMEM;
+    if (rc < 0) {
+        msgpack_sbuffer_destroy(&out);
+        return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot write the answer\n");
+    }
+    size_t n = out.size;
+    return http_reply(c, status, type, msgpack_sbuffer_release(&out), n, true);
+}
+
+const char *http_arg(struct MHD_Connection *c, const char *name)
+{
+    return MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
 }
 
 /* Compares in time independent of where the two differ. */
@@ -127,14 +205,27 @@ static bool same(const char *a, size_t an, const char *b, size_t bn)
     return d == 0;
 }
 
-static bool authorized(struct hub_http *h, struct MHD_Connection *c)
+/* What the request's token grants; HTTP_NONE also for a wrong token (*wrong set). */
+static enum http_role role_of(struct hub_http *h, struct MHD_Connection *c, bool *wrong)
 {
-    if (!h->token)
-        return true;
     const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!v || strncmp(v, "Bearer ", 7) != 0)
-        return false;
-    return same(v + 7, strlen(v + 7), h->token, h->token_len);
+    *wrong = false;
+    if (!v)
+        return h->token ? HTTP_NONE : HTTP_READ;
+    if (strncmp(v, "Bearer ", 7) != 0) {
+        *wrong = true;
+        return HTTP_NONE;
+    }
+    size_t n = strlen(v + 7);
+    /* both compared, so the time says nothing of which one nearly matched */
+    bool w = h->wtoken && same(v + 7, n, h->wtoken, h->wtoken_len);
+    bool r = h->token && same(v + 7, n, h->token, h->token_len);
+    if (w)
+        return HTTP_WRITE;
+    if (r)
+        return HTTP_READ;
+    *wrong = true;
+    return HTTP_NONE;
 }
 
 static enum MHD_Result metrics(struct hub_http *h, struct MHD_Connection *c)
@@ -149,7 +240,7 @@ static enum MHD_Result metrics(struct hub_http *h, struct MHD_Connection *c)
         free(buf);
         return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot write the metrics\n");
     }
-    return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf, len, true);
+    return http_reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf, len, true);
 }
 
 /* /healthz (live only) and /readyz (live and ready): 200 or 503 and which checks failed. */
@@ -193,8 +284,13 @@ static enum MHD_Result health(struct hub_http *h, struct MHD_Connection *c, bool
     char *copy = strdup(body);
     if (!copy)
         return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
-    return reply(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", copy, n,
-                 true);
+    return http_reply(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", copy,
+                      n, true);
+}
+
+static bool is(const char *url, const char *path)
+{
+    return !strcmp(url, path);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -202,31 +298,83 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   size_t *upload_data_size, void **con_cls)
 {
     struct hub_http *h = cls;
-    static int started;
     (void)version;
-    (void)upload_data;
+    bool api = !strncmp(url, "/api/", 5);
+    bool ops = is(url, "/metrics") || is(url, "/healthz") || is(url, "/readyz");
     /* The first call has only the headers: a request refused is answered there, before any
      * body is read (libmicrohttpd then closes the connection); a good one is answered once
-     * its (ignored) body is read. */
-    if (!*con_cls) {
-        if (!authorized(h, c))
-            return text(c, MHD_HTTP_UNAUTHORIZED, "a bearer token is needed (http.token_file)\n");
-        bool known =
-            !strcmp(url, "/metrics") || !strcmp(url, "/healthz") || !strcmp(url, "/readyz");
-        if (!known)
-            return text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz, /readyz\n");
-        if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
-            return text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-        *con_cls = &started;
+     * its body is read (a POST's, up to http.max_body; other bodies are ignored). */
+    struct http_req *rq = *con_cls;
+    if (!rq) {
+        bool get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
+        bool post = !strcmp(method, MHD_HTTP_METHOD_POST);
+        bool wrong;
+        enum http_role role = role_of(h, c, &wrong);
+        if ((api || ops) && role == HTTP_NONE)
+            return api ? http_error(c, MHD_HTTP_UNAUTHORIZED, "%s",
+                                    wrong ? "the bearer token is not one of the hub's"
+                                          : "a bearer token is needed (http.token_file)")
+                       : text(c, MHD_HTTP_UNAUTHORIZED,
+                              "a bearer token is needed (http.token_file)\n");
+        if (!get && !(post && api))
+            return api ? http_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "%s is not allowed here",
+                                    method)
+                       : text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        if (!(rq = calloc(1, sizeof(*rq))))
+            return MHD_NO;
+        rq->role = role;
+        rq->post = post;
+        *con_cls = rq;
         return MHD_YES;
     }
     if (*upload_data_size) {
+        if (rq->post && !rq->too_big) {
+            if (rq->len + *upload_data_size > h->max_body) {
+                rq->too_big = true;
+            } else {
+                char *b = realloc(rq->body, rq->len + *upload_data_size + 1);
+                if (!b)
+                    return MHD_NO;
+                memcpy(b + rq->len, upload_data, *upload_data_size);
+                rq->body = b;
+                rq->len += *upload_data_size;
+            }
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
-    if (!strcmp(url, "/metrics"))
+    if (rq->post) {
+        if (rq->too_big)
+            return http_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "the body is over http.max_body "
+                                                              "(%zu bytes)", h->max_body);
+        return api_post(h, c, url, rq->body, rq->len, rq->role);
+    }
+    if (is(url, "/metrics"))
         return metrics(h, c);
-    return health(h, c, !strcmp(url, "/readyz"));
+    if (ops)
+        return health(h, c, is(url, "/readyz"));
+    if (is(url, "/api/stream"))
+        return sse_start(h, c);
+    if (api)
+        return api_get(h, c, url);
+    if (!h->web)
+        return text(c, MHD_HTTP_NOT_FOUND,
+                    "not found: /metrics, /healthz, /readyz, /api/ (no dashboard: http.dashboard)\n");
+    return web_get(h->web, c, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    (void)toe;
+    struct http_req *rq = *con_cls;
+    if (rq) {
+        free(rq->body);
+        free(rq);
+        *con_cls = NULL;
+    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -294,8 +442,23 @@ static int bind_listen(const char *listen_s, const char *host, unsigned port, bo
     return fd;
 }
 
+/* Frees what http_start set up; h->d is stopped already. */
+static void destroy(struct hub_http *h)
+{
+    if (h->writes_ready) {
+        ingest_cleanup(&h->writes);
+        pthread_mutex_destroy(&h->writes_lock);
+    }
+    web_close(h->web);
+    free(h->token);
+    free(h->wtoken);
+    free(h->cert);
+    free(h->key);
+    free(h);
+}
+
 int http_start(struct hub_http **out, const struct config *c, const struct metrics_src *src,
-               char *err, size_t es)
+               struct hub_stream *stream, char *err, size_t es)
 {
     char host[128], why[128];
     unsigned port;
@@ -310,9 +473,42 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
         return -ENOMEM;
     }
     h->src = *src;
+    h->stream = stream;
+    h->max_streams = c->http_max_streams;
+    h->keepalive_ms = 15000;
+    if (h->keepalive_ms > (int)c->http_timeout_s * 500)
+        h->keepalive_ms = (int)c->http_timeout_s * 500; /* well inside the idle timeout */
+    h->max_body = c->http_max_body;
+    h->started = hub_now_ms();
+    query_limits_init(&h->qlim);
+    h->qlim.max_limit = c->query_max_limit;
+    h->qlim.max_points = c->query_max_points;
     int rc = 0;
-    if (c->http_token_file[0] && (rc = read_token(h, c->http_token_file, err, es)) < 0)
+    if (c->http_token_file[0] &&
+        (rc = read_token("http.token_file", c->http_token_file, &h->token, &h->token_len, err,
+                         es)) < 0)
         goto fail;
+    if (c->http_write_token_file[0] &&
+        (rc = read_token("http.write_token_file", c->http_write_token_file, &h->wtoken,
+                         &h->wtoken_len, err, es)) < 0)
+        goto fail;
+    if (h->token && h->wtoken && same(h->token, h->token_len, h->wtoken, h->wtoken_len)) {
+        snprintf(err, es, "http.write_token_file: the same token as http.token_file");
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (c->http_dashboard[0] && (rc = web_open(&h->web, c->http_dashboard, err, es)) < 0)
+        goto fail;
+    struct twin_limits lim = ingest_limits(src->in);
+    if (ingest_init(&h->writes, src->store, src->pub, src->rep, src->in->topics, &lim,
+                    src->in->out.json) < 0) {
+        snprintf(err, es, "out of memory");
+        rc = -ENOMEM;
+        goto fail;
+    }
+    h->writes.rules = src->rules;
+    pthread_mutex_init(&h->writes_lock, NULL);
+    h->writes_ready = true;
     bool tls = c->http_tls_cert[0] || c->http_tls_key[0];
     if (tls) {
         size_t n;
@@ -352,14 +548,15 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
         rc = -EINVAL;
         goto fail;
     }
-    /* one thread for every connection, epoll: no FD_SETSIZE limit on the fds it may get */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     (tls ? MHD_USE_TLS : 0);
+    /* A thread per connection: a stream waits for events on its own thread. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | (tls ? MHD_USE_TLS : 0);
     /* without TLS the list ends before the certificate options */
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->http_max_connections,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->http_timeout_s,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)c->http_max_request,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                             MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
                             tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->cert,
                             MHD_OPTION_HTTPS_MEM_KEY, h->key, MHD_OPTION_END);
@@ -373,10 +570,7 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
     *out = h;
     return 0;
 fail:
-    free(h->token);
-    free(h->cert);
-    free(h->key);
-    free(h);
+    destroy(h);
     return rc;
 }
 
@@ -389,10 +583,9 @@ void http_stop(struct hub_http *h)
 {
     if (!h)
         return;
-    /* MHD_stop_daemon closes the listening socket it was given too */
+    /* the streams' threads wake and end; MHD_stop_daemon joins them and closes the listening
+     * socket it was given */
+    stream_stop(h->stream);
     MHD_stop_daemon(h->d);
-    free(h->token);
-    free(h->cert);
-    free(h->key);
-    free(h);
+    destroy(h);
 }

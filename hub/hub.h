@@ -18,6 +18,7 @@
 #include "bridge.h"
 #include "clock.h"
 #include "config.h"
+#include "query.h"
 #include "rules.h"
 #include "twins.h"
 
@@ -42,6 +43,65 @@ void hub_hist_observe(struct hub_hist *h, int64_t ns);
  * backslash, double quote and line feed become \\, \" and \n, every other byte stays as it
  * is. Returns 0 or -EIO. Any thread. */
 int metrics_label_put(FILE *f, const char *s, size_t n);
+
+/* ---------------------------------------------------------------------------------------------
+ * stream.c: the recent history of committed changes, events and predictions, for the HTTP
+ * stream (sse.c) and a twin's recent events. Bounded: http.stream_buffer entries and
+ * http.stream_bytes bytes of payload; the oldest go first.
+ * ------------------------------------------------------------------------------------------ */
+
+enum stream_kind { STREAM_STATE = 1, STREAM_EVENT, STREAM_PREDICTION };
+
+#define STREAM_BATCH_MAX 64
+#define STREAM_PAYLOAD_MAX (256u << 10) /* an event's payload beyond this is not kept */
+
+struct hub_stream;
+
+/* An entry as a reader gets it: payload points into the batch. */
+struct stream_entry {
+    uint64_t seq;
+    uint8_t kind; /* enum stream_kind */
+    uint8_t id_len;
+    char id[TWIN_ID_MAX + 1];
+    int64_t ts; /* hub ms when it was pushed */
+    size_t len;
+    const unsigned char *payload; /* as published: msgpack or JSON (publish.encoding) */
+};
+
+/* What one stream_read copies out: caller's memory (large: allocate it). */
+struct stream_batch {
+    unsigned n;
+    struct stream_entry v[STREAM_BATCH_MAX];
+    uint64_t missed; /* entries after `after` that the ring no longer had */
+    uint64_t last;   /* the number to ask after next time */
+    size_t used;
+    unsigned char bytes[2 * STREAM_PAYLOAD_MAX];
+};
+
+/* Returns 0 or -ENOMEM. cap: entries (at least 1); max_bytes: payload bytes held. */
+int stream_new(struct hub_stream **out, size_t cap, size_t max_bytes);
+/* After stream_stop and once no reader is left. NULL is fine. */
+void stream_free(struct hub_stream *s);
+/* Numbers this run of the hub apart from earlier ones ("<hex>"); readers' ids carry it. */
+const char *stream_boot(const struct hub_stream *s);
+/* Adds an entry (copies payload; a state has none). After the commit it reports. Any thread;
+ * s NULL: nothing. Never blocks on a reader. */
+void stream_push(struct hub_stream *s, enum stream_kind kind, const char *id, size_t id_len,
+                 const void *payload, size_t len);
+/* Copies the entries after number `after`, waiting up to timeout_ms for one when there is
+ * none yet (b->n 0 after a timeout). `after` beyond the newest is taken as the newest.
+ * Returns 0, or -ECANCELED once stream_stop ran. */
+int stream_read(struct hub_stream *s, uint64_t after, int timeout_ms, struct stream_batch *b);
+/* The number of the newest entry (0: none). */
+uint64_t stream_last(struct hub_stream *s);
+/* The newest `max` events and predictions of twin `id` (at most STREAM_BATCH_MAX), oldest
+ * first, and *since: the hub time from which the ring holds every one of them. Returns 0. */
+int stream_events(struct hub_stream *s, const char *id, size_t id_len, unsigned max,
+                  struct stream_batch *b, int64_t *since);
+/* Wakes and ends every reader (stream_read returns -ECANCELED from now on). */
+void stream_stop(struct hub_stream *s);
+/* Entries pushed, not kept for want of memory, and held now. */
+void stream_stats(struct hub_stream *s, uint64_t *pushed, uint64_t *lost, uint64_t *held);
 
 /* ---------------------------------------------------------------------------------------------
  * publisher.c: a thread that publishes with a bounded number of publishes in flight.
@@ -92,6 +152,8 @@ struct publisher_options {
     size_t max_bytes;               /* payload bytes of all messages waiting; 0: no bound */
     bool aws_shadow; /* aws.shadow: a delta published on devices/{id}/desired also goes to the
                         thing's shadows' update/delta (shadow_publish_delta) */
+    struct hub_stream *stream; /* every state asked for and every event and prediction queued
+                                  is pushed there too; NULL: none */
 };
 
 struct publisher_stats {
@@ -128,6 +190,9 @@ struct publisher_msg {
     bool retained;
     const void *correlation; /* MQTT 5 correlation data to attach; NULL: none */
     size_t correlation_len;
+    uint8_t stream;        /* STREAM_EVENT or STREAM_PREDICTION: pushed to the stream too; 0 */
+    const char *id;        /* ... as twin id's */
+    size_t id_len;
 };
 
 /* Queues one message of class `cls` (any thread). Returns 0, -ENOBUFS (over the class's
@@ -173,6 +238,8 @@ struct outmsg {
     int qos;
     size_t topic, topic_len, payload, len, corr, corr_len; /* offsets into outlist.data */
     bool has_corr;
+    uint8_t stream;        /* enum stream_kind of an event or a prediction; 0: neither */
+    size_t id, id_len;     /* its twin's id (offset into outlist.data) */
 };
 
 struct outlist {
@@ -412,7 +479,7 @@ int64_t hub_rules_next_due(struct twin_store *store);
  * ------------------------------------------------------------------------------------------ */
 
 /* The codes a reply to a request carries (requests.c): 200 accepted, the rest rejected. */
-#define HUB_REPLY_CODES 6
+#define HUB_REPLY_CODES 7
 extern const int hub_reply_codes[HUB_REPLY_CODES];
 
 struct ingest_stats {
@@ -444,6 +511,8 @@ struct ingest {
     struct hub_rules *rules;    /* NULL: no rules run (set by the owner before messages flow) */
     struct rules_run run;       /* the receive thread's rule runs */
     bool aws_shadow;            /* aws.shadow: $aws/... requests go to shadow.c */
+    struct query_limits query_limits; /* query.*, under limits_lock; max_limit 0: defaults */
+    struct reads *reads;        /* hub/query and twins/{id}/history go there; NULL: done here */
 };
 
 int ingest_init(struct ingest *in, struct twin_store *store, struct publisher *pub,
@@ -476,6 +545,16 @@ void requests_on_message(struct ingest *in, const struct bridge_msg *m,
  * flags the twin needs published (0 when nothing changed). */
 unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
                          const struct bridge_topic *t);
+/* Answers a request with a rejection {code, message} and nothing else (reads.c: 429 when too
+ * many reads wait). Receive thread. */
+void requests_refuse(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t,
+                     int code, const char *message);
+/* A request that came over HTTP (api.c): does it as requests_on_message would, on the calling
+ * thread with `in` (the HTTP listener's own ingest, one caller at a time), and puts the reply's
+ * payload (msgpack or JSON, as publish.encoding) into `reply` instead of publishing it.
+ * Returns 200 (accepted), 0 (rejected: the code is in the reply), -EINVAL (bad id), -ENOMEM. */
+int requests_http(struct ingest *in, enum bridge_topic_kind kind, const char *id, size_t id_len,
+                  const void *payload, size_t len, msgpack_sbuffer *reply);
 
 /* ---------------------------------------------------------------------------------------------
  * commands.c: commands to devices, their acks, the expiry timer, re-sending after a restart.
@@ -517,6 +596,24 @@ int commands_resend_connected(struct twin_store *store, struct publisher *pub, s
                               uint64_t *devices, char *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * reads.c: hub/query and twins/{id}/history, answered on a thread of their own so that a long
+ * query never holds up ingest: a bounded queue of copied requests (beyond it: 429).
+ * ------------------------------------------------------------------------------------------ */
+
+struct reads;
+
+/* Starts the thread, with an ingest of its own made like `like` (store, publisher, report,
+ * topics, limits, encoding). Returns 0, -ENOMEM or -errno of pthread_create. Main thread. */
+int reads_start(struct reads **out, struct ingest *like, unsigned max_waiting);
+/* Queues a copy of request m (kind BRIDGE_T_QUERY or BRIDGE_T_HISTORY), or refuses it with 429
+ * through `in` when max_waiting wait already. Receive thread. */
+void reads_submit(struct reads *r, struct ingest *in, const struct bridge_msg *m,
+                  const struct bridge_topic *t);
+/* Stops the thread (what waits is dropped: the requester's deadline passes) and frees. NULL is
+ * fine. Main thread, before the publisher is freed. */
+void reads_stop(struct reads *r);
+
+/* ---------------------------------------------------------------------------------------------
  * Health and metrics: what the main loop and the bridge's callbacks say about the hub, read
  * by the HTTP thread (http.c) and the systemd watchdog (main.c).
  * ------------------------------------------------------------------------------------------ */
@@ -556,8 +653,8 @@ struct metrics_src {
 int metrics_write(const struct metrics_src *src, FILE *out);
 
 /* ---------------------------------------------------------------------------------------------
- * http.c: the HTTP listener (libmicrohttpd, its own thread): GET /metrics, /healthz, /readyz;
- * 404 for any other path, 405 for any other method.
+ * http.c: the HTTP listener (libmicrohttpd, a thread per connection): /metrics, /healthz,
+ * /readyz, the JSON API and its stream, the dashboard (http.h has the parts).
  * ------------------------------------------------------------------------------------------ */
 
 struct hub_http;
@@ -567,7 +664,7 @@ struct hub_http;
  * token or TLS files), -EADDRINUSE and other -errno of socket/bind/listen, -ENOMEM. Main
  * thread. */
 int http_start(struct hub_http **out, const struct config *c, const struct metrics_src *src,
-               char *err, size_t err_size);
+               struct hub_stream *stream, char *err, size_t err_size);
 /* The port it listens on (the one picked when http.listen asked for port 0). */
 unsigned http_port(const struct hub_http *h);
 /* Stops the thread and closes every connection. NULL is fine. Main thread. */

@@ -238,6 +238,13 @@ static void dispatch(struct ingest *in, const struct bridge_msg *m, int64_t t0)
     case BRIDGE_T_CMD_SEND:
         requests_on_message(in, m, &t);
         break;
+    case BRIDGE_T_QUERY:
+    case BRIDGE_T_HISTORY:
+        if (in->reads)
+            reads_submit(in->reads, in, m, &t);
+        else
+            requests_on_message(in, m, &t);
+        break;
     default:
         /* Only what we subscribe to arrives; anything else is a broker misconfiguration. */
         report_reject(in->report, REPORT_TOPIC, m->topic, m->topic_len,

@@ -23,6 +23,7 @@
 #define COMMAND_TIMER_SLACK_MS 10
 #define REPORTS_WAITING 256
 #define REPLIES_WAITING 16384
+#define READS_WAITING 64 /* hub/query and history requests queued for the reads thread */
 #define COMMANDS_WAITING 65536
 #define MESSAGES_MAX_BYTES (256u << 20)
 
@@ -149,6 +150,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 static const enum bridge_topic_kind sub_kinds[] = {
     BRIDGE_T_TELEMETRY, BRIDGE_T_STATUS, BRIDGE_T_CMD_ACK, BRIDGE_T_SENML,
     BRIDGE_T_DESIRED_SET, BRIDGE_T_GET, BRIDGE_T_DELETE, BRIDGE_T_CMD_SEND,
+    BRIDGE_T_HISTORY, BRIDGE_T_QUERY,
 };
 #define NSUBS (sizeof(sub_kinds) / sizeof(sub_kinds[0]))
 
@@ -168,6 +170,8 @@ struct hub {
     struct rules_run timer_run; /* the main loop's rule runs */
     struct hub_health health;
     struct hub_http *http; /* NULL: http.listen "" */
+    struct hub_stream *stream; /* what the HTTP stream serves; NULL: http.listen "" */
+    struct reads *reads;       /* hub/query and twins/{id}/history */
 };
 
 /* systemd's notify protocol (sd_notify: nothing happens without $NOTIFY_SOCKET). Any thread.
@@ -543,7 +547,13 @@ static int hub_open(struct hub *h)
         log_error("cannot create the MQTT client", "err=\"%s\"", berr);
         goto fail_client;
     }
+    if (c->http_listen[0] &&
+        (rc = stream_new(&h->stream, c->http_stream_buffer, c->http_stream_bytes)) < 0) {
+        log_error("cannot set up the HTTP stream's buffer", "err=\"no memory\"");
+        goto fail_publisher;
+    }
     struct publisher_options po = {
+        .stream = h->stream,
         .store = h->store,
         .bridge = h->client,
         .topics = &h->topics,
@@ -561,6 +571,9 @@ static int hub_open(struct hub *h)
         goto fail_publisher;
     }
     h->in.pub = h->pub;
+    query_limits_init(&h->in.query_limits);
+    h->in.query_limits.max_limit = c->query_max_limit;
+    h->in.query_limits.max_points = c->query_max_points;
     report_init(&h->rep, h->pub, h->errors_topic, c->publish_json, c->errors_rate, c->errors_burst);
     if ((rc = outlist_init(&h->timer_out, &h->topics, c->publish_json)) < 0) {
         log_error("cannot set up the command timer", "err=\"no memory\"");
@@ -585,18 +598,25 @@ static int hub_open(struct hub *h)
         log_error("cannot start the publisher", "err=%d", rc);
         goto fail_start;
     }
+    if ((rc = reads_start(&h->reads, &h->in, READS_WAITING)) < 0) {
+        log_error("cannot start the reads thread", "err=%d", rc);
+        goto fail_start;
+    }
+    h->in.reads = h->reads;
     h->health.stall_ms = c->http_stall_ms;
     atomic_store(&h->health.main_beat, hub_mono_ms());
     if (c->http_listen[0]) {
         struct metrics_src ms = {&h->in, &h->rep, h->pub, &h->rules, h->store, &h->health};
         char herr[512];
-        if ((rc = http_start(&h->http, c, &ms, herr, sizeof(herr))) < 0) {
+        if ((rc = http_start(&h->http, c, &ms, h->stream, herr, sizeof(herr))) < 0) {
             log_error("cannot start the HTTP listener", "err=\"%s\"", herr);
             goto fail_start;
         }
-        log_info("http listening", "listen=\"%s\" port=%u tls=%s auth=%s", c->http_listen,
-                 http_port(h->http), c->http_tls_cert[0] ? "yes" : "no",
-                 c->http_token_file[0] ? "bearer" : "none");
+        log_info("http listening", "listen=\"%s\" port=%u tls=%s auth=%s writes=%s dashboard=%s",
+                 c->http_listen, http_port(h->http), c->http_tls_cert[0] ? "yes" : "no",
+                 c->http_token_file[0] ? "bearer" : "none",
+                 c->http_write_token_file[0] ? "token" : "off",
+                 c->http_dashboard[0] ? "yes" : "no");
     }
     notify("STATUS=connecting to the broker");
     if ((rc = bridge_client_start(h->client, berr)) < 0) {
@@ -610,12 +630,18 @@ fail_start:
     h->http = NULL;
     publisher_stop(h->pub);
     bridge_client_free(h->client);
+    reads_stop(h->reads);
+    h->reads = NULL;
     publisher_free(h->pub);
+    stream_free(h->stream);
+    h->stream = NULL;
     outlist_cleanup(&h->timer_out);
     report_cleanup(&h->rep);
     goto fail_client;
 fail_publisher:
     bridge_client_free(h->client);
+    stream_free(h->stream);
+    h->stream = NULL;
 fail_client:
     ingest_cleanup(&h->in);
 fail_ingest:
@@ -637,12 +663,16 @@ static void hub_close(struct hub *h)
     bridge_client_stop(h->client, &fin, 2000);
     publisher_stop(h->pub);
     bridge_client_free(h->client); /* cancels what is in flight; no callback runs after this */
+    reads_stop(h->reads);
+    h->reads = NULL;
     if (publisher_flush_acked(h->pub, err) < 0)
         log_error("cannot trim the outbox", "err=\"%s\"", err);
     log_stats(h);
     http_stop(h->http); /* it reads the publisher, the store and the rest */
     h->http = NULL;
     publisher_free(h->pub);
+    stream_free(h->stream);
+    h->stream = NULL;
     outlist_cleanup(&h->timer_out);
     report_cleanup(&h->rep);
     ingest_cleanup(&h->in);

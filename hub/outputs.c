@@ -135,6 +135,9 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
             .qos = o->qos,
             .correlation = o->has_corr ? ol->data.data + o->corr : NULL,
             .correlation_len = o->corr_len,
+            .stream = o->stream,
+            .id = o->stream ? ol->data.data + o->id : NULL,
+            .id_len = o->id_len,
         };
         if (publisher_msg(pub, o->cls, &m) < 0)
             dropped++;
@@ -164,6 +167,21 @@ static void pack_int(msgpack_packer *pk, int64_t v)
         msgpack_pack_int64(pk, v);
 }
 
+/* Ends an event or a prediction of twin `id` on `topic`: also for the HTTP stream. */
+static int end_streamed(struct outlist *ol, enum stream_kind kind, const char *topic,
+                        const char *id, size_t id_len)
+{
+    int rc = outlist_end(ol, PUB_CLASS_REPLY, topic, true, 1, NULL, 0);
+    if (rc < 0)
+        return rc;
+    struct outmsg *m = &ol->v[ol->n - 1];
+    if (append(ol, id, id_len, &m->id) < 0)
+        return ol->err = -ENOMEM;
+    m->id_len = id_len;
+    m->stream = (uint8_t)kind;
+    return 0;
+}
+
 /* An event on twins/{id}/events, packed by the caller between outlist_begin and here. */
 static int end_event(struct outlist *ol, const char *id, size_t id_len)
 {
@@ -172,7 +190,7 @@ static int end_event(struct outlist *ol, const char *id, size_t id_len)
         ol->tmp.size = 0;
         return ol->err = -EINVAL; /* ids are validated before they are stored */
     }
-    return outlist_end(ol, PUB_CLASS_REPLY, topic, true, 1, NULL, 0);
+    return end_streamed(ol, STREAM_EVENT, topic, id, id_len);
 }
 
 int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool connected,
@@ -330,7 +348,7 @@ int out_prediction(struct outlist *ol, const char *id, size_t id_len, const char
         ol->tmp.size = 0;
         return ol->err = -EINVAL;
     }
-    return outlist_end(ol, PUB_CLASS_REPLY, topic, true, 1, NULL, 0);
+    return end_streamed(ol, STREAM_PREDICTION, topic, id, id_len);
 }
 
 int out_event_command(struct outlist *ol, const struct twin_command *c)

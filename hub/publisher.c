@@ -209,6 +209,8 @@ int publisher_twin_since(struct publisher *p, const char *id, size_t id_len, uns
 {
     if (id_len > TWIN_ID_MAX || !flags)
         return -EINVAL;
+    if (flags & PUB_STATE)
+        stream_push(p->o.stream, STREAM_STATE, id, id_len, NULL, 0);
     int rc = 0;
     int64_t now = hub_mono_ns();
     pthread_mutex_lock(&p->lock);
@@ -276,6 +278,10 @@ int publisher_msg(struct publisher *p, enum pub_class cls, const struct publishe
     if ((unsigned)cls >= PUB_CLASSES || !m || !m->topic || (m->len && !m->payload) ||
         (m->correlation_len && !m->correlation))
         return -EINVAL;
+    /* The stream keeps what was committed, whether or not the queue below has room. */
+    if (m->stream)
+        stream_push(p->o.stream, (enum stream_kind)m->stream, m->id, m->id_len, m->payload,
+                    m->len);
     size_t tlen = strlen(m->topic);
     size_t clen = m->correlation ? m->correlation_len : 0;
     /* Copy before taking the lock: a full queue wastes one allocation, a busy one waits less. */

@@ -44,6 +44,7 @@
 
 #include "hub.h"
 #include "log.h"
+#include "query.h"
 
 #define TOKEN_MAX 64
 #define EXPIRES_MAX_MS (3650ull * 86400 * 1000) /* ten years */
@@ -66,6 +67,8 @@ struct request {
     const char *cmd;
     size_t cmd_len;
     uint64_t expires_in_ms; /* 0: none */
+    struct query_spec qs;   /* query */
+    struct query_range range; /* history */
 
     /* the outcome, filled by the transaction */
     bool delta_changed;
@@ -77,7 +80,7 @@ struct request {
  * Replies
  * ------------------------------------------------------------------------------------------ */
 
-const int hub_reply_codes[HUB_REPLY_CODES] = {200, 400, 404, 409, 413, 500};
+const int hub_reply_codes[HUB_REPLY_CODES] = {200, 400, 404, 409, 413, 429, 500};
 
 /* Counts one reply (/metrics: twinhub_replies_total{code}), once its outcome is final: after
  * the commit of what it accepts, or when it is refused. */
@@ -252,6 +255,113 @@ static int get_uint(struct request *rq, const msgpack_object *v, const char *nam
     return 0;
 }
 
+/* A string value of a read's key: *p and *n, or nil (absent). */
+static int get_str(struct request *rq, const msgpack_object *v, const char *name, const char **p,
+                   size_t *n)
+{
+    if (v->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    if (v->type != MSGPACK_OBJECT_STR) {
+        snprintf(rq->err, sizeof(rq->err), "'%s' must be a string", name);
+        return -EINVAL;
+    }
+    *p = v->via.str.ptr;
+    *n = v->via.str.size;
+    return 0;
+}
+
+/* A time of a history request: ms since epoch, or below 0: that long before now. */
+static int get_time(struct request *rq, const msgpack_object *v, const char *name, int64_t *out)
+{
+    if (v->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= TWIN_TS_MAX) {
+        *out = (int64_t)v->via.u64;
+        return 0;
+    }
+    if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && v->via.i64 >= -(int64_t)TWIN_TS_MAX) {
+        *out = rq->now + v->via.i64;
+        return 0;
+    }
+    snprintf(rq->err, sizeof(rq->err),
+             "'%s' must be ms since epoch, or a negative ms count before now", name);
+    return -EINVAL;
+}
+
+/* One key of a query {where, fields, order, prefix, limit, cursor} or a history request
+ * {path, from, to, step, limit}. */
+static int parse_read(struct request *rq, const msgpack_object *k, const msgpack_object *v)
+{
+    struct query_spec *q = &rq->qs;
+    struct query_range *r = &rq->range;
+    bool query = rq->t->kind == BRIDGE_T_QUERY, present;
+    uint64_t u = 0;
+    int rc;
+    if (query && hub_key_is(k, "where"))
+        return get_str(rq, v, "where", &q->where, &q->where_len);
+    if (query && hub_key_is(k, "order"))
+        return get_str(rq, v, "order", &q->order, &q->order_len);
+    if (query && hub_key_is(k, "prefix"))
+        return get_str(rq, v, "prefix", &q->prefix, &q->prefix_len);
+    if (query && hub_key_is(k, "cursor"))
+        return get_str(rq, v, "cursor", &q->cursor, &q->cursor_len);
+    if (query && hub_key_is(k, "fields")) {
+        if (v->type == MSGPACK_OBJECT_STR) {
+            char err[QUERY_ERR_LEN];
+            if (query_fields_split(q, v->via.str.ptr, v->via.str.size, err) < 0)
+                return bad(rq, err);
+            return 0;
+        }
+        if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size > QUERY_FIELDS_MAX) {
+            snprintf(rq->err, sizeof(rq->err),
+                     "'fields' must be a list of at most %d strings (or one, commas between)",
+                     QUERY_FIELDS_MAX);
+            return -EINVAL;
+        }
+        for (uint32_t i = 0; i < v->via.array.size; i++) {
+            const msgpack_object *f = &v->via.array.ptr[i];
+            if (f->type != MSGPACK_OBJECT_STR)
+                return bad(rq, "'fields' must be a list of strings");
+            q->fields[q->nfields] = f->via.str.ptr;
+            q->field_len[q->nfields++] = f->via.str.size;
+        }
+        return 0;
+    }
+    if (hub_key_is(k, "limit")) {
+        rc = get_uint(rq, v, "limit", 100000000, &u, &present);
+        if (present && query)
+            q->limit = (unsigned)u;
+        else if (present)
+            r->limit = (unsigned)u;
+        return rc;
+    }
+    if (!query && hub_key_is(k, "path")) {
+        const char *p = NULL;
+        size_t n = 0;
+        if ((rc = get_str(rq, v, "path", &p, &n)) < 0)
+            return rc;
+        r->path = p;
+        r->path_len = n;
+        return 0;
+    }
+    if (!query && hub_key_is(k, "from"))
+        return get_time(rq, v, "from", &r->from);
+    if (!query && hub_key_is(k, "to"))
+        return get_time(rq, v, "to", &r->to);
+    if (!query && hub_key_is(k, "step")) {
+        rc = get_uint(rq, v, "step", 366ull * 86400 * 1000, &u, &present);
+        r->step = (int64_t)u;
+        return rc;
+    }
+    char name[TWIN_KEY_MAX + 1] = "?";
+    if (k->type == MSGPACK_OBJECT_STR)
+        snprintf(name, sizeof(name), "%.*s",
+                 (int)(k->via.str.size > TWIN_KEY_MAX ? TWIN_KEY_MAX : k->via.str.size),
+                 k->via.str.ptr);
+    snprintf(rq->err, sizeof(rq->err), "unknown key '%s' in a %s request", name, rq->what);
+    return -EINVAL;
+}
+
 /* Reads the request map into rq: the token first, so that any rejection can echo it. */
 static int parse(struct request *rq, const msgpack_object *o)
 {
@@ -300,6 +410,8 @@ static int parse(struct request *rq, const msgpack_object *o)
             if (rc == 0 && present && ms == 0)
                 return bad(rq, "'expires_in_ms' must be above 0 (leave it out for no deadline)");
             rq->expires_in_ms = ms;
+        } else if (kind == BRIDGE_T_QUERY || kind == BRIDGE_T_HISTORY) {
+            rc = parse_read(rq, k, v);
         } else {
             char name[TWIN_KEY_MAX + 1] = "?";
             if (k->type == MSGPACK_OBJECT_STR)
@@ -316,6 +428,8 @@ static int parse(struct request *rq, const msgpack_object *o)
         return bad(rq, "a desired/set request needs 'desired' (a map)");
     if (kind == BRIDGE_T_CMD_SEND && !rq->cmd)
         return bad(rq, "a commands/send request needs 'cmd' (a string)");
+    if (kind == BRIDGE_T_HISTORY && !rq->range.path)
+        return bad(rq, "a history request needs 'path' (reported.heart_rate)");
     return 0;
 }
 
@@ -403,45 +517,55 @@ static int send_fn(struct twin_txn *txn, void *ctx)
     return reply_end(rq, true);
 }
 
+/* Packs the map in buf (our own msgpack: well formed) with the request's token added, and
+ * ends the accepted reply. Returns as reply_end, or -EBADMSG (not a readable map). */
+static int accept_map(struct request *rq, const void *buf, size_t len, msgpack_zone *zone)
+{
+    /* checked before msgpack-c reads it all the same: a stored twin may be damaged */
+    struct twin_limits lim = {len, TWIN_DEPTH_CAP, UINT32_MAX};
+    msgpack_object obj;
+    size_t off = 0;
+    if (twin_input_scan(buf, len, &lim, rq->err) < 0 ||
+        msgpack_unpack(buf, len, &off, zone, &obj) != MSGPACK_UNPACK_SUCCESS ||
+        obj.type != MSGPACK_OBJECT_MAP)
+        return -EBADMSG;
+    msgpack_packer *pk = outlist_begin(&rq->in->out);
+    if (rq->has_token) {
+        msgpack_pack_map(pk, obj.via.map.size + 1);
+        for (uint32_t i = 0; i < obj.via.map.size; i++) {
+            msgpack_pack_object(pk, obj.via.map.ptr[i].key);
+            msgpack_pack_object(pk, obj.via.map.ptr[i].val);
+        }
+        pack_token(rq, pk);
+    } else {
+        msgpack_pack_object(pk, obj);
+    }
+    return reply_end(rq, true);
+}
+
+/* A read transaction; a storage failure that cannot be fixed ends the hub. */
+static struct twin_txn *read_begin(struct request *rq)
+{
+    struct twin_txn *txn;
+    char err[TWIN_ERR_LEN] = "";
+    int rc = twin_store_read_begin(rq->in->store, &txn, err);
+    if (rc < 0)
+        ingest_fatal(rq->t, rq->what, rc, err);
+    return txn;
+}
+
 /* get: a read transaction; the reply is the stored document (committed by definition). */
 static void get(struct request *rq)
 {
     struct ingest *in = rq->in;
-    struct twin_txn *txn;
-    char err[TWIN_ERR_LEN] = "";
     const void *doc;
     size_t len;
     outlist_reset(&in->out);
-    int rc = twin_store_read_begin(in->store, &txn, err);
-    if (rc < 0)
-        ingest_fatal(rq->t, rq->what, rc, err);
-    rc = twin_get_raw(txn, rq->t->id, rq->t->id_len, &doc, &len, rq->err);
-    if (rc == 0) {
-        /* our own bytes, checked before msgpack-c reads them all the same */
-        struct twin_limits lim = {len, TWIN_DEPTH_CAP, UINT32_MAX};
-        msgpack_object obj;
-        size_t off = 0;
-        if (twin_input_scan(doc, len, &lim, rq->err) < 0 ||
-            msgpack_unpack(doc, len, &off, twin_txn_zone(txn), &obj) != MSGPACK_UNPACK_SUCCESS ||
-            obj.type != MSGPACK_OBJECT_MAP) {
-            snprintf(rq->err, sizeof(rq->err), "stored document of '%.*s' is unreadable",
-                     (int)rq->t->id_len, rq->t->id);
-            rc = -EBADMSG;
-        } else {
-            msgpack_packer *pk = outlist_begin(&in->out);
-            if (rq->has_token) {
-                msgpack_pack_map(pk, obj.via.map.size + 1);
-                for (uint32_t i = 0; i < obj.via.map.size; i++) {
-                    msgpack_pack_object(pk, obj.via.map.ptr[i].key);
-                    msgpack_pack_object(pk, obj.via.map.ptr[i].val);
-                }
-                pack_token(rq, pk);
-            } else {
-                msgpack_pack_object(pk, obj);
-            }
-            rc = reply_end(rq, true);
-        }
-    }
+    struct twin_txn *txn = read_begin(rq);
+    int rc = twin_get_raw(txn, rq->t->id, rq->t->id_len, &doc, &len, rq->err);
+    if (rc == 0 && (rc = accept_map(rq, doc, len, twin_txn_zone(txn))) == -EBADMSG)
+        snprintf(rq->err, sizeof(rq->err), "stored document of '%.*s' is unreadable",
+                 (int)rq->t->id_len, rq->t->id);
     twin_store_read_end(txn);
     if (rc == -ENOMEM)
         ingest_fatal(rq->t, rq->what, rc, "out of memory");
@@ -453,6 +577,59 @@ static void get(struct request *rq)
         failed(rq, rc, "");
 }
 
+/* hub/query and twins/{id}/history: the query library packs the answer, which goes out as
+ * the accepted reply; a bad query is a 400 that names the part and the column. */
+static void read_request(struct request *rq)
+{
+    struct ingest *in = rq->in;
+    struct query_limits ql;
+    query_limits_init(&ql);
+    pthread_mutex_lock(&in->limits_lock);
+    if (in->query_limits.max_limit)
+        ql = in->query_limits;
+    pthread_mutex_unlock(&in->limits_lock);
+    char err[QUERY_ERR_LEN] = "";
+    struct query *q = NULL;
+    int rc = 0;
+    if (rq->t->kind == BRIDGE_T_QUERY && (rc = query_new(&rq->qs, &ql, &q, err)) < 0) {
+        if (rc == -ENOMEM)
+            ingest_fatal(rq->t, rq->what, rc, "out of memory");
+        reject(rq, 400, REPORT_INVALID, err);
+        return;
+    }
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    struct twin_txn *txn = read_begin(rq);
+    if (q) {
+        struct query_result res;
+        rc = query_run(q, txn, rq->now, &pk, &res, err);
+    } else {
+        if (rq->range.from == 0 && rq->range.to == 0) {
+            rq->range.from = rq->now - 3600 * 1000;
+            rq->range.to = rq->now;
+        } else if (rq->range.to == 0) {
+            rq->range.to = rq->now;
+        }
+        rc = query_history(txn, rq->t->id, rq->t->id_len, &rq->range, &ql, &pk, err);
+    }
+    outlist_reset(&in->out);
+    if (rc == 0)
+        rc = accept_map(rq, b.data, b.size, twin_txn_zone(txn));
+    twin_store_read_end(txn);
+    query_free(q);
+    msgpack_sbuffer_destroy(&b);
+    if (rc == -ENOMEM)
+        ingest_fatal(rq->t, rq->what, rc, "out of memory");
+    if (rc == 0) {
+        count_reply(in, 200);
+        return;
+    }
+    reject(rq, rc == -EINVAL ? 400 : rc == -ENOENT ? 404 : 500, REPORT_INVALID,
+           err[0] ? err : "the read failed");
+}
+
 static const char *name_of(enum bridge_topic_kind k)
 {
     switch (k) {
@@ -462,6 +639,10 @@ static const char *name_of(enum bridge_topic_kind k)
         return "get";
     case BRIDGE_T_CMD_SEND:
         return "commands/send";
+    case BRIDGE_T_HISTORY:
+        return "history";
+    case BRIDGE_T_QUERY:
+        return "query";
     default:
         return "delete";
     }
@@ -492,7 +673,8 @@ unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
 
     /* get and delete may come without a payload */
     msgpack_object obj = {.type = MSGPACK_OBJECT_MAP};
-    if (m->len > 0 || (t->kind != BRIDGE_T_GET && t->kind != BRIDGE_T_DELETE)) {
+    if (m->len > 0 ||
+        (t->kind != BRIDGE_T_GET && t->kind != BRIDGE_T_DELETE && t->kind != BRIDGE_T_QUERY)) {
         struct twin_limits lim = ingest_limits(in);
         int rc = twin_input_decode(m->payload, m->len, &lim, &in->zone, &obj, rq.err);
         if (rc == -ENOMEM)
@@ -518,6 +700,10 @@ unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
     case BRIDGE_T_CMD_SEND:
         fn = send_fn;
         break;
+    case BRIDGE_T_QUERY:
+    case BRIDGE_T_HISTORY:
+        read_request(&rq);
+        goto out;
     default:
         get(&rq);
         goto out;
@@ -546,5 +732,59 @@ void requests_on_message(struct ingest *in, const struct bridge_msg *m,
     if (flags && publisher_twin(in->pub, t->id, t->id_len, flags) < 0)
         log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                  (int)t->id_len, t->id);
+    ingest_flush(in);
+}
+
+int requests_http(struct ingest *in, enum bridge_topic_kind kind, const char *id, size_t id_len,
+                  const void *payload, size_t len, msgpack_sbuffer *reply)
+{
+    char topic[BRIDGE_TOPIC_MAX];
+    int n = bridge_topic_build(in->topics, kind, id, id_len, topic, sizeof(topic));
+    if (n < 0)
+        return -EINVAL;
+    struct bridge_msg m = {
+        .topic = topic, .topic_len = (size_t)n, .payload = payload, .len = len, .qos = 1};
+    struct bridge_topic t = {.kind = kind, .id = id, .id_len = id_len};
+    unsigned flags = requests_handle(in, &m, &t);
+    /* The reply is the HTTP answer: it is taken out of what goes to the broker. */
+    int code = 500;
+    struct outlist *ol = &in->out;
+    for (size_t i = 0; i < ol->n; i++) {
+        const struct outmsg *o = &ol->v[i];
+        const char *ot = ol->data.data + o->topic;
+        if (o->cls != PUB_CLASS_REPLY || strncmp(ot, topic, (size_t)n) || ot[n] != '/')
+            continue;
+        code = 0;
+        if (!strcmp(ot + n + 1, "accepted"))
+            code = 200;
+        if (msgpack_sbuffer_write(reply, ol->data.data + o->payload, o->len) != 0)
+            code = -ENOMEM;
+        memmove(&ol->v[i], &ol->v[i + 1], (ol->n - i - 1) * sizeof(*o));
+        ol->n--;
+        break;
+    }
+    if (flags && publisher_twin(in->pub, id, id_len, flags) < 0)
+        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+                 (int)id_len, id);
+    ingest_flush(in);
+    return code;
+}
+
+void requests_refuse(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t,
+                     int code, const char *message)
+{
+    struct request rq = {
+        .in = in,
+        .m = m,
+        .t = t,
+        .what = name_of(t->kind),
+        .version = TWIN_VERSION_ANY,
+        .now = hub_now_ms(),
+    };
+    outlist_reset(&in->out);
+    atomic_fetch_add(&in->stats.requests, 1);
+    if (destination(&rq) < 0)
+        message = rq.err;
+    reject(&rq, code, REPORT_INVALID, message);
     ingest_flush(in);
 }

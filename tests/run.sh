@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/deps.sh
 ensure_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+web/setup.sh
 
 build=build-test
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTWINHUB_WERROR=ON \

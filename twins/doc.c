@@ -222,6 +222,63 @@ static int decode_stale(const msgpack_object *m, struct twin_stale *st, char *er
     return 0;
 }
 
+/* One entry of a stored document's map into doc. Returns 0 or -EBADMSG. */
+static int decode_entry(const msgpack_object *k, const msgpack_object *v, struct twin_doc *doc,
+                        bool *has_id, bool *has_version, char *err)
+{
+    int rc;
+
+    rc = 0;
+    if (KEY("id")) {
+        if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
+            v->via.str.size > TWIN_ID_MAX)
+            return bad_type("id", "a string of 1..128 bytes", err);
+        doc->id = v->via.str.ptr;
+        doc->id_len = v->via.str.size;
+        *has_id = true;
+    } else if (KEY("version")) {
+        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return bad_type("version", "an unsigned integer", err);
+        doc->version = v->via.u64;
+        *has_version = true;
+    } else if (KEY("reported")) {
+        rc = get_map(v, "reported", &doc->reported, err);
+    } else if (KEY("desired")) {
+        rc = get_map(v, "desired", &doc->desired, err);
+    } else if (KEY("delta")) {
+        rc = get_map(v, "delta", &doc->delta, err);
+    } else if (KEY("predicted")) {
+        rc = get_map(v, "predicted", &doc->predicted, err);
+    } else if (KEY("meta")) {
+        rc = decode_meta(v, doc, err);
+    } else if (KEY("connected")) {
+        if (v->type != MSGPACK_OBJECT_BOOLEAN)
+            return bad_type("connected", "a boolean", err);
+        doc->connected = v->via.boolean;
+    } else if (KEY("last_seen")) {
+        rc = get_int(v, "last_seen", &doc->last_seen, err);
+    } else if (KEY("created")) {
+        rc = get_int(v, "created", &doc->created, err);
+    } else if (KEY("seq")) {
+        rc = get_uint(v, "seq", &doc->seq, err);
+        doc->has_seq = rc == 0;
+    } else if (KEY("gaps")) {
+        rc = decode_gaps(v, &doc->gaps, err);
+    } else if (KEY("boot")) {
+        if (!boot_ok(v) || v->type == MSGPACK_OBJECT_NIL)
+            return bad_type("boot", "an integer or a string of 1..32 bytes", err);
+        doc->boot = *v;
+    } else if (KEY("seq_restart")) {
+        if (v->type != MSGPACK_OBJECT_BOOLEAN)
+            return bad_type("seq_restart", "a boolean", err);
+        doc->seq_restart = v->via.boolean;
+    } else if (KEY("stale")) {
+        rc = decode_stale(v, &doc->stale, err);
+    }
+    /* unknown keys are skipped: a newer hub may have added some */
+    return rc;
+}
+
 int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin_doc *doc,
                     char *err)
 {
@@ -266,56 +323,8 @@ int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin
         return -EBADMSG;
     }
     for (uint32_t i = 0; i < o.via.map.size; i++) {
-        const msgpack_object *k = &o.via.map.ptr[i].key, *v = &o.via.map.ptr[i].val;
-
-        rc = 0;
-        if (KEY("id")) {
-            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
-                v->via.str.size > TWIN_ID_MAX)
-                return bad_type("id", "a string of 1..128 bytes", err);
-            doc->id = v->via.str.ptr;
-            doc->id_len = v->via.str.size;
-            has_id = true;
-        } else if (KEY("version")) {
-            if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return bad_type("version", "an unsigned integer", err);
-            doc->version = v->via.u64;
-            has_version = true;
-        } else if (KEY("reported")) {
-            rc = get_map(v, "reported", &doc->reported, err);
-        } else if (KEY("desired")) {
-            rc = get_map(v, "desired", &doc->desired, err);
-        } else if (KEY("delta")) {
-            rc = get_map(v, "delta", &doc->delta, err);
-        } else if (KEY("predicted")) {
-            rc = get_map(v, "predicted", &doc->predicted, err);
-        } else if (KEY("meta")) {
-            rc = decode_meta(v, doc, err);
-        } else if (KEY("connected")) {
-            if (v->type != MSGPACK_OBJECT_BOOLEAN)
-                return bad_type("connected", "a boolean", err);
-            doc->connected = v->via.boolean;
-        } else if (KEY("last_seen")) {
-            rc = get_int(v, "last_seen", &doc->last_seen, err);
-        } else if (KEY("created")) {
-            rc = get_int(v, "created", &doc->created, err);
-        } else if (KEY("seq")) {
-            rc = get_uint(v, "seq", &doc->seq, err);
-            doc->has_seq = rc == 0;
-        } else if (KEY("gaps")) {
-            rc = decode_gaps(v, &doc->gaps, err);
-        } else if (KEY("boot")) {
-            if (!boot_ok(v) || v->type == MSGPACK_OBJECT_NIL)
-                return bad_type("boot", "an integer or a string of 1..32 bytes", err);
-            doc->boot = *v;
-        } else if (KEY("seq_restart")) {
-            if (v->type != MSGPACK_OBJECT_BOOLEAN)
-                return bad_type("seq_restart", "a boolean", err);
-            doc->seq_restart = v->via.boolean;
-        } else if (KEY("stale")) {
-            rc = decode_stale(v, &doc->stale, err);
-        }
-        /* unknown keys are skipped: a newer hub may have added some */
+        rc = decode_entry(&o.via.map.ptr[i].key, &o.via.map.ptr[i].val, doc, &has_id,
+                          &has_version, err);
         if (rc)
             return rc;
     }
@@ -324,6 +333,88 @@ int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin
         return -EBADMSG;
     }
     return 0;
+}
+
+int twin_doc_decode_parts(const void *buf, size_t len, unsigned parts, msgpack_zone *zone,
+                          struct twin_doc *doc, char *err)
+{
+    static const struct {
+        const char *name;
+        unsigned part;
+    } sections[] = {{"reported", TWIN_PART_REPORTED}, {"desired", TWIN_PART_DESIRED},
+                    {"delta", TWIN_PART_DELTA},       {"predicted", TWIN_PART_PREDICTED},
+                    {"meta", TWIN_PART_META}};
+    const unsigned char *p = buf;
+    struct scan_head h;
+    bool has_id = false, has_version = false;
+    size_t off;
+    int rc;
+
+    if (!buf || !zone || !doc)
+        return -EINVAL;
+    if ((parts & TWIN_PART_ALL) == TWIN_PART_ALL)
+        return twin_doc_decode(buf, len, zone, doc, err);
+    memset(doc, 0, sizeof *doc);
+    doc->reported.type = doc->desired.type = doc->delta.type = doc->predicted.type =
+        doc->meta_reported.type = doc->meta_desired.type = doc->boot.type = MSGPACK_OBJECT_NIL;
+    /* the top-level map entry by entry: the sections not asked for are only skipped (bounds
+     * checked by scan__head), each entry read is checked whole before msgpack-c sees it */
+    if (scan__head(p, len, 0, &h, err) || h.kind != SCAN_MAP)
+        goto bad;
+    uint64_t n = h.n;
+    off = h.hdr;
+    for (uint64_t i = 0; i < n; i++) {
+        size_t voff, vend;
+        if (scan__head(p, len, off, &h, err))
+            goto bad;
+        bool str = h.kind == SCAN_STR;
+        const char *kp = (const char *)p + off + h.hdr;
+        size_t kn = (size_t)h.n;
+        if (scan__skip(p, len, &off))
+            goto bad;
+        voff = off;
+        bool want = str;
+        for (size_t j = 0; str && j < sizeof sections / sizeof sections[0]; j++)
+            if (strlen(sections[j].name) == kn && memcmp(sections[j].name, kp, kn) == 0)
+                want = parts & sections[j].part;
+        if (!want) {
+            if (scan__skip(p, len, &off))
+                goto bad;
+            continue;
+        }
+        /* one pass: the check of the entry is also its skip */
+        size_t end, uoff = 0;
+        if (scan__object(p + voff, len - voff, TWIN_DEPTH_CAP, UINT_MAX, &end, err))
+            goto bad;
+        vend = voff + end;
+        off = vend;
+        msgpack_object k = {.type = MSGPACK_OBJECT_STR}, v;
+        k.via.str.ptr = kp;
+        k.via.str.size = (uint32_t)kn;
+        switch (msgpack_unpack((const char *)p + voff, vend - voff, &uoff, zone, &v)) {
+        case MSGPACK_UNPACK_SUCCESS: break;
+        case MSGPACK_UNPACK_NOMEM_ERROR:
+            twins__errf(err, "stored document: out of memory");
+            return -ENOMEM;
+        default: goto bad;
+        }
+        rc = decode_entry(&k, &v, doc, &has_id, &has_version, err);
+        if (rc)
+            return rc;
+    }
+    if (off != len) {
+        twins__errf(err, "stored document: %zu trailing bytes", len - off);
+        return -EBADMSG;
+    }
+    if (!has_id || !has_version) {
+        twins__errf(err, "stored document: no '%s'", has_id ? "version" : "id");
+        return -EBADMSG;
+    }
+    return 0;
+
+bad:
+    twins__errf(err, "stored document: malformed");
+    return -EBADMSG;
 }
 
 /* ---------------------------------------------------------------------------------------------

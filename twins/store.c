@@ -1016,16 +1016,34 @@ int store__twin_load(struct twin_txn *txn, const char *id, size_t id_len, int64_
 int twin_list(struct twin_txn *txn, const char *prefix, size_t prefix_len, twin_list_cb cb,
               void *ctx, char *err)
 {
+    return twin_list_after(txn, prefix, prefix_len, NULL, 0, cb, ctx, err);
+}
+
+int twin_list_after(struct twin_txn *txn, const char *prefix, size_t prefix_len, const char *after,
+                    size_t after_len, twin_list_cb cb, void *ctx, char *err)
+{
     MDB_cursor *c;
     MDB_val k = {prefix_len, (void *)prefix}, v;
     int rc;
 
-    if (!txn || !cb || (!prefix && prefix_len))
+    if (!txn || !cb || (!prefix && prefix_len) || (!after && after_len))
         return -EINVAL;
     rc = mdb_cursor_open(txn->txn, txn->s->dbi_twins, &c);
     if (rc)
         return store__mdb_error(txn, rc, "mdb_cursor_open", err);
-    rc = mdb_cursor_get(c, &k, &v, prefix_len ? MDB_SET_RANGE : MDB_FIRST);
+    /* start at the later of the prefix and `after`; skip `after` itself */
+    bool from_after = after_len > 0;
+    if (from_after && prefix_len) {
+        int cmp = memcmp(after, prefix, after_len < prefix_len ? after_len : prefix_len);
+        from_after = cmp > 0 || (cmp == 0 && after_len >= prefix_len);
+    }
+    if (from_after) {
+        k.mv_size = after_len;
+        k.mv_data = (void *)after;
+    }
+    rc = mdb_cursor_get(c, &k, &v, prefix_len || from_after ? MDB_SET_RANGE : MDB_FIRST);
+    if (rc == 0 && from_after && k.mv_size == after_len && memcmp(k.mv_data, after, after_len) == 0)
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
     while (rc == 0) {
         if (prefix_len && (k.mv_size < prefix_len || memcmp(k.mv_data, prefix, prefix_len)))
             break;

@@ -171,6 +171,19 @@ struct twin_doc {
 int twin_doc_decode(const void *buf, size_t len, msgpack_zone *zone, struct twin_doc *doc,
                     char *err);
 
+/* The same, unpacking only the sections in `parts` (TWIN_PART_*; the scalars id, version,
+ * connected, last_seen, seq, created, boot, gaps, stale always): the others stay NIL. For
+ * readers of many twins that look at a few paths (query/). A damage in a section skipped is
+ * not seen. Returns 0, -EBADMSG, -ENOMEM. */
+#define TWIN_PART_REPORTED 1u
+#define TWIN_PART_DESIRED 2u
+#define TWIN_PART_DELTA 4u
+#define TWIN_PART_PREDICTED 8u
+#define TWIN_PART_META 16u /* meta.reported and meta.desired (age()) */
+#define TWIN_PART_ALL 31u
+int twin_doc_decode_parts(const void *buf, size_t len, unsigned parts, msgpack_zone *zone,
+                          struct twin_doc *doc, char *err);
+
 /* Encodes `doc` as msgpack into `out` (appends). Returns 0 or -ENOMEM. */
 int twin_doc_encode(const struct twin_doc *doc, msgpack_sbuffer *out);
 
@@ -783,6 +796,10 @@ int twin_model_state_list(struct twin_txn *txn, const char *id, size_t id_len, t
 typedef int (*twin_list_cb)(void *ctx, const char *id, size_t id_len, const void *doc, size_t len);
 int twin_list(struct twin_txn *txn, const char *prefix, size_t prefix_len, twin_list_cb cb,
               void *ctx, char *err);
+/* The same, resuming a walk: only the twins whose id sorts after `after` (bytewise; NULL or
+ * after_len 0: from the first), so a page that goes on from its last id costs what it reads. */
+int twin_list_after(struct twin_txn *txn, const char *prefix, size_t prefix_len, const char *after,
+                    size_t after_len, twin_list_cb cb, void *ctx, char *err);
 
 /* The outbox holds, per twin, the latest committed version whose state is not yet known to
  * be published. twin_put records into it; the hub deletes what the broker acknowledged, and

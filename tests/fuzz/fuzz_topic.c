@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_KIND_TRIES (BRIDGE_T_HUB_ERRORS + 2) /* every kind, plus one past the end */
+#define N_KIND_TRIES (BRIDGE_T_LAST + 2) /* every kind, plus one past the end */
 
 static bool ref_id_valid(const uint8_t *s, size_t n)
 {
@@ -53,7 +53,7 @@ static bool ref_publishable(const uint8_t *s, size_t n)
 
 static bool hub_kind(enum bridge_topic_kind k)
 {
-    return k == BRIDGE_T_HUB_STATUS || k == BRIDGE_T_HUB_ERRORS;
+    return k == BRIDGE_T_HUB_STATUS || k == BRIDGE_T_HUB_ERRORS || k == BRIDGE_T_QUERY;
 }
 
 /* A heap copy of exactly n bytes (1 when n is 0), so that ASan sees any read past the end. */
@@ -88,7 +88,7 @@ static void check_parsed(const struct bridge_topics *tp, const char *topic, size
     char buf[BRIDGE_TOPIC_MAX + 1];
     int len;
 
-    FUZZ_CHECK(t->kind > BRIDGE_T_UNKNOWN && t->kind <= BRIDGE_T_HUB_ERRORS, "kind %d", t->kind);
+    FUZZ_CHECK(t->kind > BRIDGE_T_UNKNOWN && t->kind <= BRIDGE_T_LAST, "kind %d", t->kind);
     FUZZ_CHECK(bridge_topic_publishable(topic, n), "parsed topic %.*s is not publishable", (int)n,
                topic);
     if (hub_kind(t->kind)) {
@@ -114,7 +114,7 @@ static void check_build(const struct bridge_topics *tp, int kind, const char *id
     char *small;
     int rc;
 
-    if (kind <= BRIDGE_T_UNKNOWN || kind > BRIDGE_T_HUB_ERRORS) {
+    if (kind <= BRIDGE_T_UNKNOWN || kind > BRIDGE_T_LAST) {
         FUZZ_CHECK(len == -EINVAL, "kind %d built: %d", kind, len);
         return;
     }
@@ -150,7 +150,7 @@ static void check_filter(const struct bridge_topics *tp, int kind)
     char buf[BRIDGE_TOPIC_MAX + 1], *small;
     int len = bridge_topic_filter(tp, (enum bridge_topic_kind)kind, buf, sizeof buf);
 
-    if (kind <= BRIDGE_T_UNKNOWN || kind > BRIDGE_T_HUB_ERRORS) {
+    if (kind <= BRIDGE_T_UNKNOWN || kind > BRIDGE_T_LAST) {
         FUZZ_CHECK(len == -EINVAL, "filter of kind %d: %d", kind, len);
         return;
     }

@@ -357,9 +357,11 @@ class Child:
 # ---------------------------------------------------------------------------------------------
 
 class Msg:
-    __slots__ = ("topic", "payload", "retain", "qos", "t")
+    __slots__ = ("topic", "payload", "retain", "qos", "t", "corr")
 
     def __init__(self, m):
+        props = getattr(m, "properties", None)
+        self.corr = getattr(props, "CorrelationData", None) if props else None
         self.topic = m.topic
         self.payload = m.payload
         self.retain = bool(m.retain)

@@ -201,12 +201,14 @@ static const struct kind_case kinds[] = {
     {BRIDGE_T_PREDICTIONS, "twins/dev-1/predictions", "twins/+/predictions"},
     {BRIDGE_T_HUB_STATUS, "hub/status", "hub/status"},
     {BRIDGE_T_HUB_ERRORS, "hub/errors", "hub/errors"},
+    {BRIDGE_T_HISTORY, "twins/dev-1/history", "twins/+/history"},
+    {BRIDGE_T_QUERY, "hub/query", "hub/query"},
 };
 #define N_KINDS (sizeof(kinds) / sizeof(kinds[0]))
 
 static bool hub_kind(enum bridge_topic_kind k)
 {
-    return k == BRIDGE_T_HUB_STATUS || k == BRIDGE_T_HUB_ERRORS;
+    return k == BRIDGE_T_HUB_STATUS || k == BRIDGE_T_HUB_ERRORS || k == BRIDGE_T_QUERY;
 }
 
 /* Replaces the default prefix of `topic` by the custom one. */
@@ -228,7 +230,7 @@ static void with_prefixes(const struct bridge_topics *t, const char *topic, char
 static void check_kinds(const struct bridge_topics *t, const char *label)
 {
     char err[BRIDGE_ERR_LEN], want[BRIDGE_TOPIC_MAX], buf[BRIDGE_TOPIC_MAX];
-    bool seen[BRIDGE_T_HUB_ERRORS + 1] = {false};
+    bool seen[BRIDGE_T_LAST + 1] = {false};
     for (size_t i = 0; i < N_KINDS; i++) {
         const struct kind_case *k = &kinds[i];
         seen[k->kind] = true;
@@ -264,7 +266,7 @@ static void check_kinds(const struct bridge_topics *t, const char *label)
         CHECK(bridge_topic_filter(t, k->kind, exact, 1) == -ENOSPC, "%s filter short", label);
         free(exact);
     }
-    for (int k = BRIDGE_T_TELEMETRY; k <= BRIDGE_T_HUB_ERRORS; k++)
+    for (int k = BRIDGE_T_TELEMETRY; k <= BRIDGE_T_LAST; k++)
         CHECK(seen[k], "kind %d missing from the table", k);
 
     /* ids at the limits */

@@ -73,7 +73,7 @@ static const struct {
      "twinhub.yaml:2: unknown key 'store.snyc' (did you mean 'store.sync'?)"},
     {"unknown key, nothing close", "zzzzzzzz: 1\n",
      "twinhub.yaml:1: unknown key 'zzzzzzzz' (expected one of: broker, topics, store, limits, "
-     "history, commands, publish, errors, rules, log, http, aws)"},
+     "history, commands, publish, errors, rules, log, http, query, aws)"},
     {"http.listen without a port", "http: {listen: localhost}\n",
      "twinhub.yaml:1: http.listen: expected host:port (an IPv6 address in brackets: "
      "[::1]:9464), got 'localhost'"},
@@ -605,6 +605,15 @@ static const char every_key[] = "broker:\n"
                                 "  timeout: 3s\n"
                                 "  max_request: 8KiB\n"
                                 "  stall: 5s\n"
+                                "  write_token_file: /etc/twinhub/write-token\n"
+                                "  dashboard: /usr/share/twinhub/web\n"
+                                "  max_streams: 4\n"
+                                "  stream_buffer: 1000\n"
+                                "  stream_bytes: 2MiB\n"
+                                "  max_body: 8KiB\n"
+                                "query:\n"
+                                "  max_limit: 50\n"
+                                "  max_points: 500\n"
                                 "aws:\n"
                                 "  shadow: true\n";
 
