@@ -262,19 +262,6 @@ out:
  * history ranges
  * ------------------------------------------------------------------------------------------ */
 
-#define ISO_LEN 96
-static const char *iso_time(char *buf, size_t size, int64_t ms)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    if (ms < 0 || !gmtime_r(&s, &tm)) {
-        snprintf(buf, size, "%lld", (long long)ms);
-        return buf;
-    }
-    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    return buf;
-}
 
 /* The shortest text that reads back as the same double; whole numbers without a point. */
 static void num_text(char *buf, size_t size, double v)
@@ -308,7 +295,7 @@ static double num(const msgpack_object *o)
 int ctl_history_range(struct twin_txn *txn, const char *id, const char *path, const char *from,
                       const char *to, const char *step, bool table)
 {
-    char err[QUERY_ERR_LEN], when[ISO_LEN];
+    char err[QUERY_ERR_LEN], when[HUB_ISO_LEN];
     struct query_limits l;
     struct query_range r = {.path = path, .path_len = strlen(path), .from = 0, .to = TWIN_TS_MAX};
     int64_t now = hub_now_ms();
@@ -376,10 +363,10 @@ int ctl_history_range(struct twin_txn *txn, const char *id, const char *path, co
             for (int j = 1; j < (r.step ? 5 : 2); j++)
                 num_text(v[j], sizeof v[j], num(&p[j]));
             if (table && r.step)
-                printf("%-24s  %12s  %12s  %12s  %s\n", iso_time(when, sizeof when, last), v[1],
+                printf("%-24s  %12s  %12s  %12s  %s\n", hub_iso_time(when, sizeof when, last), v[1],
                        v[2], v[3], v[4]);
             else if (table)
-                printf("%s  %s\n", iso_time(when, sizeof when, last), v[1]);
+                printf("%s  %s\n", hub_iso_time(when, sizeof when, last), v[1]);
             else if (r.step)
                 printf("{\"t\":%lld,\"min\":%s,\"max\":%s,\"avg\":%s,\"count\":%s}\n",
                        (long long)last, v[1], v[2], v[3], v[4]);

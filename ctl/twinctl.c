@@ -239,20 +239,6 @@ static int emit_json(struct ctl *ctl, const msgpack_object *obj)
     return 0;
 }
 
-/* ms since epoch -> "2026-11-21T17:53:58.123Z" (room for any year the compiler imagines) */
-#define ISO_LEN 96
-static const char *iso_time(char *buf, size_t size, int64_t ms)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    if (ms < 0 || !gmtime_r(&s, &tm)) {
-        snprintf(buf, size, "%lld", (long long)ms);
-        return buf;
-    }
-    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    return buf;
-}
 
 
 static msgpack_object str_obj(const char *s)
@@ -365,9 +351,9 @@ static int print_leaves(struct ctl *ctl, const msgpack_object *obj, char *path, 
         return 0;
     }
 
-    char when[ISO_LEN];
+    char when[HUB_ISO_LEN];
     if (is_timestamp(path) && (obj->type == MSGPACK_OBJECT_POSITIVE_INTEGER)) {
-        printf("%s = %s\n", path, iso_time(when, sizeof when, (int64_t)obj->via.u64));
+        printf("%s = %s\n", path, hub_iso_time(when, sizeof when, (int64_t)obj->via.u64));
         return 0;
     }
     msgpack_sbuffer_clear(&ctl->out);
@@ -450,7 +436,7 @@ static int list_one(void *vctx, const char *id, size_t id_len, const void *buf, 
     }
 
     struct twin_doc doc;
-    char when[ISO_LEN];
+    char when[HUB_ISO_LEN];
     if (twin_doc_decode(buf, len, &w->zone, &doc, err) < 0) {
         w->rc = fail(EXIT_ERROR, "twin '%.*s': %s", (int)id_len, id, err);
         return STOP;
@@ -458,7 +444,7 @@ static int list_one(void *vctx, const char *id, size_t id_len, const void *buf, 
     uint32_t nkeys = doc.reported.type == MSGPACK_OBJECT_MAP ? doc.reported.via.map.size : 0;
     printf("%-*.*s  %*llu  %-24s  %u\n", w->id_width, (int)id_len, id, w->version_width,
            (unsigned long long)doc.version,
-           doc.last_seen > 0 ? iso_time(when, sizeof when, doc.last_seen) : "-", nkeys);
+           doc.last_seen > 0 ? hub_iso_time(when, sizeof when, doc.last_seen) : "-", nkeys);
     return 0;
 }
 
@@ -515,7 +501,7 @@ struct history_walk {
 static int history_one(void *vctx, int64_t ts, double value)
 {
     struct history_walk *w = vctx;
-    char when[ISO_LEN];
+    char when[HUB_ISO_LEN];
 
     w->points++;
     if (w->ctl->table) {
@@ -526,7 +512,7 @@ static int history_one(void *vctx, int64_t ts, double value)
             if (strtod(num, NULL) == value)
                 break;
         }
-        printf("%s  %s\n", iso_time(when, sizeof when, ts), num);
+        printf("%s  %s\n", hub_iso_time(when, sizeof when, ts), num);
         return 0;
     }
     msgpack_object_kv kv[2] = {
@@ -1094,12 +1080,12 @@ static int cmd_send(struct ctl *ctl)
 static int command_one(void *vctx, const struct twin_command *c, enum twin_command_state from)
 {
     struct ctl *ctl = vctx;
-    char created[ISO_LEN], expires[ISO_LEN];
+    char created[HUB_ISO_LEN], expires[HUB_ISO_LEN];
     (void)from;
     if (ctl->table) {
         printf("%-16s  %-20.*s  %-9s  %-24s  %-24s  %u\n", c->id, (int)c->cmd_len, c->cmd,
-               twin_command_state_name(c->state), iso_time(created, sizeof created, c->created),
-               c->expires ? iso_time(expires, sizeof expires, c->expires) : "-", c->attempts);
+               twin_command_state_name(c->state), hub_iso_time(created, sizeof created, c->created),
+               c->expires ? hub_iso_time(expires, sizeof expires, c->expires) : "-", c->attempts);
         return 0;
     }
     msgpack_object_kv kv[9] = {

@@ -648,11 +648,11 @@ static const char *name_of(enum bridge_topic_kind k)
     }
 }
 
-unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
-                         const struct bridge_topic *t)
+/* A request about to be handled: nothing of its payload read yet. */
+static struct request request_of(struct ingest *in, const struct bridge_msg *m,
+                                 const struct bridge_topic *t)
 {
-    unsigned flags = 0;
-    struct request rq = {
+    return (struct request){
         .in = in,
         .m = m,
         .t = t,
@@ -660,6 +660,13 @@ unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
         .version = TWIN_VERSION_ANY,
         .now = hub_now_ms(),
     };
+}
+
+unsigned requests_handle(struct ingest *in, const struct bridge_msg *m,
+                         const struct bridge_topic *t)
+{
+    unsigned flags = 0;
+    struct request rq = request_of(in, m, t);
     outlist_reset(&in->out);
     if (m->retained) {
         atomic_fetch_add(&in->stats.retained, 1);
@@ -773,14 +780,7 @@ int requests_http(struct ingest *in, enum bridge_topic_kind kind, const char *id
 void requests_refuse(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t,
                      int code, const char *message)
 {
-    struct request rq = {
-        .in = in,
-        .m = m,
-        .t = t,
-        .what = name_of(t->kind),
-        .version = TWIN_VERSION_ANY,
-        .now = hub_now_ms(),
-    };
+    struct request rq = request_of(in, m, t);
     outlist_reset(&in->out);
     atomic_fetch_add(&in->stats.requests, 1);
     if (destination(&rq) < 0)

@@ -37,6 +37,7 @@ struct sse {
     msgpack_sbuffer row;
     msgpack_packer pk;
     msgpack_zone zone;
+    int64_t wrote_ms; /* hub_mono_ms of the last bytes handed out */
 };
 
 static void sse_free(void *cls)
@@ -225,9 +226,12 @@ static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max)
         s->after = s->b->last;
         if (s->b->n)
             write_batch(s);
-        else if (!s->b->missed)
+        /* Silence for a keepalive period, even while the ring moves with what the filters
+         * leave out: a comment, so that a client that left is noticed at the write. */
+        if (s->out.size == 0 && hub_mono_ms() - s->wrote_ms >= s->h->keepalive_ms)
             puts_(s, ": keepalive\n\n");
     }
+    s->wrote_ms = hub_mono_ms();
     size_t n = s->out.size - s->out_off;
     if (n > max)
         n = max;
@@ -317,6 +321,7 @@ enum MHD_Result sse_start(struct hub_http *h, struct MHD_Connection *c)
         return http_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
     }
     s->h = h;
+    s->wrote_ms = hub_mono_ms();
     s->kinds = K_STATE | K_EVENT | K_PREDICTION;
     msgpack_sbuffer_init(&s->out);
     msgpack_sbuffer_init(&s->row);

@@ -13,7 +13,7 @@
  * - A damaged stored document is skipped (it is no row) rather than failing every query.
  * - A page holds at least one row when anything matches, even one larger than max_reply on its
  *   own (a twin is bounded by the store's max_doc_bytes), so paging always advances. */
-#include "query.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -36,8 +36,7 @@ void query_limits_init(struct query_limits *l)
     l->max_expr = 1024;
 }
 
-static void errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void errf(char *err, const char *fmt, ...)
+void query__errf(char *err, const char *fmt, ...)
 {
     va_list ap;
     if (!err)
@@ -220,7 +219,7 @@ static int compile(struct qexpr *x, const char *what, const char *text, size_t l
 
     trim(&t, &tlen);
     if (tlen > l->max_expr) {
-        errf(err, "%s: longer than %zu bytes", what, l->max_expr);
+        query__errf(err, "%s: longer than %zu bytes", what, l->max_expr);
         return -EINVAL;
     }
     x->text = malloc(tlen + 1);
@@ -235,11 +234,11 @@ static int compile(struct qexpr *x, const char *what, const char *text, size_t l
         char *end;
         unsigned long col = strtoul(rerr, &end, 10);
         if (end != rerr && end[0] == ':')
-            errf(err, "%s:1:%lu:%s", what, col + shift, end + 1);
+            query__errf(err, "%s:1:%lu:%s", what, col + shift, end + 1);
         else
-            errf(err, "%s: %s", what, rerr);
+            query__errf(err, "%s: %s", what, rerr);
     } else if (rc < 0) {
-        errf(err, "%s: out of memory", what);
+        query__errf(err, "%s: out of memory", what);
     }
     if (rc < 0)
         return rc;
@@ -366,7 +365,7 @@ static int cursor_decode(struct query *q, const char *text, size_t len, char *er
         h = h << 8 | raw[i++];
     if ((mode != 'i' && mode != 'o') || (mode == 'o') != (q->order.e != NULL) ||
         h != q->order_hash) {
-        errf(err, "cursor: not a cursor of this order");
+        query__errf(err, "cursor: not a cursor of this order");
         return -EINVAL;
     }
     memset(k, 0, sizeof *k);
@@ -403,7 +402,7 @@ static int cursor_decode(struct query *q, const char *text, size_t len, char *er
     return 0;
 
 bad:
-    errf(err, "cursor: not a cursor");
+    query__errf(err, "cursor: not a cursor");
     return -EINVAL;
 }
 
@@ -426,14 +425,14 @@ int query_new(const struct query_spec *s, const struct query_limits *l, struct q
     }
     struct query *q = calloc(1, sizeof *q);
     if (!q) {
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
         return -ENOMEM;
     }
     q->lim = *l;
     q->where.bare = q->order.bare = BARE_NONE;
 
     if (s->limit > l->max_limit) {
-        errf(err, "limit: at most %u", l->max_limit);
+        query__errf(err, "limit: at most %u", l->max_limit);
         rc = -EINVAL;
         goto fail;
     }
@@ -443,7 +442,7 @@ int query_new(const struct query_spec *s, const struct query_limits *l, struct q
 
     if (s->prefix && s->prefix_len) {
         if (s->prefix_len > TWIN_ID_MAX) {
-            errf(err, "prefix: at most %d bytes", TWIN_ID_MAX);
+            query__errf(err, "prefix: at most %d bytes", TWIN_ID_MAX);
             rc = -EINVAL;
             goto fail;
         }
@@ -458,7 +457,7 @@ int query_new(const struct query_spec *s, const struct query_limits *l, struct q
         goto fail;
 
     if (s->nfields > QUERY_FIELDS_MAX) {
-        errf(err, "fields: at most %d", QUERY_FIELDS_MAX);
+        query__errf(err, "fields: at most %d", QUERY_FIELDS_MAX);
         rc = -EINVAL;
         goto fail;
     }
@@ -470,13 +469,13 @@ int query_new(const struct query_spec *s, const struct query_limits *l, struct q
         trim(&t, &tl);
         snprintf(what, sizeof what, "fields[%u]", i);
         if (tl == 0) {
-            errf(err, "%s: empty", what);
+            query__errf(err, "%s: empty", what);
             rc = -EINVAL;
             goto fail;
         }
         for (unsigned j = 0; j < i; j++)
             if (q->fields[j].len == tl && memcmp(q->fields[j].text, t, tl) == 0) {
-                errf(err, "%s: '%.*s' is fields[%u] already", what, (int)tl, t, j);
+                query__errf(err, "%s: '%.*s' is fields[%u] already", what, (int)tl, t, j);
                 rc = -EINVAL;
                 goto fail;
             }
@@ -504,7 +503,7 @@ int query_new(const struct query_spec *s, const struct query_limits *l, struct q
         o++;
         ol--;
         if (ol == 0) {
-            errf(err, "order: an expression must follow '%c'", q->desc ? '-' : '+');
+            query__errf(err, "order: an expression must follow '%c'", q->desc ? '-' : '+');
             rc = -EINVAL;
             goto fail;
         }
@@ -522,7 +521,7 @@ int query_new(const struct query_spec *s, const struct query_limits *l, struct q
 
 fail:
     if (rc == -ENOMEM && err)
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
     query_free(q);
     return rc;
 }
@@ -556,11 +555,11 @@ int query_fields_split(struct query_spec *s, const char *text, size_t len, char 
         size_t fl = i - start;
         trim(&f, &fl);
         if (fl == 0) {
-            errf(err, "fields: field %u is empty", s->nfields + 1);
+            query__errf(err, "fields: field %u is empty", s->nfields + 1);
             return -EINVAL;
         }
         if (s->nfields == QUERY_FIELDS_MAX) {
-            errf(err, "fields: at most %d", QUERY_FIELDS_MAX);
+            query__errf(err, "fields: at most %d", QUERY_FIELDS_MAX);
             return -EINVAL;
         }
         s->fields[s->nfields] = f;
@@ -626,7 +625,7 @@ static int eval(struct run *r, const struct qexpr *x, struct rules_value *v, cha
 {
     int rc = rules_expr_eval(x->e, &r->tw, v, NULL);
     if (rc < 0) {
-        errf(err, "twin '%.*s': %s", (int)r->id_len, r->id, r->terr);
+        query__errf(err, "twin '%.*s': %s", (int)r->id_len, r->id, r->terr);
         return -EIO;
     }
     return 0;
@@ -699,11 +698,6 @@ static int rule_one(void *ctx, const char *id, size_t id_len, const char *name, 
     return 0;
 }
 
-static void pack_str(msgpack_packer *pk, const char *s, size_t n)
-{
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
 
 static void pack_value(msgpack_packer *pk, const struct rules_value *v)
 {
@@ -723,7 +717,7 @@ static void pack_value(msgpack_packer *pk, const struct rules_value *v)
             msgpack_pack_double(pk, v->n);
         return;
     case RULES_STR:
-        pack_str(pk, v->s, v->len);
+        query__pack_str(pk, v->s, v->len);
         return;
     default:
         msgpack_pack_nil(pk);
@@ -756,14 +750,14 @@ static int pack_field(struct run *r, const struct qexpr *x, char *err)
         if (rc == -ENOMEM)
             return rc;
         if (rc < 0) {
-            errf(err, "twin '%.*s': rule states: %s", (int)r->id_len, r->id, r->terr);
+            query__errf(err, "twin '%.*s': rule states: %s", (int)r->id_len, r->id, r->terr);
             return -EIO;
         }
         msgpack_pack_map(pk, r->nrs);
         for (unsigned i = 0; i < r->nrs; i++) {
-            pack_str(pk, r->rs[i].name, r->rs[i].len);
+            query__pack_str(pk, r->rs[i].name, r->rs[i].len);
             const char *st = rules_state_name(r->rs[i].st);
-            pack_str(pk, st, strlen(st));
+            query__pack_str(pk, st, strlen(st));
         }
         return 0;
     }
@@ -800,14 +794,14 @@ static int pack_row(struct run *r, const void *buf, size_t len, char *err)
         for (unsigned i = 0; i < q->nfields; i++)
             n += !q->fields[i].skip;
         msgpack_pack_map(&r->rpk, n);
-        pack_str(&r->rpk, "id", 2);
-        pack_str(&r->rpk, r->id, r->id_len);
-        pack_str(&r->rpk, "version", 7);
+        query__pack_str(&r->rpk, "id", 2);
+        query__pack_str(&r->rpk, r->id, r->id_len);
+        query__pack_str(&r->rpk, "version", 7);
         msgpack_pack_uint64(&r->rpk, r->doc.version);
         for (unsigned i = 0; i < q->nfields && rc == 0; i++) {
             if (q->fields[i].skip)
                 continue;
-            pack_str(&r->rpk, q->fields[i].text, q->fields[i].len);
+            query__pack_str(&r->rpk, q->fields[i].text, q->fields[i].len);
             rc = pack_field(r, &q->fields[i], err);
         }
     }
@@ -942,7 +936,7 @@ static int run_order(struct run *r, char *err)
         rc = -EIO;
     if (rc < 0) {
         if (rc == -EIO && err && !err[0])
-            errf(err, "%s", terr);
+            query__errf(err, "%s", terr);
         return rc;
     }
     /* heapsort: the last in the order goes to the end, and so on: first comes first */
@@ -962,7 +956,7 @@ static int run_order(struct run *r, char *err)
         }
         rc = twin_get_raw(r->txn, k->id, k->idlen, &buf, &len, terr);
         if (rc < 0) {
-            errf(err, "twin '%.*s': %s", (int)k->idlen, k->id, terr);
+            query__errf(err, "twin '%.*s': %s", (int)k->idlen, k->id, terr);
             return rc == -ENOMEM ? rc : -EIO;
         }
         if ((rc = load(r, k->id, k->idlen, buf, len)) != 0) {
@@ -1029,24 +1023,24 @@ int query_row(struct query *q, struct twin_txn *txn, const char *id, size_t id_l
     if (err)
         err[0] = '\0';
     if (run_init(&r, q, txn, now, &res) < 0) {
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
         return -ENOMEM;
     }
     r.budget = SIZE_MAX;
     rc = load(&r, id, id_len, doc, len);
     if (rc == 1) {
-        errf(err, "twin '%.*s': %s", (int)id_len, id, r.terr);
+        query__errf(err, "twin '%.*s': %s", (int)id_len, id, r.terr);
         rc = -EBADMSG;
     }
     if (rc == 0 && (rc = match(&r, err)) == 1 && (rc = pack_row(&r, doc, len, err)) == 0) {
         *matched = true;
         if (pk->callback(pk->data, r.rows.data, r.rows.size) < 0) {
-            errf(err, "out of memory");
+            query__errf(err, "out of memory");
             rc = -ENOMEM;
         }
     }
     if (rc == -ENOMEM && err && !err[0])
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
     run_cleanup(&r);
     return rc < 0 ? rc : 0;
 }
@@ -1067,7 +1061,7 @@ int query_run(struct query *q, struct twin_txn *txn, int64_t now, msgpack_packer
     if (err)
         err[0] = '\0';
     if (run_init(&r, q, txn, now, res) < 0) {
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
         return -ENOMEM;
     }
 
@@ -1084,11 +1078,11 @@ int query_run(struct query *q, struct twin_txn *txn, int64_t now, msgpack_packer
         if (rc < 0 && rc != -ENOMEM && rc != -EIO)
             rc = -EIO;
         if (rc == -EIO && err && !err[0])
-            errf(err, "%s", terr);
+            query__errf(err, "%s", terr);
     }
     if (rc < 0) {
         if (rc == -ENOMEM)
-            errf(err, "out of memory");
+            query__errf(err, "out of memory");
         goto out;
     }
     if (res->more)
@@ -1096,23 +1090,23 @@ int query_run(struct query *q, struct twin_txn *txn, int64_t now, msgpack_packer
     res->took_us = mono_us() - t0;
 
     msgpack_pack_map(pk, 5);
-    pack_str(pk, "rows", 4);
+    query__pack_str(pk, "rows", 4);
     msgpack_pack_array(pk, res->rows);
     if (r.rows.size && pk->callback(pk->data, r.rows.data, r.rows.size) < 0) {
         rc = -ENOMEM;
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
         goto out;
     }
-    pack_str(pk, "next", 4);
+    query__pack_str(pk, "next", 4);
     if (res->more)
-        pack_str(pk, res->next, strlen(res->next));
+        query__pack_str(pk, res->next, strlen(res->next));
     else
         msgpack_pack_nil(pk);
-    pack_str(pk, "scanned", 7);
+    query__pack_str(pk, "scanned", 7);
     msgpack_pack_uint64(pk, res->scanned);
-    pack_str(pk, "matched", 7);
+    query__pack_str(pk, "matched", 7);
     msgpack_pack_uint64(pk, res->matched);
-    pack_str(pk, "took_ms", 7);
+    query__pack_str(pk, "took_ms", 7);
     msgpack_pack_double(pk, (double)res->took_us / 1000.0);
     rc = 0;
 

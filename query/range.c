@@ -5,7 +5,7 @@
  * Choices made here: `path` is packed as "reported.<path>" whichever form was given; a raw
  * answer cut by its limit resumes at the last ts + 1 (points of that same millisecond beyond
  * the limit are not repeated); a bucket answer resumes at the last bucket's t + step. */
-#include "query.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -16,16 +16,6 @@
 
 #define STOP 1
 
-static void errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void errf(char *err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, QUERY_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
 
 struct bucket {
     int64_t t;
@@ -83,11 +73,6 @@ static int bucket_point(void *ctx, int64_t ts, double value)
     return 0;
 }
 
-static void pack_str(msgpack_packer *pk, const char *s, size_t n)
-{
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
 
 int query_history(struct twin_txn *txn, const char *id, size_t id_len, const struct query_range *r,
                   const struct query_limits *l, msgpack_packer *pk, char *err)
@@ -109,32 +94,32 @@ int query_history(struct twin_txn *txn, const char *id, size_t id_len, const str
     if (plen > 9 && memcmp(path, "reported.", 9) == 0)
         path += 9, plen -= 9;
     if (plen == 0 || plen > TWIN_PATH_MAX || memchr(path, '\0', plen)) {
-        errf(err, "path: expected a field path of 1 to %d bytes", TWIN_PATH_MAX);
+        query__errf(err, "path: expected a field path of 1 to %d bytes", TWIN_PATH_MAX);
         return -EINVAL;
     }
     if (r->to < r->from) {
-        errf(err, "to: %lld is before from %lld", (long long)r->to, (long long)r->from);
+        query__errf(err, "to: %lld is before from %lld", (long long)r->to, (long long)r->from);
         return -EINVAL;
     }
     if (r->step < 0) {
-        errf(err, "step: expected 0 (raw points) or a number of ms above 0");
+        query__errf(err, "step: expected 0 (raw points) or a number of ms above 0");
         return -EINVAL;
     }
     if (r->limit > l->max_points) {
-        errf(err, "limit: at most %u", l->max_points);
+        query__errf(err, "limit: at most %u", l->max_points);
         return -EINVAL;
     }
     if (id_len == 0 || id_len > TWIN_ID_MAX) {
-        errf(err, "id: expected 1 to %d bytes", TWIN_ID_MAX);
+        query__errf(err, "id: expected 1 to %d bytes", TWIN_ID_MAX);
         return -EINVAL;
     }
     rc = twin_get_raw(txn, id, id_len, &doc, &doc_len, terr);
     if (rc == -ENOENT) {
-        errf(err, "no twin '%.*s'", (int)id_len, id);
+        query__errf(err, "no twin '%.*s'", (int)id_len, id);
         return rc;
     }
     if (rc < 0) {
-        errf(err, "%s", terr);
+        query__errf(err, "%s", terr);
         return -EIO;
     }
 
@@ -148,7 +133,7 @@ int query_history(struct twin_txn *txn, const char *id, size_t id_len, const str
         w.v = malloc(w.limit * sizeof *w.v);
     }
     if (r->step ? !w.b : (!w.ts || !w.v)) {
-        errf(err, "out of memory");
+        query__errf(err, "out of memory");
         rc = -ENOMEM;
         goto out;
     }
@@ -157,26 +142,26 @@ int query_history(struct twin_txn *txn, const char *id, size_t id_len, const str
     if (rc == STOP)
         rc = 0;
     if (rc < 0) {
-        errf(err, "history of '%.*s' %.*s: %s", (int)id_len, id, (int)plen, path, terr);
+        query__errf(err, "history of '%.*s' %.*s: %s", (int)id_len, id, (int)plen, path, terr);
         rc = rc == -ENOMEM ? rc : -EIO;
         goto out;
     }
 
     msgpack_pack_map(pk, r->step ? 7 : 6);
-    pack_str(pk, "id", 2);
-    pack_str(pk, id, id_len);
-    pack_str(pk, "path", 4);
+    query__pack_str(pk, "id", 2);
+    query__pack_str(pk, id, id_len);
+    query__pack_str(pk, "path", 4);
     msgpack_pack_str(pk, 9 + plen);
     msgpack_pack_str_body(pk, "reported.", 9);
     msgpack_pack_str_body(pk, path, plen);
-    pack_str(pk, "from", 4);
+    query__pack_str(pk, "from", 4);
     msgpack_pack_int64(pk, r->from);
-    pack_str(pk, "to", 2);
+    query__pack_str(pk, "to", 2);
     msgpack_pack_int64(pk, r->to);
     if (r->step) {
-        pack_str(pk, "step", 4);
+        query__pack_str(pk, "step", 4);
         msgpack_pack_int64(pk, r->step);
-        pack_str(pk, "buckets", 7);
+        query__pack_str(pk, "buckets", 7);
         msgpack_pack_array(pk, w.n);
         for (unsigned i = 0; i < w.n; i++) {
             const struct bucket *b = &w.b[i];
@@ -188,7 +173,7 @@ int query_history(struct twin_txn *txn, const char *id, size_t id_len, const str
             msgpack_pack_uint64(pk, b->count);
         }
     } else {
-        pack_str(pk, "points", 6);
+        query__pack_str(pk, "points", 6);
         msgpack_pack_array(pk, w.n);
         for (unsigned i = 0; i < w.n; i++) {
             msgpack_pack_array(pk, 2);
@@ -196,7 +181,7 @@ int query_history(struct twin_txn *txn, const char *id, size_t id_len, const str
             msgpack_pack_double(pk, w.v[i]);
         }
     }
-    pack_str(pk, "more", 4);
+    query__pack_str(pk, "more", 4);
     if (w.more)
         msgpack_pack_true(pk);
     else
