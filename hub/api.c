@@ -422,23 +422,64 @@ static enum MHD_Result twin(struct hub_http *h, struct MHD_Connection *c, const 
  * Models and the hub
  * ------------------------------------------------------------------------------------------ */
 
+/* A model's scores from counters, the entries of a map (only what it has: scored, then mae and
+ * rmse or accuracy) after a header of `extra` more entries the caller packs after them. */
+static void pack_scores(msgpack_packer *pk, unsigned extra, const struct hub_model_sample *m,
+                        uint64_t scored, double sum_abs, double sum_sq, uint64_t correct)
+{
+    bool reg = m->kind == HUB_MODEL_REGRESSOR && scored;
+    bool cls = m->kind == HUB_MODEL_CLASSIFIER && scored;
+    msgpack_pack_map(pk, extra + 1 + (reg ? 2 : 0) + (cls ? 1 : 0));
+    out_pack_key(pk, "scored");
+    msgpack_pack_uint64(pk, scored);
+    if (reg) {
+        out_pack_key(pk, "mae");
+        msgpack_pack_double(pk, sum_abs / (double)scored);
+        out_pack_key(pk, "rmse");
+        msgpack_pack_double(pk, sqrt(sum_sq / (double)scored));
+    }
+    if (cls) {
+        out_pack_key(pk, "accuracy");
+        msgpack_pack_double(pk, (double)correct / (double)scored);
+    }
+}
+
+/* The same model in an earlier sample, or NULL. */
+static const struct hub_model_sample *model_in(const struct model_sample *s, const char *name)
+{
+    for (unsigned i = 0; s && i < s->n; i++)
+        if (!strcmp(s->m[i].name, name))
+            return &s->m[i];
+    return NULL;
+}
+
+/* {models: [{scored, mae?, rmse?, accuracy?, model, kind, predictions}...] since the hub
+ * started, history: [{ts, models: {name: {scored, mae?, rmse?, accuracy?, total}}}...]}:
+ * every http_tick's sample, with the scores of the interval since the sample before and the
+ * predictions scored in all (total). */
 static enum MHD_Result models(struct hub_http *h, struct MHD_Connection *c)
 {
     struct hub_rule_sample *rs;
     struct hub_model_sample *ms;
     unsigned nr, nm;
-    if (hub_rules_sample(h->src.rules, &rs, &nr, &ms, &nm) < 0)
+    struct model_sample *ring = malloc(MODEL_SAMPLES * sizeof(*ring));
+    if (!ring || hub_rules_sample(h->src.rules, &rs, &nr, &ms, &nm) < 0) {
+        free(ring);
         return http_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    }
+    pthread_mutex_lock(&h->samples_lock);
+    unsigned count = h->samples_count;
+    for (unsigned i = 0; i < count; i++)
+        ring[i] = h->samples[(h->samples_next + MODEL_SAMPLES - count + i) % MODEL_SAMPLES];
+    pthread_mutex_unlock(&h->samples_lock);
     struct answer a;
     answer_init(&a);
-    msgpack_pack_map(&a.pk, 1);
+    msgpack_pack_map(&a.pk, 2);
     out_pack_key(&a.pk, "models");
     msgpack_pack_array(&a.pk, nm);
     for (unsigned i = 0; i < nm; i++) {
         const struct hub_model_sample *m = &ms[i];
-        bool reg = m->kind == HUB_MODEL_REGRESSOR && m->scored;
-        bool cls = m->kind == HUB_MODEL_CLASSIFIER && m->scored;
-        msgpack_pack_map(&a.pk, 4 + (reg ? 2 : 0) + (cls ? 1 : 0));
+        pack_scores(&a.pk, 3, m, m->scored, m->sum_abs, m->sum_sq, m->correct);
         out_pack_key(&a.pk, "model");
         out_pack_key(&a.pk, m->name);
         out_pack_key(&a.pk, "kind");
@@ -447,21 +488,32 @@ static enum MHD_Result models(struct hub_http *h, struct MHD_Connection *c)
                                                               : "unscored");
         out_pack_key(&a.pk, "predictions");
         msgpack_pack_uint64(&a.pk, m->predictions);
-        out_pack_key(&a.pk, "scored");
-        msgpack_pack_uint64(&a.pk, m->scored);
-        if (reg) {
-            out_pack_key(&a.pk, "mae");
-            msgpack_pack_double(&a.pk, m->sum_abs / (double)m->scored);
-            out_pack_key(&a.pk, "rmse");
-            msgpack_pack_double(&a.pk, sqrt(m->sum_sq / (double)m->scored));
-        }
-        if (cls) {
-            out_pack_key(&a.pk, "accuracy");
-            msgpack_pack_double(&a.pk, (double)m->correct / (double)m->scored);
+    }
+    out_pack_key(&a.pk, "history");
+    msgpack_pack_array(&a.pk, count);
+    for (unsigned i = 0; i < count; i++) {
+        const struct model_sample *s = &ring[i], *prev = i ? &ring[i - 1] : NULL;
+        msgpack_pack_map(&a.pk, 2);
+        out_pack_key(&a.pk, "ts");
+        pack_int(&a.pk, s->ts);
+        out_pack_key(&a.pk, "models");
+        msgpack_pack_map(&a.pk, s->n);
+        for (unsigned k = 0; k < s->n; k++) {
+            const struct hub_model_sample *m = &s->m[k], *p = model_in(prev, m->name);
+            /* a reload that restarted the counters: the interval is the whole */
+            if (p && p->scored > m->scored)
+                p = NULL;
+            out_pack_key(&a.pk, m->name);
+            pack_scores(&a.pk, 1, m, m->scored - (p ? p->scored : 0),
+                        m->sum_abs - (p ? p->sum_abs : 0), m->sum_sq - (p ? p->sum_sq : 0),
+                        m->correct - (p ? p->correct : 0));
+            out_pack_key(&a.pk, "total");
+            msgpack_pack_uint64(&a.pk, m->scored);
         }
     }
     free(rs);
     free(ms);
+    free(ring);
     return answer_send(&a, c);
 }
 

@@ -445,6 +445,10 @@ static int bind_listen(const char *listen_s, const char *host, unsigned port, bo
 /* Frees what http_start set up; h->d is stopped already. */
 static void destroy(struct hub_http *h)
 {
+    if (h->samples) {
+        pthread_mutex_destroy(&h->samples_lock);
+        free(h->samples);
+    }
     if (h->writes_ready) {
         ingest_cleanup(&h->writes);
         pthread_mutex_destroy(&h->writes_lock);
@@ -480,6 +484,12 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
         h->keepalive_ms = (int)c->http_timeout_s * 500; /* well inside the idle timeout */
     h->max_body = c->http_max_body;
     h->started = hub_now_ms();
+    if (!(h->samples = calloc(MODEL_SAMPLES, sizeof(*h->samples)))) {
+        free(h);
+        snprintf(err, es, "out of memory");
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&h->samples_lock, NULL);
     query_limits_init(&h->qlim);
     h->qlim.max_limit = c->query_max_limit;
     h->qlim.max_points = c->query_max_points;
@@ -572,6 +582,37 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
 fail:
     destroy(h);
     return rc;
+}
+
+void http_tick(struct hub_http *h)
+{
+    if (!h)
+        return;
+    int64_t now = hub_now_ms();
+    pthread_mutex_lock(&h->samples_lock);
+    const struct model_sample *last =
+        h->samples_count ? &h->samples[(h->samples_next + MODEL_SAMPLES - 1) % MODEL_SAMPLES]
+                         : NULL;
+    bool due = !last || now - last->ts >= HTTP_TICK_MS;
+    pthread_mutex_unlock(&h->samples_lock);
+    if (!due)
+        return;
+    struct hub_rule_sample *rs;
+    struct hub_model_sample *ms;
+    unsigned nr, nm;
+    if (hub_rules_sample(h->src.rules, &rs, &nr, &ms, &nm) < 0)
+        return;
+    pthread_mutex_lock(&h->samples_lock);
+    struct model_sample *s = &h->samples[h->samples_next];
+    s->ts = now;
+    s->n = nm < MODEL_SAMPLE_MODELS ? nm : MODEL_SAMPLE_MODELS;
+    memcpy(s->m, ms, s->n * sizeof(*ms));
+    h->samples_next = (h->samples_next + 1) % MODEL_SAMPLES;
+    if (h->samples_count < MODEL_SAMPLES)
+        h->samples_count++;
+    pthread_mutex_unlock(&h->samples_lock);
+    free(rs);
+    free(ms);
 }
 
 unsigned http_port(const struct hub_http *h)

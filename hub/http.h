@@ -17,6 +17,15 @@ enum http_role { HTTP_NONE = 0, HTTP_READ, HTTP_WRITE };
 
 struct web_files;
 
+/* The models' scores over time (http_tick): a ring of samples of every model's counters. */
+#define MODEL_SAMPLES 360 /* an hour at http_tick's 10 s */
+#define MODEL_SAMPLE_MODELS 16
+struct model_sample {
+    int64_t ts;
+    unsigned n;
+    struct hub_model_sample m[MODEL_SAMPLE_MODELS];
+};
+
 struct hub_http {
     struct MHD_Daemon *d;
     struct metrics_src src;
@@ -35,6 +44,9 @@ struct hub_http {
     int keepalive_ms; /* a comment on a silent stream this often */
     size_t max_body;  /* bytes of a POST body */
     int64_t started;  /* hub ms */
+    pthread_mutex_t samples_lock; /* guards the ring below */
+    struct model_sample *samples; /* MODEL_SAMPLES, oldest at (next - count) */
+    unsigned samples_next, samples_count;
 };
 
 /* ---------------------------------------------------------------------------------------------

@@ -669,5 +669,9 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
 unsigned http_port(const struct hub_http *h);
 /* Stops the thread and closes every connection. NULL is fine. Main thread. */
 void http_stop(struct hub_http *h);
+/* Samples the models' scores for GET /api/models' history when HTTP_TICK_MS passed since the
+ * last sample. NULL is fine. Main thread, from its loop. */
+#define HTTP_TICK_MS 10000
+void http_tick(struct hub_http *h);
 
 #endif

@@ -433,6 +433,7 @@ static void serve(const struct args *a, struct hub *h)
             log_stats(h);
             last_stats = now;
         }
+        http_tick(h->http);
     }
 }
 

@@ -23,6 +23,8 @@ xss: a twin whose keys and strings hold HTML and script (<img src=x onerror=...>
     shows them as text on the fleet and twin pages, and nothing runs.
 writes: with a write token configured, the page's write forms are off without the token, and
     a desired change from the page goes through with it (the twin's desired shows it).
+pages: the models page lists the rules file's models with the hub's sampled scores plotted, and
+    the hub page shows the twins and the counters.
 csp: / and the files under it carry the CSP of web/API.md; index.html has no inline script,
     style or event handler; no JS file uses innerHTML, eval or new Function.
 """
@@ -416,8 +418,34 @@ def case_csp(fx):
     c.done()
 
 
+def case_pages(fx):
+    b, hub, sim, base = start(fx, devices=3)
+    wait_until(lambda: len(api_or_empty(base, "/api/twins?fields=version").get("rows", [])) == 3,
+               20, "3 twins")
+    m = wait_until(lambda: (lambda r: r if r.get("history") else None)(api(base, "/api/models")),
+                   15, "a sample of the models' scores (the hub takes one every 10 s)")
+    names = sorted(x["model"] for x in m["models"])
+    check_eq(names, ["hr_forecast", "hr_naive"], "the models of deploy/rules/ecg.yaml")
+    check(m["history"] and all(set(h["models"]) == set(names) for h in m["history"]),
+          f"the hub's samples of the models' scores: {m['history'][:2]}")
+    br = Browser(fx, base)
+    br.open("#/models")
+    br.wait("return document.querySelectorAll('#models-table tbody tr').length === 2", 10,
+            "a row per model")
+    br.wait("return document.querySelectorAll('#model-plots .uplot').length === 4", 10,
+            "two plots per model")
+    txt = br.js("return document.getElementById('models-table').textContent")
+    check("hr_forecast" in txt and "hr_naive" in txt, f"the models table: {txt!r}")
+    br.open("#/hub")
+    br.wait("return (document.getElementById('hub-twins') || {}).textContent === '3'", 10,
+            "the hub page's twins")
+    br.wait("return document.getElementById('hub-counters').textContent"
+            ".includes('twinhub_telemetry_applied_total')", 10, "the hub page's counters")
+    no_console_errors(br)
+
+
 CASES = {"fleet": case_fleet, "twin": case_twin, "restart": case_restart, "xss": case_xss,
-         "writes": case_writes, "csp": case_csp}
+         "writes": case_writes, "pages": case_pages, "csp": case_csp}
 
 if __name__ == "__main__":
     if webdriver is None or not os.access(CHROMEDRIVER, os.X_OK):

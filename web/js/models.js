@@ -3,9 +3,8 @@ import { get } from './api.js';
 import { el, clear, setText, fmtNum, errorText, isAbort } from './dom.js';
 import { timePlot } from './plots.js';
 
-const POLL_MS = 5000;
-const KEEP = 720; // an hour of polls
-const history = new Map(); // model -> [[t s, scored, mae|accuracy, rmse]...], kept across visits
+const POLL_MS = 10000; // the hub samples every 10 s (http_tick)
+const KEEP = 360; // an hour of samples
 
 export function modelsPage(ctx) {
   const ac = new AbortController();
@@ -13,7 +12,7 @@ export function modelsPage(ctx) {
   const plots = el('div', { class: 'model-plots', id: 'model-plots' });
   const error = el('div', { class: 'error' });
   ctx.view.appendChild(el('section', { class: 'page models' }, el('h1', { text: 'Models' }),
-    el('p', { class: 'muted', text: 'Scores over every twin since the hub started; the plots cover this session, one point every 5 s.' }),
+    el('p', { class: 'muted', text: 'The table: scores over every twin since the hub started. The plots: the error (or accuracy) of the predictions scored in each 10 s, and the predictions scored in all, over the last hour, as the hub sampled them.' }),
     error, table, plots));
   const charts = new Map(); // model -> {err, scored}
   let timer = null;
@@ -23,7 +22,7 @@ export function modelsPage(ctx) {
       const r = await get('models', null, ac.signal);
       setText(error, '');
       const models = Array.isArray(r.models) ? r.models : [];
-      show(models);
+      show(models, Array.isArray(r.history) ? r.history : []);
     } catch (e) {
       if (isAbort(e)) return;
       setText(error, errorText(e));
@@ -31,8 +30,24 @@ export function modelsPage(ctx) {
     timer = setTimeout(poll, POLL_MS);
   }
 
-  function show(models) {
-    const t = Date.now() / 1000;
+  // model -> [[t s, scored in all, mae|accuracy, rmse]...] from the hub's samples
+  function series(samples) {
+    const out = new Map();
+    for (const smp of samples.slice(-KEEP)) {
+      if (!smp || typeof smp.ts !== 'number' || !smp.models || typeof smp.models !== 'object') continue;
+      for (const [name, v] of Object.entries(smp.models)) {
+        if (!v || typeof v !== 'object') continue;
+        const h = out.get(name) || [];
+        const classifier = typeof v.accuracy === 'number';
+        h.push([smp.ts / 1000, v.total ?? null, classifier ? v.accuracy : (v.mae ?? null), classifier ? null : (v.rmse ?? null)]);
+        out.set(name, h);
+      }
+    }
+    return out;
+  }
+
+  function show(models, samples) {
+    const history = series(samples);
     clear(table).appendChild(el('table', { class: 'kv' },
       el('thead', {}, el('tr', {}, ...['model', 'kind', 'predictions', 'scored', 'MAE', 'RMSE', 'accuracy'].map((h) => el('th', { text: h })))),
       el('tbody', {}, ...models.map((m) => el('tr', {},
@@ -44,9 +59,6 @@ export function modelsPage(ctx) {
       if (typeof m.model !== 'string') continue;
       const classifier = typeof m.accuracy === 'number';
       const h = history.get(m.model) || [];
-      h.push([t, m.scored ?? null, classifier ? m.accuracy : (m.mae ?? null), classifier ? null : (m.rmse ?? null)]);
-      if (h.length > KEEP) h.shift();
-      history.set(m.model, h);
       let c = charts.get(m.model);
       if (!c) {
         const errBox = el('div', { class: 'plot small' }), scoredBox = el('div', { class: 'plot small' });
