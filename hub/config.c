@@ -1368,6 +1368,15 @@ void config_apply_reload(struct config *cur, const struct config *next, char *re
     }
 }
 
+/* Whether s starts with `shape`: 'd' a digit, anything else itself. */
+static bool time_shaped(const char *s, const char *shape)
+{
+    for (; *shape; s++, shape++)
+        if (*shape == 'd' ? !(*s >= '0' && *s <= '9') : *s != *shape)
+            return false;
+    return true;
+}
+
 int config_parse_time_ms(const char *text, int64_t now_ms, int64_t *ms)
 {
     if (!text || !*text)
@@ -1393,12 +1402,15 @@ int config_parse_time_ms(const char *text, int64_t now_ms, int64_t *ms)
         return 0;
     }
     int y, mo, d, h = 0, mi = 0, s = 0, frac = 0, n = 0;
-    if (sscanf(text, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
+    /* %d alone would take signs and blanks ("2026-+1-01", "T01:-1:00Z" as 00:59) */
+    if (!time_shaped(text, "dddd-dd-dd") || sscanf(text, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 ||
+        n != 10)
         return -EINVAL;
     const char *p = text + n;
     if (*p == 'T') {
         int m = 0;
-        if (sscanf(p, "T%2d:%2d:%2d%n", &h, &mi, &s, &m) != 3 || m != 9)
+        if (!time_shaped(p, "Tdd:dd:dd") || sscanf(p, "T%2d:%2d:%2d%n", &h, &mi, &s, &m) != 3 ||
+            m != 9)
             return -EINVAL;
         p += m;
         if (*p == '.') {

@@ -606,7 +606,8 @@ void http_tick(struct hub_http *h)
     struct model_sample *s = &h->samples[h->samples_next];
     s->ts = now;
     s->n = nm < MODEL_SAMPLE_MODELS ? nm : MODEL_SAMPLE_MODELS;
-    memcpy(s->m, ms, s->n * sizeof(*ms));
+    if (s->n)
+        memcpy(s->m, ms, s->n * sizeof(*ms));
     h->samples_next = (h->samples_next + 1) % MODEL_SAMPLES;
     if (h->samples_count < MODEL_SAMPLES)
         h->samples_count++;

@@ -173,7 +173,7 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         if (a.res.restart != TWIN_RESTART_NONE) {
             static const char *const why[] = {"", "boot", "online", "stale_run"};
             atomic_fetch_add(&in->stats.restarts[a.res.restart - 1], 1);
-            log_info("device restarted: a new seq order", "id=%.*s seq=%llu reason=%s",
+            log_debug("device restarted: a new seq order", "id=%.*s seq=%llu reason=%s",
                      (int)t->id_len, t->id, (unsigned long long)a.res.doc.seq, why[a.res.restart]);
         }
         ingest_flush(in); /* what the rules did: events, commands */
@@ -181,7 +181,7 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         if (publisher_twin_since(in->pub, t->id, t->id_len,
                                  PUB_STATE | a.flags | (a.res.delta_changed ? PUB_DESIRED : 0),
                                  t0) < 0)
-            log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+            log_warn_limited("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                      (int)t->id_len, t->id);
         break;
     case TWIN_DUPLICATE:
@@ -194,7 +194,7 @@ static void telemetry(struct ingest *in, const struct bridge_msg *m, const struc
         atomic_fetch_add(&in->stats.stale, 1);
         stale(in, m, &a.res, twin_store_seq_restart(in->store));
         if (publisher_twin_since(in->pub, t->id, t->id_len, PUB_STATE, t0) < 0)
-            log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+            log_warn_limited("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                      (int)t->id_len, t->id);
         break;
     }

@@ -144,11 +144,12 @@ static void cut(char *line, size_t *len)
     *len += sizeof mark - 1;
 }
 
-void log_write(enum log_level l, const char *msg, const char *fmt, ...)
+/* Writes one line: the head, fmt with ap, and `tail` (NULL: none) after a space. */
+static void vwrite(enum log_level l, const char *msg, const char *tail, const char *fmt,
+                   va_list ap) __attribute__((format(printf, 4, 0)));
+static void vwrite(enum log_level l, const char *msg, const char *tail, const char *fmt,
+                   va_list ap)
 {
-    if ((int)l > atomic_load_explicit(&threshold, memory_order_relaxed))
-        return;
-
     int saved_errno = errno; /* callers log and then look at errno */
     char line[LINE_MAX_BYTES + 64];
     size_t cap = sizeof line - 1; /* the last byte is for '\n' */
@@ -179,10 +180,12 @@ void log_write(enum log_level l, const char *msg, const char *fmt, ...)
 
     if (fmt && fmt[0]) {
         line[len++] = ' ';
-        va_list ap;
-        va_start(ap, fmt);
         w = vsnprintf(line + len, cap - len, fmt, ap);
-        va_end(ap);
+        if (w > 0)
+            len += (size_t)w;
+    }
+    if (tail && len < cap) {
+        w = snprintf(line + len, cap - len, " %s", tail);
         if (w > 0)
             len += (size_t)w;
     }
@@ -200,4 +203,37 @@ void log_write(enum log_level l, const char *msg, const char *fmt, ...)
         off += (size_t)n;
     }
     errno = saved_errno;
+}
+
+void log_write(enum log_level l, const char *msg, const char *fmt, ...)
+{
+    if ((int)l > atomic_load_explicit(&threshold, memory_order_relaxed))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vwrite(l, msg, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void log_write_limited(struct log_limit *lim, enum log_level l, const char *msg, const char *fmt,
+                       ...)
+{
+    if ((int)l > atomic_load_explicit(&threshold, memory_order_relaxed))
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    long long next = atomic_load_explicit(&lim->next_ms, memory_order_relaxed);
+    /* one thread wins the slot; the others count themselves held back */
+    if (now < next || !atomic_compare_exchange_strong(&lim->next_ms, &next, now + LOG_LIMIT_MS)) {
+        atomic_fetch_add_explicit(&lim->suppressed, 1, memory_order_relaxed);
+        return;
+    }
+    char tail[48];
+    snprintf(tail, sizeof(tail), "suppressed=%llu",
+             atomic_exchange_explicit(&lim->suppressed, 0, memory_order_relaxed));
+    va_list ap;
+    va_start(ap, fmt);
+    vwrite(l, msg, tail, fmt, ap);
+    va_end(ap);
 }

@@ -25,6 +25,23 @@ void log_write(enum log_level l, const char *msg, const char *fmt, ...)
  * and control bytes escaped; truncated to fit. Returns buf. */
 char *log_quote(char *buf, size_t size, const char *s, size_t n);
 
+/* A line that may repeat at the rate of input (a full queue, a refused action): at most one
+ * every LOG_LIMIT_MS from one place; the next line written says how many were held back since
+ * (`suppressed=N`, always present). Any thread. */
+#define LOG_LIMIT_MS 10000
+struct log_limit {
+    _Atomic long long next_ms;  /* monotonic: no line before this */
+    _Atomic unsigned long long suppressed;
+};
+void log_write_limited(struct log_limit *lim, enum log_level l, const char *msg, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+/* The same with a limit of its own for each place it is written. */
+#define log_warn_limited(msg, ...)                                                             \
+    do {                                                                                       \
+        static struct log_limit log_lim_;                                                      \
+        log_write_limited(&log_lim_, LOG_WARN, msg, __VA_ARGS__);                              \
+    } while (0)
+
 #define log_error(msg, ...) log_write(LOG_ERROR, msg, __VA_ARGS__)
 #define log_warn(msg, ...) log_write(LOG_WARN, msg, __VA_ARGS__)
 #define log_info(msg, ...) log_write(LOG_INFO, msg, __VA_ARGS__)

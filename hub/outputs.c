@@ -144,7 +144,7 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
     }
     outlist_reset(ol);
     if (dropped)
-        log_warn("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
+        log_warn_limited("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
     return dropped;
 }
 

@@ -136,7 +136,7 @@ void presence_on_status(struct ingest *in, const struct bridge_msg *m, const str
               a.online, a.res.changed, (unsigned long long)a.res.version);
     if (publisher_twin(in->pub, t->id, t->id_len,
                        PUB_STATE | a.flags | (a.online ? PUB_DELTA : 0)) < 0)
-        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+        log_warn_limited("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                  (int)t->id_len, t->id);
     ingest_flush(in);
 }

@@ -144,7 +144,7 @@ static void reject(struct request *rq, int code, enum report_kind kind, const ch
     out_pack_str(pk, message, strlen(message));
     pack_token(rq, pk);
     if (reply_end(rq, false) < 0)
-        log_warn("cannot build a reply", "what=%s id=%.*s reason=\"no memory\"", rq->what,
+        log_warn_limited("cannot build a reply", "what=%s id=%.*s reason=\"no memory\"", rq->what,
                  (int)rq->t->id_len, rq->t->id);
     char q[TWIN_ERR_LEN + 16];
     log_debug("request rejected", "what=%s id=%.*s code=%d message=%s", rq->what,
@@ -737,7 +737,7 @@ void requests_on_message(struct ingest *in, const struct bridge_msg *m,
 {
     unsigned flags = requests_handle(in, m, t);
     if (flags && publisher_twin(in->pub, t->id, t->id_len, flags) < 0)
-        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+        log_warn_limited("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                  (int)t->id_len, t->id);
     ingest_flush(in);
 }
@@ -771,7 +771,7 @@ int requests_http(struct ingest *in, enum bridge_topic_kind kind, const char *id
         break;
     }
     if (flags && publisher_twin(in->pub, id, id_len, flags) < 0)
-        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+        log_warn_limited("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                  (int)id_len, id);
     ingest_flush(in);
     return code;

@@ -115,7 +115,7 @@ static int h_history(void *ctx, const char *path, size_t len, int64_t since, twi
 static void refused(struct host *h, const struct rules_fire *f, const char *what, const char *why)
 {
     atomic_fetch_add(&h->hr->stats.action_errors, 1);
-    log_warn("rule action refused", "rule=%s id=%.*s action=%s reason=\"%s\"", f->rule,
+    log_warn_limited("rule action refused", "rule=%s id=%.*s action=%s reason=\"%s\"", f->rule,
              (int)h->id_len, h->id, what, why);
 }
 
@@ -342,7 +342,7 @@ static int score_targets(struct host *h)
         rc = store_score(h, i, &s);
         if (rc == -E2BIG || rc == -EINVAL) { /* the twin can't take it: the score is kept */
             atomic_fetch_add(&h->hr->stats.action_errors, 1);
-            log_warn("model score not shown in the twin", "id=%.*s model=%s reason=\"%s\"",
+            log_warn_limited("model score not shown in the twin", "id=%.*s model=%s reason=\"%s\"",
                      (int)h->id_len, h->id, rules_set_model_name(h->set, i), h->err);
         } else if (rc < 0) {
             return rc;
@@ -377,7 +377,7 @@ static int h_transition(void *ctx, const struct rules_fire *f)
         if (i >= 0)
             atomic_fetch_add_explicit(&h->rule_stats[i].fired, 1, memory_order_relaxed);
     }
-    log_info("rule", "rule=%s id=%.*s state=%s", f->rule, (int)h->id_len, h->id, f->event);
+    log_debug("rule", "rule=%s id=%.*s state=%s", f->rule, (int)h->id_len, h->id, f->event);
     return out_event_rule(h->ol, h->id, h->id_len, f);
 }
 
@@ -640,7 +640,7 @@ int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_stor
         for (unsigned i = 0; i < t->n; i++)
             if (t->due[i].flags && publisher_twin(pub, t->due[i].id, t->due[i].len,
                                                   t->due[i].flags) < 0)
-                log_warn("publication postponed to the next restart", "id=%.*s",
+                log_warn_limited("publication postponed to the next restart", "id=%.*s",
                          (int)t->due[i].len, t->due[i].id);
     } while (t->n == TIMER_BATCH);
     free(t);

@@ -335,7 +335,7 @@ static void reject(struct shadow_rq *rq, int code, const char *message, enum rep
         rc = emit_reply(rq, BRIDGE_AWS_REJECTED, &doc);
     }
     if (rc < 0)
-        log_warn("cannot build a reply", "what=shadow/%s thing=%.*s reason=\"no memory\"", rq->what,
+        log_warn_limited("cannot build a reply", "what=shadow/%s thing=%.*s reason=\"no memory\"", rq->what,
                  (int)rq->t.thing_len, rq->t.thing);
     const char *why = detail && detail[0] ? detail : message;
     char q[TWIN_ERR_LEN + 16];
@@ -927,7 +927,7 @@ void shadow_on_message(struct ingest *in, const struct bridge_msg *m)
     struct bridge_aws_topic t;
     if (flags && bridge_aws_topic_parse(m->topic, m->topic_len, &t, NULL) == 0 &&
         publisher_twin(in->pub, t.thing, t.thing_len, flags) < 0)
-        log_warn("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
+        log_warn_limited("publication postponed to the next restart", "id=%.*s reason=\"no memory\"",
                  (int)t.thing_len, t.thing);
     ingest_flush(in);
 }
@@ -959,7 +959,7 @@ static void delta_msg(struct publisher *p, msgpack_zone *z, const struct bridge_
         rc = publisher_msg(p, PUB_CLASS_REPLY, &pm);
     }
     if (rc < 0)
-        log_warn("shadow delta not published", "topic=%s reason=%s", topic,
+        log_warn_limited("shadow delta not published", "topic=%s reason=%s", topic,
                  rc == -ENOBUFS ? "\"queue full\"" : "\"no memory\"");
     msgpack_sbuffer_destroy(&js);
 }

@@ -32,7 +32,7 @@ ensure_packages "${BUILD_PACKAGES[@]}" python3
 ensure_packages clang libclang-rt-14-dev
 
 all=(fuzz_telemetry fuzz_topic fuzz_json fuzz_config fuzz_merge fuzz_request fuzz_rules fuzz_model
-     fuzz_shadow)
+     fuzz_shadow fuzz_query)
 seconds=60 jobs=1 keep=0 keep_going=0 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
