@@ -18,21 +18,10 @@
 
 #include "clock.h"
 #include "config.h"
+#include "ctl_fail.h"
 #include "query.h"
 
-enum { EXIT_FOUND = 0, EXIT_NOT_FOUND = 1, EXIT_ERROR = 2 };
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    fputs("twinctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return code;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Table cells
@@ -166,7 +155,7 @@ int ctl_query_main(struct twin_txn *txn, const struct ctl_query_args *a)
     s.where = a->where;
     s.where_len = a->where ? strlen(a->where) : 0;
     if (a->fields && query_fields_split(&s, a->fields, strlen(a->fields), err) < 0)
-        return fail(EXIT_ERROR, "%s", err);
+        return ctl_fail(EXIT_ERROR, "%s", err);
     s.order = a->order;
     s.order_len = a->order ? strlen(a->order) : 0;
     s.prefix = a->prefix;
@@ -179,9 +168,9 @@ int ctl_query_main(struct twin_txn *txn, const struct ctl_query_args *a)
         errno = 0;
         unsigned long long n = strtoull(a->limit, &end, 10);
         if (!*a->limit || *end || errno || a->limit[0] == '-' || n == 0)
-            return fail(EXIT_ERROR, "--limit: expected a whole number above 0, got '%s'", a->limit);
+            return ctl_fail(EXIT_ERROR, "--limit: expected a whole number above 0, got '%s'", a->limit);
         if (n > l.max_limit)
-            return fail(EXIT_ERROR, "--limit: at most %u", l.max_limit);
+            return ctl_fail(EXIT_ERROR, "--limit: at most %u", l.max_limit);
         s.limit = (unsigned)n;
     }
 
@@ -190,7 +179,7 @@ int ctl_query_main(struct twin_txn *txn, const struct ctl_query_args *a)
     msgpack_sbuffer_init(&sb);
     msgpack_sbuffer_init(&js);
     if (!msgpack_zone_init(&zone, 65536)) {
-        code = fail(EXIT_ERROR, "out of memory");
+        code = ctl_fail(EXIT_ERROR, "out of memory");
         goto out;
     }
     if (a->table) {
@@ -201,7 +190,7 @@ int ctl_query_main(struct twin_txn *txn, const struct ctl_query_args *a)
         for (unsigned f = 0; f < s.nfields && !rc; f++)
             rc = table_add(&t, s.fields[f], s.field_len[f]);
         if (rc) {
-            code = fail(EXIT_ERROR, "out of memory");
+            code = ctl_fail(EXIT_ERROR, "out of memory");
             goto out;
         }
     }
@@ -215,7 +204,7 @@ int ctl_query_main(struct twin_txn *txn, const struct ctl_query_args *a)
 
         int rc = query_new(&s, &l, &q, err);
         if (rc < 0) {
-            code = fail(EXIT_ERROR, "%s", rc == -ENOMEM ? "out of memory" : err);
+            code = ctl_fail(EXIT_ERROR, "%s", rc == -ENOMEM ? "out of memory" : err);
             goto out;
         }
         msgpack_sbuffer_clear(&sb);
@@ -224,22 +213,22 @@ int ctl_query_main(struct twin_txn *txn, const struct ctl_query_args *a)
         rc = query_run(q, txn, now, &pk, &res, err);
         query_free(q);
         if (rc < 0) {
-            code = fail(EXIT_ERROR, "query: %s", err);
+            code = ctl_fail(EXIT_ERROR, "query: %s", err);
             goto out;
         }
         if (msgpack_unpack(sb.data, sb.size, &off, &zone, &ans) != MSGPACK_UNPACK_SUCCESS) {
-            code = fail(EXIT_ERROR, "query: cannot read its own answer");
+            code = ctl_fail(EXIT_ERROR, "query: cannot read its own answer");
             goto out;
         }
         if (print_rows(get(&ans, "rows"), &s, a->table, &t, &js) < 0) {
-            code = fail(EXIT_ERROR, "out of memory");
+            code = ctl_fail(EXIT_ERROR, "out of memory");
             goto out;
         }
         if (!res.more)
             break;
         if (a->limit) {
             fflush(stdout);
-            fail(EXIT_FOUND, "next page: --cursor %s", res.next);
+            ctl_fail(EXIT_FOUND, "next page: --cursor %s", res.next);
             break;
         }
         memcpy(cursor, res.next, sizeof cursor);
@@ -304,29 +293,29 @@ int ctl_history_range(struct twin_txn *txn, const char *id, const char *path, co
 
     query_limits_init(&l);
     if (from && config_parse_time_ms(from, now, &r.from) < 0)
-        return fail(EXIT_ERROR,
+        return ctl_fail(EXIT_ERROR,
                     "--from: expected ms since the epoch, 2026-12-07T10:00:00Z or -10m, got '%s'",
                     from);
     if (to && config_parse_time_ms(to, now, &r.to) < 0)
-        return fail(EXIT_ERROR,
+        return ctl_fail(EXIT_ERROR,
                     "--to: expected ms since the epoch, 2026-12-07T10:00:00Z or -10m, got '%s'",
                     to);
     if (step) {
         uint64_t d;
         if (config_parse_duration_ms(step, 1000, &d) < 0 || d == 0 || d > (uint64_t)TWIN_TS_MAX)
-            return fail(EXIT_ERROR, "--step: expected a duration above 0 (60s, 1m, 1h), got '%s'",
+            return ctl_fail(EXIT_ERROR, "--step: expected a duration above 0 (60s, 1m, 1h), got '%s'",
                         step);
         r.step = (int64_t)d;
     }
     if (r.to < r.from)
-        return fail(EXIT_ERROR, "--to is before --from");
+        return ctl_fail(EXIT_ERROR, "--to is before --from");
 
     msgpack_sbuffer sb;
     msgpack_zone zone;
     msgpack_sbuffer_init(&sb);
     if (!msgpack_zone_init(&zone, 65536)) {
         msgpack_sbuffer_destroy(&sb);
-        return fail(EXIT_ERROR, "out of memory");
+        return ctl_fail(EXIT_ERROR, "out of memory");
     }
     bool header = table && r.step;
     for (;;) {
@@ -338,15 +327,15 @@ int ctl_history_range(struct twin_txn *txn, const char *id, const char *path, co
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         int rc = query_history(txn, id, strlen(id), &r, &l, &pk, err);
         if (rc == -ENOENT) {
-            code = fail(EXIT_NOT_FOUND, "no twin '%s'", id);
+            code = ctl_fail(EXIT_NOT_FOUND, "no twin '%s'", id);
             goto out;
         }
         if (rc < 0) {
-            code = fail(EXIT_ERROR, "history: %s", err);
+            code = ctl_fail(EXIT_ERROR, "history: %s", err);
             goto out;
         }
         if (msgpack_unpack(sb.data, sb.size, &off, &zone, &ans) != MSGPACK_UNPACK_SUCCESS) {
-            code = fail(EXIT_ERROR, "history: cannot read its own answer");
+            code = ctl_fail(EXIT_ERROR, "history: cannot read its own answer");
             goto out;
         }
         if (header) {
@@ -381,7 +370,7 @@ int ctl_history_range(struct twin_txn *txn, const char *id, const char *path, co
             break;
     }
     if (total == 0) {
-        code = fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s' between %s and %s",
+        code = ctl_fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s' between %s and %s",
                     strncmp(path, "reported.", 9) == 0 ? path + 9 : path, id,
                     from ? from : "the start", to ? to : "the end");
         goto out;

@@ -33,6 +33,7 @@
 #include "bridge.h"
 #include "clock.h"
 #include "config.h"
+#include "ctl_fail.h"
 #include "ctl_backup.h"
 #include "ctl_export.h"
 #include "ctl_model.h"
@@ -42,7 +43,6 @@
 #include "top.h"
 #include "twins.h"
 
-enum { EXIT_FOUND = 0, EXIT_NOT_FOUND = 1, EXIT_ERROR = 2 };
 
 /* Options that belong to some commands only: ctl->opt[O_x] holds the text given, OPT_x is the
  * bit a command lists to accept it. --ca, --cert and --key go with --broker (OPT_BROKER). */
@@ -187,17 +187,6 @@ static const struct command commands[] = {
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    fputs("twinctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return code;
-}
 
 static void usage(FILE *f)
 {
@@ -233,7 +222,7 @@ static int emit_json(struct ctl *ctl, const msgpack_object *obj)
 {
     msgpack_sbuffer_clear(&ctl->out);
     if (twin_json_write(obj, &ctl->out) < 0)
-        return fail(EXIT_ERROR, "out of memory");
+        return ctl_fail(EXIT_ERROR, "out of memory");
     fwrite(ctl->out.data, 1, ctl->out.size, stdout);
     fputc('\n', stdout);
     return 0;
@@ -286,15 +275,15 @@ static int open_store(struct ctl *ctl)
     struct stat st;
 
     if (stat(path, &st) != 0)
-        return fail(EXIT_ERROR, "no database at %s (set --db, TWINHUB_STORE_PATH or store.path)",
+        return ctl_fail(EXIT_ERROR, "no database at %s (set --db, TWINHUB_STORE_PATH or store.path)",
                     path);
     struct twin_store_options so = ctl_store_options(&ctl->cfg, path, true);
     int rc = twin_store_open(&ctl->store, &so, err);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot open %s: %s", path, err);
+        return ctl_fail(EXIT_ERROR, "cannot open %s: %s", path, err);
     rc = twin_store_read_begin(ctl->store, &ctl->txn, err);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read %s: %s", path, err);
+        return ctl_fail(EXIT_ERROR, "cannot read %s: %s", path, err);
     return 0;
 }
 
@@ -302,7 +291,7 @@ static int check_id(const char *id)
 {
     size_t n = strlen(id);
     if (n == 0 || n > TWIN_ID_MAX)
-        return fail(EXIT_ERROR, "'%.*s' is not a twin id (1 to %d bytes)", 140, id, TWIN_ID_MAX);
+        return ctl_fail(EXIT_ERROR, "'%.*s' is not a twin id (1 to %d bytes)", 140, id, TWIN_ID_MAX);
     return 0;
 }
 
@@ -337,7 +326,7 @@ static int print_leaves(struct ctl *ctl, const msgpack_object *obj, char *path, 
             } else {
                 msgpack_sbuffer_clear(&ctl->out);
                 if (twin_json_write(&kv->key, &ctl->out) < 0)
-                    return fail(EXIT_ERROR, "out of memory");
+                    return ctl_fail(EXIT_ERROR, "out of memory");
                 size_t k = ctl->out.size < cap - n - 1 ? ctl->out.size : cap - n - 1;
                 memcpy(path + n, ctl->out.data, k);
                 n += k;
@@ -358,7 +347,7 @@ static int print_leaves(struct ctl *ctl, const msgpack_object *obj, char *path, 
     }
     msgpack_sbuffer_clear(&ctl->out);
     if (twin_json_write(obj, &ctl->out) < 0)
-        return fail(EXIT_ERROR, "out of memory");
+        return ctl_fail(EXIT_ERROR, "out of memory");
     printf("%s = %.*s\n", path, (int)ctl->out.size, ctl->out.data);
     return 0;
 }
@@ -375,11 +364,11 @@ static int cmd_get(struct ctl *ctl)
         return EXIT_ERROR;
     int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
     if (rc == -ENOENT)
-        return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
+        return ctl_fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+        return ctl_fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
     if (msgpack_unpack(buf, len, &off, twin_txn_zone(ctl->txn), &doc) != MSGPACK_UNPACK_SUCCESS)
-        return fail(EXIT_ERROR, "twin '%s' in %s is not valid msgpack", id, ctl->cfg.db_path);
+        return ctl_fail(EXIT_ERROR, "twin '%s' in %s is not valid msgpack", id, ctl->cfg.db_path);
 
     if (!ctl->table)
         return emit_json(ctl, &doc);
@@ -428,7 +417,7 @@ static int list_one(void *vctx, const char *id, size_t id_len, const void *buf, 
         msgpack_object doc;
         size_t off = 0;
         if (msgpack_unpack(buf, len, &off, &w->zone, &doc) != MSGPACK_UNPACK_SUCCESS) {
-            w->rc = fail(EXIT_ERROR, "twin '%.*s' is not valid msgpack", (int)id_len, id);
+            w->rc = ctl_fail(EXIT_ERROR, "twin '%.*s' is not valid msgpack", (int)id_len, id);
             return STOP;
         }
         w->rc = emit_json(w->ctl, &doc);
@@ -438,7 +427,7 @@ static int list_one(void *vctx, const char *id, size_t id_len, const void *buf, 
     struct twin_doc doc;
     char when[HUB_ISO_LEN];
     if (twin_doc_decode(buf, len, &w->zone, &doc, err) < 0) {
-        w->rc = fail(EXIT_ERROR, "twin '%.*s': %s", (int)id_len, id, err);
+        w->rc = ctl_fail(EXIT_ERROR, "twin '%.*s': %s", (int)id_len, id, err);
         return STOP;
     }
     uint32_t nkeys = doc.reported.type == MSGPACK_OBJECT_MAP ? doc.reported.via.map.size : 0;
@@ -459,12 +448,12 @@ static int cmd_list(struct ctl *ctl)
         errno = 0;
         unsigned long long n = strtoull(ctl->opt[O_LIMIT], &end, 10);
         if (!*ctl->opt[O_LIMIT] || *end || errno || ctl->opt[O_LIMIT][0] == '-' || n == 0)
-            return fail(EXIT_ERROR, "--limit: expected a whole number above 0, got '%s'",
+            return ctl_fail(EXIT_ERROR, "--limit: expected a whole number above 0, got '%s'",
                         ctl->opt[O_LIMIT]);
         w.limit = n;
     }
     if (!msgpack_zone_init(&w.zone, 4096))
-        return fail(EXIT_ERROR, "out of memory");
+        return ctl_fail(EXIT_ERROR, "out of memory");
 
     int rc = 0;
     if (ctl->table) {
@@ -485,7 +474,7 @@ static int cmd_list(struct ctl *ctl)
 
 fail_list:
     msgpack_zone_destroy(&w.zone);
-    return fail(EXIT_ERROR, "cannot list twins in %s: %s", ctl->cfg.db_path, err);
+    return ctl_fail(EXIT_ERROR, "cannot list twins in %s: %s", ctl->cfg.db_path, err);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -536,14 +525,14 @@ static int series_args(struct ctl *ctl, const char **path, int64_t *since)
     if (strncmp(p, "reported.", 9) == 0)
         p += 9;
     if (!*p || strlen(p) > TWIN_PATH_MAX)
-        return fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
+        return ctl_fail(EXIT_ERROR, "'%s' is not a field path (1 to %d bytes)", ctl->args[1],
                     TWIN_PATH_MAX);
     *path = p;
     *since = INT64_MIN;
     if (ctl->opt[O_SINCE]) {
         uint64_t ms;
         if (config_parse_duration_ms(ctl->opt[O_SINCE], 1000, &ms) < 0 || ms > (uint64_t)INT64_MAX)
-            return fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
+            return ctl_fail(EXIT_ERROR, "--since: expected a duration (30s, 10m, 1h, 1d), got '%s'",
                         ctl->opt[O_SINCE]);
         *since = hub_now_ms() - (int64_t)ms;
     }
@@ -562,12 +551,12 @@ static int cmd_history(struct ctl *ctl)
         return EXIT_ERROR;
     int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
     if (rc == -ENOENT)
-        return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
+        return ctl_fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+        return ctl_fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
     if (ctl->opts_given & (OPT_FROM | OPT_TO | OPT_STEP)) {
         if (ctl->opt[O_SINCE] && ctl->opt[O_FROM])
-            return fail(EXIT_ERROR, "history takes --since or --from, not both");
+            return ctl_fail(EXIT_ERROR, "history takes --since or --from, not both");
         char since_text[32];
         const char *from = ctl->opt[O_FROM];
         if (ctl->opt[O_SINCE]) {
@@ -582,11 +571,11 @@ static int cmd_history(struct ctl *ctl)
     rc = twin_history_read(ctl->txn, id, strlen(id), path, strlen(path), since, history_one, &w,
                            err);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read history of '%s' %s: %s", id, path, err);
+        return ctl_fail(EXIT_ERROR, "cannot read history of '%s' %s: %s", id, path, err);
     if (w.rc)
         return w.rc;
     if (w.points == 0)
-        return fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s'%s%s", path, id,
+        return ctl_fail(EXIT_NOT_FOUND, "no history of reported.%s for twin '%s'%s%s", path, id,
                     ctl->opt[O_SINCE] ? " in the last " : "",
                     ctl->opt[O_SINCE] ? ctl->opt[O_SINCE] : "");
     return EXIT_FOUND;
@@ -647,9 +636,9 @@ static int cmd_wave(struct ctl *ctl)
     int rc = twin_wave_read(ctl->txn, id, strlen(id), path, strlen(path), since, INT64_MAX,
                             wave_one, &w, err);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read the waveform of '%s' %s: %s", id, path, err);
+        return ctl_fail(EXIT_ERROR, "cannot read the waveform of '%s' %s: %s", id, path, err);
     if (w.chunks == 0)
-        return fail(EXIT_NOT_FOUND, "no waveform of reported.%s for twin '%s'%s%s", path, id,
+        return ctl_fail(EXIT_NOT_FOUND, "no waveform of reported.%s for twin '%s'%s%s", path, id,
                     ctl->opt[O_SINCE] ? " in the last " : "",
                     ctl->opt[O_SINCE] ? ctl->opt[O_SINCE] : "");
     if (!ctl->table)
@@ -686,7 +675,7 @@ static int cmd_stats(struct ctl *ctl)
 
     int rc = twin_store_stats(ctl->txn, &st, err);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read statistics of %s: %s", ctl->cfg.db_path, err);
+        return ctl_fail(EXIT_ERROR, "cannot read statistics of %s: %s", ctl->cfg.db_path, err);
     /* the models' scores, summed over twins, as an object in ctl->zone (strings in sb) */
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -702,7 +691,7 @@ static int cmd_stats(struct ctl *ctl)
     }
     if (rc < 0) {
         msgpack_sbuffer_destroy(&sb);
-        return fail(EXIT_ERROR, "cannot read the models' records of %s: %s", ctl->cfg.db_path,
+        return ctl_fail(EXIT_ERROR, "cannot read the models' records of %s: %s", ctl->cfg.db_path,
                     err);
     }
 
@@ -764,7 +753,7 @@ static int cmd_top(struct ctl *ctl)
                          ctl->opt[O_FIELDS] ? ctl->opt[O_FIELDS]
                                             : "reported.heart_rate=HR,reported.spo2=SpO2",
                          err, sizeof(err)) < 0)
-        return fail(EXIT_ERROR, "%s", err);
+        return ctl_fail(EXIT_ERROR, "%s", err);
     const struct {
         const char *text, *name;
         uint64_t unit, *out;
@@ -777,7 +766,7 @@ static int cmd_top(struct ctl *ctl)
         if (!durations[i].text)
             continue;
         if (config_parse_duration_ms(durations[i].text, durations[i].unit, &v) < 0)
-            return fail(EXIT_ERROR, "%s: bad duration '%s'", durations[i].name, durations[i].text);
+            return ctl_fail(EXIT_ERROR, "%s: bad duration '%s'", durations[i].name, durations[i].text);
         *durations[i].out = v;
     }
     o.seconds /= 1000;
@@ -785,7 +774,7 @@ static int cmd_top(struct ctl *ctl)
         char *end;
         unsigned long n = strtoul(ctl->opt[O_LIMIT], &end, 10);
         if (*end || n == 0 || n > 100000)
-            return fail(EXIT_ERROR, "--limit: expected 1..100000, got '%s'", ctl->opt[O_LIMIT]);
+            return ctl_fail(EXIT_ERROR, "--limit: expected 1..100000, got '%s'", ctl->opt[O_LIMIT]);
         o.limit = (unsigned)n;
     }
     return top_run(&o);
@@ -848,7 +837,7 @@ static void on_bridge_log(void *ctx, enum bridge_log_level level, const char *ms
 static int parse_duration(const char *text, const char *name, uint64_t unit, uint64_t *out)
 {
     if (config_parse_duration_ms(text, unit, out) < 0 || *out > (uint64_t)INT64_MAX)
-        return fail(EXIT_ERROR, "%s: expected a duration (500ms, 30s, 10m, 1h), got '%s'", name,
+        return ctl_fail(EXIT_ERROR, "%s: expected a duration (500ms, 30s, 10m, 1h), got '%s'", name,
                     text);
     return 0;
 }
@@ -862,10 +851,10 @@ static int json_arg(struct ctl *ctl, const char *text, const char *what, msgpack
     while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
         p++;
     if (*p != '{')
-        return fail(EXIT_ERROR, "%s: expected a JSON object, got '%.60s'", what, text);
+        return ctl_fail(EXIT_ERROR, "%s: expected a JSON object, got '%.60s'", what, text);
     if (twin_input_decode(text, strlen(text), &lim, &ctl->zone, out, err) < 0 ||
         out->type != MSGPACK_OBJECT_MAP)
-        return fail(EXIT_ERROR, "%s: not a valid JSON object: %s", what, err);
+        return ctl_fail(EXIT_ERROR, "%s: not a valid JSON object: %s", what, err);
     return 0;
 }
 
@@ -890,7 +879,7 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     if (ctl->opt[O_TIMEOUT] && parse_duration(ctl->opt[O_TIMEOUT], "--timeout", 1000, &timeout_ms))
         return EXIT_ERROR;
     if (timeout_ms == 0 || timeout_ms > UINT32_MAX)
-        return fail(EXIT_ERROR, "--timeout: expected a duration above 0, got '%s'",
+        return ctl_fail(EXIT_ERROR, "--timeout: expected a duration above 0, got '%s'",
                     ctl->opt[O_TIMEOUT]);
     const struct {
         const char *text, *key;
@@ -902,12 +891,12 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (flags[i].text && config_set(&ctl->cfg, flags[i].key, flags[i].text, err) < 0)
-            return fail(EXIT_ERROR, "%s", err);
+            return ctl_fail(EXIT_ERROR, "%s", err);
     if (bridge_topics_init(&tp, ctl->cfg.devices_prefix, ctl->cfg.twins_prefix, ctl->cfg.hub_prefix,
                            err) < 0)
-        return fail(EXIT_ERROR, "topics: %s", err);
+        return ctl_fail(EXIT_ERROR, "topics: %s", err);
     if (bridge_topic_build(&tp, kind, id, strlen(id), topic, sizeof topic) < 0)
-        return fail(EXIT_ERROR, "'%s' is not a twin id", id);
+        return ctl_fail(EXIT_ERROR, "'%s' is not a twin id", id);
 
     uint32_t rnd;
     if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
@@ -959,12 +948,12 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     struct bridge_client *c = NULL;
     int64_t deadline = hub_now_ms() + (int64_t)timeout_ms;
     if (bridge_client_new(&c, &o, err) < 0 || bridge_client_start(c, err) < 0) {
-        code = fail(EXIT_ERROR, "cannot connect to %s: %s", o.url, err);
+        code = ctl_fail(EXIT_ERROR, "cannot connect to %s: %s", o.url, err);
         goto out;
     }
     if (bridge_client_wait_connected(c, (unsigned)timeout_ms) < 0) {
         pthread_mutex_lock(&w.lock);
-        code = fail(EXIT_ERROR, "cannot connect to %s within %s: %s", o.url,
+        code = ctl_fail(EXIT_ERROR, "cannot connect to %s within %s: %s", o.url,
                     ctl->opt[O_TIMEOUT] ? ctl->opt[O_TIMEOUT] : "10s",
                     w.down[0] ? w.down : "no answer");
         pthread_mutex_unlock(&w.lock);
@@ -976,7 +965,7 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     int rc =
         bridge_client_publish(c, topic, ctl->req.data, ctl->req.size, 1, false, &props, NULL, NULL);
     if (rc < 0) {
-        code = fail(EXIT_ERROR, "cannot publish to %s: %s", topic, strerror(-rc));
+        code = ctl_fail(EXIT_ERROR, "cannot publish to %s: %s", topic, strerror(-rc));
         goto out;
     }
 
@@ -987,7 +976,7 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     bool got = w.got;
     pthread_mutex_unlock(&w.lock);
     if (!got) {
-        code = fail(EXIT_ERROR, "no reply on %s within %s", private ? reply_topic : filters[0],
+        code = ctl_fail(EXIT_ERROR, "no reply on %s within %s", private ? reply_topic : filters[0],
                     ctl->opt[O_TIMEOUT] ? ctl->opt[O_TIMEOUT] : "10s");
         goto out;
     }
@@ -998,7 +987,7 @@ static int request(struct ctl *ctl, enum bridge_topic_kind kind, const char *id)
     lim.max_payload = w.len;
     if (twin_input_decode(w.payload, w.len, &lim, &ctl->zone, &reply, terr) < 0 ||
         reply.type != MSGPACK_OBJECT_MAP) {
-        code = fail(EXIT_ERROR, "the reply is not a map: %s", terr);
+        code = ctl_fail(EXIT_ERROR, "the reply is not a map: %s", terr);
         goto out;
     }
     bool rejected = false;
@@ -1029,7 +1018,7 @@ static int cmd_set_desired(struct ctl *ctl)
         errno = 0;
         version = strtoull(ctl->opt[O_VERSION], &end, 10);
         if (!*ctl->opt[O_VERSION] || *end || errno || ctl->opt[O_VERSION][0] == '-')
-            return fail(EXIT_ERROR, "--version: expected a whole number, got '%s'",
+            return ctl_fail(EXIT_ERROR, "--version: expected a whole number, got '%s'",
                         ctl->opt[O_VERSION]);
     }
     msgpack_pack_map(&ctl->pk, ctl->opt[O_VERSION] ? 3 : 2);
@@ -1050,14 +1039,14 @@ static int cmd_send(struct ctl *ctl)
     if (check_id(ctl->args[0]))
         return EXIT_ERROR;
     if (!*name || strlen(name) > TWIN_CMD_NAME_MAX)
-        return fail(EXIT_ERROR, "'%s' is not a command name (1 to %d bytes)", name,
+        return ctl_fail(EXIT_ERROR, "'%s' is not a command name (1 to %d bytes)", name,
                     TWIN_CMD_NAME_MAX);
     if (ctl->nargs > 2 && json_arg(ctl, ctl->args[2], "args", &args))
         return EXIT_ERROR;
     if (ctl->opt[O_EXPIRES] && parse_duration(ctl->opt[O_EXPIRES], "--expires", 1000, &expires))
         return EXIT_ERROR;
     if (ctl->opt[O_EXPIRES] && expires == 0)
-        return fail(EXIT_ERROR, "--expires: expected a duration above 0, got '%s'",
+        return ctl_fail(EXIT_ERROR, "--expires: expected a duration above 0, got '%s'",
                     ctl->opt[O_EXPIRES]);
     msgpack_pack_map(&ctl->pk, 2 + (ctl->nargs > 2) + (ctl->opt[O_EXPIRES] != NULL));
     pack_str(&ctl->pk, "cmd", 3);
@@ -1118,9 +1107,9 @@ static int cmd_commands(struct ctl *ctl)
         return EXIT_ERROR;
     int rc = twin_get_raw(ctl->txn, id, strlen(id), &buf, &len, err);
     if (rc == -ENOENT)
-        return fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
+        return ctl_fail(EXIT_NOT_FOUND, "no twin '%s' in %s", id, ctl->cfg.db_path);
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
+        return ctl_fail(EXIT_ERROR, "cannot read twin '%s': %s", id, err);
     if (ctl->table)
         printf("%-16s  %-20s  %-9s  %-24s  %-24s  %s\n", "ID", "CMD", "STATE", "CREATED", "EXPIRES",
                "ATTEMPTS");
@@ -1128,7 +1117,7 @@ static int cmd_commands(struct ctl *ctl)
     if (rc == STOP)
         return EXIT_ERROR;
     if (rc < 0)
-        return fail(EXIT_ERROR, "cannot list the commands of '%s': %s", id, err);
+        return ctl_fail(EXIT_ERROR, "cannot list the commands of '%s': %s", id, err);
     return EXIT_FOUND;
 }
 
@@ -1229,7 +1218,7 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
             show_version = true;
             break;
         case ':':
-            *code = fail(EXIT_ERROR, "%s needs a value (see twinctl --help)", argv[optind - 1]);
+            *code = ctl_fail(EXIT_ERROR, "%s needs a value (see twinctl --help)", argv[optind - 1]);
             return NULL;
         default:
             if (o >= OPT_VAL && o < OPT_VAL + NOPT) {
@@ -1240,10 +1229,10 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
                 break;
             }
             if (optopt)
-                *code = fail(EXIT_ERROR, "unknown option '-%c' (see twinctl --help)", optopt);
+                *code = ctl_fail(EXIT_ERROR, "unknown option '-%c' (see twinctl --help)", optopt);
             else
                 *code =
-                    fail(EXIT_ERROR, "unknown option '%s' (see twinctl --help)", argv[optind - 1]);
+                    ctl_fail(EXIT_ERROR, "unknown option '%s' (see twinctl --help)", argv[optind - 1]);
             return NULL;
         }
     }
@@ -1261,7 +1250,7 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
     const char *name = argv[optind];
     const struct command *cmd = find_command(name);
     if (!cmd) {
-        *code = fail(EXIT_ERROR, "unknown command '%s' (see twinctl --help)", name);
+        *code = ctl_fail(EXIT_ERROR, "unknown command '%s' (see twinctl --help)", name);
         return NULL;
     }
     if (help) {
@@ -1273,12 +1262,12 @@ static const struct command *parse_args(int argc, char **argv, struct ctl *ctl, 
     ctl->args = argv + optind + 1;
     ctl->nargs = argc - optind - 1;
     if (ctl->nargs < cmd->min_args || ctl->nargs > cmd->max_args) {
-        *code = fail(EXIT_ERROR, "usage: twinctl %s %s", cmd->name, cmd->usage);
+        *code = ctl_fail(EXIT_ERROR, "usage: twinctl %s %s", cmd->name, cmd->usage);
         return NULL;
     }
     unsigned extra = ctl->opts_given & ~cmd->opts;
     if (extra) {
-        *code = fail(EXIT_ERROR, "%s does not take %s", cmd->name, opt_name(extra & -extra));
+        *code = ctl_fail(EXIT_ERROR, "%s does not take %s", cmd->name, opt_name(extra & -extra));
         return NULL;
     }
     return cmd;
@@ -1290,11 +1279,11 @@ static int load_config(struct ctl *ctl)
     char err[CONFIG_ERR_LEN];
     config_defaults(&ctl->cfg);
     if (ctl->config_file && config_load_file(&ctl->cfg, ctl->config_file, err) < 0)
-        return fail(EXIT_ERROR, "%s", err);
+        return ctl_fail(EXIT_ERROR, "%s", err);
     if (config_load_env(&ctl->cfg, NULL, err) < 0)
-        return fail(EXIT_ERROR, "%s", err);
+        return ctl_fail(EXIT_ERROR, "%s", err);
     if (ctl->db && config_set(&ctl->cfg, "store.path", ctl->db, err) < 0)
-        return fail(EXIT_ERROR, "--db: %s", err);
+        return ctl_fail(EXIT_ERROR, "--db: %s", err);
     return 0;
 }
 
@@ -1304,7 +1293,7 @@ static int cmd_rules(struct ctl *ctl)
     if (!strcmp(ctl->args[0], "check"))
         return ctl_rules_check(ctl->args[1]);
     if (strcmp(ctl->args[0], "state") != 0)
-        return fail(EXIT_ERROR, "usage: twinctl rules check FILE | state ID");
+        return ctl_fail(EXIT_ERROR, "usage: twinctl rules check FILE | state ID");
     int rc = check_id(ctl->args[1]);
     if (rc == 0)
         rc = open_store(ctl);
@@ -1356,7 +1345,7 @@ int main(int argc, char **argv)
     msgpack_sbuffer_init(&ctl.req);
     msgpack_packer_init(&ctl.pk, &ctl.req, msgpack_sbuffer_write);
     if (!msgpack_zone_init(&ctl.zone, 4096)) {
-        code = fail(EXIT_ERROR, "out of memory");
+        code = ctl_fail(EXIT_ERROR, "out of memory");
         goto fail_store;
     }
     if (cmd->needs_store && open_store(&ctl))
@@ -1373,7 +1362,7 @@ fail_store:
     msgpack_zone_destroy(&ctl.zone);
 out:
     if (fflush(stdout) != 0 || ferror(stdout)) {
-        fail(EXIT_ERROR, "writing output: %s", strerror(errno));
+        ctl_fail(EXIT_ERROR, "writing output: %s", strerror(errno));
         code = EXIT_ERROR;
     }
     return code;

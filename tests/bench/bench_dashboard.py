@@ -197,12 +197,12 @@ def descendants(pid):
         except (OSError, ValueError, IndexError):
             continue
         kids.setdefault(ppid, []).append(int(p))
-    out, todo = [], [pid]
-    while todo:
-        q = todo.pop()
+    out, pending = [], [pid]
+    while pending:
+        q = pending.pop()
         for c in kids.get(q, []):
             out.append(c)
-            todo.append(c)
+            pending.append(c)
     return out
 
 
