@@ -16,6 +16,7 @@
  * model as surely as a whole one. */
 struct model_block {
     struct model_block *next;
+    size_t bytes; /* what it took from the budget */
     _Alignas(max_align_t) unsigned char data[];
 };
 
@@ -64,9 +65,27 @@ void *model__alloc(struct twin_model *m, size_t n, size_t size, char *err)
         return NULL;
     }
     m->budget -= bytes;
+    b->bytes = bytes;
     b->next = m->blocks;
     m->blocks = b;
     return b->data;
+}
+
+void model__free(struct twin_model *m, void *p)
+{
+    struct model_block **pb;
+
+    if (!p)
+        return;
+    for (pb = &m->blocks; *pb; pb = &(*pb)->next) {
+        struct model_block *b = *pb;
+        if ((void *)b->data == p) {
+            *pb = b->next;
+            m->budget += b->bytes;
+            free(b);
+            return;
+        }
+    }
 }
 
 char *model__strdup(struct twin_model *m, const char *s, size_t len, char *err)

@@ -68,6 +68,11 @@ struct twin_model {
  * (NULL, reason in err) when n * size overflows or exceeds what the file's size allows. */
 void *model__alloc(struct twin_model *m, size_t n, size_t size, char *err);
 
+/* Gives back a block model__alloc returned (NULL: nothing), and its bytes to the budget: for
+ * what a loader needs only while it loads. The search starts at the newest block, so freeing
+ * what was just allocated costs little. */
+void model__free(struct twin_model *m, void *p);
+
 /* Copies a msgpack string into model memory, NUL-terminated. */
 char *model__strdup(struct twin_model *m, const char *s, size_t len, char *err);
 

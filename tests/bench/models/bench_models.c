@@ -5,9 +5,11 @@
  * forest of 100 full trees of depth 8 (10 features), an RBF SVR with 500 support vectors and 10
  * features, an MLP 10-64-64-1 (relu), an LSTM of 32 units over 60 steps of 4 features; given
  * .twm files (bench_sklearn.py writes them from real scikit-learn models) it times those. Each
- * figure is the median of -r runs of -n predictions on distinct random samples.
+ * figure is the median of -r runs of -n predictions on distinct random samples, or, with -x, on
+ * the rows of ROWS.f64 (raw native doubles, n_inputs a row: bench_forest.py writes it so that
+ * both sides predict the same rows), taken in turn.
  *
- *   bench_models [-n predictions] [-r runs] [FILE.twm ...]
+ *   bench_models [-n predictions] [-r runs] [-x ROWS.f64] [FILE.twm ...]
  */
 #include "models/model.h"
 
@@ -192,25 +194,59 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Times n predictions, runs times; prints the median µs per prediction. */
-static int bench(const char *name, struct twin_model *m, long n, long runs)
+/* The rows of a file of raw doubles: *n_rows rows of `width` values (a trailing partial row is
+ * dropped). NULL when it cannot be read or holds no row; caller frees. */
+static double *rows_read(const char *path, size_t width, size_t *n_rows)
+{
+    FILE *f = fopen(path, "rb");
+    double *buf = NULL;
+    long len;
+
+    *n_rows = 0;
+    if (!f)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0) {
+        size_t n = (size_t)len / sizeof(double) / width;
+        buf = n ? malloc(n * width * sizeof *buf) : NULL;
+        if (buf && fread(buf, sizeof *buf, n * width, f) == n * width) {
+            *n_rows = n;
+        } else {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* Times n predictions, runs times, over the rows of `rows` (NULL: 1024 random normal samples);
+ * prints the median µs per prediction. */
+static int bench(const char *name, struct twin_model *m, long n, long runs, const char *rows)
 {
     const struct twin_model_info *in = twin_model_info_get(m);
     size_t samples = 1024;
-    double *x = malloc(samples * in->n_inputs * sizeof *x);
+    double *x =
+        rows ? rows_read(rows, in->n_inputs, &samples) : malloc(samples * in->n_inputs * sizeof *x);
     double *v = malloc(in->n_outputs * sizeof *v), *p = malloc((in->n_classes + 1) * 8);
     double *d = malloc((in->n_decision + 1) * 8), *times = malloc((size_t)runs * sizeof *times);
     double sink = 0;
 
-    if (!x || !v || !p || !d || !times)
+    if (!x || !v || !p || !d || !times) {
+        fprintf(stderr, "bench_models: %s: %s\n", name, x ? "out of memory" : "no rows");
+        free(x);
+        free(v);
+        free(p);
+        free(d);
+        free(times);
         return -1;
-    for (size_t i = 0; i < samples * in->n_inputs; i++)
+    }
+    for (size_t i = 0; !rows && i < samples * in->n_inputs; i++)
         x[i] = normal();
     for (long r = 0; r < runs; r++) {
         double t0 = now_s();
         for (long i = 0; i < n; i++) {
             struct twin_model_out out = {v, p, d, 0};
-            twin_model_predict(m, x + (size_t)(i % (long)samples) * in->n_inputs, &out);
+            twin_model_predict(m, x + (size_t)i % samples * in->n_inputs, &out);
             sink += v[0];
         }
         times[r] = (now_s() - t0) / (double)n * 1e6;
@@ -239,16 +275,20 @@ int main(int argc, char **argv)
         {"lstm 32 units x 60 steps", build_lstm, 40},
     };
     char err[TWIN_MODEL_ERR_LEN];
+    const char *rows = NULL;
     long n = 40000, runs = 3;
     int o, code = 0;
 
-    while ((o = getopt(argc, argv, "n:r:")) != -1) {
+    while ((o = getopt(argc, argv, "n:r:x:")) != -1) {
         if (o == 'n')
             n = atol(optarg);
         else if (o == 'r')
             runs = atol(optarg);
+        else if (o == 'x')
+            rows = optarg;
         else {
-            fprintf(stderr, "usage: bench_models [-n predictions] [-r runs] [FILE.twm ...]\n");
+            fprintf(stderr, "usage: bench_models [-n predictions] [-r runs] [-x ROWS.f64] "
+                            "[FILE.twm ...]\n");
             return 2;
         }
     }
@@ -265,7 +305,8 @@ int main(int argc, char **argv)
                 continue;
             }
             const char *base = strrchr(argv[i], '/');
-            bench(base ? base + 1 : argv[i], m, n, runs);
+            if (bench(base ? base + 1 : argv[i], m, n, runs, rows))
+                code = 1;
             twin_model_free(m);
         }
         return code;
@@ -282,7 +323,8 @@ int main(int argc, char **argv)
             code = 1;
         } else {
             long k = n / builtin[i].divide;
-            bench(builtin[i].name, m, k > 0 ? k : 1, runs);
+            if (bench(builtin[i].name, m, k > 0 ? k : 1, runs, NULL))
+                code = 1;
             twin_model_free(m);
         }
         msgpack_sbuffer_destroy(&sb);

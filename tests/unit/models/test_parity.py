@@ -163,6 +163,20 @@ def cases():
     c["forest_single_class"] = (RandomForestClassifier(n_estimators=5, random_state=0), X,
                                 np.array(["only"] * len(y), dtype=object), T)
 
+    # issue 5's size: 100 trees of depth 10 on 8 inputs, with enough rows that the trees are
+    # (nearly) complete, which the runtime lays out differently from sparse ones
+    X, y = make_regression(n_samples=6000, n_features=8, n_informative=6, noise=5.0,
+                           random_state=14)
+    X, y, T = X[:4000], y[:4000] + 0.05 * X[:4000, 0] ** 2, X[4000:]
+    c["forest_100_depth_10_regressor"] = (RandomForestRegressor(n_estimators=100, max_depth=10,
+                                                                random_state=0), X, y, T)
+    X, y = make_classification(n_samples=6000, n_features=8, n_informative=5, n_classes=3,
+                               random_state=15)
+    X, y, T = X[:4000], y[:4000], X[4000:]
+    c["forest_100_depth_10_classifier"] = (RandomForestClassifier(n_estimators=100,
+                                                                  max_depth=10,
+                                                                  random_state=0), X, y, T)
+
     X, y, T = reg_data(13)
     for act in ("identity", "logistic", "tanh", "relu"):
         c[f"mlp_regressor_{act}"] = (make_pipeline(StandardScaler(), MLPRegressor(
@@ -278,6 +292,36 @@ def check_ties(model_eval, tmp, verbose):
         raise AssertionError("svc_ties: the grid produced no tied votes; the test tests nothing")
     if verbose:
         print(f"  svc_ties: {ties} points with tied one-vs-one votes")
+
+
+def check_thresholds(model_eval, tmp, verbose):
+    """Samples on the splits: every threshold of a forest (complete trees and sparse ones), the
+    float32 values either side of it and the float64 ones either side, in every feature, so that
+    each `x <= threshold` is decided at its edge; the walk compares in float32."""
+    rng = np.random.default_rng(23)
+    X = rng.normal(size=(3000, 4)) * [1.0, 1e3, 1e-3, 7.0]
+    y = X[:, 0] * 2 + np.sin(X[:, 1] / 500) + 1e3 * X[:, 2] + rng.normal(scale=0.1, size=len(X))
+    for name, est in (("thresholds_complete", RandomForestRegressor(n_estimators=8,
+                                                                    max_depth=6,
+                                                                    random_state=0)),
+                      ("thresholds_sparse", RandomForestRegressor(n_estimators=8,
+                                                                  min_samples_leaf=40,
+                                                                  random_state=0))):
+        est.fit(X, y)
+        rows = []
+        for t in est.estimators_:
+            tr = t.tree_
+            for k in np.flatnonzero(tr.children_left >= 0):
+                th = tr.threshold[k]
+                f32 = np.float32(th)
+                for v in (th, np.nextafter(th, -np.inf), np.nextafter(th, np.inf), float(f32),
+                          float(np.nextafter(f32, np.float32(-np.inf))),
+                          float(np.nextafter(f32, np.float32(np.inf)))):
+                    r = X[rng.integers(len(X))].copy()
+                    r[tr.feature[k]] = v
+                    rows.append(r)
+        T = np.array(rows)
+        check(name, est, X, y, T, model_eval, tmp, verbose)
 
 
 def check_nan(model_eval, tmp, verbose):
@@ -410,6 +454,7 @@ def main():
                 for n, c in cases().items()]
         runs += [("svc_ties", lambda: check_ties(a.eval, tmp, a.verbose)),
                  ("nan", lambda: check_nan(a.eval, tmp, a.verbose)),
+                 ("thresholds", lambda: check_thresholds(a.eval, tmp, a.verbose)),
                  ("refusals", lambda: check_refusals(a.verbose)),
                  ("lstm", lambda: check_lstm(a.eval, tmp, a.verbose))]
         if a.twinctl:
