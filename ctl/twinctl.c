@@ -137,6 +137,7 @@ static int cmd_restore(struct ctl *ctl);
 static int cmd_wave(struct ctl *ctl);
 static int cmd_export(struct ctl *ctl);
 static int cmd_import(struct ctl *ctl);
+static int cmd_dispatch(struct ctl *ctl);
 
 static const struct command commands[] = {
     {"get", "ID", "print one twin document", 1, 1, 0, true, cmd_get},
@@ -164,6 +165,9 @@ static const struct command commands[] = {
      "queue a command for the device over MQTT; print the reply", 2, 3, OPT_EXPIRES | OPT_MQTT,
      false, cmd_send},
     {"commands", "ID", "print the twin's commands, oldest first", 1, 1, 0, true, cmd_commands},
+    {"dispatch", "[NAME]",
+     "print the open demands and assignments of every dispatch (or NAME), one per line", 0, 1, 0,
+     true, cmd_dispatch},
     {"backup", "FILE [--quiet]",
      "write a consistent, compacted copy of the store (while the hub runs) to a new FILE", 1, 1,
      OPT_QUIET, false, cmd_backup},
@@ -1118,6 +1122,73 @@ static int cmd_commands(struct ctl *ctl)
         return EXIT_ERROR;
     if (rc < 0)
         return ctl_fail(EXIT_ERROR, "cannot list the commands of '%s': %s", id, err);
+    return EXIT_FOUND;
+}
+
+/* One record: {dispatch, demand, <the record's own keys: state, opened, priority, cost, and
+ * when assigned or served resource, assigned, command; declined>}. */
+static int dispatch_one(void *vctx, const char *name, size_t name_len, const char *id,
+                        size_t id_len, const void *buf, size_t len)
+{
+    struct ctl *ctl = vctx;
+    msgpack_object rec;
+    size_t off = 0;
+    static char hname[] = "dispatch", hid[] = "demand";
+    msgpack_zone_clear(&ctl->zone);
+    if (msgpack_unpack(buf, len, &off, &ctl->zone, &rec) != MSGPACK_UNPACK_SUCCESS ||
+        rec.type != MSGPACK_OBJECT_MAP || rec.via.map.size > 32) {
+        fprintf(stderr, "twinctl: dispatch record %.*s/%.*s is unreadable; skipped\n",
+                (int)name_len, name, (int)id_len, id);
+        return 0;
+    }
+    if (ctl->table) {
+        const msgpack_object *st = twin_value_get(&rec, "state", 5);
+        const msgpack_object *res = twin_value_get(&rec, "resource", 8);
+        const msgpack_object *opened = twin_value_get(&rec, "opened", 6);
+        const msgpack_object *cost = twin_value_get(&rec, "cost", 4);
+        char at[HUB_ISO_LEN];
+        printf("%-16.*s  %-24.*s  %-9.*s  %-24.*s  %-24s  %.1f\n", (int)name_len, name, (int)id_len,
+               id, st && st->type == MSGPACK_OBJECT_STR ? (int)st->via.str.size : 1,
+               st && st->type == MSGPACK_OBJECT_STR ? st->via.str.ptr : "?",
+               res && res->type == MSGPACK_OBJECT_STR ? (int)res->via.str.size : 1,
+               res && res->type == MSGPACK_OBJECT_STR ? res->via.str.ptr : "-",
+               opened && opened->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                   ? hub_iso_time(at, sizeof at, (int64_t)opened->via.u64)
+                   : "-",
+               cost && cost->type == MSGPACK_OBJECT_FLOAT64 ? cost->via.f64 : 0.0);
+        return 0;
+    }
+    msgpack_object_kv kv[34];
+    kv[0] = (msgpack_object_kv){str_obj(hname), {.type = MSGPACK_OBJECT_STR}};
+    kv[0].val.via.str.ptr = name;
+    kv[0].val.via.str.size = (uint32_t)name_len;
+    kv[1] = (msgpack_object_kv){str_obj(hid), {.type = MSGPACK_OBJECT_STR}};
+    kv[1].val.via.str.ptr = id;
+    kv[1].val.via.str.size = (uint32_t)id_len;
+    uint32_t n = 2;
+    for (uint32_t i = 0; i < rec.via.map.size; i++)
+        if (!(rec.via.map.ptr[i].key.type == MSGPACK_OBJECT_STR &&
+              rec.via.map.ptr[i].key.via.str.size == 8 &&
+              !memcmp(rec.via.map.ptr[i].key.via.str.ptr, "dispatch", 8)))
+            kv[n++] = rec.via.map.ptr[i];
+    msgpack_object o = {.type = MSGPACK_OBJECT_MAP};
+    o.via.map.size = n;
+    o.via.map.ptr = kv;
+    return emit_json(ctl, &o) ? STOP : 0;
+}
+
+static int cmd_dispatch(struct ctl *ctl)
+{
+    char err[TWIN_ERR_LEN];
+    const char *name = ctl->nargs ? ctl->args[0] : NULL;
+    if (ctl->table)
+        printf("%-16s  %-24s  %-9s  %-24s  %-24s  %s\n", "DISPATCH", "DEMAND", "STATE", "RESOURCE",
+               "OPENED", "COST");
+    int rc = twin_dispatch_list(ctl->txn, name, name ? strlen(name) : 0, dispatch_one, ctl, err);
+    if (rc == STOP)
+        return EXIT_ERROR;
+    if (rc < 0)
+        return ctl_fail(EXIT_ERROR, "cannot read the dispatch records: %s", err);
     return EXIT_FOUND;
 }
 

@@ -6,16 +6,17 @@
 # Ctrl-C (or --seconds N). Everything it started
 # is stopped on exit. With --tls, all of it runs over mutual TLS with a fresh development PKI
 # (certs/make-pki.sh into deploy/run/pki) and the ACLs of deploy/mosquitto.acl.
-#   ./deploy/demo.sh [--tls] [--seconds N] [--devices N] [--rate HZ]
+#   ./deploy/demo.sh [--tls] [--seconds N] [--devices N] [--rate HZ] [--nurses N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
-seconds=0 devices=50 rate=2 tls=0
+seconds=0 devices=50 rate=2 tls=0 nurses=5 episodes=1.5
 while [ $# -gt 0 ]; do
     case "$1" in
     --seconds) seconds=$2; shift 2 ;;
     --devices) devices=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --nurses) nurses=$2; shift 2 ;;
     --tls) tls=1; shift ;;
     -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
@@ -38,6 +39,10 @@ port=$(free_port)
 pids=()
 cleanup() {
     trap - EXIT INT TERM
+    # the hub's counters before it stops (for the dispatch figures below)
+    /usr/bin/python3 -c 'import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' \
+        "http://127.0.0.1:${http_port:-0}/metrics" >"$run/metrics.txt" 2>/dev/null || true
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         kill -TERM "${pids[$i]}" 2>/dev/null || true
         wait "${pids[$i]}" 2>/dev/null || true
@@ -53,6 +58,24 @@ cleanup() {
         awk '{print $2}' | sort | uniq -c | sed 's/rule=/  /' || true
     # each forecast is scored against the heart rate a minute later (target: and horizon:), and
     # so is the naive forecast "the same as now" (hr_naive), made beside it every time
+    # every tachycardia alarm gets a nurse (dispatch:): how long it waited, and what the
+    # optimal plan cost against sending the nearest free nurse to the oldest alarm
+    /usr/bin/python3 -c '
+import sys
+m = {}
+for line in sys.stdin:
+    if line.startswith("twinhub_dispatch_") and " " in line:
+        k, v = line.rsplit(" ", 1)
+        m[k] = float(v)
+n, w = m.get("twinhub_dispatch_wait_seconds_count", 0), m.get("twinhub_dispatch_wait_seconds_sum", 0)
+print("dispatch: %d alarms opened, %d assigned (mean wait %.1f s), %d done by the nurse, %d ended "
+      "before she was done" % (m.get("twinhub_dispatch_opened_total", 0), n, w / n if n else 0,
+      m.get("twinhub_dispatch_completed_total", 0), m.get("twinhub_dispatch_released_total", 0)))
+c, g = m.get("twinhub_dispatch_cost_total", 0), m.get("twinhub_dispatch_greedy_cost_total", 0)
+if m.get("twinhub_dispatch_compared_decisions_total", 0):
+    print("  total cost %.0f against %.0f for the nearest free nurse to the oldest alarm, over the "
+          "same %d decisions" % (c, g, m["twinhub_dispatch_compared_decisions_total"]))' \
+        <"$run/metrics.txt" 2>/dev/null || true
     echo "the forecast's error, over every monitor (twinctl stats):"
     build/ctl/twinctl --db "$run/twinhub.db" stats --table 2>/dev/null | grep '^model' |
         sed 's/^model */  /' || true
@@ -121,8 +144,15 @@ pids+=($!)
 # Three monitors replay a real ECG (MIT-BIH record 208, from python3-scipy; converted here,
 # not kept in the repository); their heart rate is what twinsim's R-peak detector finds in it.
 /usr/bin/python3 sim/ecg_record.py "$run/mitbih-208.ecg" >/dev/null
+# The ward: the monitors' beds in two rows along a corridor, and $nurses nurses that the hub
+# dispatches to every tachycardia alarm (deploy/rules/ecg.yaml, dispatch:); an episode lasts
+# until a nurse treats it (or 2 to 5 minutes), about $episodes per monitor and hour. Over TLS the
+# nurses would need certificates of their own: the demo runs them only without --tls.
+ward=()
+[ $tls -eq 1 ] || ward=(--nurses "$nurses" --episodes-per-hour "$episodes")
 build/sim/twinsim --broker "$url" "${sim_tls[@]}" --devices "$devices" --rate "$rate" \
-    --ecg-record "$run/mitbih-208.ecg" --ecg-record-devices 3 >"$run/twinsim.log" 2>&1 &
+    "${ward[@]}" --ecg-record "$run/mitbih-208.ecg" --ecg-record-devices 3 \
+    >"$run/twinsim.log" 2>&1 &
 pids+=($!)
 
 # An operator at work: every few seconds one monitor is told to go offline for 5 s and, while

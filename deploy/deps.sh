@@ -24,6 +24,8 @@ BUILD_PACKAGES=(build-essential cmake pkg-config libpaho-mqtt-dev libmsgpack-dev
                 libyaml-dev libmicrohttpd-dev libsystemd-dev libssl-dev mosquitto openssl)
 # (help2man: the man pages; dpkg-dev: dpkg-shlibdeps, the Debian package's Depends)
 BUILD_PACKAGES+=(help2man dpkg-dev python3-scipy)
+# (libglpk-dev: GLPK, the linear programs of the dispatch solver, rules/assign.c)
+BUILD_PACKAGES+=(libglpk-dev)
 # What the tests need on top.
 # (prometheus: promtool and a real server that scrapes the hub; systemd: systemd-analyze)
 TEST_PACKAGES=(mosquitto-clients python3 python3-paho-mqtt python3-msgpack python3-sklearn

@@ -587,6 +587,88 @@ static enum MHD_Result hub(struct hub_http *h, struct MHD_Connection *c)
     return answer_send(&a, c);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Dispatch
+ * ------------------------------------------------------------------------------------------ */
+
+#define DISPATCH_LIST_MAX 10000
+
+struct dlist {
+    struct answer a;
+    unsigned n;
+    bool more;
+    msgpack_zone zone;
+};
+
+/* One record: {dispatch, demand, <the record's own keys>} (hub/dispatch.c writes them). */
+static int dispatch_one(void *ctx, const char *name, size_t name_len, const char *id, size_t id_len,
+                        const void *buf, size_t len)
+{
+    struct dlist *l = ctx;
+    msgpack_object rec;
+    size_t off = 0;
+    if (l->n == DISPATCH_LIST_MAX) {
+        l->more = true;
+        return 1;
+    }
+    msgpack_zone_clear(&l->zone);
+    if (msgpack_unpack(buf, len, &off, &l->zone, &rec) != MSGPACK_UNPACK_SUCCESS ||
+        rec.type != MSGPACK_OBJECT_MAP)
+        return 0;
+    uint32_t own = 0;
+    for (uint32_t i = 0; i < rec.via.map.size; i++)
+        own += !hub_key_is(&rec.via.map.ptr[i].key, "dispatch");
+    msgpack_packer *pk = &l->a.pk;
+    msgpack_pack_map(pk, 2 + own);
+    out_pack_key(pk, "dispatch");
+    out_pack_str(pk, name, name_len);
+    out_pack_key(pk, "demand");
+    out_pack_str(pk, id, id_len);
+    for (uint32_t i = 0; i < rec.via.map.size; i++)
+        if (!hub_key_is(&rec.via.map.ptr[i].key, "dispatch")) {
+            msgpack_pack_object(pk, rec.via.map.ptr[i].key);
+            msgpack_pack_object(pk, rec.via.map.ptr[i].val);
+        }
+    l->n++;
+    return 0;
+}
+
+/* GET /api/dispatch: every open demand and assignment, by dispatch and demand id. */
+static enum MHD_Result dispatch(struct hub_http *h, struct MHD_Connection *c)
+{
+    struct dlist l = {0};
+    struct twin_txn *txn;
+    char err[TWIN_ERR_LEN] = "";
+    if (!msgpack_zone_init(&l.zone, 1024))
+        return http_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    int rc = twin_store_read_begin(h->src.store, &txn, err);
+    if (rc < 0) {
+        msgpack_zone_destroy(&l.zone);
+        return http_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "the store: %s", err);
+    }
+    answer_init(&l.a);
+    rc = twin_dispatch_list(txn, NULL, 0, dispatch_one, &l, err);
+    twin_store_read_end(txn);
+    msgpack_zone_destroy(&l.zone);
+    if (rc < 0) {
+        msgpack_sbuffer_destroy(&l.a.b);
+        return http_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
+    }
+    struct answer head;
+    answer_init(&head);
+    msgpack_pack_map(&head.pk, 2);
+    out_pack_key(&head.pk, "more");
+    if (l.more)
+        msgpack_pack_true(&head.pk);
+    else
+        msgpack_pack_false(&head.pk);
+    out_pack_key(&head.pk, "records");
+    msgpack_pack_array(&head.pk, l.n);
+    msgpack_sbuffer_write(&head.b, l.a.b.data, l.a.b.size);
+    msgpack_sbuffer_destroy(&l.a.b);
+    return answer_send(&head, c);
+}
+
 enum MHD_Result api_get(struct hub_http *h, struct MHD_Connection *c, const char *url)
 {
     const char *p = url + 4; /* after "/api" */
@@ -598,9 +680,11 @@ enum MHD_Result api_get(struct hub_http *h, struct MHD_Connection *c, const char
         return models(h, c);
     if (!strcmp(p, "/hub"))
         return hub(h, c);
+    if (!strcmp(p, "/dispatch"))
+        return dispatch(h, c);
     return http_error(c, MHD_HTTP_NOT_FOUND,
                       "not found: /api/twins, /api/twins/{id}, /api/models, /api/hub, "
-                      "/api/stream");
+                      "/api/dispatch, /api/stream");
 }
 
 /* ---------------------------------------------------------------------------------------------

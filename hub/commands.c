@@ -86,6 +86,7 @@ int commands_send_pending(struct twin_txn *txn, const char *id, size_t id_len, i
  * ------------------------------------------------------------------------------------------ */
 
 struct ack {
+    struct hub_rules *rules;
     const struct bridge_topic *t;
     const char *cmd_id;
     size_t cmd_id_len;
@@ -99,9 +100,14 @@ struct ack {
 static int ack_fn(struct twin_txn *txn, void *ctx)
 {
     struct ack *a = ctx;
+    struct twin_command c;
     outlist_reset(a->ol);
-    return twin_command_update(txn, a->t->id, a->t->id_len, a->cmd_id, a->cmd_id_len, a->status,
-                               a->result, a->now, NULL, commands_on_event, a->ol, a->err);
+    int rc = twin_command_update(txn, a->t->id, a->t->id_len, a->cmd_id, a->cmd_id_len, a->status,
+                                 a->result, a->now, &c, commands_on_event, a->ol, a->err);
+    if (rc < 0)
+        return rc;
+    /* a resource's dispatch command that is done, or declined: the same transaction */
+    return hub_rules_dispatch_command(a->rules, txn, &c, a->now, a->ol, a->err);
 }
 
 /* {id, status, result?}; other keys are ignored (a newer device may say more). */
@@ -138,7 +144,7 @@ static const char *ack_parse(struct ack *a, const msgpack_object *o)
 
 int commands_ack_handle(struct ingest *in, const struct bridge_msg *m, const struct bridge_topic *t)
 {
-    struct ack a = {.t = t, .now = hub_now_ms(), .ol = &in->out};
+    struct ack a = {.rules = in->rules, .t = t, .now = hub_now_ms(), .ol = &in->out};
     outlist_reset(&in->out);
     if (m->retained) {
         atomic_fetch_add(&in->stats.retained, 1); /* a replay; applied when it was live */
@@ -190,25 +196,63 @@ void commands_on_ack(struct ingest *in, const struct bridge_msg *m, const struct
  * The timer
  * ------------------------------------------------------------------------------------------ */
 
+struct expired_cmd {
+    char twin[TWIN_ID_MAX];
+    size_t len;
+    char id[TWIN_CMD_ID_LEN + 1];
+};
+
 struct expire {
+    struct hub_rules *rules;
     int64_t now;
     struct outlist *ol;
     struct twin_expire_result res;
+    struct expired_cmd *cmds; /* EXPIRE_BATCH: those that expired in this transaction */
+    unsigned ncmds;
     char err[TWIN_ERR_LEN];
 };
+
+static int on_expire(void *ctx, const struct twin_command *c, enum twin_command_state from)
+{
+    struct expire *x = ctx;
+    int rc = commands_on_event(x->ol, c, from);
+    if (rc == 0 && c->state == TWIN_CMD_EXPIRED && x->cmds && x->ncmds < EXPIRE_BATCH &&
+        c->twin_id_len <= TWIN_ID_MAX) {
+        struct expired_cmd *e = &x->cmds[x->ncmds++];
+        memcpy(e->twin, c->twin_id, c->twin_id_len);
+        e->len = c->twin_id_len;
+        memcpy(e->id, c->id, sizeof(e->id));
+    }
+    return rc;
+}
 
 static int expire_fn(struct twin_txn *txn, void *ctx)
 {
     struct expire *x = ctx;
     outlist_reset(x->ol);
-    return twin_command_expire(txn, x->now, EXPIRE_BATCH, commands_on_event, x->ol, &x->res,
-                               x->err);
+    x->ncmds = 0;
+    int rc = twin_command_expire(txn, x->now, EXPIRE_BATCH, on_expire, x, &x->res, x->err);
+    /* after the walk, which must not see the writes dispatch makes */
+    for (unsigned i = 0; rc == 0 && i < x->ncmds; i++) {
+        struct twin_command c;
+        const struct expired_cmd *e = &x->cmds[i];
+        rc = twin_command_get(txn, e->twin, e->len, e->id, strlen(e->id), &c, x->err);
+        if (rc == -ENOENT) {
+            rc = 0;
+            continue;
+        }
+        if (rc == 0)
+            rc = hub_rules_dispatch_command(x->rules, txn, &c, x->now, x->ol, x->err);
+    }
+    return rc;
 }
 
-int commands_expire(struct twin_store *store, struct publisher *pub, struct outlist *ol,
-                    int64_t now, uint64_t *expired, char *err)
+int commands_expire(struct twin_store *store, struct hub_rules *hr, struct publisher *pub,
+                    struct outlist *ol, int64_t now, uint64_t *expired, char *err)
 {
-    struct expire x = {.now = now, .ol = ol};
+    struct expire x = {.rules = hr, .now = now, .ol = ol};
+    if (hub_rules_active(hr) && !(x.cmds = malloc(EXPIRE_BATCH * sizeof(*x.cmds))))
+        return snprintf(err, TWIN_ERR_LEN, "out of memory"), -ENOMEM;
     *expired = 0;
     do {
         err[0] = '\0';
@@ -217,11 +261,13 @@ int commands_expire(struct twin_store *store, struct publisher *pub, struct outl
             outlist_reset(ol);
             if (!err[0])
                 snprintf(err, TWIN_ERR_LEN, "%s", x.err);
+            free(x.cmds);
             return rc;
         }
         *expired += x.res.expired;
         outlist_flush(ol, pub);
     } while (x.res.more);
+    free(x.cmds);
     return 0;
 }
 

@@ -242,6 +242,8 @@ struct outmsg {
     size_t id, id_len;     /* its twin's id (offset into outlist.data) */
 };
 
+#define OUTLIST_TWINS_MAX 64
+
 struct outlist {
     const struct bridge_topics *topics;
     bool json;
@@ -257,6 +259,14 @@ struct outlist {
      * counts once and an aborted one not at all. */
     unsigned cmd_entered[HUB_CMD_STATES];
     _Atomic uint64_t *cmd_counts; /* HUB_CMD_STATES counters (the owner's); NULL: not counted */
+    /* Twins other than the caller's own that the transaction changed (dispatch writes the
+     * desired state of resources): publisher_twin after the commit. */
+    struct outtwin {
+        char id[TWIN_ID_MAX];
+        size_t len;
+        unsigned flags;
+    } twins[OUTLIST_TWINS_MAX];
+    unsigned ntwins;
 };
 
 int outlist_init(struct outlist *ol, const struct bridge_topics *topics, bool json);
@@ -272,6 +282,14 @@ int outlist_end(struct outlist *ol, enum pub_class cls, const char *topic, bool 
 /* Queues every message in the publisher (after the commit they report) and resets; logs what
  * the publisher dropped and returns how many. */
 unsigned outlist_flush(struct outlist *ol, struct publisher *pub);
+
+/* Asks for `flags` (PUB_*) of twin `id` after the commit (outlist_flush). Past
+ * OUTLIST_TWINS_MAX twins the transaction's outbox still has them: they go out at the next
+ * restart, or with the twin's next change. */
+void outlist_twin(struct outlist *ol, const char *id, size_t id_len, unsigned flags);
+/* Ends the payload begun with outlist_begin as an event on twins/{id}/events (streamed).
+ * Returns 0 or ol->err. */
+int outlist_end_event(struct outlist *ol, const char *id, size_t id_len);
 
 /* An event {type: "presence", connected, ts} for twin `id`. Returns 0 or ol->err. */
 int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool connected,
@@ -411,6 +429,28 @@ struct hub_model_sample {
     double sum_abs, sum_sq;
 };
 
+/* What dispatch counts (dispatch.c), for /metrics; kept across reloads. */
+struct hub_dispatch_stats {
+    _Atomic uint64_t opened, assigned, completed, returned, released;
+    _Atomic uint64_t decisions, greedy_decisions, solver_failures;
+    _Atomic uint64_t compared;        /* decisions whose baseline served the same priority */
+    _Atomic double cost, greedy_cost; /* their total cost: optimal, and nearest-free greedy */
+    struct hub_hist wait;             /* a demand opened -> assigned */
+    struct hub_hist solve;            /* one decision: read, evaluate, solve */
+};
+
+/* Runs every dispatch entry of `set` for twin `id` after its rules ran in this transaction
+ * (doc: the twin as it is now): opens or ends its demand, hands back what an offline resource
+ * held, and decides when anything changed. Returns 0 or a store error (abort). */
+int hub_dispatch_twin(const struct rules_set *set, struct hub_dispatch_stats *st,
+                      struct twin_txn *txn, const char *id, size_t id_len,
+                      const struct twin_doc *doc, int64_t now, struct outlist *ol, char *err);
+/* After command `c` reached a final state in this transaction: the assignment it carried is
+ * served (succeeded) or handed back (failed, expired), and the dispatch decides again. */
+int hub_dispatch_command(const struct rules_set *set, struct hub_dispatch_stats *st,
+                         struct twin_txn *txn, const struct twin_command *c, int64_t now,
+                         struct outlist *ol, char *err);
+
 struct hub_rules {
     pthread_rwlock_t lock; /* guards set and the arrays below (see rules.c) */
     struct rules_set *set; /* NULL: no rules */
@@ -422,6 +462,7 @@ struct hub_rules {
     struct rules_options opt;
     struct report *report;
     struct hub_rules_stats stats;
+    struct hub_dispatch_stats dispatch;
 };
 
 /* One thread's working memory for rule runs. */
@@ -471,6 +512,10 @@ int hub_rules_timer(struct hub_rules *hr, struct rules_run *rr, struct twin_stor
                     struct publisher *pub, struct outlist *ol, int64_t now, char *err);
 /* The earliest wake time in the store; INT64_MAX when none. */
 int64_t hub_rules_next_due(struct twin_store *store);
+/* hub_dispatch_command with the set held shared (nothing without rules). */
+int hub_rules_dispatch_command(struct hub_rules *hr, struct twin_txn *txn,
+                               const struct twin_command *c, int64_t now, struct outlist *ol,
+                               char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * ingest.c: the message callback (Paho's receive thread) and what it dispatches to:
@@ -584,8 +629,8 @@ int commands_ack_handle(struct ingest *in, const struct bridge_msg *m,
  * retention) in transactions of a bounded size, queuing an event for each expired command
  * after each commit. *expired: how many. Returns 0 or a store error (reason in err). Main
  * thread, with its own outlist. */
-int commands_expire(struct twin_store *store, struct publisher *pub, struct outlist *ol,
-                    int64_t now, uint64_t *expired, char *err);
+int commands_expire(struct twin_store *store, struct hub_rules *hr, struct publisher *pub,
+                    struct outlist *ol, int64_t now, uint64_t *expired, char *err);
 /* When commands_expire has work next (hub clock, ms). Returns 0, -ENOENT (nothing due ever),
  * or a store error. */
 int commands_next_due(struct twin_store *store, int64_t *at, char *err);

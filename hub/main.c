@@ -336,7 +336,7 @@ static void expire_commands(struct hub *h)
 {
     char err[TWIN_ERR_LEN];
     uint64_t n;
-    if (commands_expire(h->store, h->pub, &h->timer_out, hub_now_ms(), &n, err) < 0)
+    if (commands_expire(h->store, &h->rules, h->pub, &h->timer_out, hub_now_ms(), &n, err) < 0)
         log_error("command expiry failed", "err=\"%s\"", err);
     else if (n)
         log_debug("commands expired", "count=%llu", (unsigned long long)n);

@@ -463,6 +463,42 @@ int metrics_write(const struct metrics_src *src, FILE *f)
             ld(&rs->reload_failures));
     rules_metrics(f, src->rules);
 
+    /* dispatch */
+    struct hub_dispatch_stats *ds = &src->rules->dispatch;
+    counter(f, "twinhub_dispatch_opened_total", "Demands opened (a dispatch's rule fired).",
+            ld(&ds->opened));
+    counter(f, "twinhub_dispatch_assigned_total", "Demands given a resource.", ld(&ds->assigned));
+    counter(f, "twinhub_dispatch_completed_total", "Assignments the resource reported done.",
+            ld(&ds->completed));
+    counter(f, "twinhub_dispatch_returned_total",
+            "Assignments handed back (resource offline, command failed or expired).",
+            ld(&ds->returned));
+    counter(f, "twinhub_dispatch_released_total",
+            "Assignments ended because their demand ended first.", ld(&ds->released));
+    counter(f, "twinhub_dispatch_decisions_total", "Assignment problems solved.",
+            ld(&ds->decisions));
+    counter(f, "twinhub_dispatch_greedy_decisions_total",
+            "Decisions with more open demands than max_demands (the rest assigned greedily).",
+            ld(&ds->greedy_decisions));
+    counter(f, "twinhub_dispatch_solver_failures_total",
+            "Decisions the solver failed on (assigned greedily).", ld(&ds->solver_failures));
+    counter(f, "twinhub_dispatch_compared_decisions_total",
+            "Decisions whose nearest-free baseline served the same priority (cost compared).",
+            ld(&ds->compared));
+    head(f, "twinhub_dispatch_cost_total", "counter",
+         "Total cost of the assignments of the compared decisions.");
+    fprintf(f, "twinhub_dispatch_cost_total %.17g\n",
+            atomic_load_explicit(&ds->cost, memory_order_relaxed));
+    head(f, "twinhub_dispatch_greedy_cost_total", "counter",
+         "What the nearest-free baseline (by priority, then age) would have cost on the same "
+         "decisions.");
+    fprintf(f, "twinhub_dispatch_greedy_cost_total %.17g\n",
+            atomic_load_explicit(&ds->greedy_cost, memory_order_relaxed));
+    histogram(f, "twinhub_dispatch_wait_seconds", "From a demand opening to its assignment.",
+              &ds->wait);
+    histogram(f, "twinhub_dispatch_decision_seconds",
+              "One decision: reading, evaluating and solving.", &ds->solve);
+
     process_metrics(f);
     return ferror(f) ? -EIO : 0;
 }

@@ -56,7 +56,23 @@ void outlist_reset(struct outlist *ol)
     ol->tmp.size = 0;
     ol->n = 0;
     ol->err = 0;
+    ol->ntwins = 0;
     memset(ol->cmd_entered, 0, sizeof(ol->cmd_entered));
+}
+
+void outlist_twin(struct outlist *ol, const char *id, size_t id_len, unsigned flags)
+{
+    for (unsigned i = 0; i < ol->ntwins; i++)
+        if (ol->twins[i].len == id_len && !memcmp(ol->twins[i].id, id, id_len)) {
+            ol->twins[i].flags |= flags;
+            return;
+        }
+    if (ol->ntwins == OUTLIST_TWINS_MAX || id_len > TWIN_ID_MAX)
+        return;
+    struct outtwin *t = &ol->twins[ol->ntwins++];
+    memcpy(t->id, id, id_len);
+    t->len = id_len;
+    t->flags = flags;
 }
 
 msgpack_packer *outlist_begin(struct outlist *ol)
@@ -142,6 +158,10 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
         if (publisher_msg(pub, o->cls, &m) < 0)
             dropped++;
     }
+    for (unsigned i = 0; i < ol->ntwins; i++)
+        if (publisher_twin(pub, ol->twins[i].id, ol->twins[i].len, ol->twins[i].flags) < 0)
+            log_warn_limited("publication postponed to the next restart", "id=%.*s",
+                             (int)ol->twins[i].len, ol->twins[i].id);
     outlist_reset(ol);
     if (dropped)
         log_warn_limited("messages dropped: the publisher's queue is full", "dropped=%u", dropped);
@@ -191,6 +211,11 @@ static int end_event(struct outlist *ol, const char *id, size_t id_len)
         return ol->err = -EINVAL; /* ids are validated before they are stored */
     }
     return end_streamed(ol, STREAM_EVENT, topic, id, id_len);
+}
+
+int outlist_end_event(struct outlist *ol, const char *id, size_t id_len)
+{
+    return end_event(ol, id, id_len);
 }
 
 int out_event_presence(struct outlist *ol, const char *id, size_t id_len, bool connected,

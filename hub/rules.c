@@ -491,6 +491,9 @@ static int run_twin(struct hub_rules *hr, struct rules_run *rr, struct twin_txn 
         rc = rules_run_timer(h.set, rr->sc, &rr->tw, &x, &res);
     else if ((rc = score_targets(&h)) == 0)
         rc = rules_run_change(h.set, rr->sc, &rr->tw, &x, &res);
+    /* dispatch reads the rule states this run wrote, and the twin as its actions left it */
+    if (rc == 0 && h.set)
+        rc = hub_dispatch_twin(h.set, &hr->dispatch, txn, id, id_len, &h.doc, now, ol, err);
     pthread_rwlock_unlock(&hr->lock);
     if (rc < 0 || !h.set)
         return rc;
@@ -976,4 +979,16 @@ void hub_rules_close(struct hub_rules *hr)
     hr->rule_stats = NULL;
     hr->model_stats = NULL;
     pthread_rwlock_destroy(&hr->lock);
+}
+
+int hub_rules_dispatch_command(struct hub_rules *hr, struct twin_txn *txn,
+                               const struct twin_command *c, int64_t now, struct outlist *ol,
+                               char *err)
+{
+    if (!hub_rules_active(hr))
+        return 0;
+    pthread_rwlock_rdlock(&hr->lock);
+    int rc = hub_dispatch_command(hr->set, &hr->dispatch, txn, c, now, ol, err);
+    pthread_rwlock_unlock(&hr->lock);
+    return rc;
 }

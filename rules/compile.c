@@ -63,6 +63,7 @@ struct pc {
     struct insn *code;
     unsigned ncode, capcode, depth, maxdepth, nrecord;
     bool reads_all, time_dependent;
+    bool pair; /* a dispatch cost: paths start with demand. or resource. */
 };
 
 static const struct fninfo {
@@ -75,11 +76,12 @@ static const struct fninfo {
     {"max", FN_MAX, 1, ARGS_MAX, false}, {"clamp", FN_CLAMP, 3, 3, false},
     {"sqrt", FN_SQRT, 1, 1, false},   {"exp", FN_EXP, 1, 1, false},
     {"log", FN_LOG, 1, 1, false},     {"round", FN_ROUND, 1, 2, false},
-    {"avg", FN_AVG, 2, 2, true},      {"sum", FN_SUM, 2, 2, true},
-    {"count", FN_COUNT, 2, 2, true},  {"stddev", FN_STDDEV, 2, 2, true},
-    {"rate", FN_RATE, 2, 2, true},    {"delta", FN_DELTA, 2, 2, true},
-    {"zscore", FN_ZSCORE, 2, 2, true}, {"age", 0, 1, 1, false},
-    {"changed", 0, 1, 1, false},      {"now", 0, 0, 0, false},
+    {"hypot", FN_HYPOT, 2, 2, false}, {"avg", FN_AVG, 2, 2, true},
+    {"sum", FN_SUM, 2, 2, true},      {"count", FN_COUNT, 2, 2, true},
+    {"stddev", FN_STDDEV, 2, 2, true}, {"rate", FN_RATE, 2, 2, true},
+    {"delta", FN_DELTA, 2, 2, true},  {"zscore", FN_ZSCORE, 2, 2, true},
+    {"age", 0, 1, 1, false},          {"changed", 0, 1, 1, false},
+    {"now", 0, 0, 0, false},
 };
 #define NFNS (sizeof(fns) / sizeof(fns[0]))
 
@@ -231,14 +233,68 @@ static size_t span_end(struct pc *c)
     return e;
 }
 
+static int add_path_node(struct pc *c, size_t start, enum root root, enum side side,
+                         const char *full, size_t flen, size_t sub_len, enum ty ty, unsigned *out);
+
+/* In a pair expression: "demand." or "resource." before the root; *side says which, and
+ * demand.waiting or resource.load is a root of its own (*special). Leaves the token on the
+ * root's name. */
+static int parse_side(struct pc *c, enum side *side, enum root *special, char *full, size_t *flen)
+{
+    const char *name = c->text + c->tok.off;
+    size_t nlen = c->tok.len;
+    bool demand = nlen == 6 && !memcmp(name, "demand", 6);
+    if (!demand && !(nlen == 8 && !memcmp(name, "resource", 8)))
+        return fail_at(c, c->tok.off,
+                       "a dispatch expression reads demand.<path> or resource.<path>, not '%.*s'",
+                       (int)(nlen > 40 ? 40 : nlen), name);
+    *side = demand ? SIDE_DEMAND : SIDE_RESOURCE;
+    *flen = (size_t)snprintf(full, TWIN_PATH_MAX + 16, "%s.", demand ? "demand" : "resource");
+    int rc = next(c);
+    if (rc < 0)
+        return rc;
+    if (c->tok.kind != T_DOT)
+        return fail_at(c, c->tok.off, "expected '.' after '%s'", demand ? "demand" : "resource");
+    if ((rc = next(c)) < 0)
+        return rc;
+    if (!word_tok(c->tok.kind))
+        return fail_at(c, c->tok.off, "expected a path after '%s.'",
+                       demand ? "demand" : "resource");
+    name = c->text + c->tok.off;
+    nlen = c->tok.len;
+    *special = ROOT_REPORTED; /* none */
+    if (demand && nlen == 7 && !memcmp(name, "waiting", 7))
+        *special = ROOT_WAITING;
+    if (!demand && nlen == 4 && !memcmp(name, "load", 4))
+        *special = ROOT_LOAD;
+    return 0;
+}
+
 static int parse_path(struct pc *c, unsigned *out)
 {
     size_t start = c->tok.off;
+    char full[TWIN_PATH_MAX + 16];
+    size_t flen = 0;
+    enum side side = SIDE_SELF;
+    enum root special = ROOT_REPORTED;
+    int rc;
+    if (c->pair && (rc = parse_side(c, &side, &special, full, &flen)) < 0)
+        return rc;
     const char *name = c->text + c->tok.off;
     size_t nlen = c->tok.len;
     unsigned r = 0;
     while (r < NROOTS && !(strlen(roots[r].name) == nlen && memcmp(roots[r].name, name, nlen) == 0))
         r++;
+    if (special != ROOT_REPORTED) {
+        /* demand.waiting, resource.load: numbers with nothing below them */
+        memcpy(full + flen, name, nlen);
+        flen += nlen;
+        if ((rc = next(c)) < 0)
+            return rc;
+        if (c->tok.kind == T_DOT)
+            return fail_at(c, c->tok.off, "'%.*s' has nothing below it", (int)nlen, name);
+        return add_path_node(c, start, special, side, full, flen, 0, TY_NUM, out);
+    }
     if (r == NROOTS) {
         char hint[64];
         suggest(hint, sizeof(hint), name, nlen, false);
@@ -250,10 +306,9 @@ static int parse_path(struct pc *c, unsigned *out)
                        "predicted, or is connected, version, id, last_seen, seq or created)",
                        (int)nlen, name, hint);
     }
-    char full[TWIN_PATH_MAX + 16];
-    size_t flen = (size_t)snprintf(full, sizeof(full), "%s", roots[r].name);
-    int rc = next(c);
-    if (rc < 0)
+    size_t prefix = flen;
+    flen += (size_t)snprintf(full + flen, sizeof(full) - flen, "%s", roots[r].name);
+    if ((rc = next(c)) < 0)
         return rc;
     while (c->tok.kind == T_DOT) {
         if (!roots[r].section)
@@ -277,7 +332,33 @@ static int parse_path(struct pc *c, unsigned *out)
         if ((rc = next(c)) < 0)
             return rc;
     }
-    /* one entry per distinct path */
+    size_t rootlen = prefix + strlen(roots[r].name);
+    enum ty ty = TY_ANY;
+    switch (roots[r].root) {
+    case ROOT_CONNECTED:
+        ty = TY_BOOL;
+        break;
+    case ROOT_ID:
+        ty = TY_STR;
+        break;
+    case ROOT_VERSION:
+    case ROOT_LAST_SEEN:
+    case ROOT_SEQ:
+    case ROOT_CREATED:
+        ty = TY_NUM;
+        break;
+    default:
+        break;
+    }
+    return add_path_node(c, start, roots[r].root, side, full, flen,
+                         flen > rootlen ? flen - rootlen - 1 : 0, ty, out);
+}
+
+/* Adds the node of a path read at `start`: one paths[] entry per distinct full text. */
+static int add_path_node(struct pc *c, size_t start, enum root root, enum side side,
+                         const char *full, size_t flen, size_t sub_len, enum ty ty, unsigned *out)
+{
+    int rc;
     unsigned p = 0;
     while (p < c->npaths && !(c->paths[p].full_len == flen &&
                               memcmp(c->strs + c->path_full[p], full, flen) == 0))
@@ -291,14 +372,11 @@ static int parse_path(struct pc *c, unsigned *out)
         size_t at;
         if (add_str(c, full, flen, &at) < 0)
             return -ENOMEM;
-        size_t rootlen = strlen(roots[r].name);
-        c->paths[p] = (struct path){.root = roots[r].root,
-                                    .full_len = (uint16_t)flen,
-                                    .sub_len = (uint16_t)(flen > rootlen ? flen - rootlen - 1 : 0)};
+        c->paths[p] = (struct path){
+            .root = root, .side = side, .full_len = (uint16_t)flen, .sub_len = (uint16_t)sub_len};
         c->path_full[p] = at;
         c->npaths++;
-        enum root rt = roots[r].root;
-        if (rt == ROOT_VERSION || rt == ROOT_LAST_SEEN || rt == ROOT_SEQ)
+        if (root == ROOT_VERSION || root == ROOT_LAST_SEEN || root == ROOT_SEQ)
             c->reads_all = true;
     }
     if ((rc = new_node(c, N_PATH, start, out)) < 0)
@@ -306,15 +384,7 @@ static int parse_path(struct pc *c, unsigned *out)
     struct node *n = &c->nodes[*out];
     n->path = p;
     n->len = span_end(c) - start;
-    switch (roots[r].root) {
-    case ROOT_CONNECTED: n->ty = TY_BOOL; break;
-    case ROOT_ID: n->ty = TY_STR; break;
-    case ROOT_VERSION:
-    case ROOT_LAST_SEEN:
-    case ROOT_SEQ:
-    case ROOT_CREATED: n->ty = TY_NUM; break;
-    default: n->ty = TY_ANY; break;
-    }
+    n->ty = ty;
     return 0;
 }
 
@@ -389,6 +459,9 @@ static int parse_call(struct pc *c, unsigned *out)
     n->len = close + 1 - start;
     n->op = (uint8_t)fn;
     n->ty = kind == N_CHANGED ? TY_BOOL : TY_NUM;
+    if (c->pair && (window || is_age || is_changed))
+        return fail_at(c, start, "a dispatch expression reads no history: %s is not allowed here",
+                       fname);
     if (window || is_age || is_changed) {
         struct node *p = &c->nodes[args[0]];
         if (p->kind != N_PATH)
@@ -789,9 +862,9 @@ static void pc_free(struct pc *c)
     free(c->code);
 }
 
-int rules_expr_compile(const char *text, size_t len, struct rules_expr **out, char *err)
+static int compile(const char *text, size_t len, bool pair, struct rules_expr **out, char *err)
 {
-    struct pc c = {.text = text, .len = len, .err = err};
+    struct pc c = {.text = text, .len = len, .err = err, .pair = pair};
     unsigned root;
     int rc;
 
@@ -895,4 +968,14 @@ unsigned rules__distance(const char *a, size_t alen, const char *b, size_t blen)
         }
     }
     return row[blen];
+}
+
+int rules_expr_compile(const char *text, size_t len, struct rules_expr **out, char *err)
+{
+    return compile(text, len, false, out, err);
+}
+
+int rules_expr_compile_pair(const char *text, size_t len, struct rules_expr **out, char *err)
+{
+    return compile(text, len, true, out, err);
 }

@@ -739,3 +739,15 @@ int rules_run_timer(const struct rules_set *rs, struct rules_scratch *sc, struct
         res->wake = sc->other_wake;
     return 0;
 }
+
+bool rules_glob_match(const char *g, const char *s, size_t len)
+{
+    char id[TWIN_ID_MAX + 1];
+    if (!g)
+        return true;
+    if (len > TWIN_ID_MAX)
+        return false;
+    memcpy(id, s, len);
+    id[len] = '\0';
+    return fnmatch(g, id, 0) == 0;
+}

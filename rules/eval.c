@@ -297,6 +297,8 @@ static double call(enum fn fn, const struct rules_value *a, unsigned n)
             return NAN;
         r = pow(10, a[1].n);
         return round(x * r) / r;
+    case FN_HYPOT:
+        return hypot(x, a[1].n);
     default: return NAN;
     }
 }
@@ -317,6 +319,24 @@ static int64_t age_flip(uint8_t op, int64_t written, double k, bool result)
     return written + (int64_t)edge;
 }
 
+/* A path of the twin being run, or of a dispatch cost's demand or resource. */
+static void path_value(const struct rules_twin *tw, const struct path *p, struct rules_value *v)
+{
+    if (p->root == ROOT_WAITING || p->root == ROOT_LOAD) {
+        *v = (struct rules_value){.type = RULES_NUM,
+                                  .n = p->root == ROOT_WAITING ? tw->waiting_s : tw->load};
+        return;
+    }
+    const struct twin_doc *d = p->side == SIDE_DEMAND     ? tw->demand
+                               : p->side == SIDE_RESOURCE ? tw->resource
+                                                          : tw->doc;
+    if (!d) {
+        *v = (struct rules_value){.type = RULES_NIL};
+        return;
+    }
+    rules__path_value(d, p, v);
+}
+
 int rules__eval(const struct rules_expr *e, const struct rules_twin *tw, struct rules_value *out,
                 int64_t *wake, struct rules_fire *rec)
 {
@@ -329,7 +349,9 @@ int rules__eval(const struct rules_expr *e, const struct rules_twin *tw, struct 
         struct rules_value *top = sp ? &st[sp - 1] : NULL;
         switch ((enum op)in->op) {
         case OP_CONST: st[sp++] = e->consts[in->arg]; break;
-        case OP_PATH: rules__path_value(tw->doc, &e->paths[in->arg], &st[sp++]); break;
+        case OP_PATH:
+            path_value(tw, &e->paths[in->arg], &st[sp++]);
+            break;
         case OP_NEG:
             if (top->type == RULES_NUM)
                 top->n = -top->n;

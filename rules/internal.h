@@ -69,11 +69,18 @@ enum root {
     ROOT_LAST_SEEN,
     ROOT_SEQ,
     ROOT_CREATED,
+    ROOT_WAITING, /* a dispatch cost's demand.waiting: seconds the demand has waited */
+    ROOT_LOAD,    /* a dispatch cost's resource.load: demands the resource has now */
 };
+
+/* Whose twin a path reads: the twin being run, or in a dispatch cost the demand's or the
+ * resource's. */
+enum side { SIDE_SELF = 0, SIDE_DEMAND, SIDE_RESOURCE };
 
 /* A path into the twin: root, then `sub` below it (dotted; empty for the scalar roots). */
 struct path {
     enum root root;
+    enum side side;
     const char *full; /* "reported.a.b", in the expression's string buffer */
     uint16_t full_len;
     const char *sub; /* "a.b" */
@@ -117,6 +124,7 @@ enum fn {
     FN_EXP,
     FN_LOG,
     FN_ROUND,
+    FN_HYPOT,
     /* windows */
     FN_AVG,
     FN_SUM,
@@ -232,6 +240,8 @@ struct index_slot {
 struct rules_set {
     struct rule *rules; /* in evaluation (dependency) order */
     unsigned nrules;
+    struct rules_dispatch *dispatch; /* dispatch: entries, in file order */
+    unsigned ndispatch;
     struct model_def *models;
     unsigned nmodels;
     struct index_slot *index;

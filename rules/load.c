@@ -402,7 +402,8 @@ static int to_object(struct loader *L, const yaml_node_t *n, unsigned depth, uns
 
 /* Compiles the expression in scalar node n; errors carry the file position of the column the
  * compiler names (exact for one-line plain and quoted scalars). */
-static struct rules_expr *expression(struct loader *L, const yaml_node_t *n, const char *what)
+static struct rules_expr *expression_as(struct loader *L, const yaml_node_t *n, const char *what,
+                                        bool pair)
 {
     size_t len;
     const char *s = scalar(L, n, what, &len);
@@ -410,7 +411,7 @@ static struct rules_expr *expression(struct loader *L, const yaml_node_t *n, con
         return NULL;
     struct rules_expr *e = NULL;
     char err[RULES_ERR_LEN];
-    int rc = rules_expr_compile(s, len, &e, err);
+    int rc = pair ? rules_expr_compile_pair(s, len, &e, err) : rules_expr_compile(s, len, &e, err);
     if (rc == -ENOMEM) {
         L->oom = true;
         return NULL;
@@ -442,6 +443,11 @@ static struct rules_expr *expression(struct loader *L, const yaml_node_t *n, con
     }
     e->tick_ms = L->o->tick_ms;
     return e;
+}
+
+static struct rules_expr *expression(struct loader *L, const yaml_node_t *n, const char *what)
+{
+    return expression_as(L, n, what, false);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -601,67 +607,48 @@ static void load_models(struct loader *L, const yaml_node_t *n)
     }
 }
 
-static int action(struct loader *L, const yaml_node_t *n, struct rules_action *a,
-                  struct action_list *l, const char *where)
+/* The value of a command action (a map {cmd, args, expires} or the command's name) into a. */
+static int command_action(struct loader *L, const yaml_node_t *v, struct rules_action *a)
 {
-    static const char *const kinds[] = {"command", "desired", "event", "predict", NULL};
     static const char *const cmd_keys[] = {"cmd", "args", "expires", NULL};
     unsigned budget = ARG_NODES_MAX;
-    if (n->type != YAML_MAPPING_NODE ||
-        n->data.mapping.pairs.top - n->data.mapping.pairs.start != 1) {
-        ERR(L, n, "%s: an action is a map with one of command, desired, event, predict", where);
-        return -EINVAL;
-    }
-    if (!check_keys(L, n, where, kinds))
-        return -EINVAL;
-    yaml_node_t *k = node(L, n->data.mapping.pairs.start->key);
-    yaml_node_t *v = node(L, n->data.mapping.pairs.start->value);
-    const char *kind = (const char *)k->data.scalar.value;
-    memset(a, 0, sizeof(*a));
-    a->args.type = MSGPACK_OBJECT_NIL;
     size_t len;
-    if (!strcmp(kind, "predict")) {
-        a->kind = RULES_ACT_PREDICT;
-        const char *m = scalar(L, v, "predict", &len);
-        if (!m)
+    memset(a, 0, sizeof(*a));
+    a->kind = RULES_ACT_COMMAND;
+    a->args.type = MSGPACK_OBJECT_NIL;
+    const yaml_node_t *cmd = v;
+    if (v->type == YAML_MAPPING_NODE) {
+        if (!check_keys(L, v, "command", cmd_keys))
             return -EINVAL;
-        int i = model_find(L->rs, m, len);
-        if (i < 0) {
-            ERR(L, v, "predict: no model '%.*s' under models:", (int)(len > 64 ? 64 : len), m);
+        cmd = get(L, v, "cmd");
+        if (!cmd) {
+            ERR(L, v, "command: 'cmd' is missing");
             return -EINVAL;
         }
-        a->model = (unsigned)i;
-        return 0;
+        const yaml_node_t *args = get(L, v, "args"), *exp = get(L, v, "expires");
+        if (args && to_object(L, args, 0, &budget, &a->args) < 0)
+            return -EINVAL;
+        if (exp && duration_node(L, exp, "expires", &a->expires_ms) < 0)
+            return -EINVAL;
     }
-    if (!strcmp(kind, "command")) {
-        a->kind = RULES_ACT_COMMAND;
-        const yaml_node_t *cmd = v;
-        if (v->type == YAML_MAPPING_NODE) {
-            if (!check_keys(L, v, "command", cmd_keys))
-                return -EINVAL;
-            cmd = get(L, v, "cmd");
-            if (!cmd) {
-                ERR(L, v, "command: 'cmd' is missing");
-                return -EINVAL;
-            }
-            const yaml_node_t *args = get(L, v, "args"), *exp = get(L, v, "expires");
-            if (args && to_object(L, args, 0, &budget, &a->args) < 0)
-                return -EINVAL;
-            if (exp && duration_node(L, exp, "expires", &a->expires_ms) < 0)
-                return -EINVAL;
-        }
-        const char *c = scalar(L, cmd, "cmd", &len);
-        if (!c)
-            return -EINVAL;
-        if (len > TWIN_CMD_NAME_MAX || memchr(c, '\0', len)) {
-            ERR(L, cmd, "cmd: a command name is 1 to %d bytes", TWIN_CMD_NAME_MAX);
-            return -EINVAL;
-        }
-        a->cmd = zdup(L, c, len);
-        a->cmd_len = len;
-        return a->cmd ? 0 : -ENOMEM;
+    const char *c = scalar(L, cmd, "cmd", &len);
+    if (!c)
+        return -EINVAL;
+    if (len > TWIN_CMD_NAME_MAX || memchr(c, '\0', len)) {
+        ERR(L, cmd, "cmd: a command name is 1 to %d bytes", TWIN_CMD_NAME_MAX);
+        return -EINVAL;
     }
-    a->kind = !strcmp(kind, "desired") ? RULES_ACT_DESIRED : RULES_ACT_EVENT;
+    a->cmd = zdup(L, c, len);
+    a->cmd_len = len;
+    return a->cmd ? 0 : -ENOMEM;
+}
+
+/* The map of a desired or event action (a->kind set; n: the action, for errors). */
+static int map_action(struct loader *L, const yaml_node_t *n, const yaml_node_t *v,
+                      const char *kind, struct rules_action *a, struct action_list *l)
+{
+    unsigned budget = ARG_NODES_MAX;
+    a->args.type = MSGPACK_OBJECT_NIL;
     if (v->type != YAML_MAPPING_NODE || v->data.mapping.pairs.top == v->data.mapping.pairs.start) {
         ERR(L, v, "%s: expected a map of %s, got %s", kind,
             a->kind == RULES_ACT_DESIRED ? "desired values" : "event fields",
@@ -688,12 +675,48 @@ static int action(struct loader *L, const yaml_node_t *n, struct rules_action *a
     }
     if (a->kind == RULES_ACT_EVENT) {
         if (l->event_fields) {
-            ERR(L, n, "%s: one event action per list", where);
+            ERR(L, n, "%s: one event action per list", kind);
             return -EINVAL;
         }
         l->event_fields = &a->args;
     }
     return 0;
+}
+
+static int action(struct loader *L, const yaml_node_t *n, struct rules_action *a,
+                  struct action_list *l, const char *where)
+{
+    static const char *const kinds[] = {"command", "desired", "event", "predict", NULL};
+    if (n->type != YAML_MAPPING_NODE ||
+        n->data.mapping.pairs.top - n->data.mapping.pairs.start != 1) {
+        ERR(L, n, "%s: an action is a map with one of command, desired, event, predict", where);
+        return -EINVAL;
+    }
+    if (!check_keys(L, n, where, kinds))
+        return -EINVAL;
+    yaml_node_t *k = node(L, n->data.mapping.pairs.start->key);
+    yaml_node_t *v = node(L, n->data.mapping.pairs.start->value);
+    const char *kind = (const char *)k->data.scalar.value;
+    memset(a, 0, sizeof(*a));
+    a->args.type = MSGPACK_OBJECT_NIL;
+    size_t len;
+    if (!strcmp(kind, "predict")) {
+        a->kind = RULES_ACT_PREDICT;
+        const char *m = scalar(L, v, "predict", &len);
+        if (!m)
+            return -EINVAL;
+        int i = model_find(L->rs, m, len);
+        if (i < 0) {
+            ERR(L, v, "predict: no model '%.*s' under models:", (int)(len > 64 ? 64 : len), m);
+            return -EINVAL;
+        }
+        a->model = (unsigned)i;
+        return 0;
+    }
+    if (!strcmp(kind, "command"))
+        return command_action(L, v, a);
+    a->kind = !strcmp(kind, "desired") ? RULES_ACT_DESIRED : RULES_ACT_EVENT;
+    return map_action(L, n, v, kind, a, l);
 }
 
 static void action_list(struct loader *L, const yaml_node_t *n, struct action_list *l,
@@ -837,6 +860,320 @@ static void load_rule(struct loader *L, const yaml_node_t *n)
     }
     r->hash = h;
     rs->nrules++;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Dispatch
+ * ------------------------------------------------------------------------------------------ */
+
+/* A reported path given as text ("reported.skills"): its part below reported, or NULL with an
+ * error. */
+static const char *reported_path(struct loader *L, const yaml_node_t *n, const char *what)
+{
+    size_t len;
+    const char *s = scalar(L, n, what, &len);
+    if (!s)
+        return NULL;
+    bool ok = len > 9 && len <= TWIN_PATH_MAX && !memcmp(s, "reported.", 9) &&
+              !memchr(s, '\0', len) && s[len - 1] != '.';
+    for (size_t i = 9; ok && i < len; i++)
+        ok = (unsigned char)s[i] >= 0x20 && !(s[i] == '.' && s[i - 1] == '.');
+    if (!ok) {
+        ERR(L, n, "%s: expected a path under reported, such as reported.skills", what);
+        return NULL;
+    }
+    return zdup(L, s + 9, len - 9);
+}
+
+static const char *glob(struct loader *L, const yaml_node_t *n, const char *what)
+{
+    size_t len;
+    const char *s = scalar(L, n, what, &len);
+    if (!s)
+        return NULL;
+    if (!len || len > TWIN_ID_MAX || memchr(s, '\0', len)) {
+        ERR(L, n, "%s: a glob of 1 to %d bytes over twin ids, such as \"nurse-*\"", what,
+            TWIN_ID_MAX);
+        return NULL;
+    }
+    return zdup(L, s, len);
+}
+
+static void dispatch_demand(struct loader *L, const yaml_node_t *n, struct rules_dispatch *d)
+{
+    static const char *const keys[] = {"match", "rule", "when", "priority", "requires", NULL};
+    const yaml_node_t *v;
+    if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "demand: expected a map with rule: or when:, got %s", kind_name(n));
+        return;
+    }
+    check_keys(L, n, "demand", keys);
+    if ((v = get(L, n, "match")) && !(d->demand_match = glob(L, v, "match")))
+        return;
+    const yaml_node_t *rule = get(L, n, "rule"), *when = get(L, n, "when");
+    if (!rule == !when) {
+        ERR(L, n,
+            "demand: give one of rule: (a demand while that rule fires) or when: (while "
+            "a condition holds)");
+    } else if (rule) {
+        size_t len;
+        const char *s = scalar(L, rule, "rule", &len);
+        if (s && !defined(L->rs, s, len))
+            ERR(L, rule, "rule: no rule '%.*s' under rules:", (int)(len > 64 ? 64 : len), s);
+        else if (s)
+            d->demand_rule = zdup(L, s, len);
+    } else if ((d->demand_when = expression(L, when, "when")) &&
+               d->demand_when->type != RULES_BOOL && d->demand_when->type != RULES_OTHER) {
+        ERR(L, when, "when: a condition must be true or false");
+    }
+    if ((v = get(L, n, "priority")))
+        d->priority = expression(L, v, "priority");
+    if ((v = get(L, n, "requires"))) {
+        if (v->type == YAML_SEQUENCE_NODE) {
+            size_t cnt = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+            if (cnt > RULES_SKILLS_MAX)
+                ERR(L, v, "requires: at most %d skills", RULES_SKILLS_MAX);
+            for (size_t i = 0; i < cnt && i < RULES_SKILLS_MAX; i++) {
+                const yaml_node_t *it = node(L, v->data.sequence.items.start[i]);
+                size_t len;
+                const char *s = scalar(L, it, "requires", &len);
+                if (s && (!len || len > TWIN_KEY_MAX || memchr(s, '\0', len)))
+                    ERR(L, it, "requires: a skill is 1 to %d bytes", TWIN_KEY_MAX);
+                else if (s)
+                d->requires[d->n_requires++] = zdup(L, s, len);
+            }
+        } else {
+            d->requires_path = reported_path(L, v, "requires");
+        }
+    }
+}
+
+static void dispatch_resource(struct loader *L, const yaml_node_t *n, struct rules_dispatch *d)
+{
+    static const char *const keys[] = {"match", "when", "capacity", "skills", NULL};
+    const yaml_node_t *v;
+    if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "resource: expected a map with match:, got %s", kind_name(n));
+        return;
+    }
+    check_keys(L, n, "resource", keys);
+    if (!(v = get(L, n, "match")))
+        ERR(L, n, "resource: 'match' is missing (a glob such as \"nurse-*\")");
+    else if ((d->resource_match = glob(L, v, "match")))
+        d->resource_prefix_len = strcspn(d->resource_match, "*?[\\");
+    if ((v = get(L, n, "when")) && (d->resource_when = expression(L, v, "when")) &&
+        d->resource_when->type != RULES_BOOL && d->resource_when->type != RULES_OTHER)
+        ERR(L, v, "when: a condition must be true or false");
+    if ((v = get(L, n, "capacity")) && (d->capacity = expression(L, v, "capacity")) &&
+        d->capacity->type != RULES_NUM && d->capacity->type != RULES_OTHER)
+        ERR(L, v, "capacity: expected a number of demands at once");
+    if ((v = get(L, n, "skills")))
+        d->skills_path = reported_path(L, v, "skills");
+}
+
+static void dispatch_assign(struct loader *L, const yaml_node_t *n, struct rules_dispatch *d)
+{
+    static const char *const keys[] = {"command", "with", "desired", "event", NULL};
+    const yaml_node_t *v;
+    if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "on_assign: expected a map of command, with, desired, event, got %s",
+            kind_name(n));
+        return;
+    }
+    check_keys(L, n, "on_assign", keys);
+    struct rules_action a;
+    struct action_list l = {0};
+    if ((v = get(L, n, "command"))) {
+        /* the command's grammar is the rules' (cmd, args, expires) */
+        if (command_action(L, v, &a) == 0) {
+            d->cmd = a.cmd;
+            d->cmd_len = a.cmd_len;
+            d->args = a.args;
+            d->expires_ms = a.expires_ms;
+            if (a.args.type != MSGPACK_OBJECT_NIL && a.args.type != MSGPACK_OBJECT_MAP)
+                ERR(L, v, "command: args must be a map (the hub adds demand and dispatch)");
+        }
+    }
+    if ((v = get(L, n, "with"))) {
+        if (v->type != YAML_MAPPING_NODE) {
+            ERR(L, v, "with: expected a map of name: expression over demand. and resource.");
+        } else {
+            size_t cnt = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+            if (cnt > RULES_WITH_MAX)
+                ERR(L, v, "with: at most %d values", RULES_WITH_MAX);
+            for (size_t i = 0; i < cnt && i < RULES_WITH_MAX; i++) {
+                yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
+                const yaml_node_t *k = node(L, p->key);
+                size_t len;
+                const char *s = scalar(L, k, "with", &len);
+                if (!s)
+                    continue;
+                static const char *const reserved[] = {"demand", "dispatch", "resource", "cost",
+                                                       "state",  "type",     "ts",       NULL};
+                bool bad =
+                    !len || len > TWIN_KEY_MAX || memchr(s, '.', len) || memchr(s, '\0', len);
+                for (const char *const *r = reserved; !bad && *r; r++)
+                    bad = strlen(*r) == len && !memcmp(*r, s, len);
+                if (bad) {
+                    ERR(L, k,
+                        "with: '%.*s' is not a name of its own (1 to %d bytes, no '.', not "
+                        "demand, dispatch, resource, cost, state, type or ts)",
+                        (int)(len > 40 ? 40 : len), s, TWIN_KEY_MAX);
+                    continue;
+                }
+                struct rules_with *w = &d->with[d->n_with];
+                memcpy(w->name, s, len);
+                w->name[len] = '\0';
+                if ((w->expr = expression_as(L, node(L, p->value), w->name, true)))
+                    d->n_with++;
+            }
+        }
+    }
+    if ((v = get(L, n, "desired"))) {
+        size_t len;
+        const char *s = scalar(L, v, "desired", &len);
+        if (s && (!len || len > TWIN_KEY_MAX || memchr(s, '.', len) || memchr(s, '\0', len)))
+            ERR(L, v,
+                "desired: the key of the resource's desired state that holds the "
+                "assignment (1 to %d bytes, no '.')",
+                TWIN_KEY_MAX);
+        else if (s)
+            d->desired_key = zdup(L, s, len);
+    }
+    if ((v = get(L, n, "event"))) {
+        memset(&a, 0, sizeof(a));
+        a.kind = RULES_ACT_EVENT;
+        msgpack_object *f = msgpack_zone_malloc(&L->rs->zone, sizeof(*f));
+        if (!f)
+            L->oom = true;
+        else if (map_action(L, n, v, "event", &a, &l) == 0)
+            d->event_fields = (*f = a.args, f);
+    }
+}
+
+static void dispatch_free(struct rules_dispatch *d)
+{
+    rules_expr_free(d->demand_when);
+    rules_expr_free(d->priority);
+    rules_expr_free(d->resource_when);
+    rules_expr_free(d->capacity);
+    rules_expr_free(d->cost);
+    for (unsigned i = 0; i < RULES_WITH_MAX; i++)
+        rules_expr_free(d->with[i].expr);
+    memset(d, 0, sizeof(*d));
+}
+
+static void load_dispatch_one(struct loader *L, const yaml_node_t *n)
+{
+    static const char *const keys[] = {"name",        "demand",    "resource",   "cost",
+                                       "max_demands", "on_assign", "on_release", NULL};
+    struct rules_set *rs = L->rs;
+    if (n->type != YAML_MAPPING_NODE) {
+        ERR(L, n, "dispatch: each entry is a map with name, demand, resource and cost, got %s",
+            kind_name(n));
+        return;
+    }
+    struct rules_dispatch *d = &rs->dispatch[rs->ndispatch];
+    memset(d, 0, sizeof(*d));
+    d->line = (unsigned)n->start_mark.line + 1;
+    d->max_demands = 200;
+    d->release_args.type = MSGPACK_OBJECT_NIL;
+    d->args.type = MSGPACK_OBJECT_NIL;
+    unsigned before = L->errs->count;
+    const yaml_node_t *v = get(L, n, "name");
+    size_t len = 0;
+    const char *s = v ? scalar(L, v, "name", &len) : NULL;
+    if (!v)
+        ERR(L, n, "dispatch: 'name' is missing");
+    else if (s && !good_name(s, len))
+        ERR(L, v,
+            "name: a dispatch name is 1 to %d characters of A-Z a-z 0-9 _ - . :", RULES_NAME_MAX);
+    else if (s)
+        memcpy(d->name, s, len);
+    for (unsigned i = 0; d->name[0] && i < rs->ndispatch; i++)
+        if (!strcmp(rs->dispatch[i].name, d->name))
+            ERR(L, v, "name: dispatch '%s' defined twice", d->name);
+    check_keys(L, n, "dispatch", keys);
+    if (!(v = get(L, n, "demand")))
+        ERR(L, n, "dispatch: 'demand' is missing");
+    else
+        dispatch_demand(L, v, d);
+    if (!(v = get(L, n, "resource")))
+        ERR(L, n, "dispatch: 'resource' is missing");
+    else
+        dispatch_resource(L, v, d);
+    if (!(v = get(L, n, "cost")))
+        ERR(L, n, "dispatch: 'cost' is missing (an expression over demand. and resource.)");
+    else if ((d->cost = expression_as(L, v, "cost", true)) && d->cost->type != RULES_NUM &&
+             d->cost->type != RULES_OTHER)
+        ERR(L, v, "cost: expected a number");
+    if ((v = get(L, n, "max_demands"))) {
+        s = scalar(L, v, "max_demands", &len);
+        char buf[16], *end;
+        unsigned long m = 0;
+        if (s && len && len < sizeof(buf)) {
+            memcpy(buf, s, len);
+            buf[len] = '\0';
+            m = strtoul(buf, &end, 10);
+            if (*end || buf[0] == '-')
+                m = 0;
+        }
+        if (s && (m < 1 || m > 100000))
+            ERR(L, v, "max_demands: expected 1 to 100000 open demands per decision");
+        else
+            d->max_demands = (unsigned)m;
+    }
+    if ((v = get(L, n, "on_assign")))
+        dispatch_assign(L, v, d);
+    if ((v = get(L, n, "on_release"))) {
+        static const char *const rkeys[] = {"command", NULL};
+        const yaml_node_t *c;
+        struct rules_action a;
+        if (v->type != YAML_MAPPING_NODE)
+            ERR(L, v, "on_release: expected a map with command:");
+        else if (check_keys(L, v, "on_release", rkeys) && (c = get(L, v, "command")) &&
+                 command_action(L, c, &a) == 0) {
+            d->release_cmd = a.cmd;
+            d->release_cmd_len = a.cmd_len;
+            d->release_args = a.args;
+            if (a.args.type != MSGPACK_OBJECT_NIL && a.args.type != MSGPACK_OBJECT_MAP)
+                ERR(L, c, "command: args must be a map (the hub adds demand and dispatch)");
+        }
+    }
+    if (L->errs->count != before) {
+        dispatch_free(d);
+        return;
+    }
+    rs->ndispatch++;
+}
+
+static void load_dispatch(struct loader *L, const yaml_node_t *n)
+{
+    if (n->type != YAML_SEQUENCE_NODE) {
+        ERR(L, n, "dispatch: expected a list of dispatch entries, got %s", kind_name(n));
+        return;
+    }
+    size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (cnt > RULES_DISPATCH_MAX) {
+        ERR(L, n, "dispatch: %zu entries, more than the limit of %d", cnt, RULES_DISPATCH_MAX);
+        return;
+    }
+    if (!(L->rs->dispatch = calloc(cnt ? cnt : 1, sizeof(*L->rs->dispatch)))) {
+        L->oom = true;
+        return;
+    }
+    for (size_t i = 0; i < cnt && !L->oom; i++)
+        load_dispatch_one(L, node(L, n->data.sequence.items.start[i]));
+}
+
+unsigned rules_set_dispatch_count(const struct rules_set *rs)
+{
+    return rs->ndispatch;
+}
+
+const struct rules_dispatch *rules_set_dispatch(const struct rules_set *rs, unsigned i)
+{
+    return i < rs->ndispatch ? &rs->dispatch[i] : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1015,6 +1352,9 @@ void rules_set_free(struct rules_set *rs)
     }
     free(rs->models);
     free(rs->rules);
+    for (unsigned i = 0; i < rs->ndispatch; i++)
+        dispatch_free(&rs->dispatch[i]);
+    free(rs->dispatch);
     rules__index_free(rs);
     msgpack_zone_destroy(&rs->zone);
     free(rs);
@@ -1067,7 +1407,7 @@ int rules_set_parse(const char *name, const char *text, size_t len, const char *
     L.doc = &doc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (root && !is_null(root)) {
-        static const char *const top_keys[] = {"rules", "models", NULL};
+        static const char *const top_keys[] = {"rules", "models", "dispatch", NULL};
         if (root->type != YAML_MAPPING_NODE) {
             ERR(&L, root, "expected a map with rules: (and models:), got %s", kind_name(root));
             goto fail_doc;
@@ -1093,6 +1433,9 @@ int rules_set_parse(const char *name, const char *text, size_t len, const char *
                 }
             }
         }
+        yaml_node_t *dispatch = get(&L, root, "dispatch");
+        if (dispatch && !is_null(dispatch) && !L.oom)
+            load_dispatch(&L, dispatch);
     }
     if (!L.oom && errs->count == 0 && (rc = order_rules(&L)) == -ENOMEM)
         L.oom = true;

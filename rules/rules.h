@@ -74,6 +74,10 @@ struct rules_twin {
                                       NULL (rules_expr_eval only): nothing */
     rules_history_fn history;            /* NULL: every window is empty */
     void *history_ctx;
+    /* A dispatch cost (rules_expr_compile_pair) reads these instead of doc: */
+    const struct twin_doc *demand, *resource; /* NULL: their paths read nil */
+    double waiting_s;                         /* demand.waiting: seconds since the demand opened */
+    double load; /* resource.load: demands assigned to the resource now */
 };
 
 struct rules_expr;
@@ -81,6 +85,11 @@ struct rules_expr;
 /* Compiles one expression. Errors go to err as "COL: what" (1-based column in text).
  * Returns 0, -EINVAL (bad expression), -ENOMEM. Caller frees with rules_expr_free. */
 int rules_expr_compile(const char *text, size_t len, struct rules_expr **out, char *err);
+/* The same for an expression over a pair of twins, a dispatch's cost or assignment values:
+ * every path starts with demand. or resource. (demand.reported.pos.x, resource.connected),
+ * and demand.waiting and resource.load are numbers the host supplies; history windows, age()
+ * and changed() are errors there. */
+int rules_expr_compile_pair(const char *text, size_t len, struct rules_expr **out, char *err);
 void rules_expr_free(struct rules_expr *e);
 
 /* Evaluates `e` against twin `tw`. Allocates nothing. *wake (may be NULL) is lowered to the
@@ -334,5 +343,90 @@ int rules_run_timer(const struct rules_set *rs, struct rules_scratch *sc, struct
 /* Whether a record belongs to a loaded rule with the same definition (reload sweeps). */
 bool rules_record_current(const struct rules_set *rs, const char *rule, size_t len,
                           const void *buf, size_t n);
+
+/* ---------------------------------------------------------------------------------------------
+ * Dispatch (dispatch: in the rules file): which twins are demands and which are resources, what
+ * pairing them costs, and what an assignment does. The hub keeps the open demands and the
+ * assignments in the store and solves the assignment problem (below) at every change.
+ * ------------------------------------------------------------------------------------------ */
+
+#define RULES_DISPATCH_MAX 16 /* dispatch entries in one file */
+#define RULES_WITH_MAX 16     /* values computed at assignment (with:) */
+#define RULES_SKILLS_MAX 16   /* skills a demand may require */
+
+struct rules_with {
+    char name[TWIN_KEY_MAX + 1];
+    struct rules_expr *expr; /* a pair expression */
+};
+
+/* One dispatch entry, read-only while its set is loaded. */
+struct rules_dispatch {
+    char name[RULES_NAME_MAX + 1];
+    unsigned line;
+    /* demand: a twin the demand match admits while `demand_rule` fires for it, or while
+     * demand_when holds */
+    const char *demand_match; /* glob; NULL: every twin */
+    const char *demand_rule;  /* a rule of the set; NULL: demand_when */
+    struct rules_expr *demand_when;
+    struct rules_expr *priority;            /* over the demand; NULL: 1 */
+    const char *requires[RULES_SKILLS_MAX]; /* skills a resource must have */
+    unsigned n_requires;
+    const char *requires_path; /* or the demand's reported.<path> (a string or a list of them);
+                                  NULL: none. The sub-path below reported. */
+    /* resources: twins the resource match admits */
+    const char *resource_match;       /* glob (required) */
+    size_t resource_prefix_len;       /* its literal prefix: the store is scanned from there */
+    struct rules_expr *resource_when; /* may take new demands; NULL: always */
+    struct rules_expr *capacity;      /* demands at once, over the resource; NULL: 1 */
+    const char *skills_path; /* the resource's reported.<path>: a string or a list; NULL: none */
+    struct rules_expr *cost; /* a pair expression; not a number: the pair is not allowed */
+    unsigned max_demands;    /* open demands one decision solves to the optimum */
+    /* on_assign */
+    const char *cmd; /* a command to the resource; NULL: none */
+    size_t cmd_len;
+    msgpack_object args; /* its static args (a map or NIL) */
+    int64_t expires_ms;
+    struct rules_with with[RULES_WITH_MAX]; /* args, event and desired values of the pair */
+    unsigned n_with;
+    const char *desired_key; /* the resource's desired.<key> holds the assignment; NULL */
+    const msgpack_object *event_fields; /* extra fields of the dispatch events; NULL */
+    /* on_release: a command to the resource when its demand ends before it is done */
+    const char *release_cmd;
+    size_t release_cmd_len;
+    msgpack_object release_args;
+};
+
+unsigned rules_set_dispatch_count(const struct rules_set *rs);
+const struct rules_dispatch *rules_set_dispatch(const struct rules_set *rs, unsigned i);
+/* Whether twin id `s` matches glob `g` (* and ?; NULL: everything). */
+bool rules_glob_match(const char *g, const char *s, size_t len);
+
+/* ---------------------------------------------------------------------------------------------
+ * Dispatch: the assignment problem of open demands and free resources (assign.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/* One decision: every open demand against every resource with room left. */
+struct rules_assign {
+    unsigned n_demands, n_resources;
+    const double *cost;       /* n_demands x n_resources, row-major; NAN: the pair is not allowed
+                                 (skills, eligibility); every other value finite */
+    const unsigned *capacity; /* per resource: demands it may still take (0: none) */
+    const double *priority;   /* per demand: finite, > 0 */
+};
+
+/* Solves p to the optimum with GLPK's simplex (a transportation problem: its LP optimum is
+ * integral): first as many demands of the highest priority as can be served, then as many of
+ * the next, and so on (only the order of the priorities counts, not their size), then the
+ * least total cost among those assignments. out[i] (n_demands) is demand i's resource, or
+ * -1 when it gets none; *total the summed cost of the pairs chosen. Allocates; any thread, one
+ * call at a time per thread. Returns 0, -EDOM (a cost infinite, a priority not finite and
+ * > 0), -ENOMEM, -EIO (the solver failed: out untouched). */
+int rules_assign_solve(const struct rules_assign *p, int *out, double *total);
+
+/* The baseline and the fallback past a size cap: demands in order of priority (highest first;
+ * ties: lower index first) each take the allowed resource with room left at the least cost
+ * (ties: lower index). Same out and total as rules_assign_solve. Returns 0, -EDOM or
+ * -ENOMEM. */
+int rules_assign_greedy(const struct rules_assign *p, int *out, double *total);
 
 #endif

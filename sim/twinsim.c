@@ -4,12 +4,14 @@
  * bridge's, over TLS when the URL is ssl:// (one shared client certificate, or each device its
  * own from a directory). With one connection per device, each device obeys its twin: desired
  * sample_hz / alarm_hr_high / alarm_hr_low, commands ping / set_rate / alert / go_offline (and
- * --flaky); sharing connections (the load generator) it subscribes to nothing.
+ * --flaky), each monitor reports its bed's place on the ward plan, and --nurses adds nurses
+ * (resource twins: attend / cancel, the walk and the service are sim/ward.c's model); sharing
+ * connections (the load generator) it subscribes to nothing and has no nurses.
  *
  * Threads: main() is the one loop thread; it schedules, packs and publishes (telemetry and
  * command acks). Paho's threads run on_publish_done (takes sim.mu), on_message (copies the
  * message into sim.inbox under sim.mu, nothing else), on_connection and on_log (no lock; they
- * only log).
+ * only log, and on_connection counts conn.connects, an atomic).
  * Everything marked "loop thread" below is touched by main() alone; everything marked
  * "under sim.mu" is shared with on_publish_done.
  */
@@ -34,6 +36,7 @@
 #include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "ward.h"
 
 #define NS_PER_S 1000000000LL
 #define NS_PER_MS 1000000LL
@@ -73,6 +76,11 @@ struct opts {
     bool quiet;
     bool print_last;
     double flaky; /* probability per device per minute of going offline for a while */
+    unsigned nurses;     /* --nurses: resource devices nurse-01.. (one connection per device) */
+    double nurse_period; /* s between a nurse's telemetry messages */
+    double nurse_speed;  /* m/s */
+    double service;      /* s at the bedside */
+    double episodes_per_hour; /* tachycardia episodes per monitor and hour; 0: 1% per message */
 };
 
 static void usage(FILE *f)
@@ -118,28 +126,59 @@ static void usage(FILE *f)
            "  --quiet            no errors or connection changes on stderr\n"
            "  --print-last       after the summary, one line per device: id last_acked_seq\n"
            "  --flaky P          each device goes offline for 2..6 s with probability P per\n"
-           "                     minute (one connection per device only)\n"
-           "  -h, --help         this text\n"
-           "\n"
-           "A broker that takes the client id from the certificate (twinhub's mosquitto.conf:\n"
-           "use_username_as_clientid) keeps one connection per certificate: with a shared\n"
-           "--cert, use --connections 1, or give each device its own with --cert-dir.\n"
-           "\n"
-           "At the end (count, seconds, SIGINT or SIGTERM) it waits up to 10 s for outstanding\n"
-           "acks and prints one line:\n"
-           "  twinsim: devices=N sent=N acked=N failed=N seconds=S rate=R msg/s\n"
-           "seconds is the sending phase; rate = sent / seconds. Exit status 0, 1 if any\n"
-           "publish failed or the run could not start, 2 on a usage error.\n"
-           "\n"
-           "With one connection per device (no --connections below --devices), each device\n"
-           "obeys its twin: it subscribes to devices/{id}/desired and devices/{id}/commands,\n"
-           "applies sample_hz (its message rate, 0.1..100 Hz), alarm_hr_high and alarm_hr_low\n"
-           "from the delta and reports the applied values in its telemetry (other desired keys\n"
-           "are ignored, so they stay in the delta), and acknowledges commands (delivered, then\n"
-           "succeeded or failed): ping, set_rate {hz}, alert {level: low|medium|high|critical\n"
-           "(default high), reason} (the alarm sounds: logged), go_offline {seconds} (0..3600;\n"
-           "the device stops publishing, leaves with its \"offline\" status and comes back\n"
-           "\"online\"); any other command fails.\n");
+           "                     minute (one connection per device only; monitors only)\n"
+           "  --nurses N         also simulate N nurses (default 0), resource devices nurse-01\n"
+           "                     .. nurse-NN (more digits past 99), each with its own connection\n"
+           "                     like a monitor's (same broker, TLS, auth, will and birth);\n"
+           "                     ignored with shared connections (--connections below --devices)\n"
+           "  --nurse-period S   seconds between a nurse's telemetry messages (default 1)\n"
+           "  --nurse-speed V    a nurse's walking speed, m/s (default 1.2)\n"
+           "  --service S        seconds a nurse spends at the bedside (default 20)\n"
+           "  --episodes-per-hour N  tachycardia episodes per monitor and hour, each lasting\n"
+           "                     2 to 5 minutes unless a nurse treats it (default: a 1%% chance\n"
+           "                     per message of one 20 to 60 messages long)\n"
+           "  -h, --help         this text\n");
+    /* in three strings: C99 promises 4095 bytes of one */
+    fprintf(f,
+            "\n"
+            "A broker that takes the client id from the certificate (twinhub's mosquitto.conf:\n"
+            "use_username_as_clientid) keeps one connection per certificate: with a shared\n"
+            "--cert, use --connections 1, or give each device its own with --cert-dir.\n"
+            "\n"
+            "At the end (count, seconds, SIGINT or SIGTERM) it waits up to 10 s for outstanding\n"
+            "acks and prints one line:\n"
+            "  twinsim: devices=N sent=N acked=N failed=N seconds=S rate=R msg/s\n"
+            "seconds is the sending phase; rate = sent / seconds. Exit status 0, 1 if any\n"
+            "publish failed or the run could not start, 2 on a usage error.\n"
+            "\n"
+            "With one connection per device (no --connections below --devices), each device\n"
+            "obeys its twin: it subscribes to devices/{id}/desired and devices/{id}/commands,\n"
+            "applies sample_hz (its message rate, 0.1..100 Hz), alarm_hr_high and alarm_hr_low\n"
+            "from the delta and reports the applied values in its telemetry (other desired keys\n"
+            "are ignored, so they stay in the delta), and acknowledges commands (delivered, then\n"
+            "succeeded or failed): ping, set_rate {hz}, alert {level: low|medium|high|critical\n"
+            "(default high), reason} (the alarm sounds: logged), go_offline {seconds} (0..3600;\n"
+            "the device stops publishing, leaves with its \"offline\" status and comes back\n"
+            "\"online\"); any other command fails.\n");
+    fputs("\n"
+          "The ward (one connection per device): monitor k (0-based) lies in bed k, at\n"
+          "x = 2 + 4 * (k / 2), y = 0 (k even) or 8 (k odd) metres, and reports it as\n"
+          "pos: {x, y} in its first telemetry message after each (re)connect. Nurse i\n"
+          "(0-based) starts at the nurses' station, x = 2 * i, y = 4 (the corridor), and every\n"
+          "--nurse-period, and at once when it becomes busy or free, publishes\n"
+          "{seq, ts, boot, pos: {x, y}, busy, on_shift: true, skills: [\"ward\"] (odd-numbered\n"
+          "nurses: [\"ward\", \"cardiac\"])}. It subscribes to devices/{id}/commands and\n"
+          "acknowledges: attend {demand: <twin id>, x, y} (delivered at once; queued, FIFO, up\n"
+          "to 16; busy while it has a task; walks there in a straight line at --nurse-speed,\n"
+          "serves --service seconds, then succeeded {demand, walked_m, waited_ms (when it\n"
+          "waited behind another task)}; a demand that is one of this process's monitors is\n"
+          "treated on arrival: its tachycardia ends and none starts while it is served),\n"
+          "cancel {demand} (drops its tasks waiting or being walked to, whose attend then fails\n"
+          "with error \"cancelled\"; one being served finishes; succeeded {cancelled: bool}),\n"
+          "ping, go_offline {seconds} (the model goes on meanwhile); any other command fails.\n"
+          "--count applies to monitors only; nurse telemetry is counted in sent and acked, and\n"
+          "the summary ends with nurses=N when there are nurses.\n",
+          f);
 }
 
 static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -187,6 +226,11 @@ enum {
     OPT_QUIET,
     OPT_PRINT_LAST,
     OPT_FLAKY,
+    OPT_NURSES,
+    OPT_NURSE_PERIOD,
+    OPT_NURSE_SPEED,
+    OPT_SERVICE,
+    OPT_EPISODES,
 };
 
 /* Returns 0, or 2 (usage error, already reported), or 1 after --help (exit 0). */
@@ -213,6 +257,11 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"print-last", no_argument, NULL, OPT_PRINT_LAST},
         {"flaky", required_argument, NULL, OPT_FLAKY},
+        {"nurses", required_argument, NULL, OPT_NURSES},
+        {"nurse-period", required_argument, NULL, OPT_NURSE_PERIOD},
+        {"nurse-speed", required_argument, NULL, OPT_NURSE_SPEED},
+        {"service", required_argument, NULL, OPT_SERVICE},
+        {"episodes-per-hour", required_argument, NULL, OPT_EPISODES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -224,7 +273,10 @@ static int opts_parse(struct opts *o, int argc, char **argv)
                        .rate = 1.0,
                        .qos = 1,
                        .ecg_samples = 25,
-                       .max_inflight = 64};
+                       .max_inflight = 64,
+                       .nurse_period = 1.0,
+                       .nurse_speed = 1.2,
+                       .service = 20.0};
     while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         const char *bad = NULL;
         switch (ch) {
@@ -318,6 +370,27 @@ static int opts_parse(struct opts *o, int argc, char **argv)
             if (parse_double(optarg, 0, 1, &o->flaky))
                 bad = "--flaky: expected a probability in 0..1";
             break;
+        case OPT_NURSES:
+            if (parse_uint(optarg, 0, 10000, &u))
+                bad = "--nurses: expected 0..10000";
+            o->nurses = (unsigned)u;
+            break;
+        case OPT_NURSE_PERIOD:
+            if (parse_double(optarg, 0.01, 3600, &o->nurse_period))
+                bad = "--nurse-period: expected 0.01..3600 seconds";
+            break;
+        case OPT_NURSE_SPEED:
+            if (parse_double(optarg, 0.01, 1000, &o->nurse_speed))
+                bad = "--nurse-speed: expected 0.01..1000 m/s";
+            break;
+        case OPT_SERVICE:
+            if (parse_double(optarg, 0, 86400, &o->service))
+                bad = "--service: expected 0..86400 seconds";
+            break;
+        case OPT_EPISODES:
+            if (parse_double(optarg, 0.001, 36000, &o->episodes_per_hour))
+                bad = "--episodes-per-hour: expected 0.001..36000";
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -352,6 +425,11 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     if (o->flaky > 0 && o->connections < o->devices) {
         fprintf(stderr, "twinsim: --flaky needs one connection per device\n");
         return 2;
+    }
+    if (o->nurses && o->connections < o->devices) {
+        /* the load generator's devices obey nothing: no commands, so no nurses */
+        fprintf(stderr, "twinsim: --nurses is ignored with shared connections\n");
+        o->nurses = 0;
     }
     return 0;
 }
@@ -398,6 +476,7 @@ static double rng_unit(uint64_t *s)
  * ------------------------------------------------------------------------------------------ */
 
 struct conn;
+struct nurse;
 
 struct dev {
     char id[BRIDGE_ID_MAX + 1];
@@ -405,7 +484,9 @@ struct dev {
     char *status_topic;                               /* devices/{id}/status */
     char *desired_topic, *commands_topic, *ack_topic; /* one connection per device only */
     const char *subs[2];
+    unsigned n_subs;
     struct conn *conn;
+    struct nurse *nurse; /* NULL: an ECG monitor */
 
     /* obeying (loop thread): the schedule is base_ns + (k - k0 + slot) * period_ns */
     int64_t period_ns, base_ns;
@@ -438,6 +519,9 @@ struct dev {
     double ecg_phase; /* position in the current beat, 0..1 */
     double ecg_wander;
     struct replay *rp; /* --ecg-record: the strip is the recording, heart_rate its R peaks */
+    int64_t calm_until;  /* treated by a nurse: no tachycardia before this (monotonic ns) */
+    unsigned pos_sent;   /* the conn's `connects` when pos last went out (per device only) */
+    unsigned pos_packed; /* what pos_sent becomes when the message being packed goes out */
 
     /* under sim.mu */
     uint64_t last_acked;
@@ -457,6 +541,7 @@ struct conn {
     unsigned index;
     atomic_bool ever_connected; /* Paho's threads only */
     atomic_bool leaving;        /* go_offline: in-flight publishes cancelled on purpose */
+    atomic_uint connects;       /* connects so far (Paho's threads; the loop reads it) */
 
     /* under sim.mu */
     struct slot *slots;
@@ -475,6 +560,17 @@ struct conn {
     int64_t offline_until;
 };
 
+/* A nurse (loop thread): the ward's model, and when its telemetry goes out. It is a device too
+ * (devs[n_mon + index]): its connection, acks and go_offline are the monitors'; it is never in
+ * the deadline heap: nurses_step puts it in its connection's due queue. */
+struct nurse {
+    struct ward_nurse w;
+    unsigned index;   /* 0-based: nurse-01 is 0 */
+    bool queued;      /* in its connection's due queue */
+    bool dirty;       /* busy changed: publish at once */
+    int64_t next_pub; /* monotonic ns of its next periodic message */
+};
+
 /* A message for a device (desired or commands), copied on Paho's thread, handled by the loop. */
 struct inmsg {
     struct dev *dev;
@@ -488,10 +584,14 @@ static struct {
     struct opts o;
     struct config cfg;
     struct bridge_topics topics;
-    struct dev *devs;
+    struct dev *devs; /* the monitors, then the nurses */
     struct conn *conns;
     unsigned n_devs, n_conns;
-    bool per_device;   /* one connection per device */
+    unsigned n_mon, n_nurses; /* n_devs = n_mon + n_nurses */
+    struct nurse *nurses;
+    int64_t nurse_period_ns;
+    int64_t nurse_wake; /* loop thread: when nurses_step is next needed */
+    bool per_device;    /* one connection per device */
     int64_t period_ns; /* rate > 0 */
     int64_t boot;      /* every device's `boot`: when this run started (ms), new at each start */
     int ecg_table[ECG_TABLE];
@@ -688,12 +788,24 @@ static double replay_next(struct replay *r)
 }
 
 /* One step of the vitals: a mean-reverting random walk, with tachycardia episodes (1% chance
- * per message to start one of 20..60 messages at 121..150 bpm, SpO2 sagging towards 93). */
+ * per message to start one of 20..60 messages at 121..150 bpm, SpO2 sagging towards 93; none
+ * while a nurse treats the patient). */
 static void dev_model_step(struct dev *d)
 {
     double hr_target = d->hr_base, spo2_target = d->spo2_base, temp_target = d->temp_base;
-    if (d->episode_left == 0 && rng_unit(&d->rng) < 0.01) {
+    if (d->calm_until && mono_ns() >= d->calm_until)
+        d->calm_until = 0;
+    /* the chance of an episode starting with this message: 1%, or --episodes-per-hour spread
+     * over the device's message rate */
+    double p = 0.01;
+    if (sim.o.episodes_per_hour > 0 && d->period_ns > 0)
+        p = sim.o.episodes_per_hour / 3600.0 * ((double)d->period_ns / 1e9);
+    if (d->episode_left == 0 && !d->calm_until && rng_unit(&d->rng) < p) {
         d->episode_left = 20 + (int)(rng_next(&d->rng) % 41);
+        /* a ward's episodes (--episodes-per-hour) last until treated, or 2 to 5 minutes at the
+         * rate the monitor sends at when it starts */
+        if (sim.o.episodes_per_hour > 0 && d->period_ns > 0)
+            d->episode_left = (int)((120 + 180 * rng_unit(&d->rng)) / ((double)d->period_ns / 1e9));
         d->episode_hr = 125 + 20 * rng_unit(&d->rng);
     }
     if (d->episode_left > 0) {
@@ -712,16 +824,76 @@ static void dev_model_step(struct dev *d)
     d->temp = clampd(d->temp, 36.0, 38.5);
 }
 
+static void pack_key(msgpack_packer *pk, const char *key)
+{
+    msgpack_pack_str_with_body(pk, key, strlen(key));
+}
+
+/* pos: {x, y}, in metres to the millimetre. */
+static void pack_pos(msgpack_packer *pk, double x, double y)
+{
+    pack_key(pk, "pos");
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "x");
+    msgpack_pack_double(pk, round(x * 1000) / 1000);
+    pack_key(pk, "y");
+    msgpack_pack_double(pk, round(y * 1000) / 1000);
+}
+
+/* Packs message `seq` of nurse d into sim.sbuf (reused): its place, whether it has a task,
+ * its skills (every nurse "ward"; odd-numbered ones, nurse-01, nurse-03, .., "cardiac"). */
+static void nurse_pack(struct dev *d, uint64_t seq)
+{
+    msgpack_packer *pk = &sim.pk;
+    struct nurse *n = d->nurse;
+    bool cardiac = n->index % 2 == 0;
+
+    sim.sbuf.size = 0;
+    msgpack_pack_map(pk, 7);
+    pack_key(pk, "boot");
+    msgpack_pack_int64(pk, sim.boot);
+    pack_key(pk, "seq");
+    msgpack_pack_uint64(pk, seq);
+    pack_key(pk, "ts");
+    msgpack_pack_int64(pk, hub_now_ms());
+    pack_pos(pk, n->w.x, n->w.y);
+    pack_key(pk, "busy");
+    if (ward_nurse_busy(&n->w))
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    pack_key(pk, "on_shift");
+    msgpack_pack_true(pk);
+    pack_key(pk, "skills");
+    msgpack_pack_array(pk, cardiac ? 2 : 1);
+    pack_key(pk, "ward");
+    if (cardiac)
+        pack_key(pk, "cardiac");
+}
+
 /* Packs message `seq` of device d into sim.sbuf (reused). */
 static void dev_pack(struct dev *d, uint64_t seq)
 {
     msgpack_packer *pk = &sim.pk;
     unsigned m = sim.o.ecg_samples;
 
+    if (d->nurse) {
+        nurse_pack(d, seq);
+        return;
+    }
     dev_model_step(d);
     sim.sbuf.size = 0;
+    /* its bed's place, once per connection: the twin keeps it */
+    unsigned connects = sim.per_device ? atomic_load(&d->conn->connects) : 0;
+    bool pos = sim.per_device && d->pos_sent != connects;
+    d->pos_packed = pos ? connects : d->pos_sent;
     msgpack_pack_map(pk, 7 + (unsigned)d->sample_hz.set + (unsigned)d->hr_high.set +
-                             (unsigned)d->hr_low.set + (d->rp ? 1u : 0u));
+                             (unsigned)d->hr_low.set + (d->rp ? 1u : 0u) + (pos ? 1u : 0u));
+    if (pos) {
+        double x, y;
+        ward_bed_pos((unsigned)(d - sim.devs), &x, &y);
+        pack_pos(pk, x, y);
+    }
     /* the applied desired settings, reported back as they were asked (integer or not) */
     const struct {
         const char *key;
@@ -903,6 +1075,8 @@ static void on_connection(void *ctx, bool connected, const char *reason)
 {
     struct conn *c = ctx;
     char q[320];
+    if (connected)
+        atomic_fetch_add(&c->connects, 1); /* its monitor reports its bed again */
     if (connected && !atomic_exchange(&c->ever_connected, true))
         return;
     if (sim.o.quiet)
@@ -928,6 +1102,8 @@ static void on_message(void *ctx, const struct bridge_msg *m)
     struct dev *d = &sim.devs[c->index];
     if (t.id_len != strlen(d->id) || memcmp(t.id, d->id, t.id_len) != 0)
         return;
+    if (t.kind == BRIDGE_T_DESIRED && d->nurse)
+        return; /* a nurse obeys commands only */
     struct inmsg *im = malloc(sizeof *im + m->len + 1);
     if (!im)
         return;
@@ -1033,11 +1209,19 @@ static int64_t dev_deadline(const struct dev *d, int64_t start)
     return d->base_ns + (int64_t)(((double)(d->k - d->k0) + d->slot) * (double)d->period_ns);
 }
 
-/* After device d issued (or gave up) message k: schedule the next one, or retire it. */
+/* After device d issued (or gave up) message k: schedule the next one, or retire it. A nurse's
+ * next one is a period from now, unless it changes before (nurses_step). */
 static void dev_advance(struct dev *d, int64_t start, int64_t now, unsigned *done)
 {
     d->k++;
     d->refused = false;
+    if (d->nurse) {
+        d->nurse->queued = false;
+        d->nurse->next_pub = now + sim.nurse_period_ns;
+        if (d->nurse->dirty || d->nurse->next_pub < sim.nurse_wake)
+            sim.nurse_wake = d->nurse->dirty ? now : d->nurse->next_pub;
+        return;
+    }
     if (sim.o.count && d->k >= sim.o.count) {
         d->done = true;
         (*done)++;
@@ -1074,6 +1258,7 @@ static int conn_publish_next(struct conn *c)
         slot_put_back(s);
         return r;
     }
+    d->pos_sent = d->pos_packed;
     sim.sent++;
     return 0;
 }
@@ -1193,24 +1378,40 @@ static void apply_desired(struct dev *d, const msgpack_object *root, int64_t sta
     /* other keys are ignored: they stay in the delta, which shows they were not applied */
 }
 
+/* Starts an ack {id, status, result?} in sim.abuf: the command's id is `id`, or (id NULL) the
+ * msgpack in raw[0..raw_len). With n_result > 0, result is a map of that many pairs, which
+ * the caller packs next; then ack_publish. */
+static msgpack_packer *ack_start(const msgpack_object *id, const void *raw, size_t raw_len,
+                                 const char *status, unsigned n_result)
+{
+    msgpack_packer *pk = &sim.apk;
+    sim.abuf.size = 0;
+    msgpack_pack_map(pk, n_result ? 3 : 2);
+    pack_key(pk, "id");
+    if (id)
+        msgpack_pack_object(pk, *id);
+    else
+        msgpack_sbuffer_write(&sim.abuf, raw, raw_len);
+    pack_key(pk, "status");
+    pack_key(pk, status);
+    if (n_result) {
+        pack_key(pk, "result");
+        msgpack_pack_map(pk, n_result);
+    }
+    return pk;
+}
+
+static void ack_publish(struct dev *d, const char *status);
+
 /* Publishes {id, status, result?} on d's ack topic (QoS 1, fire and forget: the hub re-sends
  * a command that is still pending when the device comes back). With rkey, result is the map
  * {rkey: rstr}, or {rkey: true} with rbool_true, or {rkey: rnum}. */
 static void send_ack(struct dev *d, const msgpack_object *id, const char *status, const char *rkey,
                      const char *rstr, double rnum, bool rbool_true)
 {
-    msgpack_packer *pk = &sim.apk;
-    sim.abuf.size = 0;
-    bool has_result = rkey != NULL;
-    msgpack_pack_map(pk, has_result ? 3 : 2);
-    msgpack_pack_str_with_body(pk, "id", 2);
-    msgpack_pack_object(pk, *id);
-    msgpack_pack_str_with_body(pk, "status", 6);
-    msgpack_pack_str_with_body(pk, status, strlen(status));
-    if (has_result) {
-        msgpack_pack_str_with_body(pk, "result", 6);
-        msgpack_pack_map(pk, 1);
-        msgpack_pack_str_with_body(pk, rkey, strlen(rkey));
+    msgpack_packer *pk = ack_start(id, NULL, 0, status, rkey ? 1 : 0);
+    if (rkey) {
+        pack_key(pk, rkey);
         if (rstr)
             msgpack_pack_str_with_body(pk, rstr, strlen(rstr));
         else if (rbool_true)
@@ -1218,6 +1419,12 @@ static void send_ack(struct dev *d, const msgpack_object *id, const char *status
         else
             msgpack_pack_double(pk, rnum);
     }
+    ack_publish(d, status);
+}
+
+/* Publishes the ack in sim.abuf (ack_start) on d's ack topic, unless d is offline. */
+static void ack_publish(struct dev *d, const char *status)
+{
     struct conn *c = d->conn;
     if (c->offline || !c->client)
         return;
@@ -1296,7 +1503,7 @@ static void offline_step(int64_t now)
 static void flaky_step(int64_t now)
 {
     double p = 1.0 - pow(1.0 - (sim.o.flaky > 0.999 ? 0.999 : sim.o.flaky), 1.0 / 60.0);
-    for (unsigned i = 0; i < sim.n_devs; i++) {
+    for (unsigned i = 0; i < sim.n_mon; i++) {
         if (sim.conns[i].offline || rng_unit(&sim.flaky_rng) >= p)
             continue;
         dev_go_offline(&sim.devs[i], 2 + 4 * rng_unit(&sim.flaky_rng), now);
@@ -1318,6 +1525,239 @@ static bool obj_str_eq(const msgpack_object *o, const char *s)
            memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Nurses (loop thread): commands attend and cancel, the model's events, the telemetry schedule
+ * ------------------------------------------------------------------------------------------ */
+
+/* The remembered command whose packed id is ref[0..len), or NULL. */
+static struct seen_cmd *seen_find(struct dev *d, const void *ref, size_t len)
+{
+    for (unsigned i = 0; i < CMD_SEEN; i++)
+        if (d->seen[i].len && d->seen[i].len == len && memcmp(d->seen[i].id, ref, len) == 0)
+            return &d->seen[i];
+    return NULL;
+}
+
+/* One of this process's monitors by id, or NULL. */
+static struct dev *monitor_find(const char *id)
+{
+    for (unsigned i = 0; i < sim.n_mon; i++)
+        if (strcmp(sim.devs[i].id, id) == 0)
+            return &sim.devs[i];
+    return NULL;
+}
+
+static double ns_to_s(int64_t ns)
+{
+    return (double)ns / (double)NS_PER_S;
+}
+
+/* The final ack of a task: succeeded {demand, walked_m, waited_ms?} (waited_ms when it waited
+ * behind another task), or failed {error: "cancelled"}. A repeat of its command is answered
+ * the same way (seen). */
+static void task_ack(struct dev *d, const struct ward_task *t, bool ok)
+{
+    struct seen_cmd *seen = seen_find(d, t->ref, t->ref_len);
+    if (seen)
+        seen->ok = ok;
+    if (!ok) {
+        msgpack_packer *pk = ack_start(NULL, t->ref, t->ref_len, "failed", 1);
+        pack_key(pk, "error");
+        pack_key(pk, "cancelled");
+        ack_publish(d, "failed");
+        return;
+    }
+    int64_t waited = t->started_ns - t->queued_ns;
+    msgpack_packer *pk = ack_start(NULL, t->ref, t->ref_len, "succeeded", waited > 0 ? 3 : 2);
+    pack_key(pk, "demand");
+    pack_key(pk, t->demand);
+    pack_key(pk, "walked_m");
+    msgpack_pack_double(pk, round(t->walked_m * 100) / 100);
+    if (waited > 0) {
+        pack_key(pk, "waited_ms");
+        msgpack_pack_int64(pk, waited / NS_PER_MS);
+    }
+    ack_publish(d, "succeeded");
+}
+
+/* One event of nurse d's model: the walk begins, she arrives, or the service ends: the command
+ * succeeds and, if the demand is one of our monitors, she has treated the patient: its
+ * tachycardia ends and none starts for a minute. */
+static void nurse_event(struct dev *d, const struct ward_event *ev)
+{
+    const struct ward_task *t = &ev->task;
+    char q[WARD_DEMAND_MAX * 4 + 3];
+    log_quote(q, sizeof q, t->demand, strlen(t->demand));
+    switch (ev->kind) {
+    case WARD_EV_WALK:
+        if (t->started_ns > t->queued_ns && !sim.o.quiet)
+            log_info("nurse sets off", "device=%s demand=%s waited_s=%.1f", d->id, q,
+                     ns_to_s(t->started_ns - t->queued_ns));
+        break;
+    case WARD_EV_ARRIVE:
+        if (!sim.o.quiet)
+            log_info("nurse arrived", "device=%s demand=%s walked_m=%.1f seconds=%.1f treats=%s",
+                     d->id, q, t->walked_m, ns_to_s(t->arrived_ns - t->started_ns),
+                     monitor_find(t->demand) ? "true" : "false");
+        break;
+    case WARD_EV_DONE: {
+        if (!sim.o.quiet)
+            log_info("nurse finished", "device=%s demand=%s walked_m=%.1f seconds=%.1f", d->id, q,
+                     t->walked_m, ns_to_s(ev->at_ns - t->queued_ns));
+        /* done first (the hub hears it before the alarm resolves), then the patient is well:
+         * the episode ends, and none starts for a minute (or the service time, if longer) */
+        task_ack(d, t, true);
+        struct dev *m = monitor_find(t->demand);
+        if (m) {
+            int64_t calm = d->nurse->w.service_ns > 60 * NS_PER_S ? d->nurse->w.service_ns
+                                                                   : 60 * NS_PER_S;
+            m->episode_left = 0;
+            m->hr = m->hr_base;
+            m->calm_until = ev->at_ns + calm;
+            if (m->calm_until == 0)
+                m->calm_until = 1;
+        }
+        break;
+    }
+    }
+}
+
+/* Nurse d's model up to now; a change of busy is published at once. */
+static void nurse_catch_up(struct dev *d, int64_t now)
+{
+    struct nurse *n = d->nurse;
+    bool busy = ward_nurse_busy(&n->w);
+    struct ward_event ev;
+    while (ward_nurse_step(&n->w, now, &ev))
+        nurse_event(d, &ev);
+    if (busy != ward_nurse_busy(&n->w))
+        n->dirty = true;
+}
+
+/* args.demand, a twin id, into out (WARD_DEMAND_MAX + 1); false when it is not one. */
+static bool arg_demand(const msgpack_object *args, char *out)
+{
+    const msgpack_object *o = map_get(args, "demand");
+    if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.size > WARD_DEMAND_MAX ||
+        !bridge_id_valid(o->via.str.ptr, o->via.str.size))
+        return false;
+    memcpy(out, o->via.str.ptr, o->via.str.size);
+    out[o->via.str.size] = '\0';
+    return true;
+}
+
+/* attend {demand, x, y}: queued (delivered was sent); acknowledged again when it is served.
+ * ref[0..ref_len) is the command's id, packed (0: too long to keep). */
+static void nurse_attend(struct dev *d, struct seen_cmd *seen, const msgpack_object *id,
+                         const unsigned char *ref, size_t ref_len, const msgpack_object *args,
+                         int64_t now)
+{
+    struct nurse *n = d->nurse;
+    struct ward_task t;
+    bool is_int;
+
+    memset(&t, 0, sizeof t);
+    if (!arg_demand(args, t.demand)) {
+        fail_ack(seen, d, id, "error", "args.demand: expected a twin id (a string)", 0, false);
+        return;
+    }
+    if (obj_number(map_get(args, "x"), &t.x, &is_int) < 0) {
+        fail_ack(seen, d, id, "error", "args.x: expected a number (metres)", 0, false);
+        return;
+    }
+    if (obj_number(map_get(args, "y"), &t.y, &is_int) < 0) {
+        fail_ack(seen, d, id, "error", "args.y: expected a number (metres)", 0, false);
+        return;
+    }
+    if (ref_len == 0) {
+        fail_ack(seen, d, id, "error", "id: too long to keep for a task", 0, false);
+        return;
+    }
+    memcpy(t.ref, ref, ref_len);
+    t.ref_len = ref_len;
+    nurse_catch_up(d, now);
+    bool busy = ward_nurse_busy(&n->w);
+    if (ward_nurse_attend(&n->w, &t, now) < 0) {
+        fail_ack(seen, d, id, "error", "the nurse has 16 tasks already", 0, false);
+        return;
+    }
+    if (!busy)
+        n->dirty = true;
+    sim.nurse_wake = now;
+    if (!sim.o.quiet) {
+        /* the walk starts from here, or from the task before it */
+        const struct ward_task *prev =
+            n->w.len > 1 ? &n->w.task[(n->w.head + n->w.len - 2) % WARD_QUEUE_MAX] : NULL;
+        double fx = prev ? prev->x : n->w.x, fy = prev ? prev->y : n->w.y;
+        char q[WARD_DEMAND_MAX * 4 + 3];
+        log_info("nurse task", "device=%s demand=%s x=%.2f y=%.2f distance_m=%.1f tasks=%u", d->id,
+                 log_quote(q, sizeof q, t.demand, strlen(t.demand)), t.x, t.y,
+                 hypot(t.x - fx, t.y - fy), n->w.len);
+    }
+}
+
+/* cancel {demand}: its tasks waiting or being walked to are dropped (their attend fails with
+ * "cancelled"); one being served finishes. */
+static void nurse_cancel(struct dev *d, struct seen_cmd *seen, const msgpack_object *id,
+                         const msgpack_object *args, int64_t now)
+{
+    struct nurse *n = d->nurse;
+    struct ward_task dropped[WARD_QUEUE_MAX];
+    char demand[WARD_DEMAND_MAX + 1];
+
+    if (!arg_demand(args, demand)) {
+        fail_ack(seen, d, id, "error", "args.demand: expected a twin id (a string)", 0, false);
+        return;
+    }
+    nurse_catch_up(d, now);
+    bool busy = ward_nurse_busy(&n->w);
+    unsigned nd = ward_nurse_cancel(&n->w, demand, now, dropped);
+    for (unsigned i = 0; i < nd; i++) {
+        if (!sim.o.quiet) {
+            char q[WARD_DEMAND_MAX * 4 + 3];
+            log_info("nurse task cancelled", "device=%s demand=%s walked_m=%.1f seconds=%.1f",
+                     d->id, log_quote(q, sizeof q, demand, strlen(demand)), dropped[i].walked_m,
+                     ns_to_s(now - dropped[i].queued_ns));
+        }
+        task_ack(d, &dropped[i], false);
+    }
+    if (busy != ward_nurse_busy(&n->w))
+        n->dirty = true;
+    sim.nurse_wake = now;
+    msgpack_packer *pk = ack_start(id, NULL, 0, "succeeded", 1);
+    pack_key(pk, "cancelled");
+    if (nd)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    ack_publish(d, "succeeded");
+}
+
+/* Every nurse's model up to now, and the telemetry of those that are due (a period since the
+ * last, or busy changed) into their connections' due queues. Returns when it is next needed. */
+static int64_t nurses_step(int64_t now)
+{
+    int64_t next = INT64_MAX;
+    for (unsigned j = 0; j < sim.n_nurses; j++) {
+        struct dev *d = &sim.devs[sim.n_mon + j];
+        struct nurse *n = d->nurse;
+        nurse_catch_up(d, now);
+        if (n->queued) {
+            n->dirty = false; /* not packed yet: it will say so */
+        } else if (n->dirty || now >= n->next_pub) {
+            n->dirty = false;
+            n->queued = true;
+            due_push(d);
+        }
+        int64_t t = ward_nurse_next_ns(&n->w);
+        if (!n->queued && n->next_pub < t)
+            t = n->next_pub;
+        if (t < next)
+            next = t;
+    }
+    return next;
+}
+
 static void run_command(struct dev *d, const msgpack_object *root, int64_t start, int64_t now)
 {
     const msgpack_object *id = map_get(root, "id");
@@ -1336,11 +1776,15 @@ static void run_command(struct dev *d, const msgpack_object *root, int64_t start
     msgpack_sbuffer_init(&idb);
     msgpack_packer_init(&ipk, &idb, msgpack_sbuffer_write);
     msgpack_pack_object(&ipk, *id);
-    struct seen_cmd *seen = NULL;
-    for (unsigned i = 0; i < CMD_SEEN; i++)
-        if (d->seen[i].len && d->seen[i].len == idb.size &&
-            memcmp(d->seen[i].id, idb.data, idb.size) == 0)
-            seen = &d->seen[i];
+    unsigned char ref[WARD_REF_MAX]; /* a nurse's task keeps it, for its final ack */
+    size_t ref_len = idb.size <= sizeof ref ? idb.size : 0;
+    if (ref_len)
+        memcpy(ref, idb.data, ref_len);
+    if (d->nurse && ref_len && ward_nurse_find(&d->nurse->w, ref, ref_len)) {
+        msgpack_sbuffer_destroy(&idb);
+        return; /* a task under way: acknowledged when it ends */
+    }
+    struct seen_cmd *seen = seen_find(d, idb.data, idb.size);
     if (seen) {
         msgpack_sbuffer_destroy(&idb);
         /* a repeat (at least once delivery): acknowledge the outcome again, run nothing */
@@ -1360,16 +1804,20 @@ static void run_command(struct dev *d, const msgpack_object *root, int64_t start
         fail_ack(seen, d, id, "error", "expired", 0, false);
         return;
     }
-    if (obj_str_eq(cmd, "ping")) {
+    if (d->nurse && obj_str_eq(cmd, "attend")) {
+        nurse_attend(d, seen, id, ref, ref_len, args, now);
+    } else if (d->nurse && obj_str_eq(cmd, "cancel")) {
+        nurse_cancel(d, seen, id, args, now);
+    } else if (obj_str_eq(cmd, "ping")) {
         send_ack(d, id, "succeeded", "pong", NULL, 0, true);
-    } else if (obj_str_eq(cmd, "set_rate")) {
+    } else if (!d->nurse && obj_str_eq(cmd, "set_rate")) {
         if (obj_number(map_get(args, "hz"), &v, &is_int) < 0 || v <= 0) {
             fail_ack(seen, d, id, "error", "args.hz: expected a positive number", 0, false);
             return;
         }
         double applied = dev_set_rate(d, v, is_int, start, now);
         send_ack(d, id, "succeeded", "hz", NULL, applied, false);
-    } else if (obj_str_eq(cmd, "alert")) {
+    } else if (!d->nurse && obj_str_eq(cmd, "alert")) {
         /* the monitor's alarm (what the demo's rules send): sounded at args.level, default high */
         static const char *const levels[] = {"low", "medium", "high", "critical"};
         const msgpack_object *level = map_get(args, "level"), *reason = map_get(args, "reason");
@@ -1454,9 +1902,12 @@ static void run(int64_t start)
     unsigned done = 0;
     int64_t next_flaky = start + NS_PER_S, next_offline_check = start;
 
-    for (unsigned i = 0; i < sim.n_devs; i++) {
+    for (unsigned j = 0; j < sim.n_nurses; j++)
+        sim.nurses[j].next_pub = start; /* nurses_step queues their first message */
+    sim.nurse_wake = start;
+    for (unsigned i = 0; i < sim.n_mon; i++) {
         struct dev *d = &sim.devs[i];
-        d->slot = (double)i / sim.n_devs;
+        d->slot = (double)i / sim.n_mon;
         d->base_ns = start;
         d->k0 = 0;
         d->period_ns = sim.period_ns;
@@ -1468,7 +1919,7 @@ static void run(int64_t start)
         }
     }
 
-    while (!stop_signals && done < sim.n_devs) {
+    while (!stop_signals && done < sim.n_mon) {
         int64_t now = mono_ns();
         if (now >= end)
             break;
@@ -1488,6 +1939,8 @@ static void run(int64_t start)
                 next_offline_check = now + 100 * NS_PER_MS;
             }
         }
+        if (sim.n_nurses && now >= sim.nurse_wake)
+            sim.nurse_wake = nurses_step(now);
         while (sim.heap_len && sim.heap[0]->deadline <= now)
             due_push(heap_pop());
         take_ready();
@@ -1495,6 +1948,8 @@ static void run(int64_t start)
         /* one pass over the ring: at most one message per connection, round robin */
         unsigned n = sim.ring_len, published = 0;
         int64_t wake = sim.heap_len ? sim.heap[0]->deadline : INT64_MAX;
+        if (sim.n_nurses && sim.nurse_wake < wake)
+            wake = sim.nurse_wake;
         for (unsigned j = 0; j < n; j++) {
             struct conn *c = ring_pop();
             if (c->offline) {
@@ -1690,7 +2145,7 @@ static int conn_client_new(unsigned i)
         bo.birth_retained = true;
         bo.birth_qos = 1;
         bo.subscriptions = sim.devs[i].subs;
-        bo.n_subscriptions = 2;
+        bo.n_subscriptions = (int)sim.devs[i].n_subs;
         bo.sub_qos = 1;
     }
     bo.on_message = on_message;
@@ -1843,9 +2298,25 @@ static int devs_create(void)
     uint64_t seed = sim.o.seed;
     if (!sim.o.seed_set)
         seed = (uint64_t)hub_now_ms() ^ ((uint64_t)getpid() << 32);
+    int nurse_digits = snprintf(NULL, 0, "%u", sim.n_nurses);
+    if (nurse_digits < 2)
+        nurse_digits = 2;
     for (unsigned i = 0; i < sim.n_devs; i++) {
         struct dev *d = &sim.devs[i];
-        int n = snprintf(d->id, sizeof d->id, "%s%04u", sim.o.id_prefix, i + 1);
+        int n;
+        if (i >= sim.n_mon) {
+            /* a nurse: nurse-01, .., at her station, free */
+            unsigned j = i - sim.n_mon;
+            double x, y;
+            n = snprintf(d->id, sizeof d->id, "nurse-%0*u", nurse_digits, j + 1);
+            d->nurse = &sim.nurses[j];
+            d->nurse->index = j;
+            ward_station_pos(j, &x, &y);
+            ward_nurse_init(&d->nurse->w, x, y, sim.o.nurse_speed, sim.o.service, mono_ns());
+        } else {
+            n = snprintf(d->id, sizeof d->id, "%s%04u", sim.o.id_prefix, i + 1);
+        }
+        d->pos_sent = UINT_MAX; /* no connection has had it yet */
         if (n < 0 || (size_t)n >= sizeof d->id || !bridge_id_valid(d->id, (size_t)n)) {
             fprintf(stderr,
                     "twinsim: --id-prefix: '%s%04u' is not a valid device id (1..128 bytes of "
@@ -1865,6 +2336,11 @@ static int devs_create(void)
             }
             d->subs[0] = d->desired_topic;
             d->subs[1] = d->commands_topic;
+            d->n_subs = 2;
+            if (d->nurse) { /* commands only */
+                d->subs[0] = d->commands_topic;
+                d->n_subs = 1;
+            }
         }
         if (!d->topic || !d->status_topic) {
             fprintf(stderr, "twinsim: cannot build the topics of '%s'\n", d->id);
@@ -1901,6 +2377,7 @@ static void devs_free(void)
         sim.inbox = next;
     }
     free(sim.devs);
+    free(sim.nurses);
     if (sim.conns)
         for (unsigned i = 0; i < sim.n_conns; i++)
             free(sim.conns[i].slots);
@@ -1934,9 +2411,12 @@ int main(int argc, char **argv)
     pthread_mutex_init(&sim.mu, NULL);
     atomic_init(&sim.ready_pending, false);
 
-    sim.n_devs = sim.o.devices;
-    sim.n_conns = sim.o.connections;
-    sim.per_device = sim.n_conns == sim.n_devs;
+    sim.n_mon = sim.o.devices;
+    sim.per_device = sim.o.connections == sim.o.devices;
+    sim.n_nurses = sim.per_device ? sim.o.nurses : 0; /* opts_parse said so otherwise */
+    sim.n_devs = sim.n_mon + sim.n_nurses;
+    sim.n_conns = sim.per_device ? sim.n_devs : sim.o.connections;
+    sim.nurse_period_ns = (int64_t)llround(sim.o.nurse_period * (double)NS_PER_S);
     if (sim.o.rate > 0)
         sim.period_ns = (int64_t)llround(1e9 / sim.o.rate);
     if (!sim.o.ecg_set) /* every sample of the strip, in chunks of one message period */
@@ -1964,7 +2444,8 @@ int main(int argc, char **argv)
     sim.conns = calloc(sim.n_conns, sizeof *sim.conns);
     sim.heap = calloc(sim.n_devs, sizeof *sim.heap);
     sim.ring = calloc(sim.n_conns, sizeof *sim.ring);
-    if (!sim.devs || !sim.conns || !sim.heap || !sim.ring) {
+    sim.nurses = calloc(sim.n_nurses ? sim.n_nurses : 1, sizeof *sim.nurses);
+    if (!sim.devs || !sim.conns || !sim.heap || !sim.ring || !sim.nurses) {
         fprintf(stderr, "twinsim: out of memory\n");
         devs_free();
         return 1;
@@ -1980,9 +2461,9 @@ int main(int argc, char **argv)
         started = true;
         if (!sim.o.quiet) {
             char q[300];
-            log_info("connected", "broker=%s connections=%u devices=%u identity=%s",
+            log_info("connected", "broker=%s connections=%u devices=%u nurses=%u identity=%s",
                      log_quote(q, sizeof q, sim.cfg.broker_url, strlen(sim.cfg.broker_url)),
-                     sim.n_conns, sim.n_devs, identity_name());
+                     sim.n_conns, sim.n_mon, sim.n_nurses, identity_name());
         }
         windows_fit();
         if (!sim.per_device) {
@@ -2012,8 +2493,11 @@ int main(int argc, char **argv)
     pthread_mutex_unlock(&sim.mu);
     double secs = (double)(send_end - start) / 1e9;
     printf("twinsim: devices=%u sent=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
-           " seconds=%.3f rate=%.1f msg/s\n",
-           sim.n_devs, sim.sent, acked, failed, secs, secs > 0 ? (double)sim.sent / secs : 0.0);
+           " seconds=%.3f rate=%.1f msg/s",
+           sim.n_mon, sim.sent, acked, failed, secs, secs > 0 ? (double)sim.sent / secs : 0.0);
+    if (sim.n_nurses)
+        printf(" nurses=%u", sim.n_nurses);
+    printf("\n");
     if (sim.o.print_last)
         for (unsigned i = 0; i < sim.n_devs; i++)
             printf("%s %" PRIu64 "\n", sim.devs[i].id, sim.devs[i].last_acked);

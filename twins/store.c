@@ -326,6 +326,14 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
     }
     if (rc)
         goto fail_txn;
+    s->has_dispatch = true;
+    rc = dbi_open(s, txn, path, "dispatch", 0, &s->dbi_dispatch, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_dispatch = false;
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
     rc = mdb_get(txn, s->dbi_info, &k, &v);
     if (rc == MDB_NOTFOUND && !s->read_only) {
         s->schema = TWINS_SCHEMA;

@@ -788,6 +788,31 @@ int twin_model_state_list(struct twin_txn *txn, const char *id, size_t id_len, t
                           void *ctx, char *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Dispatch records: the hub's open demands and assignments, keyed by (dispatch name, demand
+ * id), opaque here (hub/dispatch.c owns their meaning), written in the transaction of the
+ * change that decided them.
+ * ------------------------------------------------------------------------------------------ */
+
+#define TWIN_DISPATCH_NAME_MAX 64     /* bytes of a dispatch name */
+#define TWIN_DISPATCH_RECORD_MAX 2048 /* bytes of one record */
+
+/* Reads the record of (dispatch, demand id) into buf (TWIN_DISPATCH_RECORD_MAX bytes); *len its
+ * size. Returns 0, -ENOENT, -EINVAL (bad name or id), -EBADMSG, -EIO. */
+int twin_dispatch_get(struct twin_txn *txn, const char *name, size_t name_len, const char *id,
+                      size_t id_len, void *buf, size_t *len, char *err);
+/* Writes (replaces) it: 1..TWIN_DISPATCH_RECORD_MAX bytes. Write transactions. */
+int twin_dispatch_put(struct twin_txn *txn, const char *name, size_t name_len, const char *id,
+                      size_t id_len, const void *buf, size_t len, char *err);
+/* Deletes it. Returns 0, -ENOENT, -EINVAL, -EIO. */
+int twin_dispatch_del(struct twin_txn *txn, const char *name, size_t name_len, const char *id,
+                      size_t id_len, char *err);
+/* Calls cb(ctx, name, name_len, id, id_len, buf, len) for every record of dispatch `name`
+ * (NULL: of every dispatch), in (name, id) order. A non-zero return of cb stops the walk and is
+ * returned; cb must not write to the store. */
+int twin_dispatch_list(struct twin_txn *txn, const char *name, size_t name_len, twin_records_cb cb,
+                       void *ctx, char *err);
+
+/* ---------------------------------------------------------------------------------------------
  * Listing, outbox, statistics
  * ------------------------------------------------------------------------------------------ */
 

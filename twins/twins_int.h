@@ -261,7 +261,8 @@ struct twin_store {
     MDB_dbi dbi_rulestate, dbi_wakes; /* rulestate.c */
     MDB_dbi dbi_modelstate;           /* modelstate.c */
     MDB_dbi dbi_waves;                /* wave.c */
-    bool has_waves;
+    MDB_dbi dbi_dispatch;             /* dispatch.c */
+    bool has_waves, has_dispatch;
     struct twin_waveform waves[TWIN_WAVEFORMS_MAX];
     unsigned nwaves;
     /* Whether the databases added after the first stores were made exist: a writer creates

@@ -875,7 +875,7 @@ static void one_message(struct run *r, size_t idx)
         int64_t at = hub_now_ms() + (n ? p[0] : 0) * 1000LL;
         uint64_t count = 0;
 
-        rc = commands_expire(h->store, h->pub, &h->timer_out, at, &count, err);
+        rc = commands_expire(h->store, NULL, h->pub, &h->timer_out, at, &count, err);
         FUZZ_CHECK(rc == 0, "commands_expire: %d %s", rc, err);
         if (retained) {
             rc = commands_resend_connected(h->store, h->pub, &h->timer_out, &count, err);

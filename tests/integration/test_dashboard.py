@@ -25,6 +25,13 @@ writes: with a write token configured, the page's write forms are off without th
     a desired change from the page goes through with it (the twin's desired shows it).
 pages: the models page lists the rules file's models with the hub's sampled scores plotted, and
     the hub page shows the twins and the counters.
+dispatch: the dispatch page against tests/integration/test_dispatch.py's rules file, with Python
+    nurses and monitors: the free nurses on the ward plan; an alarm assigned to the nearer nurse
+    (the row, the plan's points and its one line); with the other nurse off shift a second alarm
+    waits as an open demand (its waiting time counting up) until the first nurse reports done,
+    then goes to her (the first served, grey); the counters as /api/hub has them; a nurse's
+    skill holding HTML shows as text; the twin pages' assignment lines; leaving the page stops
+    its polling.
 csp: / and the files under it carry the CSP of web/API.md; index.html has no inline script,
     style or event handler; no JS file uses innerHTML, eval or new Function.
 """
@@ -397,6 +404,111 @@ def case_writes(fx):
     no_console_errors(br)
 
 
+def case_dispatch(fx):
+    import test_dispatch as td  # its rules file and its nurses and monitors
+    rules = fx.path("dispatch.yaml")
+    with open(rules, "w") as f:
+        f.write(td.RULES)
+    b, hub, sim, base = start(fx, devices=0, sets={"rules.file": rules})
+    n1 = td.nurse(fx, b, 1, 0, 4, skills=("ward", XSS))
+    n2 = td.nurse(fx, b, 2, 30, 4)
+    m1 = td.monitor(fx, b, 1, 27, 0)
+    m2 = td.monitor(fx, b, 2, 3, 0)
+    for d in (n1, n2, m1, m2):
+        wait_until(lambda: api_or_empty(base, f"/api/twins/{d.id}").get("seq", 0) >= 1, 10,
+                   f"{d.id} in the store")
+    plan = "const p = document.getElementById('ward-plan'); "
+    br = Browser(fx, base)
+    br.open("#/dispatch")
+    br.wait(plan + "return p && p.dataset.points === '2' && p.dataset.lines === '0'", 10,
+            "the two free nurses on the plan")
+    check_eq(sorted(br.js("return [...document.querySelectorAll('#ward-plan .pt')].map(g => "
+                          "g.dataset.id + ':' + g.dataset.kind)")),
+             ["nurse-1:resource", "nurse-2:resource"], "the plan before any alarm")
+    check_eq(br.js("return document.querySelector('nav a.active').textContent"), "Dispatch",
+             "the nav link")
+    check("no demand waiting" in br.js("return document.getElementById('dispatch-open').textContent"),
+          "the open demands before any alarm")
+    # the first alarm: nurse 2 is 5 m away, nurse 1 24.3 m
+    m1.send(heart_rate=130)
+    cmd = td.wait_attend(n2)
+    br.wait("return document.querySelector('#assigned-table tr[data-demand=\"ecg-1\"]"
+            "[data-resource=\"nurse-2\"].dispatch-assigned')", 10, "the assignment row")
+    row = br.js("return document.querySelector('#assigned-table tr[data-demand=\"ecg-1\"]').textContent")
+    check("ecg-1" in row and "nurse-2" in row and "assigned" in row and "5" in row,
+          f"the assignment row: {row!r}")
+    br.wait(plan + "return p.dataset.points === '3' && p.dataset.lines === '1' && "
+            "p.querySelector('.pt[data-id=\"ecg-1\"]').dataset.kind === 'assigned' && "
+            "p.querySelector('line.route[data-resource=\"nurse-2\"][data-demand=\"ecg-1\"]')", 10,
+            "the plan: two nurses, the assigned bed, a line from nurse 2 to it")
+    # nurse 1 goes off shift: the second alarm waits
+    n1.send(on_shift=False)
+    wait_until(lambda: api(base, "/api/twins/nurse-1")["reported"].get("on_shift") is False, 10,
+               "nurse 1 off shift")
+    m2.send(heart_rate=135)
+    wait_until(lambda: any(r["demand"] == "ecg-2" and r["state"] == "open"
+                           for r in api(base, "/api/dispatch")["records"]), 10, "ecg-2 open")
+    sel = "document.querySelector('#open-table tr[data-demand=\"ecg-2\"] .counting')"
+    w0 = br.wait(f"return {sel} && {sel}.textContent", 10, "ecg-2 as an open demand")
+    br.wait(plan + "return p.dataset.points === '4' && p.dataset.lines === '1' && "
+            "p.querySelector('.pt[data-id=\"ecg-2\"]').dataset.kind === 'open'", 10,
+            "the plan with the open demand")
+    time.sleep(3.2)  # the cells count every second: at least 2 s more
+    w1 = br.js(f"return {sel}.textContent")
+    check(int(w1.split()[0]) >= int(w0.split()[0]) + 2, f"the waiting time counts up: {w0!r}, then {w1!r}")
+    check("ecg-1" in br.js("return document.getElementById('assigned-table').textContent"),
+          "ecg-1 still assigned while ecg-2 waits")
+    br.shot("dashboard-dispatch.png", full=True)
+    # nurse 2 is done with ecg-1: she takes ecg-2; ecg-1 is served while its alarm lasts
+    n2.ack(cmd, "succeeded")
+    td.wait_attend(n2, 2)
+    br.wait("return document.querySelector('#assigned-table tr[data-demand=\"ecg-2\"]"
+            "[data-resource=\"nurse-2\"].dispatch-assigned') && "
+            "document.querySelector('#assigned-table tr[data-demand=\"ecg-1\"].dispatch-served') && "
+            "!document.getElementById('open-table')", 10, "ecg-2 assigned, ecg-1 served")
+    br.wait(plan + "return p.dataset.points === '4' && p.dataset.lines === '1' && "
+            "p.querySelector('line.route[data-demand=\"ecg-2\"]') && "
+            "p.querySelector('.pt[data-id=\"ecg-1\"]').dataset.kind === 'served'", 10,
+            "the plan: the line to ecg-2, ecg-1 grey")
+    # the counters, as /api/hub has them (the page reads them every 2 s)
+    c = api(base, "/api/hub")["counters"]
+    want = {"assigned": c["twinhub_dispatch_assigned_total"], "completed": c["twinhub_dispatch_completed_total"],
+            "decisions": c["twinhub_dispatch_decisions_total"]}
+    check_eq((want["assigned"], want["completed"]), (2, 1), "the hub's counters")
+    br.wait("return [...document.querySelectorAll('#dispatch-summary [data-counter]')].map(s => "
+            "s.dataset.counter + '=' + s.textContent).join(' ').includes(arguments[0])", 10,
+            "the summary's counters", f"assigned={want['assigned']:g} completed={want['completed']:g}")
+    summary = br.js("return document.getElementById('dispatch-summary').textContent")
+    check("greedy" in summary and "mean wait" in summary, f"the summary: {summary!r}")
+    # the nurse's skill holding HTML: text in the plan's tooltip, nothing made of it
+    check(XSS in br.js("return document.getElementById('ward-plan').textContent"),
+          "nurse 1's skills in the plan's tooltip")
+    check(br.js("return window.__pwned === undefined"), "the skill's script ran")
+    check_eq(br.js("return document.querySelectorAll('main img, main script, main b').length + "
+                   "document.querySelectorAll('main svg').length"), 1, "elements made from the skill")
+    # the twin pages: a line each
+    br.open("#/twin/nurse-2")
+    br.wait("const a = document.getElementById('twin-assignment'); return a && !a.hidden && "
+            "a.querySelector('a[href=\"#/twin/ecg-2\"]') && a.textContent.includes('cost 27')", 10,
+            "nurse 2's assignment line (desired.task)")
+    br.open("#/twin/ecg-2")
+    br.wait("const a = document.getElementById('twin-assignment'); return a && !a.hidden && "
+            "a.querySelector('a[href=\"#/twin/nurse-2\"]') && a.textContent.includes('assigned')", 10,
+            "ecg-2's assignment line (its record)")
+    br.open("#/twin/nurse-1")
+    time.sleep(1.5)
+    check(br.js("return document.getElementById('twin-assignment').hidden"), "nurse 1 has no assignment")
+    # leaving the page stops its polling
+    br.open("#/dispatch")
+    br.wait("return document.getElementById('assigned-table')", 10, "the page again")
+    br.js("location.hash = '#/hub'; performance.clearResourceTimings();")
+    time.sleep(4.5)
+    left = br.js("return performance.getEntriesByType('resource').filter(e => "
+                 "/\\/api\\/(dispatch|twins)/.test(e.name)).length")
+    check_eq(left, 0, "requests of the dispatch page after leaving it")
+    no_console_errors(br)
+
+
 def case_csp(fx):
     b, hub, sim, base = start(fx, devices=0)
     c = Checks()
@@ -445,7 +557,7 @@ def case_pages(fx):
 
 
 CASES = {"fleet": case_fleet, "twin": case_twin, "restart": case_restart, "xss": case_xss,
-         "writes": case_writes, "pages": case_pages, "csp": case_csp}
+         "writes": case_writes, "pages": case_pages, "dispatch": case_dispatch, "csp": case_csp}
 
 if __name__ == "__main__":
     if webdriver is None or not os.access(CHROMEDRIVER, os.X_OK):

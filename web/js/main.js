@@ -1,10 +1,11 @@
-// main.js: the router (#/fleet, #/twin/ID, #/models, #/hub), the token box and the stream badge.
+// main.js: the router (#/fleet, #/twin/ID, #/models, #/dispatch, #/hub), the token box and the stream badge.
 import { tokens, setTokens } from './api.js';
 import { clear, el } from './dom.js';
 import { fleetPage } from './fleet.js';
 import { twinPage } from './twin.js';
 import { modelsPage } from './models.js';
 import { hubPage } from './hub.js';
+import { dispatchPage } from './dispatch.js';
 
 let current = null; // the page shown: {destroy()}
 
@@ -33,6 +34,7 @@ function route() {
     try { id = decodeURIComponent(m[2]); } catch (e) { id = m[2]; }
     current = twinPage(ctx, id);
   } else if (page === 'models') current = modelsPage(ctx);
+  else if (page === 'dispatch') current = dispatchPage(ctx);
   else if (page === 'hub') current = hubPage(ctx);
   else if (page === 'fleet') current = fleetPage(ctx);
   else view.appendChild(el('p', { class: 'error', text: 'no such page: ' + h }));

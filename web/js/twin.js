@@ -4,6 +4,7 @@ import { get, post, twinPath, canWrite, Stream } from './api.js';
 import { el, clear, setText, fmtNum, fmtTime, fmtAge, fmtValue, leaves, getPath, errorText, isAbort } from './dom.js';
 import { timePlot, align } from './plots.js';
 import { ecgStrip } from './ecg.js';
+import { assignmentLine } from './dispatch.js';
 
 const WINDOWS = [['-5m', 300, '5 min'], ['-15m', 900, '15 min'], ['-1h', 3600, '1 hour']];
 const DEFAULT_HORIZON_MS = 60000; // the demo's models: horizon 60s (the API does not give it)
@@ -30,6 +31,7 @@ export function twinPage(ctx, id) {
   // --- layout ---
   const title = el('h1', {}, 'Twin ', el('span', { class: 'twin-id', id: 'twin-id', text: id }));
   const headInfo = el('div', { class: 'twin-head', id: 'twin-head' });
+  const assignment = assignmentLine(id); // "Assignment: ..." of a dispatch's demand or resource
   const winSel = el('select', { id: 'twin-window' },
     ...WINDOWS.map(([v, s, label]) => el('option', { value: v, text: label })));
   const hrBox = el('div', { class: 'plot', id: 'hr-plot' });
@@ -47,7 +49,7 @@ export function twinPage(ctx, id) {
 
   ctx.view.appendChild(el('section', { class: 'page twin' },
     el('div', { class: 'crumbs' }, el('a', { href: '#/fleet', text: '‹ fleet' })),
-    title, headInfo, error,
+    title, headInfo, assignment.node, error,
     el('div', { class: 'card' }, el('h2', {}, 'Heart rate ', el('label', { class: 'inline' }, 'window ', winSel)),
       hrBox, forecastNote),
     el('div', { class: 'card' }, el('h2', { text: 'ECG' }), ecgBox),
@@ -165,6 +167,7 @@ export function twinPage(ctx, id) {
 
   function showDoc() {
     if (!doc) return;
+    assignment.update(doc);
     clear(headInfo).append(
       field('version', doc.version, 'twin-version'),
       field('connected', doc.connected ? 'online' : 'offline', 'twin-connected'),
@@ -365,6 +368,7 @@ export function twinPage(ctx, id) {
       clearTimeout(rulesTimer);
       clearTimeout(cmdTimer);
       ecg.destroy();
+      assignment.destroy();
       hrPlot.destroy();
       spo2Plot.destroy();
       tempPlot.destroy();

@@ -1489,6 +1489,153 @@ static void test_learn_classifier(void)
     rules_set_free(rs);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Dispatch entries
+ * ------------------------------------------------------------------------------------------ */
+
+static const char *const ward = "rules:\n"
+                                "  - name: tachycardia\n"
+                                "    when: reported.hr > 120\n";
+
+static void test_dispatch_load_errors(void)
+{
+    char text[14][1024];
+    static const char *const bodies[] = {
+        /* 0: no resource, no cost, and a demand with both rule and when */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachycardia, when: reported.hr > 1}\n",
+        /* 1: an unknown rule, a key misspelt, a pair path in a single-twin expression */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachy}\n"
+        "    resource: {match: \"nurse-*\", capacty: 2}\n"
+        "    cost: reported.x\n",
+        /* 2: a window in a cost, a bad with: name, the desired key with a dot */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachycardia}\n"
+        "    resource: {match: \"nurse-*\", skills: skills}\n"
+        "    cost: avg(demand.reported.x, 60s)\n"
+        "    on_assign:\n"
+        "      with: {demand: demand.id, x: resource.reported.x}\n"
+        "      desired: a.b\n",
+        /* 3: max_demands out of range, on_release without cmd, a cost that is a string */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachycardia}\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: \"'far'\"\n"
+        "    max_demands: 0\n"
+        "    on_release: {command: {args: {a: 1}}}\n",
+        /* 4: a typo in a pair path */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachycardia}\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: demnd.reported.x - resource.reported.x\n",
+    };
+    static const char *const want[] = {
+        "rules.yaml:6:13: demand: give one of rule: (a demand while that rule fires) or when: "
+        "(while a condition holds)\n"
+        "rules.yaml:5:5: dispatch: 'resource' is missing\n"
+        "rules.yaml:5:5: dispatch: 'cost' is missing (an expression over demand. and "
+        "resource.)\n",
+        "rules.yaml:6:20: rule: no rule 'tachy' under rules:\n"
+        "rules.yaml:7:34: resource: unknown key 'capacty'; did you mean 'capacity'?\n"
+        "rules.yaml:8:11: cost: a dispatch expression reads demand.<path> or "
+        "resource.<path>, not 'reported'\n",
+        "rules.yaml:7:42: skills: expected a path under reported, such as reported.skills\n"
+        "rules.yaml:8:11: cost: a dispatch expression reads no history: avg is not allowed "
+        "here\n"
+        "rules.yaml:10:14: with: 'demand' is not a name of its own (1 to 64 bytes, no '.', not "
+        "demand, dispatch, resource, cost, state, type or ts)\n"
+        "rules.yaml:11:16: desired: the key of the resource's desired state that holds the "
+        "assignment (1 to 64 bytes, no '.')\n",
+        "rules.yaml:8:11: cost: expected a number\n"
+        "rules.yaml:9:18: max_demands: expected 1 to 100000 open demands per decision\n"
+        "rules.yaml:10:27: command: 'cmd' is missing\n",
+        "rules.yaml:8:11: cost: a dispatch expression reads demand.<path> or resource.<path>, "
+        "not 'demnd'\n",
+    };
+    struct error_case cases[5];
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(text[i], sizeof(text[i]), "%s%s", ward, bodies[i]);
+        cases[i] = (struct error_case){text[i], want[i]};
+    }
+    expect_errors(cases, 5);
+}
+
+static void test_dispatch_eval(void)
+{
+    char text[2048];
+    snprintf(text, sizeof(text),
+             "%s"
+             "dispatch:\n"
+             "  - name: nurse_call\n"
+             "    demand: {match: \"ecg-*\", rule: tachycardia, priority: reported.acuity,\n"
+             "             requires: [cardiac]}\n"
+             "    resource:\n"
+             "      match: \"nurse-*\"\n"
+             "      when: connected and reported.on_shift == true\n"
+             "      capacity: 2\n"
+             "      skills: reported.skills\n"
+             "    cost: hypot(demand.reported.x - resource.reported.x, demand.reported.y - "
+             "resource.reported.y) - demand.waiting + 10 * resource.load\n"
+             "    max_demands: 50\n"
+             "    on_assign:\n"
+             "      command: {cmd: attend, args: {level: high}, expires: 10m}\n"
+             "      with: {bed: demand.id, far: demand.reported.x > 10}\n"
+             "      desired: task\n"
+             "      event: {severity: high}\n"
+             "    on_release: {command: cancel}\n",
+             ward);
+    struct rules_errors errs;
+    struct rules_set *rs = parse(text, &errs);
+    if (!rs) {
+        FAIL("dispatch file did not load: %s", errs.text ? errs.text : "?");
+        rules_errors_free(&errs);
+        return;
+    }
+    CHECK_INT(rules_set_dispatch_count(rs), 1);
+    const struct rules_dispatch *d = rules_set_dispatch(rs, 0);
+    CHECK(!strcmp(d->name, "nurse_call") && !strcmp(d->demand_rule, "tachycardia"));
+    CHECK(!strcmp(d->demand_match, "ecg-*") && !strcmp(d->resource_match, "nurse-*"));
+    CHECK_INT(d->resource_prefix_len, 6);
+    CHECK_INT(d->n_requires, 1);
+    CHECK(!strcmp(d->requires[0], "cardiac") && !strcmp(d->skills_path, "skills"));
+    CHECK_INT(d->max_demands, 50);
+    CHECK(d->cmd_len == 6 && !memcmp(d->cmd, "attend", 6) && d->expires_ms == 600000);
+    CHECK(d->args.type == MSGPACK_OBJECT_MAP && d->args.via.map.size == 1);
+    CHECK_INT(d->n_with, 2);
+    CHECK(!strcmp(d->desired_key, "task") && d->event_fields && d->event_fields->via.map.size == 1);
+    CHECK(d->release_cmd_len == 6 && !memcmp(d->release_cmd, "cancel", 6));
+    CHECK(rules_glob_match(d->resource_match, "nurse-01", 8));
+    CHECK(!rules_glob_match(d->resource_match, "ecg-01", 6));
+    CHECK(rules_glob_match(NULL, "x", 1));
+
+    struct twin_doc dm = make_doc("{\"x\": 13, \"y\": 0}", "{}", "{}");
+    struct twin_doc rsrc = make_doc("{\"x\": 10, \"y\": 4, \"on_shift\": true}", "{}", "{}");
+    struct rules_twin tw = {
+        .now = 10000, .demand = &dm, .resource = &rsrc, .waiting_s = 2, .load = 1};
+    tw.doc = &dm;
+    struct rules_value v;
+    CHECK(rules_expr_eval(d->cost, &tw, &v, NULL) == 0);
+    CHECK(v.type == RULES_NUM && fabs(v.n - (5 - 2 + 10)) < 1e-12);
+    CHECK(rules_expr_eval(d->with[1].expr, &tw, &v, NULL) == 0);
+    CHECK(v.type == RULES_BOOL && v.b);
+    CHECK(rules_expr_eval(d->with[0].expr, &tw, &v, NULL) == 0);
+    CHECK(v.type == RULES_STR && v.len == 7 && !memcmp(v.s, "ecg-001", 7));
+    /* a missing side reads nil: the cost is not a number, so the pair is not allowed */
+    tw.resource = NULL;
+    CHECK(rules_expr_eval(d->cost, &tw, &v, NULL) == 0);
+    CHECK(v.type != RULES_NUM);
+    tw.doc = &rsrc;
+    CHECK(rules_expr_eval(d->resource_when, &tw, &v, NULL) == 0 && rules_value_true(&v));
+    rules_set_free(rs);
+    rules_errors_free(&errs);
+}
+
 static const struct {
     const char *name;
     void (*fn)(void);
@@ -1513,6 +1660,8 @@ static const struct {
     {"learn_errors", test_learn_errors},
     {"learn_regressor", test_learn_regressor},
     {"learn_classifier", test_learn_classifier},
+    {"dispatch_load_errors", test_dispatch_load_errors},
+    {"dispatch_eval", test_dispatch_eval},
 };
 
 int main(int argc, char **argv)
