@@ -656,7 +656,33 @@ static enum MHD_Result dispatch(struct hub_http *h, struct MHD_Connection *c)
     }
     struct answer head;
     answer_init(&head);
-    msgpack_pack_map(&head.pk, 2);
+    msgpack_pack_map(&head.pk, 3);
+    /* the loaded entries: which twins each one's demands and resources are */
+    struct hub_rules *hr = h->src.rules;
+    out_pack_key(&head.pk, "entries");
+    if (hr) {
+        pthread_rwlock_rdlock(&hr->lock);
+        unsigned n = hr->set ? rules_set_dispatch_count(hr->set) : 0;
+        msgpack_pack_array(&head.pk, n);
+        for (unsigned i = 0; i < n; i++) {
+            const struct rules_dispatch *d = rules_set_dispatch(hr->set, i);
+            msgpack_pack_map(&head.pk, 4);
+            out_pack_key(&head.pk, "name");
+            out_pack_key(&head.pk, d->name);
+            out_pack_key(&head.pk, "demand_match");
+            out_pack_key(&head.pk, d->demand_match ? d->demand_match : "*");
+            out_pack_key(&head.pk, "demand_rule");
+            if (d->demand_rule)
+                out_pack_key(&head.pk, d->demand_rule);
+            else
+                msgpack_pack_nil(&head.pk);
+            out_pack_key(&head.pk, "resource_match");
+            out_pack_key(&head.pk, d->resource_match);
+        }
+        pthread_rwlock_unlock(&hr->lock);
+    } else {
+        msgpack_pack_array(&head.pk, 0);
+    }
     out_pack_key(&head.pk, "more");
     if (l.more)
         msgpack_pack_true(&head.pk);

@@ -9,9 +9,16 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 const PLAN_W = 800, PLAN_H = 360, PAD = 30, PAD_RIGHT = 90; // the ward plan, in pixels (labels on the right)
 const POS_PAGES = 5;        // at most 5 pages of 1000 positioned twins
 
-// kept across visits of the page: free resources are the twins whose id starts with this (the
-// hub's API does not say which twins a dispatch's resource match admits)
-const saved = { resources: 'nurse-' };
+// A twin-id glob of the rules file (fnmatch: * and ?; a [set] is taken as it is) as a RegExp.
+function globRe(glob) {
+  let re = '';
+  for (const ch of String(glob)) {
+    if (ch === '*') re += '.*';
+    else if (ch === '?') re += '.';
+    else re += ch.replace(/[.+^${}()|[\]\\\/-]/g, '\\$&');
+  }
+  return new RegExp('^' + re + '$');
+}
 
 // A duration in ms as text: "42 s", "3 min 5 s", "2 h 10 min".
 export function fmtWait(ms) {
@@ -63,10 +70,7 @@ export function dispatchPage(ctx) {
   let live = [];     // [node, ms since which it counts]: the cells that count up
   const hubNow = () => Date.now() + skew;
 
-  const prefix = el('input', { type: 'text', id: 'dispatch-resources', size: 12, value: saved.resources,
-    placeholder: 'nurse-' });
-  const form = el('form', { class: 'toolbar', id: 'dispatch-form' },
-    el('label', {}, 'free resources: ids starting with ', prefix), el('button', { type: 'submit', text: 'apply' }));
+  let resourceRes = []; // the resource matches of the loaded dispatch entries
   const summary = el('div', { class: 'twin-head', id: 'dispatch-summary' });
   const error = el('div', { class: 'error', id: 'dispatch-error' });
   const openBox = el('div', { id: 'dispatch-open' });
@@ -80,13 +84,7 @@ export function dispatchPage(ctx) {
     el('div', { class: 'row2' },
       el('div', { class: 'card' }, el('h2', { text: 'Open demands' }), openBox),
       el('div', { class: 'card' }, el('h2', { text: 'Assignments' }), assignedBox)),
-    el('div', { class: 'card' }, el('h2', { text: 'Ward plan' }), form, plan, legend, planNote)));
-
-  form.addEventListener('submit', (e) => {
-    e.preventDefault();
-    saved.resources = prefix.value.trim();
-    load();
-  });
+    el('div', { class: 'card' }, el('h2', { text: 'Ward plan' }), plan, legend, planNote)));
 
   async function positions() {
     const rows = [];
@@ -117,6 +115,8 @@ export function dispatchPage(ctx) {
       showSummary(h.value.counters);
     }
     if (d.status === 'fulfilled') {
+      resourceRes = (Array.isArray(d.value.entries) ? d.value.entries : [])
+        .filter((e) => e && typeof e.resource_match === 'string').map((e) => globRe(e.resource_match));
       const recs = (Array.isArray(d.value.records) ? d.value.records : [])
         .filter((r) => r && typeof r.demand === 'string');
       live = [];
@@ -189,7 +189,7 @@ export function dispatchPage(ctx) {
       const task = taskOf(row.desired);
       let kind = null;
       if (rec) kind = String(rec.state);
-      else if (busy.has(row.id) || task || (saved.resources && row.id.startsWith(saved.resources))) kind = 'resource';
+      else if (busy.has(row.id) || task || resourceRes.some((re) => re.test(row.id))) kind = 'resource';
       if (!kind) continue;
       const skills = Array.isArray(row['reported.skills']) ? row['reported.skills'].map(String) : [];
       const pt = { id: row.id, x: p.x, y: p.y, kind, rec, task, skills, connected: row.connected === true };

@@ -4517,7 +4517,7 @@ static void test_delta_store(void)
     };
     char dir[64];
     struct twin_store *s;
-    uint64_t version = 0, v;
+    uint64_t version = 0, v = 0;
     struct docinfo d;
 
     tmp_make(dir, sizeof dir);
