@@ -101,7 +101,7 @@ static int ack_fn(struct twin_txn *txn, void *ctx)
 {
     struct ack *a = ctx;
     struct twin_command c;
-    outlist_reset(a->ol);
+    outlist_start(a->ol, txn);
     int rc = twin_command_update(txn, a->t->id, a->t->id_len, a->cmd_id, a->cmd_id_len, a->status,
                                  a->result, a->now, &c, commands_on_event, a->ol, a->err);
     if (rc < 0)
@@ -229,7 +229,7 @@ static int on_expire(void *ctx, const struct twin_command *c, enum twin_command_
 static int expire_fn(struct twin_txn *txn, void *ctx)
 {
     struct expire *x = ctx;
-    outlist_reset(x->ol);
+    outlist_start(x->ol, txn);
     x->ncmds = 0;
     int rc = twin_command_expire(txn, x->now, EXPIRE_BATCH, on_expire, x, &x->res, x->err);
     /* after the walk, which must not see the writes dispatch makes */
@@ -335,7 +335,7 @@ struct resend {
 static int resend_fn(struct twin_txn *txn, void *ctx)
 {
     struct resend *r = ctx;
-    outlist_reset(r->ol);
+    outlist_start(r->ol, txn);
     return commands_send_pending(txn, r->id, strlen(r->id), r->now, r->ol, r->err);
 }
 

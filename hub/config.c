@@ -160,6 +160,8 @@ static const struct key keys[] = {
     UINT("publish.qos", publish_qos, "1", 0, 2, 0),
     UINT("publish.max_inflight", publish_inflight, "64", 1, 65535, 0),
     ENUM("publish.encoding", publish_json, "msgpack", encodings, 0),
+    UINT("publish.max_queued_events", publish_queued_events, "16384", 1, 10000000, 0),
+    UINT("publish.max_stored_events", publish_stored_events, "1000000", 0, 1000000000, 0),
 
     DBL("errors.rate", errors_rate, "10", 0, 1e6, K_RELOAD),
     UINT("errors.burst", errors_burst, "20", 1, 1000000, K_RELOAD),

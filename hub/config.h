@@ -68,6 +68,11 @@ struct config {
     int publish_qos;           /* publish.qos: 1 */
     unsigned publish_inflight; /* publish.max_inflight: 64 */
     bool publish_json;         /* publish.encoding: msgpack | json */
+    unsigned publish_queued_events; /* publish.max_queued_events: replies, events and predictions
+                                       in memory (events past it wait in the store); 16384 */
+    unsigned publish_stored_events; /* publish.max_stored_events: events waiting in the store
+                                       for the broker, past which new ones are not stored (0: no
+                                       limit); 1,000,000 */
 
     /* errors (reloadable) */
     double errors_rate;    /* errors.rate: 10 (reports per second on hub/errors) */

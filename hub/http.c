@@ -517,6 +517,8 @@ int http_start(struct hub_http **out, const struct config *c, const struct metri
         goto fail;
     }
     h->writes.rules = src->rules;
+    h->writes.out.max_stored = src->in->out.max_stored;
+    h->writes.out.refused = src->in->out.refused;
     pthread_mutex_init(&h->writes_lock, NULL);
     h->writes_ready = true;
     bool tls = c->http_tls_cert[0] || c->http_tls_key[0];

@@ -117,10 +117,14 @@ void stream_stats(struct hub_stream *s, uint64_t *pushed, uint64_t *lost, uint64
  * Messages (publisher_msg) are published as given, in order, never coalesced: replies and
  * events (QoS 1), commands to devices (QoS 1), hub/errors reports (QoS 0). Each class has a
  * capacity of messages waiting, and all of them together a bound in payload bytes; a message
- * over either is dropped and counted (publisher_stats.dropped). A dropped reply or event is
- * lost (they are not stored); a dropped command stays in the store's queue, marked sent, and is
- * sent again when its device next comes online or the hub restarts. A QoS 1 message whose
- * connection dropped before the acknowledgement is sent again once the connection is back.
+ * over either is dropped and counted (publisher_stats.dropped). Events and predictions are
+ * never dropped: they were committed to the store's event messages with their change
+ * (publisher_msg.seq), and past the capacity the publisher reads them from there, in order,
+ * as the queue empties (the spill), and again after a restart; each is deleted from the store
+ * once the broker acknowledged it. A dropped reply is lost (replies are not stored); a dropped
+ * command stays in the store's queue, marked sent, and is sent again when its device next
+ * comes online or the hub restarts. A QoS 1 message whose connection dropped before the
+ * acknowledgement is sent again once the connection is back.
  * ------------------------------------------------------------------------------------------ */
 
 /* What publisher_twin asks for. */
@@ -165,6 +169,8 @@ struct publisher_stats {
     uint64_t sent[PUB_CLASSES];    /* messages acknowledged (QoS 0: written) */
     uint64_t dropped[PUB_CLASSES]; /* messages dropped: over capacity, no memory */
     uint64_t waiting[PUB_CLASSES]; /* messages waiting or in flight now */
+    uint64_t spilled;              /* event messages left to the store: the queue was full */
+    uint64_t from_store;           /* event messages read back from the store to publish */
 };
 
 /* Creates the publisher (not yet running). Returns 0 or -ENOMEM. */
@@ -193,6 +199,8 @@ struct publisher_msg {
     uint8_t stream;        /* STREAM_EVENT or STREAM_PREDICTION: pushed to the stream too; 0 */
     const char *id;        /* ... as twin id's */
     size_t id_len;
+    uint64_t seq; /* the committed copy's number in the store's event messages (deleted once
+                     the broker acknowledged it); 0: none */
 };
 
 /* Queues one message of class `cls` (any thread). Returns 0, -ENOBUFS (over the class's
@@ -213,6 +221,9 @@ int publisher_flush_acked(struct publisher *p, char *err);
 void publisher_stats(struct publisher *p, struct publisher_stats *st);
 /* Stops the thread; what is queued stays in the outbox. Completions may still arrive. */
 void publisher_stop(struct publisher *p);
+/* The count of event messages not stored (over publish.max_stored_events), for outlists'
+ * `refused`. */
+_Atomic uint64_t *publisher_refused(struct publisher *p);
 /* From a twin's publication being asked for (after its commit) to the broker's
  * acknowledgement of the state that carries it. Read by the metrics; any thread. */
 struct hub_hist *publisher_latency(struct publisher *p);
@@ -240,6 +251,7 @@ struct outmsg {
     bool has_corr;
     uint8_t stream;        /* enum stream_kind of an event or a prediction; 0: neither */
     size_t id, id_len;     /* its twin's id (offset into outlist.data) */
+    uint64_t seq;          /* its number in the store's event messages; 0: not stored */
 };
 
 #define OUTLIST_TWINS_MAX 64
@@ -267,12 +279,20 @@ struct outlist {
         unsigned flags;
     } twins[OUTLIST_TWINS_MAX];
     unsigned ntwins;
+    /* The write transaction being run (outlist_start): events and predictions are stored in it
+     * (twin_eventbox_add), so that none is lost once committed; NULL: kept in memory only. */
+    struct twin_txn *txn;
+    uint64_t max_stored;       /* publish.max_stored_events: refused past it (lost, counted) */
+    _Atomic uint64_t *refused; /* the owner's count of those; NULL: not counted */
 };
 
 int outlist_init(struct outlist *ol, const struct bridge_topics *topics, bool json);
 void outlist_cleanup(struct outlist *ol);
-/* Forgets every message (at the start of a write transaction's function: it may run again). */
+/* Forgets every message (after a transaction failed), and the transaction. */
 void outlist_reset(struct outlist *ol);
+/* The same at the start of a write transaction's function (it may run again): events and
+ * predictions added from now on are stored in txn. */
+void outlist_start(struct outlist *ol, struct twin_txn *txn);
 /* Starts a payload: returns the packer to pack exactly one value with. */
 msgpack_packer *outlist_begin(struct outlist *ol);
 /* Ends the payload begun with outlist_begin and adds it for `topic`: to services (`service`:

@@ -28,7 +28,7 @@ static int apply_fn(struct twin_txn *txn, void *ctx)
 {
     struct apply *a = ctx;
     struct ingest *in = a->in;
-    outlist_reset(&in->out); /* the transaction may run again after the map grows */
+    outlist_start(&in->out, txn); /* the transaction may run again after the map grows */
     a->flags = 0;
     int rc =
         twin_telemetry_apply(txn, a->t->id, a->t->id_len, a->telemetry, a->now, &a->res, a->err);

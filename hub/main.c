@@ -22,7 +22,6 @@
  * device next comes online), and all their payloads together. */
 #define COMMAND_TIMER_SLACK_MS 10
 #define REPORTS_WAITING 256
-#define REPLIES_WAITING 16384
 #define READS_WAITING 64 /* hub/query and history requests queued for the reads thread */
 #define COMMANDS_WAITING 65536
 #define MESSAGES_MAX_BYTES (256u << 20)
@@ -562,7 +561,7 @@ static int hub_open(struct hub *h)
         .max_inflight = c->publish_inflight,
         .json = c->publish_json,
         .capacity = {[PUB_CLASS_REPORT] = REPORTS_WAITING,
-                     [PUB_CLASS_REPLY] = REPLIES_WAITING,
+                     [PUB_CLASS_REPLY] = c->publish_queued_events,
                      [PUB_CLASS_COMMAND] = COMMANDS_WAITING},
         .max_bytes = MESSAGES_MAX_BYTES,
         .aws_shadow = c->aws_shadow,
@@ -572,6 +571,8 @@ static int hub_open(struct hub *h)
         goto fail_publisher;
     }
     h->in.pub = h->pub;
+    h->in.out.max_stored = c->publish_stored_events;
+    h->in.out.refused = publisher_refused(h->pub);
     query_limits_init(&h->in.query_limits);
     h->in.query_limits.max_limit = c->query_max_limit;
     h->in.query_limits.max_points = c->query_max_points;
@@ -581,6 +582,8 @@ static int hub_open(struct hub *h)
         goto fail_start;
     }
     h->timer_out.cmd_counts = h->in.stats.commands; /* /metrics: commands by state */
+    h->timer_out.max_stored = c->publish_stored_events;
+    h->timer_out.refused = publisher_refused(h->pub);
 
     /* Whatever was committed but not acknowledged as published before the last stop. */
     if ((rc = publisher_recover(h->pub, terr)) < 0) {

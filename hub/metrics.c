@@ -400,6 +400,15 @@ int metrics_write(const struct metrics_src *src, FILE *f)
             "Twin publications (state, desired) acknowledged by the broker.", ps.published);
     counter(f, "twinhub_publications_coalesced_total",
             "Twin publications merged into one already waiting.", ps.coalesced);
+    counter(f, "twinhub_events_spilled_total",
+            "Event messages left in the store for later: the publisher's queue was full.",
+            ps.spilled);
+    counter(f, "twinhub_events_from_store_total",
+            "Event messages read back from the store to publish (spilled, or after a restart).",
+            ps.from_store);
+    counter(f, "twinhub_events_refused_total",
+            "Event messages not stored: publish.max_stored_events were waiting already.",
+            atomic_load_explicit(publisher_refused(src->pub), memory_order_relaxed));
     counter(f, "twinhub_publications_failed_total", "Publications and messages the broker refused.",
             ps.failed);
     gauge(f, "twinhub_publisher_queued", "Twins waiting to be published.", (double)ps.queued);
@@ -435,6 +444,11 @@ int metrics_write(const struct metrics_src *src, FILE *f)
             gauge(f, "twinhub_history_points", "History points in the store.",
                   (double)st.history_points);
         }
+        uint64_t events = 0;
+        if (twin_eventbox_count(txn, &events, err) == 0)
+            gauge(f, "twinhub_events_stored",
+                  "Event messages committed and not yet acknowledged by the broker.",
+                  (double)events);
         twin_store_read_end(txn);
     }
 

@@ -57,7 +57,14 @@ void outlist_reset(struct outlist *ol)
     ol->n = 0;
     ol->err = 0;
     ol->ntwins = 0;
+    ol->txn = NULL;
     memset(ol->cmd_entered, 0, sizeof(ol->cmd_entered));
+}
+
+void outlist_start(struct outlist *ol, struct twin_txn *txn)
+{
+    outlist_reset(ol);
+    ol->txn = txn;
 }
 
 void outlist_twin(struct outlist *ol, const char *id, size_t id_len, unsigned flags)
@@ -154,6 +161,7 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
             .stream = o->stream,
             .id = o->stream ? ol->data.data + o->id : NULL,
             .id_len = o->id_len,
+            .seq = o->seq,
         };
         if (publisher_msg(pub, o->cls, &m) < 0)
             dropped++;
@@ -199,7 +207,29 @@ static int end_streamed(struct outlist *ol, enum stream_kind kind, const char *t
         return ol->err = -ENOMEM;
     m->id_len = id_len;
     m->stream = (uint8_t)kind;
-    return 0;
+    if (!ol->txn)
+        return 0;
+    /* committed with the change: published from the store if the queue has no room, and again
+     * after a crash */
+    char err[TWIN_ERR_LEN];
+    struct twin_event ev = {.cls = PUB_CLASS_REPLY,
+                            .qos = 1,
+                            .topic = ol->data.data + m->topic,
+                            .topic_len = m->topic_len,
+                            .payload = ol->data.data + m->payload,
+                            .len = m->len};
+    rc = twin_eventbox_add(ol->txn, &ev, ol->max_stored, &m->seq, err);
+    if (rc == -ENOSPC || rc == -EINVAL) {
+        /* past publish.max_stored_events the broker has not taken anything for a long time:
+         * this one lives in memory only, and is lost if the queue is full (counted) */
+        m->seq = 0;
+        if (ol->refused)
+            atomic_fetch_add_explicit(ol->refused, 1, memory_order_relaxed);
+        log_warn_limited("event not stored", "topic=%s reason=\"%s\"", ol->data.data + m->topic,
+                         err);
+        return 0;
+    }
+    return rc < 0 ? (ol->err = rc) : 0;
 }
 
 /* An event on twins/{id}/events, packed by the caller between outlist_begin and here. */

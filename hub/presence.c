@@ -61,7 +61,7 @@ static int presence_fn(struct twin_txn *txn, void *ctx)
 {
     struct presence *a = ctx;
     const struct bridge_topic *t = a->t;
-    outlist_reset(a->out);
+    outlist_start(a->out, txn);
     a->skipped = false;
     a->flags = 0;
     if (a->retained) {

@@ -61,6 +61,7 @@ struct entry {
 struct msg {
     struct msg *next;
     struct publisher *p;
+    uint64_t seq; /* its number in the store's event messages; 0: not stored */
     enum pub_class cls;
     int qos;
     bool retained;
@@ -98,6 +99,17 @@ struct publisher {
 
     struct acked *acked; /* acknowledged, not yet removed from the outbox */
     size_t nacked, acked_cap;
+    uint64_t *acked_ev; /* event messages acknowledged, not yet deleted from the store */
+    size_t nacked_ev, acked_ev_cap;
+
+    /* Event messages are committed to the store (outlist); the queue holds copies. When it has
+     * no room, or after a restart, they are read from the store instead, in order: `spill` is
+     * set, and every later one goes there too until the reader has caught up. */
+    bool spill;
+    uint64_t spill_after;     /* the reader goes on after this number */
+    uint64_t skipped_max;     /* the newest event not queued because of the spill */
+    uint64_t last_queued;     /* the newest event queued as a copy */
+    _Atomic uint64_t refused; /* event messages not stored (publish.max_stored_events) */
 
     struct publisher_stats st;
     struct hub_hist latency; /* asked to acknowledged, of twins/{id}/state */
@@ -164,7 +176,7 @@ static void remove_entry(struct publisher *p, struct entry *e)
 
 static void signal_idle(struct publisher *p)
 {
-    if (p->count == 0 && p->nmsg_all == 0 && p->inflight == 0)
+    if (p->count == 0 && p->nmsg_all == 0 && p->inflight == 0 && !p->spill)
         pthread_cond_broadcast(&p->drained);
 }
 
@@ -288,12 +300,29 @@ int publisher_msg(struct publisher *p, enum pub_class cls, const struct publishe
     struct msg *r = malloc(sizeof(*r) + m->len + tlen + 1 + clen);
     pthread_mutex_lock(&p->lock);
     int rc = 0;
-    if (!r) {
-        rc = -ENOMEM;
-    } else if (p->nmsg[cls] >= p->o.capacity[cls] ||
-               (p->o.max_bytes && p->msg_bytes + m->len > p->o.max_bytes)) {
-        rc = -ENOBUFS;
+    bool full = p->nmsg[cls] >= p->o.capacity[cls] ||
+                (p->o.max_bytes && p->msg_bytes + m->len > p->o.max_bytes);
+    if (m->seq && (p->spill || full || !r)) {
+        /* it is in the store: the reader publishes it in its turn */
+        if (!p->spill) {
+            p->spill = true;
+            p->spill_after = p->last_queued;
+        }
+        if (m->seq - 1 < p->spill_after)
+            p->spill_after = m->seq - 1; /* committed after the reader's last look (at worst
+                                            what lies between is published twice) */
+        if (m->seq > p->skipped_max)
+            p->skipped_max = m->seq;
+        p->st.spilled++;
+        pthread_cond_signal(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+        free(r);
+        return 0;
     }
+    if (!r)
+        rc = -ENOMEM;
+    else if (full)
+        rc = -ENOBUFS;
     if (rc < 0) {
         p->st.dropped[cls]++;
         pthread_mutex_unlock(&p->lock);
@@ -301,6 +330,9 @@ int publisher_msg(struct publisher *p, enum pub_class cls, const struct publishe
         return rc;
     }
     r->p = p;
+    r->seq = m->seq;
+    if (m->seq > p->last_queued)
+        p->last_queued = m->seq;
     r->cls = cls;
     r->qos = m->qos;
     r->retained = m->retained;
@@ -353,7 +385,18 @@ int publisher_recover(struct publisher *p, char *err)
     if (rc < 0)
         return rc;
     rc = twin_outbox_list(txn, recover_one, p, err);
+    uint64_t waiting = 0;
+    if (rc == 0)
+        rc = twin_eventbox_count(txn, &waiting, err);
     twin_store_read_end(txn);
+    if (rc == 0 && waiting) {
+        /* every event message the broker had not acknowledged, again, in order */
+        pthread_mutex_lock(&p->lock);
+        p->spill = true;
+        p->spill_after = 0;
+        pthread_mutex_unlock(&p->lock);
+        log_info("event messages to publish again", "count=%llu", (unsigned long long)waiting);
+    }
     return rc;
 }
 
@@ -445,9 +488,27 @@ static void on_slot_done(void *ctx, int status)
 }
 
 /* A message completed (Paho thread), or could not be handed over (publisher thread). */
+/* An event message the store may forget: the broker has it, or refused it for good. */
+static void event_acked(struct publisher *p, uint64_t seq)
+{
+    if (p->nacked_ev == p->acked_ev_cap) {
+        size_t cap = p->acked_ev_cap ? p->acked_ev_cap * 2 : 256;
+        uint64_t *a = realloc(p->acked_ev, cap * sizeof(*a));
+        if (!a)
+            return; /* published again after a restart: at least once */
+        p->acked_ev = a;
+        p->acked_ev_cap = cap;
+    }
+    p->acked_ev[p->nacked_ev++] = seq;
+}
+
 static void msg_done(struct publisher *p, struct msg *m, int status)
 {
     p->inflight--;
+    if (m->seq && status != -ECANCELED &&
+        (status == 0 ||
+         !((status == -ECONNRESET || status == -ENOTCONN || status == -EAGAIN) && !p->stop)))
+        event_acked(p, m->seq);
     if (status == 0) {
         p->st.sent[m->cls]++;
         msg_release(p, m);
@@ -482,6 +543,8 @@ static void on_msg_done(void *ctx, int status)
 struct flush {
     struct acked *a;
     size_t n;
+    uint64_t *ev;
+    size_t nev;
 };
 
 static int flush_apply(struct twin_txn *txn, void *ctx)
@@ -493,23 +556,116 @@ static int flush_apply(struct twin_txn *txn, void *ctx)
         if (rc < 0 && rc != -ENOENT)
             return rc;
     }
+    for (size_t i = 0; i < f->nev; i++) {
+        int rc = twin_eventbox_done(txn, f->ev[i], err);
+        if (rc < 0 && rc != -ENOENT)
+            return rc;
+    }
     return 0;
 }
 
 int publisher_flush_acked(struct publisher *p, char *err)
 {
     pthread_mutex_lock(&p->lock);
-    struct flush f = {p->acked, p->nacked};
+    struct flush f = {p->acked, p->nacked, p->acked_ev, p->nacked_ev};
     p->acked = NULL;
     p->nacked = p->acked_cap = 0;
+    p->acked_ev = NULL;
+    p->nacked_ev = p->acked_ev_cap = 0;
     pthread_mutex_unlock(&p->lock);
-    if (f.n == 0) {
-        free(f.a);
-        return 0;
-    }
-    int rc = twin_store_write(p->o.store, flush_apply, &f, err);
+    int rc = 0;
+    if (f.n || f.nev)
+        rc = twin_store_write(p->o.store, flush_apply, &f, err);
     free(f.a);
+    free(f.ev);
     return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Event messages from the store
+ * ------------------------------------------------------------------------------------------ */
+
+#define SPILL_BATCH 256
+
+struct spill_read {
+    struct publisher *p;
+    struct msg *head, **tail;
+    unsigned n;
+    uint64_t last;
+};
+
+static int spill_one(void *ctx, const struct twin_event *ev)
+{
+    struct spill_read *r = ctx;
+    struct msg *m = malloc(sizeof(*m) + ev->len + ev->topic_len + 1 + ev->corr_len);
+    if (!m)
+        return -ENOMEM;
+    m->next = NULL;
+    m->p = r->p;
+    m->seq = ev->seq;
+    m->cls = ev->cls < PUB_CLASSES ? (enum pub_class)ev->cls : PUB_CLASS_REPLY;
+    m->qos = ev->qos;
+    m->retained = false;
+    m->len = ev->len;
+    if (ev->len)
+        memcpy(m->payload, ev->payload, ev->len);
+    m->topic = m->payload + ev->len;
+    memcpy(m->topic, ev->topic, ev->topic_len);
+    m->topic[ev->topic_len] = '\0';
+    m->corr_len = ev->corr_len;
+    m->corr = NULL;
+    if (ev->corr_len) {
+        m->corr = (unsigned char *)m->topic + ev->topic_len + 1;
+        memcpy(m->corr, ev->corr, ev->corr_len);
+    }
+    *r->tail = m;
+    r->tail = &m->next;
+    r->n++;
+    r->last = ev->seq;
+    return 0;
+}
+
+/* Reads the next event messages of the spill into the queue (at most `room`). Called by run()
+ * without p->lock; takes it to link them. */
+static void spill_read(struct publisher *p, uint64_t after, unsigned room)
+{
+    char err[TWIN_ERR_LEN];
+    struct spill_read r = {.p = p, .last = after};
+    r.tail = &r.head;
+    struct twin_txn *txn;
+    int rc = twin_store_read_begin(p->o.store, &txn, err);
+    if (rc == 0) {
+        rc = twin_eventbox_list(txn, after, room, spill_one, &r, err);
+        twin_store_read_end(txn);
+    }
+    if (rc < 0)
+        log_error("cannot read the event messages to publish", "err=\"%s\"", err);
+    pthread_mutex_lock(&p->lock);
+    if (p->spill_after == after) {
+        p->spill_after = r.last;
+        /* caught up: nothing skipped since the reader's look */
+        if (rc == 0 && r.n < room && p->skipped_max <= r.last)
+            p->spill = false;
+    } else {
+        /* one was committed behind the reader meanwhile: read again from there; what this
+         * read took is queued anyway (at least once) */
+    }
+    for (struct msg *m = r.head, *next; m; m = next) {
+        next = m->next;
+        p->nmsg[m->cls]++;
+        p->nmsg_all++;
+        p->msg_bytes += m->len;
+        if (m->seq > p->last_queued)
+            p->last_queued = m->seq;
+        msg_link(p, m);
+    }
+    p->st.from_store += r.n;
+    signal_idle(p);
+    pthread_mutex_unlock(&p->lock);
+    if (rc < 0) {
+        struct timespec ts = {0, RETRY_PAUSE_MS * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -754,8 +910,14 @@ static void *run(void *arg)
             window = quota;
         if (window < SLOTS)
             window = SLOTS; /* a twin's round needs room for both of its publications */
+        unsigned cap = p->o.capacity[PUB_CLASS_REPLY];
+        unsigned room = p->nmsg[PUB_CLASS_REPLY] < cap ? cap - p->nmsg[PUB_CLASS_REPLY] : 0;
+        if (room > SPILL_BATCH)
+            room = SPILL_BATCH;
+        bool spill = p->spill && room >= (cap < 2 * SPILL_BATCH ? (cap + 1) / 2 : SPILL_BATCH) &&
+                     (!p->o.max_bytes || p->msg_bytes < p->o.max_bytes / 2);
         bool work = ((p->qhead && p->inflight + slots_of(p->qhead->flags) <= window) ||
-                     (p->mhead && p->inflight < window)) &&
+                     (p->mhead && p->inflight < window) || spill) &&
                     bridge_client_connected(p->o.bridge);
         if (!work) {
             struct timespec ts;
@@ -808,12 +970,16 @@ static void *run(void *arg)
                 }
             }
         }
-        bool flush = p->nacked >= FLUSH_AT ||
-                     (p->nacked > 0 && hub_mono_ms() - last_flush >= FLUSH_EVERY_MS);
+        size_t nack = p->nacked + p->nacked_ev;
+        bool flush = nack >= FLUSH_AT || (nack > 0 && hub_mono_ms() - last_flush >= FLUSH_EVERY_MS);
+        uint64_t after = p->spill_after;
+        spill = spill && bridge_client_connected(p->o.bridge);
         pthread_mutex_unlock(&p->lock);
 
         if (batch || msgs)
             send_batch(p, batch, msgs);
+        if (spill)
+            spill_read(p, after, room);
         if (flush) {
             if (publisher_flush_acked(p, err) < 0)
                 log_error("cannot trim the outbox", "err=\"%s\"", err);
@@ -846,7 +1012,7 @@ int publisher_drain(struct publisher *p, unsigned timeout_ms)
     }
     int rc = 0;
     pthread_mutex_lock(&p->lock);
-    while (rc == 0 && (p->count || p->nmsg_all || p->inflight))
+    while (rc == 0 && (p->count || p->nmsg_all || p->inflight || p->spill))
         rc = pthread_cond_timedwait(&p->drained, &p->lock, &ts);
     pthread_mutex_unlock(&p->lock);
     return rc == 0 ? 0 : -ETIMEDOUT;
@@ -860,6 +1026,11 @@ void publisher_stats(struct publisher *p, struct publisher_stats *st)
     for (int c = 0; c < PUB_CLASSES; c++)
         st->waiting[c] = p->nmsg[c];
     pthread_mutex_unlock(&p->lock);
+}
+
+_Atomic uint64_t *publisher_refused(struct publisher *p)
+{
+    return &p->refused;
 }
 
 struct hub_hist *publisher_latency(struct publisher *p)
@@ -905,6 +1076,7 @@ void publisher_free(struct publisher *p)
     }
     free(p->buckets);
     free(p->acked);
+    free(p->acked_ev);
     msgpack_sbuffer_destroy(&p->batch);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->drained);

@@ -442,7 +442,7 @@ static int set_fn(struct twin_txn *txn, void *ctx)
     struct request *rq = ctx;
     struct twin_desired_result res;
     struct twin_doc doc;
-    outlist_reset(&rq->in->out);
+    outlist_start(&rq->in->out, txn);
     int rc = twin_desired_apply(txn, rq->t->id, rq->t->id_len, rq->desired, rq->version, rq->now,
                                 &res, rq->err);
     if (rc < 0)
@@ -479,7 +479,7 @@ static int delete_fn(struct twin_txn *txn, void *ctx)
 {
     struct request *rq = ctx;
     struct twin_delete_result res;
-    outlist_reset(&rq->in->out);
+    outlist_start(&rq->in->out, txn);
     int rc = twin_delete(txn, rq->t->id, rq->t->id_len, rq->version, &res, rq->err);
     if (rc < 0)
         return rc;
@@ -495,7 +495,7 @@ static int send_fn(struct twin_txn *txn, void *ctx)
 {
     struct request *rq = ctx;
     struct twin_command c;
-    outlist_reset(&rq->in->out);
+    outlist_start(&rq->in->out, txn);
     int64_t expires = rq->expires_in_ms ? rq->now + (int64_t)rq->expires_in_ms : 0;
     int rc = twin_command_add(txn, rq->t->id, rq->t->id_len, rq->cmd, rq->cmd_len, rq->args,
                               expires, rq->now, &c, commands_on_event, &rq->in->out, rq->err);

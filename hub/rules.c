@@ -602,7 +602,7 @@ static int timer_fn(struct twin_txn *txn, void *ctx)
     struct timer_pass *t = ctx;
     t->txn = txn;
     t->n = 0;
-    outlist_reset(t->ol);
+    outlist_start(t->ol, txn);
     return twin_rule_wake_due(txn, t->now, TIMER_BATCH, timer_one, t, t->err);
 }
 

@@ -672,7 +672,7 @@ static int update_fn(struct twin_txn *txn, void *ctx)
     struct twin_shadow_result res;
     msgpack_object rp, dp;
     bool has_r, has_d;
-    outlist_reset(&in->out);
+    outlist_start(&in->out, txn);
     rq->rule_flags = 0;
     rq->msg[0] = '\0';
 
@@ -742,7 +742,7 @@ static int delete_fn(struct twin_txn *txn, void *ctx)
     msgpack_zone *z = twin_txn_zone(txn);
     uint64_t version;
     int rc;
-    outlist_reset(&in->out);
+    outlist_start(&in->out, txn);
     rq->rule_flags = 0;
     rq->msg[0] = '\0';
     if (!rq->t.name) {

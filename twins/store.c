@@ -334,6 +334,14 @@ static int store_setup(struct twin_store *s, const char *path, char *err)
     }
     if (rc)
         goto fail_txn;
+    s->has_events = true;
+    rc = dbi_open(s, txn, path, "events", 0, &s->dbi_events, err);
+    if (rc == -ENOENT && s->read_only) {
+        s->has_events = false;
+        rc = 0;
+    }
+    if (rc)
+        goto fail_txn;
     rc = mdb_get(txn, s->dbi_info, &k, &v);
     if (rc == MDB_NOTFOUND && !s->read_only) {
         s->schema = TWINS_SCHEMA;
@@ -510,7 +518,7 @@ int twin_store_open(struct twin_store **out, const struct twin_store_options *op
         rc = store__mdb_error(NULL, rc, "mdb_env_create", err);
         goto fail_env;
     }
-    mdb_env_set_maxdbs(s->env, 16);
+    mdb_env_set_maxdbs(s->env, 32);
     /* an existing store keeps the size it grew to (0: LMDB takes it from the file) */
     if (!opt->read_only && !exists && opt->map_size)
         mdb_env_set_mapsize(s->env, opt->map_size);

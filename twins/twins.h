@@ -813,6 +813,42 @@ int twin_dispatch_list(struct twin_txn *txn, const char *name, size_t name_len, 
                        void *ctx, char *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Event messages (eventbox.c): what the hub publishes to services that must not be lost once
+ * committed, kept in the store from the commit that made them until the broker acknowledged
+ * them (the hub deletes them then), in the order they were added.
+ * ------------------------------------------------------------------------------------------ */
+
+#define TWIN_EVENT_TOPIC_MAX 1024
+#define TWIN_EVENT_CORR_MAX 65535
+#define TWIN_EVENT_PAYLOAD_MAX (16u << 20)
+
+struct twin_event {
+    uint64_t seq;     /* its place in the order (set by twin_eventbox_add) */
+    uint8_t cls, qos; /* the caller's: the publisher's class and the QoS */
+    const char *topic;
+    size_t topic_len;
+    const void *corr; /* MQTT 5 correlation data; NULL: none */
+    size_t corr_len;
+    const void *payload;
+    size_t len;
+};
+
+/* Adds one at the end (write transactions); *seq (may be NULL) its number. max_stored: refuse
+ * (-ENOSPC, nothing written) when that many wait already; 0: no limit. Returns 0, -EINVAL,
+ * -ENOSPC, -EIO and the store's write errors. */
+int twin_eventbox_add(struct twin_txn *txn, const struct twin_event *ev, uint64_t max_stored,
+                      uint64_t *seq, char *err);
+/* Calls cb for at most `max` of them with seq > after, oldest first; what ev points to is
+ * valid during the call only. A non-zero return of cb stops the walk and is returned. */
+typedef int (*twin_event_cb)(void *ctx, const struct twin_event *ev);
+int twin_eventbox_list(struct twin_txn *txn, uint64_t after, unsigned max, twin_event_cb cb,
+                       void *ctx, char *err);
+/* Deletes number seq. Returns 0, -ENOENT, -EIO. */
+int twin_eventbox_done(struct twin_txn *txn, uint64_t seq, char *err);
+/* How many wait. */
+int twin_eventbox_count(struct twin_txn *txn, uint64_t *n, char *err);
+
+/* ---------------------------------------------------------------------------------------------
  * Listing, outbox, statistics
  * ------------------------------------------------------------------------------------------ */
 

@@ -262,7 +262,8 @@ struct twin_store {
     MDB_dbi dbi_modelstate;           /* modelstate.c */
     MDB_dbi dbi_waves;                /* wave.c */
     MDB_dbi dbi_dispatch;             /* dispatch.c */
-    bool has_waves, has_dispatch;
+    MDB_dbi dbi_events;               /* eventbox.c */
+    bool has_waves, has_dispatch, has_events;
     struct twin_waveform waves[TWIN_WAVEFORMS_MAX];
     unsigned nwaves;
     /* Whether the databases added after the first stores were made exist: a writer creates
