@@ -797,11 +797,17 @@ static int decide(struct dx *x, const struct rules_dispatch *D)
                              .capacity = cap,
                              .priority = prio};
     rc = rules_assign_solve(&p, out, &total);
-    if (rc == -EIO) {
-        log_warn_limited("dispatch solver failed; assigning greedily", "dispatch=%s demands=%zu",
-                         D->name, nopt);
+    if (rc < 0 && rc != -ENOMEM) {
+        /* -EIO, or -EDOM: costs a device made so large that the two objectives do not fit one
+         * double. Never a reason to fail the change that asked for the decision. */
+        log_warn_limited("dispatch solver failed; assigning greedily",
+                         "dispatch=%s demands=%zu rc=%d", D->name, nopt, rc);
         atomic_fetch_add_explicit(&x->st->solver_failures, 1, memory_order_relaxed);
         rc = rules_assign_greedy(&p, out, &total);
+        if (rc == -EDOM) {
+            rc = 0; /* nothing assigned this time */
+            goto done;
+        }
     }
     if (rc < 0)
         goto done;
