@@ -533,6 +533,20 @@ struct lists {
     bool full;
 };
 
+/* Room for one more element of *v (n used, *cap allocated, `size` bytes each). */
+static int grow(void **v, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 16;
+    void *p = realloc(*v, c * size);
+    if (!p)
+        return -ENOMEM;
+    *v = p;
+    *cap = c;
+    return 0;
+}
+
 static int collect_dem(void *ctx, const char *name, size_t nlen, const char *id, size_t len,
                        const void *buf, size_t n)
 {
@@ -543,14 +557,8 @@ static int collect_dem(void *ctx, const char *name, size_t nlen, const char *id,
         l->full = true;
         return 1;
     }
-    if (l->nd == l->capd) {
-        size_t cap = l->capd ? l->capd * 2 : 16;
-        struct dem *p = realloc(l->d, cap * sizeof(*p));
-        if (!p)
-            return -ENOMEM;
-        l->d = p;
-        l->capd = cap;
-    }
+    if (grow((void **)&l->d, l->nd, &l->capd, sizeof(*l->d)) < 0)
+        return -ENOMEM;
     struct dem *d = &l->d[l->nd];
     if (rec_decode(buf, n, &d->r) < 0)
         return 0; /* rec_get starts it over when its twin next changes */
@@ -572,14 +580,8 @@ static int collect_res(void *ctx, const char *id, size_t len, const void *doc, s
         l->full = true;
         return 1;
     }
-    if (l->nc == l->capc) {
-        size_t cap = l->capc ? l->capc * 2 : 16;
-        struct cand *p = realloc(l->c, cap * sizeof(*p));
-        if (!p)
-            return -ENOMEM;
-        l->c = p;
-        l->capc = cap;
-    }
+    if (grow((void **)&l->c, l->nc, &l->capc, sizeof(*l->c)) < 0)
+        return -ENOMEM;
     struct cand *c = &l->c[l->nc++];
     memcpy(c->id, id, len);
     c->id[len] = '\0';
@@ -959,8 +961,15 @@ int hub_dispatch_twin(const struct rules_set *set, struct hub_dispatch_stats *st
                       struct twin_txn *txn, const char *id, size_t id_len,
                       const struct twin_doc *doc, int64_t now, struct outlist *ol, char *err)
 {
-    unsigned n = set ? rules_set_dispatch_count(set) : 0;
-    if (n == 0)
+    unsigned n = set ? rules_set_dispatch_count(set) : 0, mine = 0;
+    /* a twin that no entry names as a demand or a resource costs two glob matches, nothing
+     * allocated */
+    for (unsigned i = 0; i < n; i++) {
+        const struct rules_dispatch *D = rules_set_dispatch(set, i);
+        mine += rules_glob_match(D->demand_match, id, id_len) ||
+                rules_glob_match(D->resource_match, id, id_len);
+    }
+    if (mine == 0)
         return 0;
     struct dx x = {.set = set, .st = st, .txn = txn, .now = now, .ol = ol, .err = err};
     int rc = dx_init(&x);
