@@ -96,7 +96,8 @@ int twin_json_write(const msgpack_object *obj, msgpack_sbuffer *out);
  * ------------------------------------------------------------------------------------------ */
 
 /* Deep equality of two msgpack values (maps compared as unordered sets of keys; an int and a
- * float are equal when numerically equal). */
+ * float are equal when numerically equal; a NaN equals a NaN, since this asks whether two
+ * stored values are the same, so that a NaN in desired and reported makes no delta). */
 bool twin_value_equal(const msgpack_object *a, const msgpack_object *b);
 
 /* Looks up a dotted path ("vitals.hr") in a map. Returns the value or NULL. Borrowed. */

@@ -38,8 +38,8 @@ static bool int_float_equal(const msgpack_object *i, double d)
 
 static bool number_equal(const msgpack_object *a, const msgpack_object *b)
 {
-    if (is_float(a) && is_float(b))
-        return a->via.f64 == b->via.f64;
+    if (is_float(a) && is_float(b)) /* two NaNs are the same stored value */
+        return a->via.f64 == b->via.f64 || (isnan(a->via.f64) && isnan(b->via.f64));
     if (is_float(a))
         return int_float_equal(b, a->via.f64);
     if (is_float(b))

@@ -943,6 +943,14 @@ static void test_values(void)
         if (twin_value_equal(&a, &b) != cases[i].eq || twin_value_equal(&b, &a) != cases[i].eq)
             FAIL("equal(%s, %s) should be %d", cases[i].a, cases[i].b, cases[i].eq);
     }
+    {
+        /* msgpack carries NaN (JSON cannot): the same stored value as itself, not a number */
+        msgpack_object nan_a = {.type = MSGPACK_OBJECT_FLOAT64, .via.f64 = NAN};
+        msgpack_object nan_b = {.type = MSGPACK_OBJECT_FLOAT32, .via.f64 = -NAN};
+        msgpack_object zero = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = 0};
+        CHECK(twin_value_equal(&nan_a, &nan_b) && twin_value_equal(&nan_b, &nan_a));
+        CHECK(!twin_value_equal(&nan_a, &zero) && !twin_value_equal(&zero, &nan_a));
+    }
     m = V(&z, "{\"vitals\":{\"hr\":72,\"bp\":{\"sys\":120}},\"name\":\"x\"}");
     v = twin_value_path(&m, "vitals.hr", 9);
     CHECK(v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 == 72);
