@@ -9,9 +9,10 @@
  * - open: waiting for a resource (since `opened`);
  * - assigned: a resource was chosen and told (command, desired.<key>); it counts against the
  *   resource's capacity. It stays assigned (under way: never re-planned) until the resource's
- *   command succeeds (served), fails or expires, or the resource goes offline (back to open, and
- *   that resource is not offered this demand again), or the demand ends (released: the
- *   resource's desired.<key> is cleared and on_release's command sent);
+ *   command succeeds (served), fails or expires (back to open, and that resource is not offered
+ *   this demand again), or the resource goes offline or is deleted or its command leaves the
+ *   queue unanswered (back to open), or the demand ends (released: the resource's
+ *   desired.<key> cleared and on_release's command sent);
  * - served: the resource reported its command done; the demand is not a demand again until its
  *   condition has ended once (a new episode).
  * A resource is a connected twin the resource match admits, with capacity (default 1) above its
@@ -36,6 +37,8 @@
 
 #define RESOURCES_MAX 10000 /* resources one decision reads */
 #define DEMANDS_MAX 100000  /* records of one dispatch one decision reads */
+#define DECLINED_BYTES 520  /* the resources a demand is not offered again: the latest that fit */
+#define DECIDE_ROUNDS 4     /* decisions in a row while resources refuse the command */
 
 enum dstate { D_OPEN = 0, D_ASSIGNED, D_SERVED };
 static const char *const dstate_name[] = {"open", "assigned", "served"};
@@ -47,7 +50,10 @@ struct drec {
     double priority, cost;
     char resource[TWIN_ID_MAX + 1]; /* assigned, served */
     char command[TWIN_CMD_ID_LEN + 1];
-    char declined[TWIN_ID_MAX + 1]; /* the last resource that handed it back */
+    /* the resources that handed it back, oldest first, each NUL-terminated; when the next one
+     * does not fit the oldest are forgotten (and may be offered it again) */
+    char declined[DECLINED_BYTES];
+    size_t declined_len;
 };
 
 struct dem {
@@ -112,7 +118,7 @@ static int rec_put(struct dx *x, const struct rules_dispatch *D, const char *id,
     msgpack_packer pk;
     x->sb.size = 0;
     msgpack_packer_init(&pk, &x->sb, msgpack_sbuffer_write);
-    unsigned n = 4 + (r->state != D_OPEN ? 4 : 0) + (r->declined[0] ? 1 : 0);
+    unsigned n = 4 + (r->state != D_OPEN ? 4 : 0) + (r->declined_len ? 1 : 0);
     msgpack_pack_map(&pk, n);
     pack_s(&pk, "state", dstate_name[r->state]);
     pack_i(&pk, "opened", r->opened);
@@ -124,8 +130,15 @@ static int rec_put(struct dx *x, const struct rules_dispatch *D, const char *id,
         pack_s(&pk, "command", r->command);
         pack_s(&pk, "dispatch", D->name);
     }
-    if (r->declined[0])
-        pack_s(&pk, "declined", r->declined);
+    if (r->declined_len) {
+        unsigned k = 0;
+        for (size_t o = 0; o < r->declined_len; o += strlen(r->declined + o) + 1)
+            k++;
+        out_pack_key(&pk, "declined");
+        msgpack_pack_array(&pk, k);
+        for (size_t o = 0; o < r->declined_len; o += strlen(r->declined + o) + 1)
+            out_pack_str(&pk, r->declined + o, strlen(r->declined + o));
+    }
     return twin_dispatch_put(x->txn, D->name, strlen(D->name), id, len, x->sb.data, x->sb.size,
                              x->err);
 }
@@ -138,6 +151,41 @@ static void copy_str(char *dst, size_t cap, const msgpack_object *v)
     if (n)
         memcpy(dst, v->via.str.ptr, n);
     dst[n] = '\0';
+}
+
+static bool declined_has(const struct drec *r, const char *id, size_t len)
+{
+    for (size_t o = 0; o < r->declined_len; o += strlen(r->declined + o) + 1)
+        if (strlen(r->declined + o) == len && !memcmp(r->declined + o, id, len))
+            return true;
+    return false;
+}
+
+/* Adds resource `id` to what r is not offered again, forgetting the oldest to make room. */
+static void declined_add(struct drec *r, const char *id, size_t len)
+{
+    if (len == 0 || len + 1 > sizeof(r->declined) || declined_has(r, id, len))
+        return;
+    while (r->declined_len + len + 1 > sizeof(r->declined)) {
+        size_t first = strlen(r->declined) + 1;
+        memmove(r->declined, r->declined + first, r->declined_len - first);
+        r->declined_len -= first;
+    }
+    memcpy(r->declined + r->declined_len, id, len);
+    r->declined[r->declined_len + len] = '\0';
+    r->declined_len += len + 1;
+}
+
+static void declined_decode(struct drec *r, const msgpack_object *v)
+{
+    /* a string: a record written before the list */
+    uint32_t n = v->type == MSGPACK_OBJECT_ARRAY ? v->via.array.size : 1;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *s = v->type == MSGPACK_OBJECT_ARRAY ? &v->via.array.ptr[i] : v;
+        if (s->type == MSGPACK_OBJECT_STR && s->via.str.size <= TWIN_ID_MAX &&
+            !memchr(s->via.str.ptr, '\0', s->via.str.size))
+            declined_add(r, s->via.str.ptr, s->via.str.size);
+    }
 }
 
 static double num(const msgpack_object *v)
@@ -184,7 +232,7 @@ static int rec_decode(const void *buf, size_t len, struct drec *r)
             else if (hub_key_is(k, "command"))
                 copy_str(r->command, sizeof(r->command), v);
             else if (hub_key_is(k, "declined"))
-                copy_str(r->declined, sizeof(r->declined), v);
+                declined_decode(r, v);
         }
         for (int s = 0; s < 3; s++)
             if (!strcmp(st, dstate_name[s])) {
@@ -229,18 +277,21 @@ static int eval(const struct rules_expr *e, const struct twin_doc *self, const s
     return rules_expr_eval(e, &tw, v, NULL);
 }
 
-static bool is_demand(struct dx *x, const struct rules_dispatch *D, const char *id, size_t len,
-                      const struct twin_doc *doc)
+/* 1: twin id (doc: as it is now) is a demand of D; 0: it is not; < 0: a store error. */
+static int is_demand(struct dx *x, const struct rules_dispatch *D, const char *id, size_t len,
+                     const struct twin_doc *doc)
 {
     if (D->demand_rule) {
         unsigned char buf[RULES_STATE_LEN];
         size_t n;
         struct rules_record r;
-        if (twin_rule_state_get(x->txn, id, len, D->demand_rule, strlen(D->demand_rule), buf, &n,
-                                x->err) < 0 ||
-            rules_record_decode(buf, n, &r) < 0)
-            return false;
-        return r.state == RULES_FIRING;
+        int rc = twin_rule_state_get(x->txn, id, len, D->demand_rule, strlen(D->demand_rule), buf,
+                                     &n, x->err);
+        if (rc == -ENOENT || rc == -EINVAL || rc == -EBADMSG)
+            return 0; /* the rule never ran on this twin, or its record is unreadable */
+        if (rc < 0)
+            return rc;
+        return rules_record_decode(buf, n, &r) == 0 && r.state == RULES_FIRING;
     }
     struct rules_value v;
     return eval(D->demand_when, doc, NULL, NULL, 0, 0, x->now, &v) == 0 && rules_value_true(&v);
@@ -449,24 +500,22 @@ static int command(struct dx *x, const char *rid, size_t rlen, bool connected, c
 
 /* The resource's desired.<key>: the assignment ({demand, dispatch, since, cost, <with>}), or
  * nil to clear it. */
-static int desired(struct dx *x, const struct rules_dispatch *D, const char *rid, size_t rlen,
-                   const struct dem *d, double cost, const struct withv *w, bool clear)
+static int desired_put(struct dx *x, const struct rules_dispatch *D, const char *rid, size_t rlen,
+                       const struct dem *d, int64_t since, double cost, const struct withv *w)
 {
-    if (!D->desired_key)
-        return 0;
     msgpack_packer pk;
     x->sb.size = 0;
     msgpack_packer_init(&pk, &x->sb, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 1);
     out_pack_key(&pk, D->desired_key);
-    if (clear) {
+    if (!d) {
         msgpack_pack_nil(&pk);
     } else {
         msgpack_pack_map(&pk, 4 + (w ? w->n : 0));
         out_pack_key(&pk, "demand");
         out_pack_str(&pk, d->id, d->len);
         pack_s(&pk, "dispatch", D->name);
-        pack_i(&pk, "since", x->now);
+        pack_i(&pk, "since", since);
         pack_d(&pk, "cost", cost);
         pack_with(&pk, D, w);
     }
@@ -487,6 +536,70 @@ static int desired(struct dx *x, const struct rules_dispatch *D, const char *rid
     return 0;
 }
 
+/* The latest other assignment of resource rid (f.d), to show in its desired.<key> once the one
+ * shown ends. */
+struct other {
+    const char *rid, *not_id;
+    size_t rlen, not_len;
+    struct dem d;
+    bool found;
+};
+
+static int find_other(void *ctx, const char *name, size_t nlen, const char *id, size_t len,
+                      const void *buf, size_t n)
+{
+    struct other *f = ctx;
+    struct drec r;
+    (void)name;
+    (void)nlen;
+    if ((len == f->not_len && !memcmp(id, f->not_id, len)) || rec_decode(buf, n, &r) < 0 ||
+        r.state != D_ASSIGNED || strlen(r.resource) != f->rlen ||
+        memcmp(r.resource, f->rid, f->rlen) || (f->found && r.assigned < f->d.r.assigned))
+        return 0;
+    f->d.r = r;
+    memcpy(f->d.id, id, len);
+    f->d.id[len] = '\0';
+    f->d.len = len;
+    f->found = true;
+    return 0;
+}
+
+/* Assignment d of resource rid ended: its desired.<key>, if it shows d, shows the resource's
+ * latest other assignment (capacity above 1) or nothing. */
+static int desired_clear(struct dx *x, const struct rules_dispatch *D, const char *rid, size_t rlen,
+                         const struct dem *d)
+{
+    struct twin_doc rd;
+    int rc = twin_get(x->txn, rid, rlen, &rd, x->err);
+    if (rc == -ENOENT || rc == -EBADMSG)
+        return 0;
+    if (rc < 0)
+        return rc;
+    const msgpack_object *shown =
+        twin_value_path(&rd.desired, D->desired_key, strlen(D->desired_key));
+    if (!shown || shown->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    const msgpack_object *sd = twin_value_path(shown, "demand", 6);
+    if (sd && sd->type == MSGPACK_OBJECT_STR &&
+        (sd->via.str.size != d->len || memcmp(sd->via.str.ptr, d->id, d->len)))
+        return 0; /* it shows another assignment */
+    struct other f = {.rid = rid, .rlen = rlen, .not_id = d->id, .not_len = d->len};
+    if ((rc = twin_dispatch_list(x->txn, D->name, strlen(D->name), find_other, &f, x->err)) < 0)
+        return rc;
+    if (!f.found)
+        return desired_put(x, D, rid, rlen, NULL, 0, 0, NULL);
+    struct cand c = {.len = rlen, .doc = rd};
+    memcpy(c.id, rid, rlen);
+    c.id[rlen] = '\0';
+    rc = twin_get(x->txn, f.d.id, f.d.len, &f.d.doc, x->err);
+    if (rc < 0 && rc != -ENOENT && rc != -EBADMSG)
+        return rc;
+    struct withv w = {0};
+    if (rc == 0)
+        with_eval(x, D, &f.d, &c, &w);
+    return desired_put(x, D, rid, rlen, &f.d, f.d.r.assigned, f.d.r.cost, &w);
+}
+
 /* Ends demand d's assignment on the resource's side: its desired.<key> cleared, and with
  * `cancel` the command marked failed (it is not sent again) and on_release's command sent. */
 static int unassign(struct dx *x, const struct rules_dispatch *D, struct dem *d, bool cancel)
@@ -496,7 +609,7 @@ static int unassign(struct dx *x, const struct rules_dispatch *D, struct dem *d,
     int rc;
     if (!rlen)
         return 0;
-    if ((rc = desired(x, D, rid, rlen, d, 0, NULL, true)) < 0)
+    if (D->desired_key && (rc = desired_clear(x, D, rid, rlen, d)) < 0)
         return rc;
     if (!cancel)
         return 0;
@@ -518,6 +631,52 @@ static int unassign(struct dx *x, const struct rules_dispatch *D, struct dem *d,
             return rc;
     }
     return 0;
+}
+
+/* Demand d, assigned, goes back to open; events on both twins (not on a resource that is gone).
+ * With `cancel` the resource is told (unassign). With `declined` (its command failed or went
+ * unanswered) it is not offered to that resource again; a resource that went offline or lost
+ * the command through no act of its own may be offered it again once it is back. */
+static int hand_back_one(struct dx *x, const struct rules_dispatch *D, struct dem *d,
+                         bool resource_gone, bool cancel, bool declined, const char *why)
+{
+    char rid[TWIN_ID_MAX + 1];
+    int rc;
+    snprintf(rid, sizeof(rid), "%s", d->r.resource);
+    if (!resource_gone && (rc = unassign(x, D, d, cancel)) < 0)
+        return rc;
+    if (declined)
+        declined_add(&d->r, rid, strlen(rid));
+    d->r.state = D_OPEN;
+    d->r.resource[0] = d->r.command[0] = '\0';
+    atomic_fetch_add_explicit(&x->st->returned, 1, memory_order_relaxed);
+    log_info("dispatch returned", "dispatch=%s demand=%s resource=%s reason=%s", D->name, d->id,
+             rid, why);
+    if ((rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
+        (rc = event(x, D, d->id, d->len, "returned", d, rid, d->r.cost, NULL)) < 0)
+        return rc;
+    return resource_gone ? 0 : event(x, D, rid, strlen(rid), "returned", d, rid, d->r.cost, NULL);
+}
+
+/* Demand d's assignment ended with its command in state `st` (final): served (succeeded) or
+ * handed back; events on both twins. */
+static int command_ended(struct dx *x, const struct rules_dispatch *D, struct dem *d,
+                         enum twin_command_state st, const char *why)
+{
+    char rid[TWIN_ID_MAX + 1];
+    int rc;
+    if (st != TWIN_CMD_SUCCEEDED)
+        return hand_back_one(x, D, d, false, false, true, why);
+    snprintf(rid, sizeof(rid), "%s", d->r.resource);
+    if ((rc = unassign(x, D, d, false)) < 0)
+        return rc;
+    d->r.state = D_SERVED;
+    atomic_fetch_add_explicit(&x->st->completed, 1, memory_order_relaxed);
+    log_info("dispatch done", "dispatch=%s demand=%s resource=%s", D->name, d->id, rid);
+    if ((rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
+        (rc = event(x, D, d->id, d->len, "done", d, rid, d->r.cost, NULL)) < 0)
+        return rc;
+    return event(x, D, rid, strlen(rid), "done", d, rid, d->r.cost, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -600,23 +759,32 @@ static int by_priority(const void *a, const void *b)
     return strcmp(x->id, y->id);
 }
 
+/* Assigns d to c. A resource that cannot take the command (refused: too large, a bad name)
+ * declines d instead (*refused set): d stays open for another decision. */
 static int assign(struct dx *x, const struct rules_dispatch *D, struct dem *d, struct cand *c,
-                  double cost)
+                  double cost, bool *refused)
 {
     struct withv w;
     msgpack_object args;
     int rc;
     with_eval(x, D, d, c, &w);
+    d->r.command[0] = '\0';
+    if (D->cmd) {
+        if ((rc = args_object(x, &D->args, D, d, cost, true, &w, &args)) < 0 ||
+            (rc = command(x, c->id, c->len, c->doc.connected, D->cmd, D->cmd_len, &args,
+                          D->expires_ms, d->r.command)) < 0)
+            return rc;
+        if (!d->r.command[0]) {
+            declined_add(&d->r, c->id, c->len);
+            *refused = true;
+            return rec_put(x, D, d->id, d->len, &d->r);
+        }
+    }
     d->r.state = D_ASSIGNED;
     d->r.assigned = x->now;
     d->r.cost = cost;
     snprintf(d->r.resource, sizeof(d->r.resource), "%s", c->id);
-    d->r.command[0] = '\0';
-    if (D->cmd && ((rc = args_object(x, &D->args, D, d, cost, true, &w, &args)) < 0 ||
-                   (rc = command(x, c->id, c->len, c->doc.connected, D->cmd, D->cmd_len, &args,
-                                 D->expires_ms, d->r.command)) < 0))
-        return rc;
-    if ((rc = desired(x, D, c->id, c->len, d, cost, &w, false)) < 0 ||
+    if ((D->desired_key && (rc = desired_put(x, D, c->id, c->len, d, x->now, cost, &w)) < 0) ||
         (rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
         (rc = event(x, D, d->id, d->len, "assigned", d, c->id, cost, &w)) < 0 ||
         (rc = event(x, D, c->id, c->len, "assigned", d, c->id, cost, &w)) < 0)
@@ -643,7 +811,9 @@ static bool twin_exists(struct dx *x, const char *id, size_t len, int *rc)
 }
 
 /* Records whose twins are gone (deleted): an assignment whose demand is gone is released, one
- * whose resource is gone returns to open, a served demand that is gone is forgotten. */
+ * whose resource is gone returns to open, a served demand that is gone is forgotten. And an
+ * assignment whose command the hub no longer holds as pending (dropped from a full queue by
+ * commands.max_per_device, or ended without the hub hearing of it) ends as its command did. */
 static int sweep(struct dx *x, const struct rules_dispatch *D, struct lists *l)
 {
     int rc = 0;
@@ -653,11 +823,14 @@ static int sweep(struct dx *x, const struct rules_dispatch *D, struct lists *l)
             continue; /* decide reads its twin */
         if (!twin_exists(x, d->id, d->len, &rc)) {
             if (d->r.state == D_ASSIGNED) {
+                char rid[TWIN_ID_MAX + 1];
+                snprintf(rid, sizeof(rid), "%s", d->r.resource);
                 if ((rc = unassign(x, D, d, true)) < 0)
                     return rc;
                 atomic_fetch_add_explicit(&x->st->released, 1, memory_order_relaxed);
-                if ((rc = event(x, D, d->r.resource, strlen(d->r.resource), "released", d, NULL, 0,
-                                NULL)) < 0)
+                log_info("dispatch released", "dispatch=%s demand=%s resource=%s reason=deleted",
+                         D->name, d->id, rid);
+                if ((rc = event(x, D, rid, strlen(rid), "released", d, NULL, 0, NULL)) < 0)
                     return rc;
             }
             if ((rc = twin_dispatch_del(x->txn, D->name, strlen(D->name), d->id, d->len, x->err)) <
@@ -668,37 +841,61 @@ static int sweep(struct dx *x, const struct rules_dispatch *D, struct lists *l)
         }
         if (rc < 0)
             return rc;
-        if (d->r.state == D_ASSIGNED &&
-            !twin_exists(x, d->r.resource, strlen(d->r.resource), &rc)) {
-            if (rc < 0)
+        if (d->r.state != D_ASSIGNED)
+            continue;
+        if (!twin_exists(x, d->r.resource, strlen(d->r.resource), &rc)) {
+            if (rc < 0 || (rc = hand_back_one(x, D, d, true, false, false, "deleted")) < 0)
                 return rc;
-            snprintf(d->r.declined, sizeof(d->r.declined), "%s", d->r.resource);
-            d->r.state = D_OPEN;
-            d->r.resource[0] = d->r.command[0] = '\0';
-            atomic_fetch_add_explicit(&x->st->returned, 1, memory_order_relaxed);
-            if ((rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
-                (rc = event(x, D, d->id, d->len, "returned", d, NULL, 0, NULL)) < 0)
-                return rc;
+            continue;
         }
+        if (rc < 0)
+            return rc;
+        if (!d->r.command[0])
+            continue; /* no on_assign command: it lasts until the demand ends */
+        struct twin_command c;
+        rc = twin_command_get(x->txn, d->r.resource, strlen(d->r.resource), d->r.command,
+                              strlen(d->r.command), &c, x->err);
+        if (rc == -ENOENT || rc == -EBADMSG || rc == -EINVAL)
+            rc = hand_back_one(x, D, d, false, false, false, "command dropped");
+        else if (rc == 0 && twin_command_state_final(c.state))
+            rc = command_ended(x, D, d, c.state, "command ended");
         if (rc < 0)
             return rc;
     }
     return 0;
 }
 
+/* Open demand d's cost against resource c: NAN where the pair is not allowed. */
+static double pair_cost(struct dx *x, const struct rules_dispatch *D, const struct dem *d,
+                        const struct cand *c)
+{
+    struct rules_value v;
+    if ((c->len == d->len && !memcmp(c->id, d->id, d->len)) || declined_has(&d->r, c->id, c->len) ||
+        !skilled(D, d, c))
+        return NAN;
+    if (eval(D->cost, NULL, &d->doc, &c->doc, (double)(x->now - d->r.opened) / 1000.0, c->load,
+             x->now, &v) == 0 &&
+        v.type == RULES_NUM && isfinite(v.n) && fabs(v.n) < 1e12)
+        return v.n;
+    return NAN;
+}
+
 /* Solves dispatch D's open demands against its resources with room, and carries out what the
- * solution says. */
-static int decide(struct dx *x, const struct rules_dispatch *D)
+ * solution says. *refused: a resource refused its command (another decision may place it). */
+static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refused)
 {
     struct lists l = {.D = D};
     struct dem **open = NULL;
-    double *cost = NULL, *prio = NULL, total = 0, gtotal = 0;
+    double *cost = NULL, *prio = NULL, *row = NULL, total = 0, gtotal = 0;
     unsigned *cap = NULL;
     int *out = NULL, *gout = NULL;
     struct cand **room = NULL;
     int rc = twin_dispatch_list(x->txn, D->name, strlen(D->name), collect_dem, &l, x->err);
     if (rc < 0 || (rc = sweep(x, D, &l)) < 0)
         goto done;
+    if (l.full)
+        log_warn_limited("dispatch records past the limit not read this decision",
+                         "dispatch=%s limit=%d", D->name, DEMANDS_MAX);
     size_t nopen = 0;
     for (size_t i = 0; i < l.nd; i++)
         nopen += l.d[i].r.state == D_OPEN;
@@ -709,8 +906,12 @@ static int decide(struct dx *x, const struct rules_dispatch *D)
     /* resources: connected, admitted by when:, with room */
     char prefix[TWIN_ID_MAX + 1];
     memcpy(prefix, D->resource_match, D->resource_prefix_len);
+    l.full = false;
     if ((rc = twin_list(x->txn, prefix, D->resource_prefix_len, collect_res, &l, x->err)) < 0)
         goto done;
+    if (l.full)
+        log_warn_limited("dispatch resources past the limit not offered this decision",
+                         "dispatch=%s limit=%d", D->name, RESOURCES_MAX);
     size_t nroom = 0;
     room = calloc(l.nc ? l.nc : 1, sizeof(*room));
     open = calloc(nopen, sizeof(*open));
@@ -764,32 +965,22 @@ static int decide(struct dx *x, const struct rules_dispatch *D)
     if (n == 0 || nroom == 0)
         goto done;
     qsort(open, n, sizeof(*open), by_priority);
+    /* the costs of the first max_demands only: the rest take a row each, greedily */
     size_t nopt = n < D->max_demands ? n : D->max_demands;
-    cost = malloc(n * nroom * sizeof(*cost));
-    prio = malloc(n * sizeof(*prio));
+    cost = malloc(nopt * nroom * sizeof(*cost));
+    prio = malloc(nopt * sizeof(*prio));
     cap = malloc(nroom * sizeof(*cap));
     out = malloc(n * sizeof(*out));
-    gout = malloc(n * sizeof(*gout));
-    if (!cost || !prio || !cap || !out || !gout) {
+    gout = malloc(nopt * sizeof(*gout));
+    row = malloc(nroom * sizeof(*row));
+    if (!cost || !prio || !cap || !out || !gout || !row) {
         rc = -ENOMEM;
         goto done;
     }
-    for (size_t i = 0; i < n; i++) {
-        struct dem *d = open[i];
-        prio[i] = d->r.priority > 0 ? d->r.priority : 1;
-        for (size_t j = 0; j < nroom; j++) {
-            struct cand *c = room[j];
-            double *cij = &cost[i * nroom + j];
-            struct rules_value v;
-            *cij = NAN;
-            if ((c->len == d->len && !memcmp(c->id, d->id, d->len)) ||
-                !strcmp(d->r.declined, c->id) || !skilled(D, d, c))
-                continue;
-            if (eval(D->cost, NULL, &d->doc, &c->doc, (double)(x->now - d->r.opened) / 1000.0,
-                     c->load, x->now, &v) == 0 &&
-                v.type == RULES_NUM && isfinite(v.n) && fabs(v.n) < 1e12)
-                *cij = v.n;
-        }
+    for (size_t i = 0; i < nopt; i++) {
+        prio[i] = open[i]->r.priority > 0 ? open[i]->r.priority : 1;
+        for (size_t j = 0; j < nroom; j++)
+            cost[i * nroom + j] = pair_cost(x, D, open[i], room[j]);
     }
     for (size_t j = 0; j < nroom; j++)
         cap[j] = room[j]->room;
@@ -826,26 +1017,34 @@ static int decide(struct dx *x, const struct rules_dispatch *D)
             atomic_fetch_add_explicit(&x->st->compared, 1, memory_order_relaxed);
         }
     }
-    /* past max_demands: greedily with what capacity is left */
+    /* past max_demands: by priority and age, each the least costly resource with room left */
     if (n > nopt) {
         for (size_t i = 0; i < nopt; i++)
             if (out[i] >= 0)
                 cap[out[i]]--;
-        struct rules_assign rest = {.n_demands = (unsigned)(n - nopt),
-                                    .n_resources = (unsigned)nroom,
-                                    .cost = cost + nopt * nroom,
-                                    .capacity = cap,
-                                    .priority = prio + nopt};
-        double t;
-        if ((rc = rules_assign_greedy(&rest, out + nopt, &t)) < 0)
-            goto done;
+        for (size_t i = nopt; i < n; i++) {
+            out[i] = -1;
+            for (size_t j = 0; j < nroom; j++) {
+                row[j] = cap[j] ? pair_cost(x, D, open[i], room[j]) : NAN;
+                if (!isnan(row[j]) && (out[i] < 0 || row[j] < row[out[i]]))
+                    out[i] = (int)j;
+            }
+            if (out[i] >= 0) {
+                cap[out[i]]--;
+                open[i]->r.cost = row[out[i]]; /* assign reads it below */
+            }
+        }
         atomic_fetch_add_explicit(&x->st->greedy_decisions, 1, memory_order_relaxed);
     }
     atomic_fetch_add_explicit(&x->st->decisions, 1, memory_order_relaxed);
     hub_hist_observe(&x->st->solve, hub_mono_ns() - t0);
-    for (size_t i = 0; i < n; i++)
-        if (out[i] >= 0 && (rc = assign(x, D, open[i], room[out[i]], cost[i * nroom + out[i]])) < 0)
+    for (size_t i = 0; i < n; i++) {
+        if (out[i] < 0)
+            continue;
+        double cij = i < nopt ? cost[i * nroom + out[i]] : open[i]->r.cost;
+        if ((rc = assign(x, D, open[i], room[out[i]], cij, refused)) < 0)
             goto done;
+    }
 done:
     free(l.d);
     free(l.c);
@@ -856,7 +1055,20 @@ done:
     free(cap);
     free(out);
     free(gout);
+    free(row);
     return rc == -ENOMEM ? -ENOMEM : rc;
+}
+
+/* Decides, and again while resources refuse their command (each refusal takes that pair out). */
+static int decide(struct dx *x, const struct rules_dispatch *D)
+{
+    int rc = 0;
+    bool refused = true;
+    for (int round = 0; rc == 0 && refused && round < DECIDE_ROUNDS; round++) {
+        refused = false;
+        rc = decide_once(x, D, &refused);
+    }
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -875,9 +1087,10 @@ static void dx_cleanup(struct dx *x)
     msgpack_zone_destroy(&x->zone);
 }
 
-/* Hands demands assigned to resource `rid` back (it went offline). Returns whether any. */
+/* Hands demands assigned to resource `rid` back (it went offline or was deleted). Sets *any
+ * when it held any. */
 static int hand_back(struct dx *x, const struct rules_dispatch *D, const char *rid, size_t rlen,
-                     bool *any)
+                     bool gone, bool *any)
 {
     struct lists l = {.D = D};
     int rc = twin_dispatch_list(x->txn, D->name, strlen(D->name), collect_dem, &l, x->err);
@@ -887,23 +1100,14 @@ static int hand_back(struct dx *x, const struct rules_dispatch *D, const char *r
             memcmp(d->r.resource, rid, rlen))
             continue;
         *any = true;
-        if ((rc = unassign(x, D, d, true)) < 0)
-            break;
-        snprintf(d->r.declined, sizeof(d->r.declined), "%s", d->r.resource);
-        d->r.state = D_OPEN;
-        d->r.resource[0] = d->r.command[0] = '\0';
-        atomic_fetch_add_explicit(&x->st->returned, 1, memory_order_relaxed);
-        log_info("dispatch returned", "dispatch=%s demand=%s resource=%.*s reason=offline", D->name,
-                 d->id, (int)rlen, rid);
-        if ((rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
-            (rc = event(x, D, d->id, d->len, "returned", d, NULL, 0, NULL)) < 0)
-            break;
+        rc = hand_back_one(x, D, d, gone, true, false, gone ? "deleted" : "offline");
     }
     free(l.d);
     free(l.c);
     return rc < 0 ? rc : 0;
 }
 
+/* doc NULL: twin id was deleted in this transaction. */
 static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id, size_t len,
                    const struct twin_doc *doc)
 {
@@ -912,8 +1116,11 @@ static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id,
     if (rules_glob_match(D->demand_match, id, len)) {
         struct dem d = {.len = len};
         memcpy(d.id, id, len);
-        d.doc = *doc;
-        bool want = is_demand(x, D, id, len, doc);
+        if (doc)
+            d.doc = *doc;
+        int want = doc ? is_demand(x, D, id, len, doc) : 0;
+        if (want < 0)
+            return want;
         rc = rec_get(x, D, id, len, &d.r);
         if (rc < 0 && rc != -ENOENT)
             return rc;
@@ -929,18 +1136,18 @@ static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id,
         } else if (!want && have) {
             if (d.r.state == D_ASSIGNED) {
                 /* the demand ended before its resource was done: release it */
+                char rid[TWIN_ID_MAX + 1];
+                snprintf(rid, sizeof(rid), "%s", d.r.resource);
                 if ((rc = unassign(x, D, &d, true)) < 0)
                     return rc;
                 atomic_fetch_add_explicit(&x->st->released, 1, memory_order_relaxed);
-                log_info("dispatch released", "dispatch=%s demand=%.*s resource=%s", D->name,
-                         (int)len, id, d.r.resource);
-                char rid[TWIN_ID_MAX + 1];
-                snprintf(rid, sizeof(rid), "%s", d.r.resource);
+                log_info("dispatch released", "dispatch=%s demand=%.*s resource=%s reason=%s",
+                         D->name, (int)len, id, rid, doc ? "ended" : "deleted");
                 if ((rc = event(x, D, rid, strlen(rid), "released", &d, NULL, 0, NULL)) < 0)
                     return rc;
                 again = true;
             }
-            if (d.r.state != D_SERVED &&
+            if (doc && d.r.state != D_SERVED &&
                 (rc = event(x, D, id, len, d.r.state == D_OPEN ? "cancelled" : "released", &d, NULL,
                             0, NULL)) < 0)
                 return rc;
@@ -950,7 +1157,7 @@ static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id,
     }
     if (rules_glob_match(D->resource_match, id, len)) {
         /* a resource that changed: it may have moved, freed up or come on shift */
-        if (!doc->connected && (rc = hand_back(x, D, id, len, &again)) < 0)
+        if ((!doc || !doc->connected) && (rc = hand_back(x, D, id, len, !doc, &again)) < 0)
             return rc;
         again = true;
     }
@@ -1009,8 +1216,7 @@ int hub_dispatch_command(const struct rules_set *set, struct hub_dispatch_stats 
                          struct outlist *ol, char *err)
 {
     unsigned n = set ? rules_set_dispatch_count(set) : 0;
-    if (n == 0 || (c->state != TWIN_CMD_SUCCEEDED && c->state != TWIN_CMD_FAILED &&
-                   c->state != TWIN_CMD_EXPIRED))
+    if (n == 0 || !twin_command_state_final(c->state))
         return 0;
     struct dx x = {.set = set, .st = st, .txn = txn, .now = now, .ol = ol, .err = err};
     int rc = dx_init(&x);
@@ -1023,30 +1229,8 @@ int hub_dispatch_command(const struct rules_set *set, struct hub_dispatch_stats 
         rc = 0;
         if (!f.found)
             continue;
-        struct dem *d = &f.d;
-        char rid[TWIN_ID_MAX + 1];
-        snprintf(rid, sizeof(rid), "%s", d->r.resource);
-        if ((rc = unassign(&x, D, d, false)) < 0)
-            break;
-        const char *what;
-        if (c->state == TWIN_CMD_SUCCEEDED) {
-            d->r.state = D_SERVED;
-            what = "done";
-            atomic_fetch_add_explicit(&st->completed, 1, memory_order_relaxed);
-        } else {
-            /* the resource declined or never answered: someone else */
-            snprintf(d->r.declined, sizeof(d->r.declined), "%s", rid);
-            d->r.state = D_OPEN;
-            d->r.resource[0] = d->r.command[0] = '\0';
-            what = "returned";
-            atomic_fetch_add_explicit(&st->returned, 1, memory_order_relaxed);
-        }
-        log_info("dispatch ended", "dispatch=%s demand=%s resource=%s state=%s", D->name, d->id,
-                 rid, what);
-        if ((rc = rec_put(&x, D, d->id, d->len, &d->r)) < 0 ||
-            (rc = event(&x, D, d->id, d->len, what, d, rid, d->r.cost, NULL)) < 0 ||
-            (rc = event(&x, D, rid, strlen(rid), what, d, rid, d->r.cost, NULL)) < 0 ||
-            (rc = decide(&x, D)) < 0)
+        const char *why = c->state == TWIN_CMD_EXPIRED ? "expired" : "failed";
+        if ((rc = command_ended(&x, D, &f.d, c->state, why)) < 0 || (rc = decide(&x, D)) < 0)
             break;
     }
     dx_cleanup(&x);

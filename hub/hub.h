@@ -460,8 +460,9 @@ struct hub_dispatch_stats {
 };
 
 /* Runs every dispatch entry of `set` for twin `id` after its rules ran in this transaction
- * (doc: the twin as it is now): opens or ends its demand, hands back what an offline resource
- * held, and decides when anything changed. Returns 0 or a store error (abort). */
+ * (doc: the twin as it is now; NULL: deleted): opens or ends its demand, hands back what an
+ * offline or deleted resource held, and decides when anything changed. Returns 0 or a store
+ * error (abort). */
 int hub_dispatch_twin(const struct rules_set *set, struct hub_dispatch_stats *st,
                       struct twin_txn *txn, const char *id, size_t id_len,
                       const struct twin_doc *doc, int64_t now, struct outlist *ol, char *err);
@@ -536,6 +537,9 @@ int64_t hub_rules_next_due(struct twin_store *store);
 int hub_rules_dispatch_command(struct hub_rules *hr, struct twin_txn *txn,
                                const struct twin_command *c, int64_t now, struct outlist *ol,
                                char *err);
+/* hub_dispatch_twin for twin `id` deleted in this transaction (hr may be NULL). */
+int hub_rules_dispatch_deleted(struct hub_rules *hr, struct twin_txn *txn, const char *id,
+                               size_t id_len, int64_t now, struct outlist *ol, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * ingest.c: the message callback (Paho's receive thread) and what it dispatches to:

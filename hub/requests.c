@@ -481,7 +481,8 @@ static int delete_fn(struct twin_txn *txn, void *ctx)
     struct twin_delete_result res;
     outlist_start(&rq->in->out, txn);
     int rc = twin_delete(txn, rq->t->id, rq->t->id_len, rq->version, &res, rq->err);
-    if (rc < 0)
+    if (rc < 0 || (rc = hub_rules_dispatch_deleted(rq->in->rules, txn, rq->t->id, rq->t->id_len,
+                                                   rq->now, &rq->in->out, rq->err)) < 0)
         return rc;
     msgpack_packer *pk = outlist_begin(&rq->in->out);
     msgpack_pack_map(pk, 2);

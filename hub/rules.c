@@ -981,6 +981,17 @@ void hub_rules_close(struct hub_rules *hr)
     pthread_rwlock_destroy(&hr->lock);
 }
 
+int hub_rules_dispatch_deleted(struct hub_rules *hr, struct twin_txn *txn, const char *id,
+                               size_t id_len, int64_t now, struct outlist *ol, char *err)
+{
+    if (!hub_rules_active(hr))
+        return 0;
+    pthread_rwlock_rdlock(&hr->lock);
+    int rc = hub_dispatch_twin(hr->set, &hr->dispatch, txn, id, id_len, NULL, now, ol, err);
+    pthread_rwlock_unlock(&hr->lock);
+    return rc;
+}
+
 int hub_rules_dispatch_command(struct hub_rules *hr, struct twin_txn *txn,
                                const struct twin_command *c, int64_t now, struct outlist *ol,
                                char *err)

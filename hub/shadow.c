@@ -750,7 +750,8 @@ static int delete_fn(struct twin_txn *txn, void *ctx)
         rc = twin_delete(txn, rq->bt.id, rq->bt.id_len, rq->version, &res, rq->err);
         if (rc == -ENOENT)
             return not_found(rq);
-        if (rc < 0)
+        if (rc < 0 || (rc = hub_rules_dispatch_deleted(in->rules, txn, rq->bt.id, rq->bt.id_len,
+                                                       rq->now, &in->out, rq->err)) < 0)
             return rc;
         version = res.version;
     } else {

@@ -291,7 +291,7 @@ def case_handback(fx):
                "desired.task cleared")
     wait_until(lambda: dispatch_events(w, n1.id, "released"), 5, "released on the nurse")
     c.eq(records(hub.db), {}, "no record left")
-    # a demand deleted while its nurse walks: she is released at the next decision
+    # a demand deleted while its nurse walks: she is released in the deletion's transaction
     gone = monitor(fx, b, 2, 40, 0)
     settle(hub, [gone.id])
     gone.send(heart_rate=130)
@@ -300,11 +300,46 @@ def case_handback(fx):
     res = records(hub.db)[gone.id]["resource"]
     w.publish(f"twins/{gone.id}/delete", pack({}))
     wait_until(lambda: twin_get(hub.db, gone.id) is None, 5, "the demand's twin deleted")
-    for n in (n1, n2):
-        n.send(on_shift=True)  # a change: the hub decides again
-    wait_until(lambda: gone.id not in records(hub.db), 5, "the deleted demand's record gone")
-    wait_until(lambda: "task" not in (twin_get(hub.db, res)["desired"] or {}), 5,
-               "its nurse's desired.task cleared")
+    c.check(gone.id not in records(hub.db), "the deleted demand's record gone with it")
+    c.check("task" not in (twin_get(hub.db, res)["desired"] or {}),
+            "its nurse's desired.task cleared with it")
+    wait_until(lambda: [e for e in dispatch_events(w, res, "released") if e["demand"] == gone.id],
+               5, "released on the deleted demand's nurse")
+    c.done()
+
+
+def case_lifecycle(fx):
+    """capacity 2: desired.task shows the latest assignment and then the one left; a command
+    dropped from a full queue (commands.max_per_device) returns its demand, which may go to the
+    same nurse again; a deleted nurse returns what she held."""
+    b, hub, w = setup(fx, {"commands.max_per_device": "3"})
+    c = Checks()
+    n1 = nurse(fx, b, 1, 0, 4, capacity=2)
+    m1, m2 = monitor(fx, b, 1, 2, 0), monitor(fx, b, 2, 4, 0)
+    settle(hub, [n1.id, m1.id, m2.id])
+    m1.send(heart_rate=130)
+    first = wait_attend(n1)
+    m2.send(heart_rate=131)
+    second = wait_attend(n1, 2)
+    c.eq([first["args"]["demand"], second["args"]["demand"]], [m1.id, m2.id], "both to nurse 1")
+    c.eq(twin_get(hub.db, n1.id)["desired"]["task"]["demand"], m2.id,
+         "desired.task shows the latest assignment")
+    n1.ack(second, "succeeded")
+    wait_until(lambda: (twin_get(hub.db, n1.id)["desired"] or {}).get("task", {}).get("demand")
+               == m1.id, 5, "desired.task shows the assignment left")
+    # the queue of 3 fills with other commands: the attend for m1, the oldest pending, is dropped
+    for i in range(3):
+        w.publish(f"twins/{n1.id}/commands/send", pack({"cmd": "beep", "args": {"n": i}}))
+    wait_until(lambda: len(n1.commands("beep")) >= 3, 10, "3 other commands at nurse 1")
+    n1.send(on_shift=True)  # a change: the hub decides again and sees the attend gone
+    third = wait_attend(n1, 3)
+    c.eq(third["args"]["demand"], m1.id, "the dropped command's demand to nurse 1 again")
+    c.check(dispatch_events(w, m1.id, "returned"), "returned event on the demand")
+    c.check(dispatch_events(w, n1.id, "returned"), "returned event on the nurse")
+    # the nurse is deleted: m1 goes back to open, with nobody left to take it
+    w.publish(f"twins/{n1.id}/delete", pack({}))
+    wait_until(lambda: records(hub.db).get(m1.id, {}).get("state") == "open", 5,
+               "the deleted nurse's demand open again")
     c.done()
 
 
@@ -351,7 +386,7 @@ def case_restart(fx):
 
 
 CASES = {"assign": case_assign, "choose": case_choose, "handback": case_handback,
-         "restart": case_restart}
+         "restart": case_restart, "lifecycle": case_lifecycle}
 
 if __name__ == "__main__":
     sys.exit(run_case(CASES))
