@@ -73,7 +73,7 @@ struct cand {
 /* One call's context. */
 struct dx {
     const struct rules_set *set;
-    struct hub_dispatch_stats *st;
+    struct dispatch_tally *t; /* counted after the commit (outlist_flush) */
     struct twin_txn *txn;
     int64_t now;
     struct outlist *ol;
@@ -85,14 +85,6 @@ struct dx {
 /* ---------------------------------------------------------------------------------------------
  * Records
  * ------------------------------------------------------------------------------------------ */
-
-static void add_double(_Atomic double *a, double d)
-{
-    double old = atomic_load_explicit(a, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(a, &old, old + d, memory_order_relaxed,
-                                                  memory_order_relaxed))
-        ;
-}
 
 static void pack_s(msgpack_packer *pk, const char *k, const char *v)
 {
@@ -649,7 +641,7 @@ static int hand_back_one(struct dx *x, const struct rules_dispatch *D, struct de
         declined_add(&d->r, rid, strlen(rid));
     d->r.state = D_OPEN;
     d->r.resource[0] = d->r.command[0] = '\0';
-    atomic_fetch_add_explicit(&x->st->returned, 1, memory_order_relaxed);
+    x->t->returned++;
     log_info("dispatch returned", "dispatch=%s demand=%s resource=%s reason=%s", D->name, d->id,
              rid, why);
     if ((rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
@@ -671,7 +663,7 @@ static int command_ended(struct dx *x, const struct rules_dispatch *D, struct de
     if ((rc = unassign(x, D, d, false)) < 0)
         return rc;
     d->r.state = D_SERVED;
-    atomic_fetch_add_explicit(&x->st->completed, 1, memory_order_relaxed);
+    x->t->completed++;
     log_info("dispatch done", "dispatch=%s demand=%s resource=%s", D->name, d->id, rid);
     if ((rc = rec_put(x, D, d->id, d->len, &d->r)) < 0 ||
         (rc = event(x, D, d->id, d->len, "done", d, rid, d->r.cost, NULL)) < 0)
@@ -791,8 +783,9 @@ static int assign(struct dx *x, const struct rules_dispatch *D, struct dem *d, s
         return rc;
     c->load++;
     c->room--;
-    atomic_fetch_add_explicit(&x->st->assigned, 1, memory_order_relaxed);
-    hub_hist_observe(&x->st->wait, (x->now - d->r.opened) * 1000000);
+    x->t->assigned++;
+    if (x->t->nwait < DISPATCH_TALLY_OBS)
+        x->t->wait_ns[x->t->nwait++] = (x->now - d->r.opened) * 1000000;
     log_info("dispatch assigned", "dispatch=%s demand=%s resource=%s cost=%.3g waited_ms=%lld",
              D->name, d->id, c->id, cost, (long long)(x->now - d->r.opened));
     return 0;
@@ -827,7 +820,7 @@ static int sweep(struct dx *x, const struct rules_dispatch *D, struct lists *l)
                 snprintf(rid, sizeof(rid), "%s", d->r.resource);
                 if ((rc = unassign(x, D, d, true)) < 0)
                     return rc;
-                atomic_fetch_add_explicit(&x->st->released, 1, memory_order_relaxed);
+                x->t->released++;
                 log_info("dispatch released", "dispatch=%s demand=%s resource=%s reason=deleted",
                          D->name, d->id, rid);
                 if ((rc = event(x, D, rid, strlen(rid), "released", d, NULL, 0, NULL)) < 0)
@@ -995,7 +988,7 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
          * double. Never a reason to fail the change that asked for the decision. */
         log_warn_limited("dispatch solver failed; assigning greedily",
                          "dispatch=%s demands=%zu rc=%d", D->name, nopt, rc);
-        atomic_fetch_add_explicit(&x->st->solver_failures, 1, memory_order_relaxed);
+        x->t->solver_failures++;
         rc = rules_assign_greedy(&p, out, &total);
         if (rc == -EDOM) {
             rc = 0; /* nothing assigned this time */
@@ -1012,9 +1005,9 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
             gs += gout[i] >= 0 ? prio[i] : 0;
         }
         if (fabs(ps - gs) < 1e-9 && ps > 0) {
-            add_double(&x->st->cost, total);
-            add_double(&x->st->greedy_cost, gtotal);
-            atomic_fetch_add_explicit(&x->st->compared, 1, memory_order_relaxed);
+            x->t->cost += total;
+            x->t->greedy_cost += gtotal;
+            x->t->compared++;
         }
     }
     /* past max_demands: by priority and age, each the least costly resource with room left */
@@ -1034,10 +1027,11 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
                 open[i]->r.cost = row[out[i]]; /* assign reads it below */
             }
         }
-        atomic_fetch_add_explicit(&x->st->greedy_decisions, 1, memory_order_relaxed);
+        x->t->greedy_decisions++;
     }
-    atomic_fetch_add_explicit(&x->st->decisions, 1, memory_order_relaxed);
-    hub_hist_observe(&x->st->solve, hub_mono_ns() - t0);
+    x->t->decisions++;
+    if (x->t->nsolve < DISPATCH_TALLY_OBS)
+        x->t->solve_ns[x->t->nsolve++] = hub_mono_ns() - t0;
     for (size_t i = 0; i < n; i++) {
         if (out[i] < 0)
             continue;
@@ -1074,6 +1068,43 @@ static int decide(struct dx *x, const struct rules_dispatch *D)
 /* ---------------------------------------------------------------------------------------------
  * Entry points
  * ------------------------------------------------------------------------------------------ */
+
+static void add_double(_Atomic double *a, double d)
+{
+    double old = atomic_load_explicit(a, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(a, &old, old + d, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
+
+void hub_dispatch_tally_flush(struct dispatch_tally *t)
+{
+    struct hub_dispatch_stats *st = t->to;
+    if (!st)
+        return;
+#define ADD(f)                                                                                     \
+    if (t->f)                                                                                      \
+    atomic_fetch_add_explicit(&st->f, t->f, memory_order_relaxed)
+    ADD(opened);
+    ADD(assigned);
+    ADD(completed);
+    ADD(returned);
+    ADD(released);
+    ADD(decisions);
+    ADD(greedy_decisions);
+    ADD(solver_failures);
+    ADD(compared);
+#undef ADD
+    if (t->compared) {
+        add_double(&st->cost, t->cost);
+        add_double(&st->greedy_cost, t->greedy_cost);
+    }
+    for (unsigned i = 0; i < t->nwait; i++)
+        hub_hist_observe(&st->wait, t->wait_ns[i]);
+    for (unsigned i = 0; i < t->nsolve; i++)
+        hub_hist_observe(&st->solve, t->solve_ns[i]);
+    memset(t, 0, sizeof(*t));
+}
 
 static int dx_init(struct dx *x)
 {
@@ -1128,7 +1159,7 @@ static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id,
         if (want && !have) {
             d.r = (struct drec){
                 .state = D_OPEN, .opened = x->now, .priority = priority_of(x, D, doc)};
-            atomic_fetch_add_explicit(&x->st->opened, 1, memory_order_relaxed);
+            x->t->opened++;
             if ((rc = rec_put(x, D, id, len, &d.r)) < 0 ||
                 (rc = event(x, D, id, len, "open", &d, NULL, 0, NULL)) < 0)
                 return rc;
@@ -1140,7 +1171,7 @@ static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id,
                 snprintf(rid, sizeof(rid), "%s", d.r.resource);
                 if ((rc = unassign(x, D, &d, true)) < 0)
                     return rc;
-                atomic_fetch_add_explicit(&x->st->released, 1, memory_order_relaxed);
+                x->t->released++;
                 log_info("dispatch released", "dispatch=%s demand=%.*s resource=%s reason=%s",
                          D->name, (int)len, id, rid, doc ? "ended" : "deleted");
                 if ((rc = event(x, D, rid, strlen(rid), "released", &d, NULL, 0, NULL)) < 0)
@@ -1178,7 +1209,8 @@ int hub_dispatch_twin(const struct rules_set *set, struct hub_dispatch_stats *st
     }
     if (mine == 0)
         return 0;
-    struct dx x = {.set = set, .st = st, .txn = txn, .now = now, .ol = ol, .err = err};
+    ol->disp.to = st;
+    struct dx x = {.set = set, .t = &ol->disp, .txn = txn, .now = now, .ol = ol, .err = err};
     int rc = dx_init(&x);
     for (unsigned i = 0; rc == 0 && i < n; i++)
         rc = on_twin(&x, rules_set_dispatch(set, i), id, id_len, doc);
@@ -1218,7 +1250,8 @@ int hub_dispatch_command(const struct rules_set *set, struct hub_dispatch_stats 
     unsigned n = set ? rules_set_dispatch_count(set) : 0;
     if (n == 0 || !twin_command_state_final(c->state))
         return 0;
-    struct dx x = {.set = set, .st = st, .txn = txn, .now = now, .ol = ol, .err = err};
+    ol->disp.to = st;
+    struct dx x = {.set = set, .t = &ol->disp, .txn = txn, .now = now, .ol = ol, .err = err};
     int rc = dx_init(&x);
     for (unsigned i = 0; rc == 0 && i < n; i++) {
         const struct rules_dispatch *D = rules_set_dispatch(set, i);

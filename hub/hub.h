@@ -254,7 +254,21 @@ struct outmsg {
     uint64_t seq;          /* its number in the store's event messages; 0: not stored */
 };
 
-#define OUTLIST_TWINS_MAX 64
+/* What dispatch (hub/dispatch.c) counted in one transaction: added to the owner's statistics
+ * by outlist_flush after the commit, so that a transaction that ran again counts once and an
+ * aborted one not at all. Past DISPATCH_TALLY_OBS waits or decision times in one transaction
+ * the histograms miss the rest (the counters do not). */
+#define DISPATCH_TALLY_OBS 32
+struct hub_dispatch_stats;
+struct dispatch_tally {
+    struct hub_dispatch_stats *to; /* NULL: nothing counted yet */
+    uint64_t opened, assigned, completed, returned, released;
+    uint64_t decisions, greedy_decisions, solver_failures, compared;
+    double cost, greedy_cost;
+    unsigned nwait, nsolve;
+    int64_t wait_ns[DISPATCH_TALLY_OBS], solve_ns[DISPATCH_TALLY_OBS];
+};
+void hub_dispatch_tally_flush(struct dispatch_tally *t);
 
 struct outlist {
     const struct bridge_topics *topics;
@@ -277,8 +291,9 @@ struct outlist {
         char id[TWIN_ID_MAX];
         size_t len;
         unsigned flags;
-    } twins[OUTLIST_TWINS_MAX];
-    unsigned ntwins;
+    } * twins;
+    size_t ntwins, captwins;
+    struct dispatch_tally disp;
     /* The write transaction being run (outlist_start): events and predictions are stored in it
      * (twin_eventbox_add), so that none is lost once committed; NULL: kept in memory only. */
     struct twin_txn *txn;
@@ -303,9 +318,9 @@ int outlist_end(struct outlist *ol, enum pub_class cls, const char *topic, bool 
  * the publisher dropped and returns how many. */
 unsigned outlist_flush(struct outlist *ol, struct publisher *pub);
 
-/* Asks for `flags` (PUB_*) of twin `id` after the commit (outlist_flush). Past
- * OUTLIST_TWINS_MAX twins the transaction's outbox still has them: they go out at the next
- * restart, or with the twin's next change. */
+/* Asks for `flags` (PUB_*) of twin `id` after the commit (outlist_flush). Out of memory, the
+ * transaction's outbox still has the twin: it goes out at the next restart, or with the twin's
+ * next change. */
 void outlist_twin(struct outlist *ol, const char *id, size_t id_len, unsigned flags);
 /* Ends the payload begun with outlist_begin as an event on twins/{id}/events (streamed).
  * Returns 0 or ol->err. */

@@ -48,6 +48,9 @@ void outlist_cleanup(struct outlist *ol)
     free(ol->v);
     ol->v = NULL;
     ol->n = ol->cap = 0;
+    free(ol->twins);
+    ol->twins = NULL;
+    ol->ntwins = ol->captwins = 0;
 }
 
 void outlist_reset(struct outlist *ol)
@@ -59,6 +62,7 @@ void outlist_reset(struct outlist *ol)
     ol->ntwins = 0;
     ol->txn = NULL;
     memset(ol->cmd_entered, 0, sizeof(ol->cmd_entered));
+    memset(&ol->disp, 0, sizeof(ol->disp));
 }
 
 void outlist_start(struct outlist *ol, struct twin_txn *txn)
@@ -69,13 +73,24 @@ void outlist_start(struct outlist *ol, struct twin_txn *txn)
 
 void outlist_twin(struct outlist *ol, const char *id, size_t id_len, unsigned flags)
 {
-    for (unsigned i = 0; i < ol->ntwins; i++)
+    for (size_t i = 0; i < ol->ntwins; i++)
         if (ol->twins[i].len == id_len && !memcmp(ol->twins[i].id, id, id_len)) {
             ol->twins[i].flags |= flags;
             return;
         }
-    if (ol->ntwins == OUTLIST_TWINS_MAX || id_len > TWIN_ID_MAX)
+    if (id_len > TWIN_ID_MAX)
         return;
+    if (ol->ntwins == ol->captwins) {
+        size_t cap = ol->captwins ? ol->captwins * 2 : 8;
+        struct outtwin *t = realloc(ol->twins, cap * sizeof(*t));
+        if (!t) {
+            log_warn_limited("out of memory: a twin's state waits for its next change", "id=%.*s",
+                             (int)id_len, id);
+            return;
+        }
+        ol->twins = t;
+        ol->captwins = cap;
+    }
     struct outtwin *t = &ol->twins[ol->ntwins++];
     memcpy(t->id, id, id_len);
     t->len = id_len;
@@ -149,6 +164,7 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
     for (int i = 0; ol->cmd_counts && i < HUB_CMD_STATES; i++)
         if (ol->cmd_entered[i])
             atomic_fetch_add_explicit(&ol->cmd_counts[i], ol->cmd_entered[i], memory_order_relaxed);
+    hub_dispatch_tally_flush(&ol->disp);
     for (size_t i = 0; i < ol->n; i++) {
         const struct outmsg *o = &ol->v[i];
         struct publisher_msg m = {
@@ -166,7 +182,7 @@ unsigned outlist_flush(struct outlist *ol, struct publisher *pub)
         if (publisher_msg(pub, o->cls, &m) < 0)
             dropped++;
     }
-    for (unsigned i = 0; i < ol->ntwins; i++)
+    for (size_t i = 0; i < ol->ntwins; i++)
         if (publisher_twin(pub, ol->twins[i].id, ol->twins[i].len, ol->twins[i].flags) < 0)
             log_warn_limited("publication postponed to the next restart", "id=%.*s",
                              (int)ol->twins[i].len, ol->twins[i].id);
