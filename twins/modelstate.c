@@ -9,8 +9,10 @@
 
 static struct records models_db(const struct twin_txn *txn)
 {
-    return (struct records){txn->s->dbi_modelstate, txn->s->has_models, TWIN_MODEL_STATE_MAX,
-                            "model state"};
+    return (struct records){.dbi = txn->s->dbi_modelstate,
+                            .present = txn->s->has_models,
+                            .max = TWIN_MODEL_STATE_MAX,
+                            .what = "model state"};
 }
 
 int twin_model_state_get(struct twin_txn *txn, const char *id, size_t id_len, const char *model,

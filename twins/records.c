@@ -1,23 +1,36 @@
-/* records: the keyed records the hub keeps beside a twin, opaque bytes under "id \0 name" in
- * one LMDB database: the rules engine's per-rule records (rulestate.c) and the models' per-model
- * records (modelstate.c). What a record means is the caller's; this file reads, writes, lists
- * and removes them in the caller's transaction. */
+/* records: keyed records kept beside twins, opaque bytes under "first \0 second" in one LMDB
+ * database each: the rules engine's per-rule records (rulestate.c) and the models' per-model
+ * records (modelstate.c), keyed by twin id then name, and dispatch's records (dispatch.c),
+ * keyed by dispatch name then twin id, so that one decision reads its dispatch in one range.
+ * What a record means is the caller's; this file reads, writes, lists and removes them in the
+ * caller's transaction. */
 #include "twins_int.h"
 
 #include <errno.h>
 
-#define NAME_MAX_ 64 /* TWIN_RULE_NAME_MAX and TWIN_MODEL_NAME_MAX */
-#define KEY_MAX (TWIN_ID_MAX + 1 + NAME_MAX_)
-_Static_assert(TWIN_RULE_NAME_MAX == NAME_MAX_ && TWIN_MODEL_NAME_MAX == NAME_MAX_,
-               "one key layout for both");
+#define KEY_MAX RECORDS_KEY_MAX
+_Static_assert(TWIN_RULE_NAME_MAX == 64 && TWIN_MODEL_NAME_MAX == 64 &&
+                   TWIN_DISPATCH_NAME_MAX + 1 + TWIN_ID_MAX <= KEY_MAX,
+               "one key buffer for every layout");
 
-/* id "\0" name (name_len 0: the twin's prefix, id "\0"). */
+static size_t first_max(const struct records *r)
+{
+    return r->first_max ? r->first_max : TWIN_ID_MAX;
+}
+
+static size_t second_max(const struct records *r)
+{
+    return r->second_max ? r->second_max : 64;
+}
+
+/* first "\0" second (second_len 0: the prefix of first's records, first "\0"). */
 static int key_build(const struct records *r, unsigned char *k, const char *id, size_t id_len,
                      const char *name, size_t name_len, size_t *n, char *err)
 {
-    if (!id || id_len == 0 || id_len > TWIN_ID_MAX || memchr(id, '\0', id_len) ||
-        name_len > NAME_MAX_ || (name_len && memchr(name, '\0', name_len))) {
-        twins__errf(err, "%s: bad twin id or name", r->what);
+    if (!id || id_len == 0 || id_len > first_max(r) || memchr(id, '\0', id_len) ||
+        name_len > second_max(r) || (name_len && memchr(name, '\0', name_len))) {
+        twins__errf(err, "%s: bad key ('%.*s' / '%.*s')", r->what, (int)(id ? id_len : 0),
+                    id ? id : "", (int)name_len, name ? name : "");
         return -EINVAL;
     }
     memcpy(k, id, id_len);
@@ -31,7 +44,7 @@ static int key_build(const struct records *r, unsigned char *k, const char *id, 
 static int need_name(const struct records *r, size_t name_len, char *err)
 {
     if (name_len == 0) {
-        twins__errf(err, "%s: empty name", r->what);
+        twins__errf(err, "%s: empty key", r->what);
         return -EINVAL;
     }
     return 0;
@@ -123,8 +136,8 @@ int records__list(struct twin_txn *txn, const struct records *r, const char *id,
         const char *nul = memchr(key, '\0', k.mv_size);
         size_t il = nul ? (size_t)(nul - key) : 0;
         /* a name (not rulestate's wake), and a key this file could have written */
-        if (nul && il + 1 < k.mv_size && il >= 1 && il <= TWIN_ID_MAX &&
-            k.mv_size - il - 1 <= NAME_MAX_) {
+        if (nul && il + 1 < k.mv_size && il >= 1 && il <= first_max(r) &&
+            k.mv_size - il - 1 <= second_max(r)) {
             int stop = cb(ctx, key, il, nul + 1, k.mv_size - il - 1, v.mv_data, v.mv_size);
             if (stop) {
                 mdb_cursor_close(c);

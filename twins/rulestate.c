@@ -23,8 +23,10 @@ static uint64_t time_key(int64_t t)
 
 static struct records rules_db(const struct twin_txn *txn)
 {
-    return (struct records){txn->s->dbi_rulestate, txn->s->has_rules, TWIN_RULE_STATE_MAX,
-                            "rule state"};
+    return (struct records){.dbi = txn->s->dbi_rulestate,
+                            .present = txn->s->has_rules,
+                            .max = TWIN_RULE_STATE_MAX,
+                            .what = "rule state"};
 }
 
 static int need_db(struct twin_txn *txn, char *err)

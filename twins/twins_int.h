@@ -373,8 +373,12 @@ struct records {
     bool present; /* false: a read-only store no writer of this build has opened */
     size_t max;
     const char *what;
+    /* the key's two parts: 1..first_max and 1..second_max bytes (0: TWIN_ID_MAX and 64, a
+     * twin id then a rule's or model's name; dispatch.c has a dispatch name then a twin id) */
+    size_t first_max, second_max;
 };
-/* The prefix id "\0" of twin id's records into k (TWIN_ID_MAX + 65 bytes); *n its length. */
+#define RECORDS_KEY_MAX (TWIN_ID_MAX + 1 + 64)
+/* The prefix id "\0" of twin id's records into k (RECORDS_KEY_MAX bytes); *n its length. */
 int records__key(const struct records *r, unsigned char *k, const char *id, size_t id_len,
                  size_t *n, char *err);
 /* As twin_rule_state_get and friends (twins.h), for any such database; records__get also
