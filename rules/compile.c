@@ -64,6 +64,8 @@ struct pc {
     unsigned ncode, capcode, depth, maxdepth, nrecord;
     bool reads_all, time_dependent;
     bool pair; /* a dispatch cost: paths start with demand. or resource. */
+    const char *instead; /* non-NULL: evaluated with no history, changes or timer (windows,
+                            age() and changed() are errors); what to write in their place */
 };
 
 static const struct fninfo {
@@ -462,6 +464,11 @@ static int parse_call(struct pc *c, unsigned *out)
     if (c->pair && (window || is_age || is_changed))
         return fail_at(c, start, "a dispatch expression reads no history: %s is not allowed here",
                        fname);
+    if (c->instead && (window || is_age || is_changed))
+        return fail_at(c, start,
+                       "%s() is not allowed here: the hub evaluates this on the twin alone, with "
+                       "no history, no change list and no timer; %s",
+                       fname, c->instead);
     if (window || is_age || is_changed) {
         struct node *p = &c->nodes[args[0]];
         if (p->kind != N_PATH)
@@ -862,9 +869,10 @@ static void pc_free(struct pc *c)
     free(c->code);
 }
 
-static int compile(const char *text, size_t len, bool pair, struct rules_expr **out, char *err)
+static int compile(const char *text, size_t len, bool pair, const char *instead,
+                   struct rules_expr **out, char *err)
 {
-    struct pc c = {.text = text, .len = len, .err = err, .pair = pair};
+    struct pc c = {.text = text, .len = len, .err = err, .pair = pair, .instead = instead};
     unsigned root;
     int rc;
 
@@ -972,10 +980,16 @@ unsigned rules__distance(const char *a, size_t alen, const char *b, size_t blen)
 
 int rules_expr_compile(const char *text, size_t len, struct rules_expr **out, char *err)
 {
-    return compile(text, len, false, out, err);
+    return compile(text, len, false, NULL, out, err);
 }
 
 int rules_expr_compile_pair(const char *text, size_t len, struct rules_expr **out, char *err)
 {
-    return compile(text, len, true, out, err);
+    return compile(text, len, true, NULL, out, err);
+}
+
+int rules__expr_compile_stateless(const char *text, size_t len, const char *instead,
+                                  struct rules_expr **out, char *err)
+{
+    return compile(text, len, false, instead, out, err);
 }

@@ -162,6 +162,13 @@ struct rules_expr {
     enum rules_type type; /* static type of the result; RULES_OTHER: unknown until run */
 };
 
+/* rules_expr_compile for an expression the host evaluates on one twin alone, with no history,
+ * no change list and no wake time (a dispatch's demand and resource expressions): windows,
+ * age() and changed() are errors there, whose message ends with `instead` (borrowed: what to
+ * write in their place). Same returns as rules_expr_compile. */
+int rules__expr_compile_stateless(const char *text, size_t len, const char *instead,
+                                  struct rules_expr **out, char *err);
+
 /* Evaluates; `rec` (may be NULL) receives the deciding values (OP_RECORD). */
 int rules__eval(const struct rules_expr *e, const struct rules_twin *tw, struct rules_value *out,
                 int64_t *wake, struct rules_fire *rec);

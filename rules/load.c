@@ -400,10 +400,13 @@ static int to_object(struct loader *L, const yaml_node_t *n, unsigned depth, uns
  * Expressions
  * ------------------------------------------------------------------------------------------ */
 
-/* Compiles the expression in scalar node n; errors carry the file position of the column the
- * compiler names (exact for one-line plain and quoted scalars). */
+/* Compiles the expression in scalar node n: over one twin, over a pair (a dispatch's cost and
+ * with:), or, with `instead`, over one twin that the hub evaluates alone (no history, no change
+ * list, no timer: windows, age() and changed() are errors saying `instead`). Errors carry the
+ * file position of the column the compiler names (exact for one-line plain and quoted
+ * scalars). */
 static struct rules_expr *expression_as(struct loader *L, const yaml_node_t *n, const char *what,
-                                        bool pair)
+                                        bool pair, const char *instead)
 {
     size_t len;
     const char *s = scalar(L, n, what, &len);
@@ -411,7 +414,9 @@ static struct rules_expr *expression_as(struct loader *L, const yaml_node_t *n, 
         return NULL;
     struct rules_expr *e = NULL;
     char err[RULES_ERR_LEN];
-    int rc = pair ? rules_expr_compile_pair(s, len, &e, err) : rules_expr_compile(s, len, &e, err);
+    int rc = pair      ? rules_expr_compile_pair(s, len, &e, err)
+             : instead ? rules__expr_compile_stateless(s, len, instead, &e, err)
+                       : rules_expr_compile(s, len, &e, err);
     if (rc == -ENOMEM) {
         L->oom = true;
         return NULL;
@@ -447,7 +452,7 @@ static struct rules_expr *expression_as(struct loader *L, const yaml_node_t *n, 
 
 static struct rules_expr *expression(struct loader *L, const yaml_node_t *n, const char *what)
 {
-    return expression_as(L, n, what, false);
+    return expression_as(L, n, what, false, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -643,9 +648,14 @@ static int command_action(struct loader *L, const yaml_node_t *v, struct rules_a
     return a->cmd ? 0 : -ENOMEM;
 }
 
-/* The map of a desired or event action (a->kind set; n: the action, for errors). */
+/* The fields the hub sets in a rule's events: an event action may not name them. */
+static const char *const rule_event_keys[] = {"type", "rule", "state", "values", "ts", NULL};
+
+/* The map of a desired or event action (a->kind set; n: the action, for errors). An event's
+ * fields may not be one of `reserved` (NULL-terminated): the hub sets those. */
 static int map_action(struct loader *L, const yaml_node_t *n, const yaml_node_t *v,
-                      const char *kind, struct rules_action *a, struct action_list *l)
+                      const char *kind, struct rules_action *a, struct action_list *l,
+                      const char *const *reserved)
 {
     unsigned budget = ARG_NODES_MAX;
     a->args.type = MSGPACK_OBJECT_NIL;
@@ -666,7 +676,6 @@ static int map_action(struct loader *L, const yaml_node_t *n, const yaml_node_t 
             ERR(L, kn, "desired: a key has 1 to %d bytes and no '.'", TWIN_KEY_MAX);
             return -EINVAL;
         }
-        static const char *const reserved[] = {"type", "rule", "state", "values", "ts", NULL};
         for (const char *const *r = reserved; a->kind == RULES_ACT_EVENT && *r; r++)
             if (strlen(*r) == kl && !memcmp(*r, ks, kl)) {
                 ERR(L, kn, "event: '%s' is set by the hub; choose another field name", *r);
@@ -716,7 +725,7 @@ static int action(struct loader *L, const yaml_node_t *n, struct rules_action *a
     if (!strcmp(kind, "command"))
         return command_action(L, v, a);
     a->kind = !strcmp(kind, "desired") ? RULES_ACT_DESIRED : RULES_ACT_EVENT;
-    return map_action(L, n, v, kind, a, l);
+    return map_action(L, n, v, kind, a, l, rule_event_keys);
 }
 
 static void action_list(struct loader *L, const yaml_node_t *n, struct action_list *l,
@@ -866,6 +875,44 @@ static void load_rule(struct loader *L, const yaml_node_t *n)
  * Dispatch
  * ------------------------------------------------------------------------------------------ */
 
+/* What the hub sets itself (hub/dispatch.c), which with: names and event fields may not
+ * shadow: the keys of a dispatch event, of the resource's desired.<key> and of the command's
+ * args. with: values go into all three. */
+static const char *const dispatch_event_keys[] = {
+    "type", "dispatch", "state", "demand", "resource", "waited_ms", "cost", "ts", NULL};
+static const char *const dispatch_with_keys[] = {
+    "type", "dispatch", "state", "demand", "resource", "waited_ms", "cost", "ts", "since", NULL};
+
+/* The hub evaluates a dispatch's demand and resource expressions on the twin alone (no history,
+ * no change list, no timer): what to write instead of a window, age() or changed(). */
+#define DEMAND_INSTEAD                                                                             \
+    "windows, age() and changed() need a rule: use demand.rule: with a rule that has them"
+#define VALUE_INSTEAD                                                                              \
+    "windows, age() and changed() need a rule: let a rule that has them write a desired value "    \
+    "(a desired: action) and read that here"
+
+static bool listed(const char *const *list, const char *s, size_t len)
+{
+    for (; *list; list++)
+        if (strlen(*list) == len && !memcmp(*list, s, len))
+            return true;
+    return false;
+}
+
+/* The key node among the first `upto` pairs of map n that is s[0..len), or NULL. */
+static const yaml_node_t *key_among(struct loader *L, const yaml_node_t *n, size_t upto,
+                                    const char *s, size_t len)
+{
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+         p < n->data.mapping.pairs.top && p < n->data.mapping.pairs.start + upto; p++) {
+        const yaml_node_t *k = node(L, p->key);
+        if (k->type == YAML_SCALAR_NODE && k->data.scalar.length == len &&
+            !memcmp(k->data.scalar.value, s, len))
+            return k;
+    }
+    return NULL;
+}
+
 /* A reported path given as text ("reported.skills"): its part below reported, or NULL with an
  * error. */
 static const char *reported_path(struct loader *L, const yaml_node_t *n, const char *what)
@@ -896,6 +943,13 @@ static const char *glob(struct loader *L, const yaml_node_t *n, const char *what
             TWIN_ID_MAX);
         return NULL;
     }
+    /* * and ? only: the dashboard (web/js/dispatch.js) matches the same twins as the hub */
+    const char *set = memchr(s, '[', len) ? "[" : memchr(s, '\\', len) ? "\\" : NULL;
+    if (set) {
+        ERR(L, n, "%s: only * and ? are wildcards in a dispatch glob; '%s' is not allowed", what,
+            set);
+        return NULL;
+    }
     return zdup(L, s, len);
 }
 
@@ -922,24 +976,27 @@ static void dispatch_demand(struct loader *L, const yaml_node_t *n, struct rules
             ERR(L, rule, "rule: no rule '%.*s' under rules:", (int)(len > 64 ? 64 : len), s);
         else if (s)
             d->demand_rule = zdup(L, s, len);
-    } else if ((d->demand_when = expression(L, when, "when")) &&
+    } else if ((d->demand_when = expression_as(L, when, "when", false, DEMAND_INSTEAD)) &&
                d->demand_when->type != RULES_BOOL && d->demand_when->type != RULES_OTHER) {
         ERR(L, when, "when: a condition must be true or false");
     }
     if ((v = get(L, n, "priority")))
-        d->priority = expression(L, v, "priority");
+        d->priority = expression_as(L, v, "priority", false, VALUE_INSTEAD);
     if ((v = get(L, n, "requires"))) {
         if (v->type == YAML_SEQUENCE_NODE) {
             size_t cnt = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
             if (cnt > RULES_SKILLS_MAX)
-                ERR(L, v, "requires: at most %d skills", RULES_SKILLS_MAX);
+                ERR(L, v, "requires: %zu skills, more than the limit of %d", cnt, RULES_SKILLS_MAX);
             for (size_t i = 0; i < cnt && i < RULES_SKILLS_MAX; i++) {
                 const yaml_node_t *it = node(L, v->data.sequence.items.start[i]);
                 size_t len;
                 const char *s = scalar(L, it, "requires", &len);
-                if (s && (!len || len > TWIN_KEY_MAX || memchr(s, '\0', len)))
-                    ERR(L, it, "requires: a skill is 1 to %d bytes", TWIN_KEY_MAX);
-                else if (s)
+                if (!s)
+                    continue;
+                if (!len || len > RULES_SKILL_LEN || memchr(s, '\0', len)) {
+                    ERR(L, it, "requires: a skill is 1 to %d bytes, not %zu", RULES_SKILL_LEN, len);
+                    continue;
+                }
                 d->requires[d->n_requires++] = zdup(L, s, len);
             }
         } else {
@@ -961,10 +1018,12 @@ static void dispatch_resource(struct loader *L, const yaml_node_t *n, struct rul
         ERR(L, n, "resource: 'match' is missing (a glob such as \"nurse-*\")");
     else if ((d->resource_match = glob(L, v, "match")))
         d->resource_prefix_len = strcspn(d->resource_match, "*?[\\");
-    if ((v = get(L, n, "when")) && (d->resource_when = expression(L, v, "when")) &&
+    if ((v = get(L, n, "when")) &&
+        (d->resource_when = expression_as(L, v, "when", false, VALUE_INSTEAD)) &&
         d->resource_when->type != RULES_BOOL && d->resource_when->type != RULES_OTHER)
         ERR(L, v, "when: a condition must be true or false");
-    if ((v = get(L, n, "capacity")) && (d->capacity = expression(L, v, "capacity")) &&
+    if ((v = get(L, n, "capacity")) &&
+        (d->capacity = expression_as(L, v, "capacity", false, VALUE_INSTEAD)) &&
         d->capacity->type != RULES_NUM && d->capacity->type != RULES_OTHER)
         ERR(L, v, "capacity: expected a number of demands at once");
     if ((v = get(L, n, "skills")))
@@ -1008,23 +1067,28 @@ static void dispatch_assign(struct loader *L, const yaml_node_t *n, struct rules
                 const char *s = scalar(L, k, "with", &len);
                 if (!s)
                     continue;
-                static const char *const reserved[] = {"demand", "dispatch", "resource", "cost",
-                                                       "state",  "type",     "ts",       NULL};
-                bool bad =
-                    !len || len > TWIN_KEY_MAX || memchr(s, '.', len) || memchr(s, '\0', len);
-                for (const char *const *r = reserved; !bad && *r; r++)
-                    bad = strlen(*r) == len && !memcmp(*r, s, len);
-                if (bad) {
-                    ERR(L, k,
-                        "with: '%.*s' is not a name of its own (1 to %d bytes, no '.', not "
-                        "demand, dispatch, resource, cost, state, type or ts)",
+                const yaml_node_t *first;
+                if (!len || len > TWIN_KEY_MAX || memchr(s, '.', len) || memchr(s, '\0', len)) {
+                    ERR(L, k, "with: '%.*s' is not a name of its own (1 to %d bytes, no '.')",
                         (int)(len > 40 ? 40 : len), s, TWIN_KEY_MAX);
+                    continue;
+                }
+                if (listed(dispatch_with_keys, s, len)) {
+                    ERR(L, k,
+                        "with: '%.*s' is set by the hub (in the events, the desired value or "
+                        "the command's args); choose another name",
+                        (int)len, s);
+                    continue;
+                }
+                if ((first = key_among(L, v, i, s, len))) {
+                    ERR(L, k, "with: '%.*s' set twice (first on line %zu)", (int)len, s,
+                        first->start_mark.line + 1);
                     continue;
                 }
                 struct rules_with *w = &d->with[d->n_with];
                 memcpy(w->name, s, len);
                 w->name[len] = '\0';
-                if ((w->expr = expression_as(L, node(L, p->value), w->name, true)))
+                if ((w->expr = expression_as(L, node(L, p->value), w->name, true, NULL)))
                     d->n_with++;
             }
         }
@@ -1046,8 +1110,30 @@ static void dispatch_assign(struct loader *L, const yaml_node_t *n, struct rules
         msgpack_object *f = msgpack_zone_malloc(&L->rs->zone, sizeof(*f));
         if (!f)
             L->oom = true;
-        else if (map_action(L, n, v, "event", &a, &l) == 0)
-            d->event_fields = (*f = a.args, f);
+        else if (map_action(L, n, v, "event", &a, &l, dispatch_event_keys) == 0) {
+            /* map_action took only scalar keys: check them for repeats and with: names */
+            const yaml_node_t *with = get(L, n, "with"), *first;
+            bool ok = true;
+            for (size_t i = 0; i < a.args.via.map.size; i++) {
+                const yaml_node_t *k = node(L, v->data.mapping.pairs.start[i].key);
+                const char *ks = (const char *)k->data.scalar.value;
+                size_t kl = k->data.scalar.length;
+                if ((first = key_among(L, v, i, ks, kl))) {
+                    ERR(L, k, "event: '%.*s' set twice (first on line %zu)",
+                        (int)(kl > 64 ? 64 : kl), ks, first->start_mark.line + 1);
+                    ok = false;
+                } else if (with && with->type == YAML_MAPPING_NODE &&
+                           (first = key_among(L, with, RULES_WITH_MAX, ks, kl))) {
+                    ERR(L, k,
+                        "event: '%.*s' is a with: value (line %zu) that the event carries; "
+                        "choose another field name",
+                        (int)(kl > 64 ? 64 : kl), ks, first->start_mark.line + 1);
+                    ok = false;
+                }
+            }
+            if (ok)
+                d->event_fields = (*f = a.args, f);
+        }
     }
 }
 
@@ -1104,7 +1190,7 @@ static void load_dispatch_one(struct loader *L, const yaml_node_t *n)
         dispatch_resource(L, v, d);
     if (!(v = get(L, n, "cost")))
         ERR(L, n, "dispatch: 'cost' is missing (an expression over demand. and resource.)");
-    else if ((d->cost = expression_as(L, v, "cost", true)) && d->cost->type != RULES_NUM &&
+    else if ((d->cost = expression_as(L, v, "cost", true, NULL)) && d->cost->type != RULES_NUM &&
              d->cost->type != RULES_OTHER)
         ERR(L, v, "cost: expected a number");
     if ((v = get(L, n, "max_demands"))) {

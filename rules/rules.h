@@ -352,7 +352,8 @@ bool rules_record_current(const struct rules_set *rs, const char *rule, size_t l
 
 #define RULES_DISPATCH_MAX 16 /* dispatch entries in one file */
 #define RULES_WITH_MAX 16     /* values computed at assignment (with:) */
-#define RULES_SKILLS_MAX 16   /* skills a demand may require */
+#define RULES_SKILLS_MAX 16   /* skills a demand may require (a requires: list) */
+#define RULES_SKILL_LEN 64    /* bytes of one skill in a requires: list */
 
 struct rules_with {
     char name[TWIN_KEY_MAX + 1];
@@ -398,7 +399,10 @@ struct rules_dispatch {
 
 unsigned rules_set_dispatch_count(const struct rules_set *rs);
 const struct rules_dispatch *rules_set_dispatch(const struct rules_set *rs, unsigned i);
-/* Whether twin id `s` matches glob `g` (* and ?; NULL: everything). */
+/* Whether twin id `s` matches glob `g`: fnmatch(3) with no flags in the C locale, byte by byte
+ * (* and ? over any bytes, '/' and a leading '.' included; [set], [!set] and [^set] with
+ * ranges and [:class:]; \ quotes the next byte); NULL: everything. A dispatch entry's globs
+ * take * and ? only (load.c), so that web/js/dispatch.js's globRe matches the same twins. */
 bool rules_glob_match(const char *g, const char *s, size_t len);
 
 /* ---------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 const PLAN_W = 800, PLAN_H = 360, PAD = 30, PAD_RIGHT = 90; // the ward plan, in pixels (labels on the right)
 const POS_PAGES = 5;        // at most 5 pages of 1000 positioned twins
 
-// A twin-id glob of the rules file (fnmatch: * and ?; a [set] is taken as it is) as a RegExp.
+// A twin-id glob of a dispatch entry as a RegExp: * and ? are its only wildcards (the hub
+// refuses a dispatch glob with [ or \ when it loads the rules file), every other character
+// matches itself, so this and the hub's fnmatch agree.
 function globRe(glob) {
   let re = '';
   for (const ch of String(glob)) {

@@ -1534,6 +1534,64 @@ static void test_dispatch_load_errors(void)
         "    demand: {rule: tachycardia}\n"
         "    resource: {match: \"nurse-*\"}\n"
         "    cost: demnd.reported.x - resource.reported.x\n",
+        /* 5: history and rule state in the expressions the hub evaluates on one twin alone */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand:\n"
+        "      when: avg(reported.hr, 5m) > 120\n"
+        "      priority: 1 + age(reported.acuity)\n"
+        "    resource:\n"
+        "      match: \"nurse-*\"\n"
+        "      when: changed(reported.on_shift)\n"
+        "      capacity: min(reported.load, 60s)\n"
+        "    cost: 1\n",
+        /* 6: with: names the hub sets or repeated; event fields repeated or also with: names
+         * (rule is a rule event's field, not a dispatch event's) */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachycardia}\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: 1\n"
+        "    on_assign:\n"
+        "      with:\n"
+        "        waited_ms: demand.waiting\n"
+        "        since: demand.waiting\n"
+        "        x: demand.reported.x\n"
+        "        x: resource.reported.x\n"
+        "      event: {sev: 1, sev: 2, x: 3, rule: r}\n",
+        /* 7: event fields the hub sets */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {rule: tachycardia}\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: 1\n"
+        "    on_assign: {event: {waited_ms: 1}}\n"
+        "  - name: e\n"
+        "    demand: {rule: tachycardia}\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: 1\n"
+        "    on_assign: {event: {sev: 1, demand: 1}}\n",
+        /* 8: a requires: list past RULES_SKILLS_MAX, a skill past RULES_SKILL_LEN */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand:\n"
+        "      rule: tachycardia\n"
+        "      requires: [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q]\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: 1\n"
+        "  - name: e\n"
+        "    demand:\n"
+        "      rule: tachycardia\n"
+        "      requires: [ok, "
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx, \"\"]\n"
+        "    resource: {match: \"nurse-*\"}\n"
+        "    cost: 1\n",
+        /* 9: a [set] and a \\ in dispatch globs (the dashboard takes * and ? only) */
+        "dispatch:\n"
+        "  - name: d\n"
+        "    demand: {match: \"ecg-[0-9]*\", rule: tachycardia}\n"
+        "    resource: {match: \"nurse\\\\*\"}\n"
+        "    cost: 1\n",
     };
     static const char *const want[] = {
         "rules.yaml:6:13: demand: give one of rule: (a demand while that rule fires) or when: "
@@ -1548,8 +1606,8 @@ static void test_dispatch_load_errors(void)
         "rules.yaml:7:42: skills: expected a path under reported, such as reported.skills\n"
         "rules.yaml:8:11: cost: a dispatch expression reads no history: avg is not allowed "
         "here\n"
-        "rules.yaml:10:14: with: 'demand' is not a name of its own (1 to 64 bytes, no '.', not "
-        "demand, dispatch, resource, cost, state, type or ts)\n"
+        "rules.yaml:10:14: with: 'demand' is set by the hub (in the events, the desired value "
+        "or the command's args); choose another name\n"
         "rules.yaml:11:16: desired: the key of the resource's desired state that holds the "
         "assignment (1 to 64 bytes, no '.')\n",
         "rules.yaml:8:11: cost: expected a number\n"
@@ -1557,13 +1615,84 @@ static void test_dispatch_load_errors(void)
         "rules.yaml:10:27: command: 'cmd' is missing\n",
         "rules.yaml:8:11: cost: a dispatch expression reads demand.<path> or resource.<path>, "
         "not 'demnd'\n",
+        "rules.yaml:7:13: when: avg() is not allowed here: the hub evaluates this on the twin "
+        "alone, with no history, no change list and no timer; windows, age() and changed() "
+        "need a rule: use demand.rule: with a rule that has them\n"
+        "rules.yaml:8:21: priority: age() is not allowed here: the hub evaluates this on the "
+        "twin alone, with no history, no change list and no timer; windows, age() and "
+        "changed() need a rule: let a rule that has them write a desired value (a desired: "
+        "action) and read that here\n"
+        "rules.yaml:11:13: when: changed() is not allowed here: the hub evaluates this on the "
+        "twin alone, with no history, no change list and no timer; windows, age() and "
+        "changed() need a rule: let a rule that has them write a desired value (a desired: "
+        "action) and read that here\n"
+        "rules.yaml:12:17: capacity: min() is not allowed here: the hub evaluates this on the "
+        "twin alone, with no history, no change list and no timer; windows, age() and "
+        "changed() need a rule: let a rule that has them write a desired value (a desired: "
+        "action) and read that here\n",
+        "rules.yaml:11:9: with: 'waited_ms' is set by the hub (in the events, the desired value "
+        "or the command's args); choose another name\n"
+        "rules.yaml:12:9: with: 'since' is set by the hub (in the events, the desired value or "
+        "the command's args); choose another name\n"
+        "rules.yaml:14:9: with: 'x' set twice (first on line 13)\n"
+        "rules.yaml:15:23: event: 'sev' set twice (first on line 15)\n"
+        "rules.yaml:15:31: event: 'x' is a with: value (line 13) that the event carries; choose "
+        "another field name\n",
+        "rules.yaml:9:25: event: 'waited_ms' is set by the hub; choose another field name\n"
+        "rules.yaml:14:33: event: 'demand' is set by the hub; choose another field name\n",
+        "rules.yaml:8:17: requires: 17 skills, more than the limit of 16\n"
+        "rules.yaml:14:22: requires: a skill is 1 to 64 bytes, not 65\n"
+        "rules.yaml:14:89: requires: a skill is 1 to 64 bytes, not 0\n",
+        "rules.yaml:6:21: match: only * and ? are wildcards in a dispatch glob; '[' is not "
+        "allowed\n"
+        "rules.yaml:7:23: match: only * and ? are wildcards in a dispatch glob; '\\' is not "
+        "allowed\n",
     };
-    struct error_case cases[5];
-    for (size_t i = 0; i < 5; i++) {
+    enum { N = sizeof(bodies) / sizeof(bodies[0]) };
+    _Static_assert(N == sizeof(want) / sizeof(want[0]), "a want per body");
+    _Static_assert(N <= sizeof(text) / sizeof(text[0]), "room for every case");
+    struct error_case cases[N];
+    for (size_t i = 0; i < N; i++) {
         snprintf(text[i], sizeof(text[i]), "%s%s", ward, bodies[i]);
         cases[i] = (struct error_case){text[i], want[i]};
     }
-    expect_errors(cases, 5);
+    expect_errors(cases, N);
+}
+
+/* The limits themselves load: RULES_SKILLS_MAX skills, one of RULES_SKILL_LEN bytes; names the
+ * hub sets in rule events but not in dispatch events; now() where the hub has a clock. */
+static void test_dispatch_load_limits(void)
+{
+    char text[2048];
+    snprintf(text, sizeof(text),
+             "%s"
+             "dispatch:\n"
+             "  - name: d\n"
+             "    demand:\n"
+             "      when: reported.call == true and now() > 0\n"
+             "      requires: [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o,\n"
+             "                 %.64s]\n"
+             "    resource: {match: \"nurse-*\", capacity: reported.beds}\n"
+             "    cost: 1\n"
+             "    on_assign:\n"
+             "      with: {rule: demand.id, values: demand.waiting}\n"
+             "      desired: task\n"
+             "      event: {severity: high, state_note: x}\n",
+             ward, "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy");
+    struct rules_errors errs;
+    struct rules_set *rs = parse(text, &errs);
+    if (!rs) {
+        FAIL("dispatch file did not load: %s", errs.text ? errs.text : "?");
+        rules_errors_free(&errs);
+        return;
+    }
+    const struct rules_dispatch *d = rules_set_dispatch(rs, 0);
+    CHECK_INT(d->n_requires, RULES_SKILLS_MAX);
+    CHECK_INT(strlen(d->requires[RULES_SKILLS_MAX - 1]), RULES_SKILL_LEN);
+    CHECK_INT(d->n_with, 2);
+    CHECK(d->event_fields && d->event_fields->via.map.size == 2);
+    rules_set_free(rs);
+    rules_errors_free(&errs);
 }
 
 static void test_dispatch_eval(void)
@@ -1661,6 +1790,7 @@ static const struct {
     {"learn_regressor", test_learn_regressor},
     {"learn_classifier", test_learn_classifier},
     {"dispatch_load_errors", test_dispatch_load_errors},
+    {"dispatch_load_limits", test_dispatch_load_limits},
     {"dispatch_eval", test_dispatch_eval},
 };
 
