@@ -231,6 +231,8 @@ static int rec_decode(const void *buf, size_t len, struct drec *r)
                 r->state = (enum dstate)s;
                 rc = 0;
             }
+        if (rc == 0 && r->state != D_OPEN && !r->resource[0])
+            rc = -EBADMSG; /* an assignment to nobody */
     }
     msgpack_zone_destroy(&z);
     return rc;
@@ -242,9 +244,9 @@ static int rec_get(struct dx *x, const struct rules_dispatch *D, const char *id,
     unsigned char buf[TWIN_DISPATCH_RECORD_MAX];
     size_t n;
     int rc = twin_dispatch_get(x->txn, D->name, strlen(D->name), id, len, buf, &n, x->err);
-    if (rc < 0)
+    if (rc < 0 && rc != -EBADMSG)
         return rc;
-    if (rec_decode(buf, n, r) < 0) {
+    if (rc == -EBADMSG || rec_decode(buf, n, r) < 0) {
         log_warn_limited("dispatch record unreadable; the demand starts over",
                          "dispatch=%s id=%.*s", D->name, (int)len, id);
         return -ENOENT;
@@ -274,7 +276,7 @@ static int is_demand(struct dx *x, const struct rules_dispatch *D, const char *i
                      const struct twin_doc *doc)
 {
     if (D->demand_rule) {
-        unsigned char buf[RULES_STATE_LEN];
+        unsigned char buf[TWIN_RULE_STATE_MAX];
         size_t n;
         struct rules_record r;
         int rc = twin_rule_state_get(x->txn, id, len, D->demand_rule, strlen(D->demand_rule), buf,
@@ -283,7 +285,8 @@ static int is_demand(struct dx *x, const struct rules_dispatch *D, const char *i
             return 0; /* the rule never ran on this twin, or its record is unreadable */
         if (rc < 0)
             return rc;
-        return rules_record_decode(buf, n, &r) == 0 && r.state == RULES_FIRING;
+        return (n == RULES_STATE_LEN || n == RULES_STATE_V1_LEN) &&
+               rules_record_decode(buf, n, &r) == 0 && r.state == RULES_FIRING;
     }
     struct rules_value v;
     return eval(D->demand_when, doc, NULL, NULL, 0, 0, x->now, &v) == 0 && rules_value_true(&v);
@@ -478,7 +481,7 @@ static int command(struct dx *x, const char *rid, size_t rlen, bool connected, c
     int64_t expires = expires_ms ? x->now + expires_ms : 0;
     int rc = twin_command_add(x->txn, rid, rlen, cmd, cmd_len, args, expires, x->now, &c,
                               commands_on_event, x->ol, x->err);
-    if (rc == -EINVAL || rc == -E2BIG || rc == -ENOENT) {
+    if (rc == -EINVAL || rc == -E2BIG || rc == -ENOENT || rc == -EBADMSG) {
         log_warn_limited("dispatch command refused", "resource=%.*s cmd=%.*s reason=\"%s\"",
                          (int)rlen, rid, (int)cmd_len, cmd, x->err);
         return 0;
@@ -572,8 +575,12 @@ static int desired_clear(struct dx *x, const struct rules_dispatch *D, const cha
     if (!shown || shown->type == MSGPACK_OBJECT_NIL)
         return 0;
     const msgpack_object *sd = twin_value_path(shown, "demand", 6);
-    if (sd && sd->type == MSGPACK_OBJECT_STR &&
-        (sd->via.str.size != d->len || memcmp(sd->via.str.ptr, d->id, d->len)))
+    const msgpack_object *sn = twin_value_path(shown, "dispatch", 8);
+    size_t nl = strlen(D->name);
+    if ((sd && sd->type == MSGPACK_OBJECT_STR &&
+         (sd->via.str.size != d->len || memcmp(sd->via.str.ptr, d->id, d->len))) ||
+        (sn && sn->type == MSGPACK_OBJECT_STR &&
+         (sn->via.str.size != nl || memcmp(sn->via.str.ptr, D->name, nl))))
         return 0; /* it shows another assignment */
     struct other f = {.rid = rid, .rlen = rlen, .not_id = d->id, .not_len = d->len};
     if ((rc = twin_dispatch_list(x->txn, D->name, strlen(D->name), find_other, &f, x->err)) < 0)
@@ -610,8 +617,8 @@ static int unassign(struct dx *x, const struct rules_dispatch *D, struct dem *d,
         rc = twin_command_update(x->txn, rid, rlen, d->r.command, strlen(d->r.command),
                                  TWIN_CMD_FAILED, NULL, x->now, &c, commands_on_event, x->ol,
                                  x->err);
-        if (rc < 0 && rc != -EPERM && rc != -ENOENT && rc != -EINVAL)
-            return rc; /* -EPERM: it was done or failed already */
+        if (rc < 0 && rc != -EPERM && rc != -ENOENT && rc != -EINVAL && rc != -EBADMSG)
+            return rc; /* -EPERM: it was done or failed already; -EBADMSG: damaged */
     }
     if (D->release_cmd) {
         struct twin_doc rd;
@@ -796,7 +803,7 @@ static bool twin_exists(struct dx *x, const char *id, size_t len, int *rc)
     const void *buf;
     size_t n;
     *rc = twin_get_raw(x->txn, id, len, &buf, &n, x->err);
-    if (*rc == -ENOENT) {
+    if (*rc == -ENOENT || *rc == -EINVAL) { /* -EINVAL: no twin can have that id */
         *rc = 0;
         return false;
     }
@@ -879,7 +886,7 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
 {
     struct lists l = {.D = D};
     struct dem **open = NULL;
-    double *cost = NULL, *prio = NULL, *row = NULL, total = 0, gtotal = 0;
+    double *cost = NULL, *prio = NULL, *row = NULL, *tail = NULL, total = 0, gtotal = 0;
     unsigned *cap = NULL;
     int *out = NULL, *gout = NULL;
     struct cand **room = NULL;
@@ -966,7 +973,8 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
     out = malloc(n * sizeof(*out));
     gout = malloc(nopt * sizeof(*gout));
     row = malloc(nroom * sizeof(*row));
-    if (!cost || !prio || !cap || !out || !gout || !row) {
+    tail = malloc((n - nopt + 1) * sizeof(*tail));
+    if (!cost || !prio || !cap || !out || !gout || !row || !tail) {
         rc = -ENOMEM;
         goto done;
     }
@@ -997,18 +1005,16 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
     }
     if (rc < 0)
         goto done;
-    /* the baseline on the same problem: nearest free resource, by priority and age */
+    /* the baseline on the same problem: nearest free resource, by priority and age (counted
+     * below unless a resource refuses its command: that plan is not carried out) */
+    bool compared = false;
     if (rules_assign_greedy(&p, gout, &gtotal) == 0) {
         double ps = 0, gs = 0;
         for (size_t i = 0; i < nopt; i++) {
             ps += out[i] >= 0 ? prio[i] : 0;
             gs += gout[i] >= 0 ? prio[i] : 0;
         }
-        if (fabs(ps - gs) < 1e-9 && ps > 0) {
-            x->t->cost += total;
-            x->t->greedy_cost += gtotal;
-            x->t->compared++;
-        }
+        compared = fabs(ps - gs) < 1e-9 && ps > 0;
     }
     /* past max_demands: by priority and age, each the least costly resource with room left */
     if (n > nopt) {
@@ -1024,7 +1030,7 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
             }
             if (out[i] >= 0) {
                 cap[out[i]]--;
-                open[i]->r.cost = row[out[i]]; /* assign reads it below */
+                tail[i - nopt] = row[out[i]];
             }
         }
         x->t->greedy_decisions++;
@@ -1035,9 +1041,14 @@ static int decide_once(struct dx *x, const struct rules_dispatch *D, bool *refus
     for (size_t i = 0; i < n; i++) {
         if (out[i] < 0)
             continue;
-        double cij = i < nopt ? cost[i * nroom + out[i]] : open[i]->r.cost;
+        double cij = i < nopt ? cost[i * nroom + out[i]] : tail[i - nopt];
         if ((rc = assign(x, D, open[i], room[out[i]], cij, refused)) < 0)
             goto done;
+    }
+    if (compared && !*refused) {
+        x->t->cost += total;
+        x->t->greedy_cost += gtotal;
+        x->t->compared++;
     }
 done:
     free(l.d);
@@ -1050,6 +1061,7 @@ done:
     free(out);
     free(gout);
     free(row);
+    free(tail);
     return rc == -ENOMEM ? -ENOMEM : rc;
 }
 
@@ -1174,7 +1186,10 @@ static int on_twin(struct dx *x, const struct rules_dispatch *D, const char *id,
                 x->t->released++;
                 log_info("dispatch released", "dispatch=%s demand=%.*s resource=%s reason=%s",
                          D->name, (int)len, id, rid, doc ? "ended" : "deleted");
-                if ((rc = event(x, D, rid, strlen(rid), "released", &d, NULL, 0, NULL)) < 0)
+                if (twin_exists(x, rid, strlen(rid), &rc) &&
+                    (rc = event(x, D, rid, strlen(rid), "released", &d, NULL, 0, NULL)) < 0)
+                    return rc;
+                if (rc < 0)
                     return rc;
                 again = true;
             }
