@@ -1126,7 +1126,8 @@ static int cmd_commands(struct ctl *ctl)
 }
 
 /* One record: {dispatch, demand, <the record's own keys: state, opened, priority, cost, and
- * when assigned or served resource, assigned, command; declined>}. */
+ * when assigned or served resource, assigned, command; declined: the resources that declined
+ * it>}. */
 static int dispatch_one(void *vctx, const char *name, size_t name_len, const char *id,
                         size_t id_len, const void *buf, size_t len)
 {

@@ -831,7 +831,8 @@ def case_reboot(fx):
     dev.publish("devices/pump-1/status", b"offline")
     dev.publish("devices/pump-1/status", b"online")
     send("pump-1", [1, 2])
-    wait_until(lambda: twin_get(hub.db, "pump-1")["reported"]["n"] == 2, 10, "pump-1 at n 2")
+    wait_until(lambda: ((twin_get(hub.db, "pump-1") or {}).get("reported") or {}).get("n") == 2,
+               10, "pump-1 at n 2")
     d = twin_get(hub.db, "pump-1")
     check("stale" not in d and "seq_restart" not in d and d["seq"] == 2, f"pump-1: {d}")
 

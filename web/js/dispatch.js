@@ -161,10 +161,18 @@ export function dispatchPage(ctx) {
       .sort((a, b) => (a.assigned || 0) - (b.assigned || 0));
     const table = (id, heads, rows) => el('table', { class: 'kv', id },
       el('thead', {}, el('tr', {}, ...heads.map((x) => el('th', { text: x })))), el('tbody', {}, ...rows));
+    // the resources that declined it: a list (a string in records written before the list)
+    const declinedBy = (d) => {
+      const ids = (Array.isArray(d) ? d : [d]).filter((x) => typeof x === 'string');
+      if (!ids.length) return [];
+      const out = ['declined by '];
+      ids.forEach((x, i) => out.push(...(i ? [', '] : []), twinLink(x)));
+      return out;
+    };
     const openRow = (r) => el('tr', { class: 'dispatch-open', 'data-demand': r.demand },
       el('td', {}, twinLink(r.demand)), el('td', { text: r.dispatch }),
       el('td', { text: fmtNum(r.priority) }), el('td', {}, counting(r.opened)),
-      el('td', { class: 'muted' }, ...(typeof r.declined === 'string' ? ['handed back by ', twinLink(r.declined)] : [])));
+      el('td', { class: 'muted' }, ...declinedBy(r.declined)));
     const takenRow = (r) => el('tr', { class: 'dispatch-' + String(r.state), 'data-demand': r.demand,
       'data-resource': r.resource },
     el('td', {}, twinLink(r.demand)), el('td', { text: '→' }), el('td', {}, twinLink(r.resource)),
