@@ -531,32 +531,33 @@ static int desired_put(struct dx *x, const struct rules_dispatch *D, const char 
     return 0;
 }
 
-/* The latest other assignment of resource rid (f.d), to show in its desired.<key> once the one
- * shown ends. */
-struct other {
-    const char *rid, *not_id;
+/* An assignment of resource rid (f.d): the one carried by command cmd_id (the first), or with
+ * cmd_id NULL the latest but not_id's. */
+struct find {
+    const char *rid, *cmd_id, *not_id;
     size_t rlen, not_len;
     struct dem d;
     bool found;
 };
 
-static int find_other(void *ctx, const char *name, size_t nlen, const char *id, size_t len,
-                      const void *buf, size_t n)
+static int find_assigned(void *ctx, const char *name, size_t nlen, const char *id, size_t len,
+                         const void *buf, size_t n)
 {
-    struct other *f = ctx;
+    struct find *f = ctx;
     struct drec r;
     (void)name;
     (void)nlen;
-    if ((len == f->not_len && !memcmp(id, f->not_id, len)) || rec_decode(buf, n, &r) < 0 ||
-        r.state != D_ASSIGNED || strlen(r.resource) != f->rlen ||
-        memcmp(r.resource, f->rid, f->rlen) || (f->found && r.assigned < f->d.r.assigned))
+    if ((f->not_id && len == f->not_len && !memcmp(id, f->not_id, len)) ||
+        rec_decode(buf, n, &r) < 0 || r.state != D_ASSIGNED || strlen(r.resource) != f->rlen ||
+        memcmp(r.resource, f->rid, f->rlen) || (f->cmd_id && strcmp(r.command, f->cmd_id)) ||
+        (f->found && r.assigned < f->d.r.assigned))
         return 0;
     f->d.r = r;
     memcpy(f->d.id, id, len);
     f->d.id[len] = '\0';
     f->d.len = len;
     f->found = true;
-    return 0;
+    return f->cmd_id ? 1 : 0;
 }
 
 /* Assignment d of resource rid ended: its desired.<key>, if it shows d, shows the resource's
@@ -582,8 +583,8 @@ static int desired_clear(struct dx *x, const struct rules_dispatch *D, const cha
         (sn && sn->type == MSGPACK_OBJECT_STR &&
          (sn->via.str.size != nl || memcmp(sn->via.str.ptr, D->name, nl))))
         return 0; /* it shows another assignment */
-    struct other f = {.rid = rid, .rlen = rlen, .not_id = d->id, .not_len = d->len};
-    if ((rc = twin_dispatch_list(x->txn, D->name, strlen(D->name), find_other, &f, x->err)) < 0)
+    struct find f = {.rid = rid, .rlen = rlen, .not_id = d->id, .not_len = d->len};
+    if ((rc = twin_dispatch_list(x->txn, D->name, strlen(D->name), find_assigned, &f, x->err)) < 0)
         return rc;
     if (!f.found)
         return desired_put(x, D, rid, rlen, NULL, 0, 0, NULL);
@@ -1233,31 +1234,6 @@ int hub_dispatch_twin(const struct rules_set *set, struct hub_dispatch_stats *st
     return rc;
 }
 
-struct find_cmd {
-    const char *rid, *cmd_id;
-    size_t rlen;
-    struct dem d;
-    bool found;
-};
-
-static int find_cmd(void *ctx, const char *name, size_t nlen, const char *id, size_t len,
-                    const void *buf, size_t n)
-{
-    struct find_cmd *f = ctx;
-    (void)name;
-    (void)nlen;
-    struct drec r;
-    if (rec_decode(buf, n, &r) < 0 || r.state != D_ASSIGNED || strcmp(r.command, f->cmd_id) ||
-        strlen(r.resource) != f->rlen || memcmp(r.resource, f->rid, f->rlen))
-        return 0;
-    f->d.r = r;
-    memcpy(f->d.id, id, len);
-    f->d.id[len] = '\0';
-    f->d.len = len;
-    f->found = true;
-    return 1;
-}
-
 int hub_dispatch_command(const struct rules_set *set, struct hub_dispatch_stats *st,
                          struct twin_txn *txn, const struct twin_command *c, int64_t now,
                          struct outlist *ol, char *err)
@@ -1270,8 +1246,8 @@ int hub_dispatch_command(const struct rules_set *set, struct hub_dispatch_stats 
     int rc = dx_init(&x);
     for (unsigned i = 0; rc == 0 && i < n; i++) {
         const struct rules_dispatch *D = rules_set_dispatch(set, i);
-        struct find_cmd f = {.rid = c->twin_id, .rlen = c->twin_id_len, .cmd_id = c->id};
-        rc = twin_dispatch_list(txn, D->name, strlen(D->name), find_cmd, &f, err);
+        struct find f = {.rid = c->twin_id, .rlen = c->twin_id_len, .cmd_id = c->id};
+        rc = twin_dispatch_list(txn, D->name, strlen(D->name), find_assigned, &f, err);
         if (rc < 0)
             break;
         rc = 0;
